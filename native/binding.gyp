@@ -1,0 +1,19 @@
+{
+  # Builds softpress_native against the system libtorch (Debian libtorch-dev) or, when the
+  # LIBTORCH environment variable names a libtorch folder (include/, lib/), against that one.
+  "targets": [
+    {
+      "target_name": "softpress_native",
+      "sources": ["src/addon.cc", "src/dispatch.cc", "src/autograd.cc"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<!@(node torch-paths.cjs include)"
+      ],
+      "libraries": ["<!@(node torch-paths.cjs libs)"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-frtti", "-O2", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,21 @@
+/**
+ * The one tokenizer interface the rest of softpress uses. Implementations: byte-level BPE
+ * from a Hugging Face tokenizer.json (src/models/bpe.ts) and llama2.c's tokenizer .bin
+ * (src/io/llama2c.ts).
+ */
+export interface Tokenizer {
+  /** Number of ids (including special tokens). */
+  readonly vocabSize: number;
+  /** Beginning-of-sequence id. */
+  readonly bos: number;
+  /** End-of-sequence id. */
+  readonly eos: number;
+  /** Padding id (may equal eos when the vocabulary has no pad token). */
+  readonly pad: number;
+  /** Named special tokens (e.g. "<|restate|>") to their ids. */
+  readonly special: ReadonlyMap<string, number>;
+  /** Text to ids; BOS/EOS are added only when asked. */
+  encode(text: string, opts?: { bos?: boolean; eos?: boolean }): number[];
+  /** Ids to text; special tokens are dropped unless keepSpecial. */
+  decode(ids: readonly number[], opts?: { keepSpecial?: boolean }): string;
+}
