@@ -40,7 +40,8 @@ export function backward(roots: Tensor[], grads?: (Tensor | null)[], retainGraph
       retainGraph,
     );
   } catch (e) {
-    throw new TensorError(`backward: ${(e as Error).message}`);
+    const msg = (e as Error).message;
+    throw new TensorError(`${msg.startsWith('backward:') ? msg : `backward: ${msg}`} (roots: ${roots.map((r) => r.describe()).join(', ')})`);
   }
 }
 

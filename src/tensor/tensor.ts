@@ -56,6 +56,13 @@ function fromNative(v: unknown): unknown {
   return v;
 }
 
+/** The error of a failed call, naming the operator (argument errors do not) and the inputs. */
+function opError(op: string, e: unknown, args: unknown[]): TensorError {
+  const msg = (e as Error).message;
+  const named = msg.startsWith('aten::') ? msg : `aten::${op}: ${msg}`;
+  return new TensorError(`${named}${describeArgs(args)}`);
+}
+
 /** Calls an ATen operator; tensor results come back as Tensors (tuples as arrays). */
 export function callOp(op: string, args: unknown[]): unknown {
   const id = opId(op);
@@ -63,7 +70,7 @@ export function callOp(op: string, args: unknown[]): unknown {
   try {
     out = native.callOp(id, args.map(toNativeArg));
   } catch (e) {
-    throw new TensorError(`${(e as Error).message}${describeArgs(args)}`);
+    throw opError(op, e, args);
   }
   return fromNative(out);
 }
@@ -72,13 +79,16 @@ function call(op: string, args: unknown[]): Tensor {
   return callOp(op, args) as Tensor;
 }
 
-/** In-place operator whose aliasing result is not wanted. */
-function callInPlace(op: string, args: unknown[]): void {
+/**
+ * Calls an in-place ATen operator whose result (an alias of an input, or nothing, as for the
+ * `_foreach_*_` family) is not wanted: no handle is created.
+ */
+export function callInPlace(op: string, args: unknown[]): void {
   const id = opId(op);
   try {
     native.callOp(id, args.map(toNativeArg), true);
   } catch (e) {
-    throw new TensorError(`${(e as Error).message}${describeArgs(args)}`);
+    throw opError(op, e, args);
   }
 }
 
@@ -237,7 +247,8 @@ export class Tensor {
     try {
       native.backward([this.handle], [grad ? grad.handle : null], retainGraph);
     } catch (e) {
-      throw new TensorError(`backward: ${(e as Error).message} ${this.describe()}`);
+      const msg = (e as Error).message;
+      throw new TensorError(`${msg.startsWith('backward:') ? msg : `backward: ${msg}`} ${this.describe()}`);
     }
   }
   detach(): Tensor {
@@ -734,11 +745,12 @@ export function dropout(x: Tensor, p: number, train: boolean): Tensor {
 export function layerNorm(x: Tensor, normalizedShape: number[], weight?: Tensor | null, bias?: Tensor | null, eps = 1e-5): Tensor {
   return call('layer_norm', [x, normalizedShape, weight ?? null, bias ?? null, eps, false]);
 }
-/** x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32. */
+/** x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32 for half types. */
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
-  const x32 = x.dtype === 'float32' ? x : x.to('float32');
+  const half = x.dtype === 'float16' || x.dtype === 'bfloat16';
+  const x32 = half ? x.to('float32') : x;
   const normed = x32.mul(x32.square().mean(-1, true).add(eps).rsqrt());
-  const y = x.dtype === 'float32' ? normed : normed.to(x.dtype);
+  const y = half ? normed.to(x.dtype) : normed;
   return y.mul(weight);
 }
 /**
@@ -749,4 +761,14 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   const [out, weights] = callOp('_scaled_dot_product_attention', [q, k, v, opts.attnMask ?? null, opts.dropout ?? 0, false, opts.causal ?? false]) as (Tensor | null)[];
   weights?.free();
   return out!;
+}
+
+/** A tensor of `dtype` and `shape` from raw little-endian bytes (copied; any alignment). */
+export function fromBytes(bytes: Uint8Array, dtype: DType, shape: Shape): Tensor {
+  const sh = checkShape('fromBytes', shape);
+  try {
+    return new Tensor(native.fromBuffer(bytes, DTYPE_CODE[dtype], sh));
+  } catch (e) {
+    throw new TensorError(`fromBytes: ${(e as Error).message}`);
+  }
 }

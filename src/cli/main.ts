@@ -1,0 +1,40 @@
+/**
+ * The `softpress` command: one file per subcommand under src/cli/, each exporting
+ * `run(argv)`. Loaded lazily so that `softpress --help` does not load libtorch.
+ */
+type Runner = (argv: string[]) => Promise<void>;
+
+const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runner }> }> = {
+  bench: { about: 'benchmarks: bench engine | bench model --config S|M [--json]', load: () => import('./bench.js') },
+  generate: { about: 'generate text: --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]', load: () => import('./generate.js') },
+  convert: { about: 'convert a llama2.c checkpoint to a Hugging Face folder: --in FILE.bin [--tokenizer tok.bin] --out DIR', load: () => import('./convert.js') },
+  tokenizer: { about: 'tokenizer train --out DIR [--vocab 8192]', load: () => import('./tokenizer.js') },
+};
+
+function usage(): string {
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.about}`);
+  return `usage: softpress <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    process.stderr.write(`softpress: unknown command '${name}'\n\n${usage()}`);
+    process.exitCode = 2;
+    return;
+  }
+  try {
+    const mod = await cmd.load();
+    await mod.run(rest);
+  } catch (e) {
+    const err = e as Error;
+    if (process.env.SOFTPRESS_DEBUG) console.error(err.stack);
+    process.stderr.write(`softpress ${name}: ${err.message}\n`);
+    process.exitCode = 1;
+  }
+}

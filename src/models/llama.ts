@@ -1,0 +1,432 @@
+/**
+ * A Llama-family decoder (Llama 2/3, Mistral, Qwen2) written top to bottom, with what the
+ * compressors need beyond "ids in, logits out": input embeddings, every layer's hidden states,
+ * padding and explicit masks, explicit positions, per-layer key/value prefixes (memory KV),
+ * LoRA, running only the bottom layers, and a KV cache.
+ *
+ * Parameter names follow Hugging Face (model.layers.0.self_attn.q_proj.weight, ...), so
+ * checkpoints load by name.
+ */
+import { Tensor, arange, cat, full, linear, noGrad, tensor, where, type DType } from '../tensor/index.js';
+import { Module } from '../nn/module.js';
+import { Embedding, Linear, RMSNorm, type LoraConfig } from '../nn/layers.js';
+import { ropeInvFreq, type LlamaConfig } from './config.js';
+
+/** Keys/values prepended inside one layer's attention: [batch, kvHeads, prefixLen, headDim], post-RoPE. */
+export interface LayerKv {
+  k: Tensor;
+  v: Tensor;
+}
+
+/** Per-layer keys/values of the tokens seen so far, for incremental decoding. */
+export class KVCache {
+  readonly keys: (Tensor | null)[];
+  readonly values: (Tensor | null)[];
+  /** Tokens cached (the same for every layer). */
+  length = 0;
+  constructor(readonly numLayers: number) {
+    this.keys = new Array(numLayers).fill(null);
+    this.values = new Array(numLayers).fill(null);
+  }
+  /** Appends this step's k/v [B, kvH, T, hd] to layer i and returns the whole history. */
+  append(i: number, k: Tensor, v: Tensor): LayerKv {
+    const oldK = this.keys[i];
+    const oldV = this.values[i];
+    const newK = (oldK ? cat([oldK, k], 2) : k.contiguous()).keep();
+    const newV = (oldV ? cat([oldV, v], 2) : v.contiguous()).keep();
+    oldK?.free();
+    oldV?.free();
+    this.keys[i] = newK;
+    this.values[i] = newV;
+    return { k: newK, v: newV };
+  }
+  /** Keeps only batch rows `rows` (e.g. after some sequences finished). */
+  free(): void {
+    for (const t of [...this.keys, ...this.values]) t?.free();
+    this.keys.fill(null);
+    this.values.fill(null);
+    this.length = 0;
+  }
+  /** Bytes held by the cache. */
+  get bytes(): number {
+    let n = 0;
+    for (const t of [...this.keys, ...this.values]) if (t) n += t.numel * (t.dtype === 'float32' ? 4 : 2);
+    return n;
+  }
+}
+
+export interface ForwardOptions {
+  /** Token ids [batch, seq] (int64). Exactly one of ids / inputsEmbeds. */
+  ids?: Tensor;
+  /** Input embeddings [batch, seq, dim] (soft tokens mixed with token embeddings). */
+  inputsEmbeds?: Tensor;
+  /** Positions [batch, seq] or [seq]; default past..past+seq-1 (or from the padding mask). */
+  positionIds?: Tensor;
+  /** Padding mask over keys [batch, past + seq], true (1) = real token. */
+  paddingMask?: Tensor;
+  /** Explicit boolean mask [seq, past + seq] or [batch, seq, past + seq], true = may attend; overrides causal. */
+  attnMask?: Tensor;
+  /** Per-layer key/value prefixes (memory KV), visible to every query. */
+  kvPrefix?: LayerKv[];
+  /** Cache for incremental decoding; appended to in place. */
+  cache?: KVCache;
+  /** Return the embedding output and every block's output (the last after the final norm). */
+  outputHiddenStates?: boolean;
+  /** Return each layer's normalised attention input (input_layernorm output), per layer. */
+  outputAttnInputs?: boolean;
+  /** Run only the first N blocks (an encoder made of the bottom of the model). */
+  numLayers?: number;
+  /** Logits for every position ('all', default), only the last ('last'), or none. */
+  logits?: 'all' | 'last' | 'none';
+}
+
+export interface ForwardResult {
+  /** [batch, seq, vocab] or [batch, 1, vocab] */
+  logits?: Tensor;
+  /** Final hidden state after the final norm [batch, seq, dim]. */
+  hidden: Tensor;
+  /** numLayers + 1 tensors [batch, seq, dim]. */
+  hiddenStates?: Tensor[];
+  /** One per layer run [batch, seq, dim]. */
+  attnInputs?: Tensor[];
+}
+
+/** Shared, per-forward attention inputs (computed once, used by every layer). */
+interface AttnContext {
+  cos: Tensor; // [B|1, 1, T, hd/2]
+  sin: Tensor;
+  /** Additive mask [B|1, 1, 1, T, Tk] (broadcast over kv groups and heads in a group). */
+  mask: Tensor | null;
+  cache?: KVCache;
+  kvPrefix?: LayerKv[];
+}
+
+export class Attention extends Module {
+  readonly qProj: Linear;
+  readonly kProj: Linear;
+  readonly vProj: Linear;
+  readonly oProj: Linear;
+  constructor(
+    readonly cfg: LlamaConfig,
+    readonly layerIndex: number,
+  ) {
+    super();
+    const { hiddenSize: d, numHeads: h, numKvHeads: kv, headDim: hd, attentionBias: bias } = cfg;
+    this.qProj = this.module('q_proj', new Linear(d, h * hd, { bias, std: 0.02 }));
+    this.kProj = this.module('k_proj', new Linear(d, kv * hd, { bias, std: 0.02 }));
+    this.vProj = this.module('v_proj', new Linear(d, kv * hd, { bias, std: 0.02 }));
+    this.oProj = this.module('o_proj', new Linear(h * hd, d, { bias: false, std: 0.02 }));
+  }
+
+  /** Applies RoPE to x [B, heads, T, hd] with cos/sin [., 1, T, hd/2]. */
+  rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+    const hd = this.cfg.headDim;
+    if (this.cfg.ropeInterleaved) {
+      // llama2.c: dims (2j, 2j+1) rotate together
+      const [b, h, t] = x.shape;
+      const pairs = x.reshape(b, h, t, hd / 2, 2);
+      const x0 = pairs.select(-1, 0);
+      const x1 = pairs.select(-1, 1);
+      const r0 = x0.mul(cos).sub(x1.mul(sin));
+      const r1 = x0.mul(sin).add(x1.mul(cos));
+      return cat([r0.unsqueeze(-1), r1.unsqueeze(-1)], -1).reshape(b, h, t, hd);
+    }
+    // Hugging Face: dim j rotates with j + hd/2
+    const x1 = x.narrow(-1, 0, hd / 2);
+    const x2 = x.narrow(-1, hd / 2, hd / 2);
+    return cat([x1.mul(cos).sub(x2.mul(sin)), x2.mul(cos).add(x1.mul(sin))], -1);
+  }
+
+  /** Keys and values of hidden states x [B, T, dim] at the given rope tables, [B, kvH, T, hd]. */
+  keysValues(x: Tensor, cos: Tensor, sin: Tensor): LayerKv {
+    const [b, t] = x.shape;
+    const { numKvHeads: kv, headDim: hd } = this.cfg;
+    const k = this.kProj.forward(x).view(b, t, kv, hd).transpose(1, 2);
+    const v = this.vProj.forward(x).view(b, t, kv, hd).transpose(1, 2);
+    return { k: this.rope(k, cos, sin), v };
+  }
+
+  /** x [B, T, dim] -> [B, T, dim] */
+  forward(x: Tensor, ctx: AttnContext): Tensor {
+    const [b, t] = x.shape;
+    const { numHeads: h, numKvHeads: kv, headDim: hd } = this.cfg;
+    const rep = h / kv;
+    let q = this.qProj.forward(x).view(b, t, h, hd).transpose(1, 2);
+    q = this.rope(q, ctx.cos, ctx.sin).mul(1 / Math.sqrt(hd));
+    let { k, v } = this.keysValues(x, ctx.cos, ctx.sin);
+    if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
+    const prefix = ctx.kvPrefix?.[this.layerIndex];
+    if (prefix) {
+      k = cat([prefix.k, k], 2);
+      v = cat([prefix.v, v], 2);
+    }
+    const tk = k.size(2);
+    // Grouped-query attention without copying k/v: the rep query heads sharing a kv head are
+    // stacked along the query axis, [B, kvH, rep*T, hd].
+    const qg = q.reshape(b, kv, rep * t, hd);
+    let scores = qg.matmul(k.transpose(-2, -1)); // [B, kvH, rep*T, Tk]
+    if (ctx.mask) scores = scores.view(b, kv, rep, t, tk).add(ctx.mask).view(b, kv, rep * t, tk);
+    const probs = scores.dtype === 'float32' ? scores.softmax(-1) : scores.to('float32').softmax(-1).to(scores.dtype);
+    const out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
+    return this.oProj.forward(out);
+  }
+}
+
+export class MLP extends Module {
+  readonly gateProj: Linear;
+  readonly upProj: Linear;
+  readonly downProj: Linear;
+  constructor(cfg: LlamaConfig) {
+    super();
+    const { hiddenSize: d, intermediateSize: f } = cfg;
+    this.gateProj = this.module('gate_proj', new Linear(d, f, { std: 0.02 }));
+    this.upProj = this.module('up_proj', new Linear(d, f, { std: 0.02 }));
+    this.downProj = this.module('down_proj', new Linear(f, d, { std: 0.02 }));
+  }
+  /** SwiGLU: down(silu(gate x) * up x) */
+  forward(x: Tensor): Tensor {
+    return this.downProj.forward(this.gateProj.forward(x).silu().mul(this.upProj.forward(x)));
+  }
+}
+
+export class DecoderLayer extends Module {
+  readonly inputNorm: RMSNorm;
+  readonly selfAttn: Attention;
+  readonly postNorm: RMSNorm;
+  readonly mlp: MLP;
+  constructor(cfg: LlamaConfig, index: number) {
+    super();
+    this.inputNorm = this.module('input_layernorm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
+    this.selfAttn = this.module('self_attn', new Attention(cfg, index));
+    this.postNorm = this.module('post_attention_layernorm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
+    this.mlp = this.module('mlp', new MLP(cfg));
+  }
+  /** Returns the block output and the normalised attention input. */
+  forward(x: Tensor, ctx: AttnContext): { out: Tensor; attnInput: Tensor } {
+    const attnInput = this.inputNorm.forward(x);
+    const h = x.add(this.selfAttn.forward(attnInput, ctx));
+    return { out: h.add(this.mlp.forward(this.postNorm.forward(h))), attnInput };
+  }
+}
+
+class ModuleList<M extends Module> extends Module {
+  readonly items: M[] = [];
+  push(m: M): void {
+    this.module(String(this.items.length), m);
+    this.items.push(m);
+  }
+}
+
+class LlamaBody extends Module {
+  readonly embedTokens: Embedding;
+  readonly layers = new ModuleList<DecoderLayer>();
+  readonly norm: RMSNorm;
+  constructor(cfg: LlamaConfig) {
+    super();
+    this.embedTokens = this.module('embed_tokens', new Embedding(cfg.vocabSize, cfg.hiddenSize, { std: 0.02 }));
+    this.module('layers', this.layers);
+    for (let i = 0; i < cfg.numLayers; i++) this.layers.push(new DecoderLayer(cfg, i));
+    this.norm = this.module('norm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
+  }
+}
+
+export const LORA_TARGETS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
+export type LoraTarget = (typeof LORA_TARGETS)[number];
+
+export class LlamaModel extends Module {
+  readonly model: LlamaBody;
+  readonly lmHead?: Linear;
+  private cosTable?: Tensor;
+  private sinTable?: Tensor;
+  private readonly maskCache = new Map<string, Tensor>();
+
+  constructor(readonly config: LlamaConfig) {
+    super();
+    this.model = this.module('model', new LlamaBody(config));
+    if (!config.tieEmbeddings) this.lmHead = this.module('lm_head', new Linear(config.hiddenSize, config.vocabSize, { std: 0.02 }));
+  }
+
+  get layers(): DecoderLayer[] {
+    return this.model.layers.items;
+  }
+  get dim(): number {
+    return this.config.hiddenSize;
+  }
+  get dtype(): DType {
+    return this.model.embedTokens.weight.value.dtype;
+  }
+
+  /** ids [B, T] -> token embeddings [B, T, dim] */
+  embed(ids: Tensor): Tensor {
+    return this.model.embedTokens.forward(ids);
+  }
+
+  /** Hidden states [..., dim] (after the final norm) -> logits [..., vocab] */
+  head(hidden: Tensor): Tensor {
+    return linear(hidden, this.lmHead ? this.lmHead.weight.value : this.model.embedTokens.weight.value);
+  }
+
+  /** Attaches LoRA adapters to the chosen projections of the chosen layers (default all). */
+  addLora(cfg: LoraConfig, targets: readonly LoraTarget[], layers?: number[]): Linear[] {
+    const added: Linear[] = [];
+    for (const [i, layer] of this.layers.entries()) {
+      if (layers && !layers.includes(i)) continue;
+      const byTarget: Record<LoraTarget, Linear> = {
+        q: layer.selfAttn.qProj,
+        k: layer.selfAttn.kProj,
+        v: layer.selfAttn.vProj,
+        o: layer.selfAttn.oProj,
+        gate: layer.mlp.gateProj,
+        up: layer.mlp.upProj,
+        down: layer.mlp.downProj,
+      };
+      for (const t of targets) added.push(byTarget[t].addLora(cfg));
+    }
+    return added;
+  }
+
+  /** RoPE cos/sin [positions, hd/2] (float32), grown on demand. */
+  ropeTables(upTo: number): { cos: Tensor; sin: Tensor } {
+    const have = this.cosTable?.size(0) ?? 0;
+    if (!this.cosTable || have < upTo) {
+      const n = Math.max(upTo, this.config.maxPositions, 2 * have);
+      const inv = ropeInvFreq(this.config);
+      const half = inv.length;
+      const cos = new Float32Array(n * half);
+      const sin = new Float32Array(n * half);
+      for (let p = 0; p < n; p++) {
+        for (let j = 0; j < half; j++) {
+          const a = p * inv[j];
+          cos[p * half + j] = Math.cos(a);
+          sin[p * half + j] = Math.sin(a);
+        }
+      }
+      this.cosTable?.free();
+      this.sinTable?.free();
+      this.cosTable = tensor(cos, [n, half]).keep();
+      this.sinTable = tensor(sin, [n, half]).keep();
+    }
+    return { cos: this.cosTable!, sin: this.sinTable! };
+  }
+
+  /** cos/sin for positions [B, T] or [T] (or a contiguous run), shaped [B|1, 1, T, hd/2]. */
+  private ropeFor(positions: Tensor | { start: number; length: number }, dtype: DType): { cos: Tensor; sin: Tensor } {
+    let cos: Tensor;
+    let sin: Tensor;
+    if (positions instanceof Tensor) {
+      const flat = positions.reshape(-1);
+      const maxPos = flat.numel ? flat.max().item() : 0;
+      const tables = this.ropeTables(maxPos + 1);
+      const shape = positions.rank === 1 ? [1, 1, positions.size(0), -1] : [positions.size(0), 1, positions.size(1), -1];
+      cos = tables.cos.indexSelect(0, flat).reshape(...shape);
+      sin = tables.sin.indexSelect(0, flat).reshape(...shape);
+    } else {
+      const tables = this.ropeTables(positions.start + positions.length);
+      cos = tables.cos.narrow(0, positions.start, positions.length).reshape(1, 1, positions.length, -1);
+      sin = tables.sin.narrow(0, positions.start, positions.length).reshape(1, 1, positions.length, -1);
+    }
+    if (dtype !== 'float32') return { cos: cos.to(dtype), sin: sin.to(dtype) };
+    return { cos, sin };
+  }
+
+  private maskValue(dtype: DType): number {
+    return dtype === 'float16' ? -65504 : -1e30;
+  }
+
+  /**
+   * The additive attention mask [B|1, 1, 1, T, P + past + T]: prefix columns always visible,
+   * then causal (or the explicit mask), with padded keys hidden. Null when nothing is masked.
+   */
+  private buildMask(b: number, t: number, past: number, prefixLen: number, dtype: DType, opts: ForwardOptions): Tensor | null {
+    const tk = past + t;
+    if (!opts.attnMask && !opts.paddingMask) {
+      if (t === 1) return null; // one new token sees everything before it
+      const key = `${t}:${past}:${prefixLen}:${dtype}`;
+      let m = this.maskCache.get(key);
+      if (!m) {
+        m = noGrad(() => {
+          const allowed = arange(0, tk).unsqueeze(0).le(arange(past, past + t).unsqueeze(1)); // [T, Tk]
+          const withPrefix = prefixLen ? cat([full([t, prefixLen], 1, { dtype: 'bool' }), allowed], 1) : allowed;
+          return where(withPrefix, 0, this.maskValue(dtype)).to(dtype).reshape(1, 1, 1, t, prefixLen + tk);
+        }).keep();
+        if (this.maskCache.size > 64) {
+          for (const old of this.maskCache.values()) old.free();
+          this.maskCache.clear();
+        }
+        this.maskCache.set(key, m);
+      }
+      return m;
+    }
+    let allowed: Tensor;
+    if (opts.attnMask) {
+      const am = opts.attnMask.dtype === 'bool' ? opts.attnMask : opts.attnMask.ne(0);
+      const want = `[${t}, ${tk}]`;
+      const s = am.shape;
+      if (s[s.length - 2] !== t || s[s.length - 1] !== tk) throw new Error(`forward: attnMask ${am.describe()} must be ${want} or [batch, ${t}, ${tk}]`);
+      allowed = am.rank === 2 ? am.unsqueeze(0) : am; // [B|1, T, Tk]
+    } else {
+      allowed = arange(0, tk).unsqueeze(0).le(arange(past, past + t).unsqueeze(1)).unsqueeze(0);
+    }
+    if (opts.paddingMask) {
+      const pm = opts.paddingMask.dtype === 'bool' ? opts.paddingMask : opts.paddingMask.ne(0);
+      if (pm.rank !== 2 || pm.size(0) !== b || pm.size(1) !== tk) throw new Error(`forward: paddingMask ${pm.describe()} must be [${b}, ${tk}] (batch, past + seq)`);
+      allowed = allowed.logicalAnd(pm.unsqueeze(1));
+    }
+    if (prefixLen) allowed = cat([full([allowed.size(0), t, prefixLen], 1, { dtype: 'bool' }), allowed], 2);
+    return where(allowed, 0, this.maskValue(dtype)).to(dtype).reshape(allowed.size(0), 1, 1, t, prefixLen + tk);
+  }
+
+  forward(opts: ForwardOptions): ForwardResult {
+    if (!!opts.ids === !!opts.inputsEmbeds) throw new Error('forward: give exactly one of ids or inputsEmbeds');
+    let x: Tensor;
+    if (opts.ids) {
+      if (opts.ids.rank !== 2) throw new Error(`forward: ids must be [batch, seq], got ${opts.ids.describe()}`);
+      x = this.embed(opts.ids);
+    } else {
+      x = opts.inputsEmbeds!;
+      if (x.rank !== 3 || x.size(2) !== this.dim) throw new Error(`forward: inputsEmbeds must be [batch, seq, ${this.dim}], got ${x.describe()}`);
+    }
+    const [b, t] = x.shape;
+    const past = opts.cache?.length ?? 0;
+    const prefixLen = opts.kvPrefix?.[0]?.k.size(2) ?? 0;
+    const nLayers = opts.numLayers ?? this.config.numLayers;
+    if (nLayers < 1 || nLayers > this.config.numLayers) throw new Error(`forward: numLayers ${nLayers} outside 1..${this.config.numLayers}`);
+    if (opts.kvPrefix && opts.kvPrefix.length < nLayers) throw new Error(`forward: kvPrefix has ${opts.kvPrefix.length} layers, need ${nLayers}`);
+
+    // Positions: explicit, else from the padding mask (left padding), else past..past+T-1.
+    let positions: Tensor | { start: number; length: number };
+    if (opts.positionIds) positions = opts.positionIds;
+    else if (opts.paddingMask) {
+      const pm = opts.paddingMask.to('int64');
+      const pos = pm.cumsum(1).sub(1).clamp(0, null).add(prefixLen);
+      positions = pos.narrow(1, past, t);
+    } else positions = { start: prefixLen + past, length: t };
+    const { cos, sin } = this.ropeFor(positions, x.dtype);
+    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix };
+
+    const hiddenStates: Tensor[] | undefined = opts.outputHiddenStates ? [x] : undefined;
+    const attnInputs: Tensor[] | undefined = opts.outputAttnInputs ? [] : undefined;
+    for (let i = 0; i < nLayers; i++) {
+      const { out, attnInput } = this.layers[i].forward(x, ctx);
+      x = out;
+      hiddenStates?.push(x);
+      attnInputs?.push(attnInput);
+    }
+    if (opts.cache) opts.cache.length = past + t;
+    const hidden = this.model.norm.forward(x);
+    if (hiddenStates) hiddenStates[hiddenStates.length - 1] = hidden;
+    const mode = opts.logits ?? 'all';
+    const logits = mode === 'none' ? undefined : this.head(mode === 'last' ? hidden.narrow(1, t - 1, 1) : hidden);
+    return { logits, hidden, hiddenStates, attnInputs };
+  }
+
+  /**
+   * Keys/values for the given hidden states at one layer, as kvPrefix entries: normed inputs
+   * m [B, P, dim] at positions start..start+P-1. Uses the layer's k/v projections (with LoRA).
+   */
+  prefixKv(layer: number, normedInputs: Tensor, start = 0): LayerKv {
+    const p = normedInputs.size(1);
+    const { cos, sin } = this.ropeFor({ start, length: p }, normedInputs.dtype);
+    return this.layers[layer].selfAttn.keysValues(normedInputs, cos, sin);
+  }
+}
