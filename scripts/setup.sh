@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Sets up softpress on a Debian/Ubuntu machine; a no-op when everything is in place.
+#   1. apt packages: libtorch-dev (or LIBTORCH=/path to another libtorch), OpenBLAS, build tools
+#   2. npm ci (when node_modules is missing or stale)
+#   3. the native addon (node-gyp, when missing or older than its sources)
+#   4. the TypeScript build (incremental)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'softpress setup: %s\n' "$*" >&2; }
+
+missing=()
+if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then missing+=(libtorch-dev); fi
+# libtorch calls libblas.so.3; without OpenBLAS that is the slow reference BLAS.
+if [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] && [ ! -e /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3 ]; then missing+=(libopenblas0); fi
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { log "need root or sudo to install: ${missing[*]}"; exit 1; }
+    sudo="sudo"
+  fi
+  log "installing ${missing[*]} (apt-get)"
+  $sudo apt-get update -qq || log "apt-get update failed; trying the install anyway"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# npm ci when node_modules is absent or older than the lock file.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+addon=native/build/Release/softpress_native.node
+if [ ! -f "$addon" ] || [ -n "$(find native/src native/binding.gyp native/torch-paths.cjs -newer "$addon" 2>/dev/null | head -n 1)" ]; then
+  log "building the native addon (about a minute)"
+  (cd native && ../node_modules/.bin/node-gyp rebuild -j 2 --loglevel=warn)
+fi
+
+log "compiling TypeScript"
+node_modules/.bin/tsc -p tsconfig.json

@@ -1,0 +1,126 @@
+/**
+ * softpress bench model --config S|M [--json] [--threads N] [--reps N] [--profile]
+ * Training, prefill, frozen-decoder-to-inputs and decode speed of a random Llama-style model
+ * (../shared/bench-spec.md). Figures are medians of timed repetitions after 3 warm-ups.
+ */
+import { parseArgs } from 'node:util';
+import { crossEntropy, manualSeed, noGrad, randint, randn, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
+import { AdamW } from '../nn/index.js';
+import { configFromHf } from '../models/config.js';
+import { LlamaModel } from '../models/llama.js';
+import { generate } from '../models/generate.js';
+
+export const BENCH_CONFIGS = {
+  S: { dim: 256, layers: 4, heads: 8, kvHeads: 4, ffn: 688, vocab: 8192, seq: 256, batch: 8 },
+  M: { dim: 512, layers: 8, heads: 8, kvHeads: 4, ffn: 1376, vocab: 8192, seq: 512, batch: 4 },
+} as const;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function timeIt(reps: number, fn: () => void): number {
+  for (let i = 0; i < 3; i++) fn();
+  const times: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return median(times);
+}
+
+export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: (s: string) => void): Record<string, number | string> {
+  const c = BENCH_CONFIGS[name];
+  manualSeed(0);
+  const model = noGrad(
+    () =>
+      new LlamaModel(
+        configFromHf({
+          model_type: 'llama',
+          hidden_size: c.dim,
+          num_hidden_layers: c.layers,
+          num_attention_heads: c.heads,
+          num_key_value_heads: c.kvHeads,
+          intermediate_size: c.ffn,
+          vocab_size: c.vocab,
+          max_position_embeddings: Math.max(c.seq, 512),
+          rms_norm_eps: 1e-5,
+          tie_word_embeddings: false,
+        }),
+      ),
+  );
+  const ids = randint(0, c.vocab, [c.batch, c.seq + 1]).keep();
+  const inputs = ids.narrow(1, 0, c.seq).contiguous().keep();
+  const targets = ids.narrow(1, 1, c.seq).contiguous().keep();
+  const tokens = c.batch * c.seq;
+  const lossOf = (logits: Tensor) => crossEntropy(logits.reshape(tokens, c.vocab), targets.reshape(tokens));
+
+  model.train();
+  const opt = new AdamW(model.parameters(), { lr: 1e-4, weightDecay: 0.1 });
+  const train = timeIt(reps, () =>
+    tidy(() => {
+      const { logits } = model.forward({ ids: inputs });
+      lossOf(logits!).backward();
+      opt.step();
+      opt.zeroGrad();
+    }),
+  );
+  log(`train   ${(tokens / train).toFixed(0)} tok/s (${(train * 1000).toFixed(0)} ms/step)`);
+
+  model.eval();
+  const prefill = timeIt(reps, () => tidy(() => noGrad(() => model.forward({ ids: inputs }))));
+  log(`prefill ${(tokens / prefill).toFixed(0)} tok/s`);
+
+  model.freeze();
+  const embeds = noGrad(() => model.embed(inputs)).keep();
+  const frozen = timeIt(reps, () =>
+    tidy(() => {
+      const x = embeds.detach().setRequiresGrad(true);
+      const { logits } = model.forward({ inputsEmbeds: x });
+      lossOf(logits!).backward();
+      if (!x.grad) throw new Error('frozen step: no gradient reached the inputs');
+    }),
+  );
+  log(`frozen  ${(tokens / frozen).toFixed(0)} tok/s (grad to input embeddings)`);
+
+  const prompt = randint(0, c.vocab, [256]).toNumbers();
+  const newTokens = 128;
+  const decodeTimes: number[] = [];
+  for (let i = 0; i < Math.max(3, Math.ceil(reps / 2)) + 3; i++) {
+    const r = generate(model, [prompt], { maxTokens: newTokens, temperature: 0 });
+    if (i >= 3) decodeTimes.push(r.decodeMs / 1000);
+  }
+  const decode = median(decodeTimes);
+  log(`decode  ${(newTokens / decode).toFixed(1)} tok/s (batch 1, 256-token prompt, 128 new tokens, KV cache)`);
+  for (const t of [ids, inputs, targets, embeds]) t.free();
+  return {
+    bench: 'model',
+    config: name,
+    train_tok_s: Math.round(tokens / train),
+    prefill_tok_s: Math.round(tokens / prefill),
+    frozen_tok_s: Math.round(tokens / frozen),
+    decode_tok_s: Math.round((newTokens / decode) * 10) / 10,
+  };
+}
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { config: { type: 'string', default: 'S' }, json: { type: 'boolean', default: false }, threads: { type: 'string', default: '2' }, reps: { type: 'string', default: '5' } },
+    strict: true,
+  });
+  const name = values.config!.toUpperCase();
+  if (!(name in BENCH_CONFIGS)) throw new Error(`--config must be one of ${Object.keys(BENCH_CONFIGS).join(', ')}, got '${values.config}'`);
+  const threads = Number(values.threads);
+  const reps = Number(values.reps);
+  if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be a positive integer, got '${values.threads}'`);
+  if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer, got '${values.reps}'`);
+  setNumThreads(threads);
+  const log = (s: string) => process.stderr.write(s + '\n');
+  log(`bench model --config ${name} (threads ${threads}, median of ${reps} after 3 warm-ups)`);
+  const result = { ...benchModel(name as keyof typeof BENCH_CONFIGS, reps, log), threads };
+  if (values.json) process.stdout.write(JSON.stringify(result) + '\n');
+}
