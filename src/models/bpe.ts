@@ -5,8 +5,10 @@
  * token, so any well-formed string round-trips exactly. Files are Hugging Face tokenizer.json
  * (model BPE, ByteLevel pre-tokenizer and decoder), readable by HF tokenizers in Python/Rust/JS.
  *
- * Caveat: a lone UTF-16 surrogate has no UTF-8 encoding; like TextEncoder it is encoded as
- * U+FFFD, so strings containing one do not round-trip.
+ * Caveats: a lone UTF-16 surrogate has no UTF-8 encoding; like TextEncoder it is encoded as
+ * U+FFFD, so strings containing one do not round-trip. The split pattern runs with JavaScript
+ * RegExp semantics (as in @huggingface/tokenizers); the Rust library's regex engine may split
+ * a few exotic characters differently (JavaScript's \s includes U+FEFF, for one).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -555,12 +557,13 @@ export interface TrainBpeOptions {
   specialTokens?: readonly string[];
   /** A pair seen fewer times than this is never merged (default 2). */
   minFrequency?: number;
-  /** Progress reports (counting, every 500 merges, done). */
+  /** Progress reports (reading, counted, every 500 merges, done). */
   onProgress?: (p: TrainProgress) => void;
 }
 
 export interface TrainProgress {
-  phase: 'count' | 'merge' | 'done';
+  /** read: texts being counted; count: pieces counted; merge: every 500 merges; done. */
+  phase: 'read' | 'count' | 'merge' | 'done';
   texts: number;
   chars: number;
   /** Distinct pre-tokenized pieces and their total count. */
@@ -661,7 +664,7 @@ export function trainBpe(texts: Iterable<string>, opts: TrainBpeOptions = {}): B
       words++;
     }
     if (nTexts % 200 === 0) {
-      opts.onProgress?.({ phase: 'count', texts: nTexts, chars, wordTypes: freq.size, words, merges: 0, targetMerges, seconds: seconds() });
+      opts.onProgress?.({ phase: 'read', texts: nTexts, chars, wordTypes: freq.size, words, merges: 0, targetMerges, seconds: seconds() });
     }
   }
 

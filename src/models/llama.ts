@@ -166,7 +166,9 @@ export class Attention extends Module {
     const qg = q.reshape(b, kv, rep * t, hd);
     let scores = qg.matmul(k.transpose(-2, -1)); // [B, kvH, rep*T, Tk]
     if (ctx.mask) scores = scores.view(b, kv, rep, t, tk).add(ctx.mask).view(b, kv, rep * t, tk);
-    const probs = scores.dtype === 'float32' ? scores.softmax(-1) : scores.to('float32').softmax(-1).to(scores.dtype);
+    // Half types take the softmax in float32; float32/float64 keep their own precision.
+    const half = scores.dtype === 'float16' || scores.dtype === 'bfloat16';
+    const probs = half ? scores.to('float32').softmax(-1).to(scores.dtype) : scores.softmax(-1);
     const out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
     return this.oProj.forward(out);
   }
@@ -393,6 +395,11 @@ export class LlamaModel extends Module {
     if (nLayers < 1 || nLayers > this.config.numLayers) throw new Error(`forward: numLayers ${nLayers} outside 1..${this.config.numLayers}`);
     if (opts.kvPrefix && opts.kvPrefix.length < nLayers) throw new Error(`forward: kvPrefix has ${opts.kvPrefix.length} layers, need ${nLayers}`);
 
+    if (opts.paddingMask) {
+      // Checked before the positions are derived from it (a bad shape would fail obscurely there).
+      const pm = opts.paddingMask;
+      if (pm.rank !== 2 || pm.size(0) !== b || pm.size(1) !== past + t) throw new Error(`forward: paddingMask ${pm.describe()} must be [${b}, ${past + t}] (batch, past + seq)`);
+    }
     // Positions: explicit, else from the padding mask (left padding), else past..past+T-1.
     let positions: Tensor | { start: number; length: number };
     if (opts.positionIds) positions = opts.positionIds;

