@@ -36,7 +36,7 @@ fi
 addon=native/build/Release/softpress_native.node
 if [ ! -f "$addon" ] || [ -n "$(find native/src native/binding.gyp native/torch-paths.cjs -newer "$addon" 2>/dev/null | head -n 1)" ]; then
   log "building the native addon (about a minute)"
-  (cd native && ../node_modules/.bin/node-gyp rebuild -j 2 --loglevel=warn)
+  npm run --silent build:native -- -j 2 --loglevel=warn
 fi
 
 log "compiling TypeScript"

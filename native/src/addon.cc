@@ -22,7 +22,7 @@ static int64_t OwnedBytes(const at::Tensor& t) {
   return static_cast<int64_t>(storage.nbytes());
 }
 
-void Release(Napi::Env env, TensorBox* box) {
+void Release(Napi::BasicEnv env, TensorBox* box) {
   if (box->tensor.defined()) {
     box->tensor.reset();
     g_liveHandles--;
@@ -42,7 +42,7 @@ Napi::Value Wrap(Napi::Env env, at::Tensor t) {
     g_reportedBytes += box->reported;
   }
   g_liveHandles++;
-  return Napi::External<TensorBox>::New(env, box, [](Napi::Env env, TensorBox* b) {
+  return Napi::External<TensorBox>::New(env, box, [](Napi::BasicEnv env, TensorBox* b) {
     Release(env, b);
     delete b;
   });

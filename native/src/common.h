@@ -23,7 +23,7 @@ extern std::atomic<int64_t> g_reportedBytes;
 Napi::Value Wrap(Napi::Env env, at::Tensor t);
 TensorBox* Box(const Napi::Value& v, const char* what);
 const at::Tensor& Unwrap(const Napi::Value& v, const char* what);
-void Release(Napi::Env env, TensorBox* box);
+void Release(Napi::BasicEnv env, TensorBox* box);
 
 // Runs `body`, turning libtorch and C++ exceptions into JS exceptions so that the process
 // never aborts on a bad call.

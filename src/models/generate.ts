@@ -4,6 +4,7 @@
  */
 import { Tensor, cat, noGrad, ones, tensor, tidy } from '../tensor/index.js';
 import { KVCache, type LayerKv, type LlamaModel } from './llama.js';
+import type { LoraAdapters } from '../nn/layers.js';
 
 export interface GenerateOptions {
   /** New tokens to generate at most (per prompt). */
@@ -21,6 +22,8 @@ export interface GenerateOptions {
   prefixMask?: Tensor;
   /** Per-layer memory keys/values in front of every prompt (CCF). */
   kvPrefix?: LayerKv[];
+  /** External LoRA adapters for the decoder (e.g. a compressor's fine-tuned decoder delta). */
+  lora?: LoraAdapters;
   /** Called with each new token of each sequence, for streaming. */
   onToken?: (sequence: number, id: number) => void;
 }
@@ -115,7 +118,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
           const prefixPart = opts.prefixEmbeds ? (opts.prefixMask ?? ones([batch, opts.prefixEmbeds.size(1)], { dtype: 'bool' })) : null;
           paddingMask = (prefixPart ? cat([prefixPart.to('bool'), pm], 1) : pm).keep();
         }
-        const { logits } = model.forward({ inputsEmbeds, paddingMask, cache, kvPrefix: opts.kvPrefix, logits: 'last' });
+        const { logits } = model.forward({ inputsEmbeds, paddingMask, cache, kvPrefix: opts.kvPrefix, logits: 'last', lora: opts.lora });
         return logits!.reshape(batch, -1).to('float32');
       });
       prefillMs = performance.now() - t0;
@@ -142,7 +145,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
             paddingMask.free();
             paddingMask = grown;
           }
-          const { logits } = model.forward({ ids: tensor(next, [batch, 1], { dtype: 'int64' }), cache, paddingMask, kvPrefix: opts.kvPrefix, logits: 'last' });
+          const { logits } = model.forward({ ids: tensor(next, [batch, 1], { dtype: 'int64' }), cache, paddingMask, kvPrefix: opts.kvPrefix, logits: 'last', lora: opts.lora });
           return logits!.reshape(batch, -1).to('float32');
         });
       }

@@ -7,10 +7,11 @@
  * Parameter names follow Hugging Face (model.layers.0.self_attn.q_proj.weight, ...), so
  * checkpoints load by name.
  */
-import { Tensor, arange, cat, full, linear, noGrad, tensor, where, type DType } from '../tensor/index.js';
+import { Tensor, arange, cat, full, linear, noGrad, tensor, tidy, where, type DType } from '../tensor/index.js';
 import { Module } from '../nn/module.js';
-import { Embedding, Linear, RMSNorm, type LoraConfig } from '../nn/layers.js';
-import { ropeInvFreq, type LlamaConfig } from './config.js';
+import { Embedding, Linear, LoraAdapters, RMSNorm, type LoraConfig } from '../nn/layers.js';
+import { configToHf, ropeInvFreq, type LlamaConfig } from './config.js';
+import { createHash } from 'node:crypto';
 
 /** Keys/values prepended inside one layer's attention: [batch, kvHeads, prefixLen, headDim], post-RoPE. */
 export interface LayerKv {
@@ -40,7 +41,7 @@ export class KVCache {
     this.values[i] = newV;
     return { k: newK, v: newV };
   }
-  /** Keeps only batch rows `rows` (e.g. after some sequences finished). */
+  /** Frees the cached tensors. */
   free(): void {
     for (const t of [...this.keys, ...this.values]) t?.free();
     this.keys.fill(null);
@@ -78,6 +79,8 @@ export interface ForwardOptions {
   numLayers?: number;
   /** Logits for every position ('all', default), only the last ('last'), or none. */
   logits?: 'all' | 'last' | 'none';
+  /** External LoRA adapters keyed "layer.target" (see LoraAdapters), e.g. a compressor's encoder. */
+  lora?: LoraAdapters;
 }
 
 export interface ForwardResult {
@@ -99,6 +102,7 @@ interface AttnContext {
   mask: Tensor | null;
   cache?: KVCache;
   kvPrefix?: LayerKv[];
+  lora?: LoraAdapters;
 }
 
 export class Attention extends Module {
@@ -138,11 +142,12 @@ export class Attention extends Module {
   }
 
   /** Keys and values of hidden states x [B, T, dim] at the given rope tables, [B, kvH, T, hd]. */
-  keysValues(x: Tensor, cos: Tensor, sin: Tensor): LayerKv {
+  keysValues(x: Tensor, cos: Tensor, sin: Tensor, lora?: LoraAdapters): LayerKv {
     const [b, t] = x.shape;
     const { numKvHeads: kv, headDim: hd } = this.cfg;
-    const k = this.kProj.forward(x).view(b, t, kv, hd).transpose(1, 2);
-    const v = this.vProj.forward(x).view(b, t, kv, hd).transpose(1, 2);
+    const i = this.layerIndex;
+    const k = this.kProj.forward(x, lora?.get(`${i}.k`)).view(b, t, kv, hd).transpose(1, 2);
+    const v = this.vProj.forward(x, lora?.get(`${i}.v`)).view(b, t, kv, hd).transpose(1, 2);
     return { k: this.rope(k, cos, sin), v };
   }
 
@@ -151,9 +156,10 @@ export class Attention extends Module {
     const [b, t] = x.shape;
     const { numHeads: h, numKvHeads: kv, headDim: hd } = this.cfg;
     const rep = h / kv;
-    let q = this.qProj.forward(x).view(b, t, h, hd).transpose(1, 2);
+    const lora = ctx.lora;
+    let q = this.qProj.forward(x, lora?.get(`${this.layerIndex}.q`)).view(b, t, h, hd).transpose(1, 2);
     q = this.rope(q, ctx.cos, ctx.sin).mul(1 / Math.sqrt(hd));
-    let { k, v } = this.keysValues(x, ctx.cos, ctx.sin);
+    let { k, v } = this.keysValues(x, ctx.cos, ctx.sin, lora);
     if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     const prefix = ctx.kvPrefix?.[this.layerIndex];
     if (prefix) {
@@ -170,7 +176,7 @@ export class Attention extends Module {
     const half = scores.dtype === 'float16' || scores.dtype === 'bfloat16';
     const probs = half ? scores.to('float32').softmax(-1).to(scores.dtype) : scores.softmax(-1);
     const out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
-    return this.oProj.forward(out);
+    return this.oProj.forward(out, lora?.get(`${this.layerIndex}.o`));
   }
 }
 
@@ -178,7 +184,10 @@ export class MLP extends Module {
   readonly gateProj: Linear;
   readonly upProj: Linear;
   readonly downProj: Linear;
-  constructor(cfg: LlamaConfig) {
+  constructor(
+    cfg: LlamaConfig,
+    readonly layerIndex = 0,
+  ) {
     super();
     const { hiddenSize: d, intermediateSize: f } = cfg;
     this.gateProj = this.module('gate_proj', new Linear(d, f, { std: 0.02 }));
@@ -186,8 +195,11 @@ export class MLP extends Module {
     this.downProj = this.module('down_proj', new Linear(f, d, { std: 0.02 }));
   }
   /** SwiGLU: down(silu(gate x) * up x) */
-  forward(x: Tensor): Tensor {
-    return this.downProj.forward(this.gateProj.forward(x).silu().mul(this.upProj.forward(x)));
+  forward(x: Tensor, lora?: LoraAdapters): Tensor {
+    const i = this.layerIndex;
+    const gate = this.gateProj.forward(x, lora?.get(`${i}.gate`));
+    const up = this.upProj.forward(x, lora?.get(`${i}.up`));
+    return this.downProj.forward(gate.silu().mul(up), lora?.get(`${i}.down`));
   }
 }
 
@@ -201,13 +213,13 @@ export class DecoderLayer extends Module {
     this.inputNorm = this.module('input_layernorm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
     this.selfAttn = this.module('self_attn', new Attention(cfg, index));
     this.postNorm = this.module('post_attention_layernorm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
-    this.mlp = this.module('mlp', new MLP(cfg));
+    this.mlp = this.module('mlp', new MLP(cfg, index));
   }
   /** Returns the block output and the normalised attention input. */
   forward(x: Tensor, ctx: AttnContext): { out: Tensor; attnInput: Tensor } {
     const attnInput = this.inputNorm.forward(x);
     const h = x.add(this.selfAttn.forward(attnInput, ctx));
-    return { out: h.add(this.mlp.forward(this.postNorm.forward(h))), attnInput };
+    return { out: h.add(this.mlp.forward(this.postNorm.forward(h), ctx.lora)), attnInput };
   }
 }
 
@@ -246,6 +258,33 @@ export class LlamaModel extends Module {
     super();
     this.model = this.module('model', new LlamaBody(config));
     if (!config.tieEmbeddings) this.lmHead = this.module('lm_head', new Linear(config.hiddenSize, config.vocabSize, { std: 0.02 }));
+  }
+
+  private cachedFingerprint?: string;
+  /**
+   * A short hash of the configuration and weights (names, shapes and the first 64 KiB of each
+   * tensor), so stored soft contexts and compressors can refuse a different base model.
+   */
+  fingerprint(): string {
+    if (!this.cachedFingerprint) {
+      const h = createHash('sha256');
+      h.update(JSON.stringify(configToHf(this.config)));
+      tidy(() => {
+        for (const [name, p] of this.namedParameters()) {
+          if (name.includes('lora_')) continue;
+          const v = p.value.detach().reshape(-1);
+          const head = v.narrow(0, 0, Math.min(v.numel, 16384)).to('float32');
+          h.update(`${name}:${p.value.shape.join('x')}:`);
+          h.update(head.toBytes());
+        }
+      });
+      this.cachedFingerprint = h.digest('hex').slice(0, 16);
+    }
+    return this.cachedFingerprint;
+  }
+  /** Forget the cached fingerprint (after changing weights in place). */
+  invalidateFingerprint(): void {
+    this.cachedFingerprint = undefined;
   }
 
   get layers(): DecoderLayer[] {
@@ -409,7 +448,7 @@ export class LlamaModel extends Module {
       positions = pos.narrow(1, past, t);
     } else positions = { start: prefixLen + past, length: t };
     const { cos, sin } = this.ropeFor(positions, x.dtype);
-    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix };
+    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora };
 
     const hiddenStates: Tensor[] | undefined = opts.outputHiddenStates ? [x] : undefined;
     const attnInputs: Tensor[] | undefined = opts.outputAttnInputs ? [] : undefined;
@@ -431,9 +470,28 @@ export class LlamaModel extends Module {
    * Keys/values for the given hidden states at one layer, as kvPrefix entries: normed inputs
    * m [B, P, dim] at positions start..start+P-1. Uses the layer's k/v projections (with LoRA).
    */
-  prefixKv(layer: number, normedInputs: Tensor, start = 0): LayerKv {
+  prefixKv(layer: number, normedInputs: Tensor, start = 0, lora?: LoraAdapters): LayerKv {
     const p = normedInputs.size(1);
     const { cos, sin } = this.ropeFor({ start, length: p }, normedInputs.dtype);
-    return this.layers[layer].selfAttn.keysValues(normedInputs, cos, sin);
+    return this.layers[layer].selfAttn.keysValues(normedInputs, cos, sin, lora);
+  }
+
+  /** Shapes for external LoRA adapters on the chosen projections of the chosen layers. */
+  loraSpecs(targets: readonly LoraTarget[], layers?: number[]): { key: string; inFeatures: number; outFeatures: number }[] {
+    const out: { key: string; inFeatures: number; outFeatures: number }[] = [];
+    for (const [i, layer] of this.layers.entries()) {
+      if (layers && !layers.includes(i)) continue;
+      const byTarget: Record<LoraTarget, Linear> = {
+        q: layer.selfAttn.qProj,
+        k: layer.selfAttn.kProj,
+        v: layer.selfAttn.vProj,
+        o: layer.selfAttn.oProj,
+        gate: layer.mlp.gateProj,
+        up: layer.mlp.upProj,
+        down: layer.mlp.downProj,
+      };
+      for (const t of targets) out.push({ key: `${i}.${t}`, inFeatures: byTarget[t].inFeatures, outFeatures: byTarget[t].outFeatures });
+    }
+    return out;
   }
 }

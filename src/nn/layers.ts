@@ -8,6 +8,11 @@ export interface LoraConfig {
   dropout?: number;
 }
 
+/** Something that adds a low-rank update to a projection's output. */
+export interface LoraDelta {
+  delta(x: Tensor, training: boolean): Tensor;
+}
+
 /** y = x W^T + b, W [out, in]. Optional LoRA: y += (alpha / rank) * B(A(dropout(x))). */
 export class Linear extends Module {
   readonly weight: Parameter;
@@ -48,11 +53,15 @@ export class Linear extends Module {
     return this;
   }
 
-  /** x [..., in] -> [..., out] */
-  forward(x: Tensor): Tensor {
-    const y = linear(x, this.weight.value, this.bias?.value);
-    if (!this.loraA || !this.loraB) return y;
-    return y.add(this.loraDelta(x));
+  /**
+   * x [..., in] -> [..., out]. An external adapter (e.g. a compressor's LoRA, kept outside the
+   * shared base model) adds its delta too.
+   */
+  forward(x: Tensor, adapter?: LoraDelta | null): Tensor {
+    let y = linear(x, this.weight.value, this.bias?.value);
+    if (this.loraA && this.loraB) y = y.add(this.loraDelta(x));
+    if (adapter) y = y.add(adapter.delta(x, this.training));
+    return y;
   }
 
   /** The adapter's contribution alone: scale * B A dropout(x). */
@@ -114,5 +123,38 @@ export class LayerNorm extends Module {
   }
   forward(x: Tensor): Tensor {
     return layerNorm(x, [this.dim], this.weight.value, this.bias?.value, this.eps);
+  }
+}
+
+/**
+ * LoRA adapters kept outside the model they adapt, keyed by "layer.target" (e.g. "3.q"), so that
+ * one frozen base model can serve several compressors, each with its own adapters, and run
+ * without any of them. Parameters: "<key>.lora_A.weight" [rank, in], "<key>.lora_B.weight"
+ * [out, rank] (B starts at zero: no change until it trains).
+ */
+export class LoraAdapters extends Module {
+  private readonly adapters = new Map<string, LoraDelta>();
+  readonly scale: number;
+  constructor(
+    specs: { key: string; inFeatures: number; outFeatures: number }[],
+    readonly cfg: LoraConfig,
+  ) {
+    super();
+    this.scale = cfg.alpha / cfg.rank;
+    for (const s of specs) {
+      const a = this.param(`${s.key}.lora_A.weight`, rand([cfg.rank, s.inFeatures]).mul_(2).add_(-1).mul_(1 / Math.sqrt(s.inFeatures)));
+      const b = this.param(`${s.key}.lora_B.weight`, zeros([s.outFeatures, cfg.rank]));
+      const scale = this.scale;
+      const p = cfg.dropout ?? 0;
+      this.adapters.set(s.key, {
+        delta: (x, training) => linear(linear(dropout(x, p, training), a.value), b.value).mul(scale),
+      });
+    }
+  }
+  get(key: string): LoraDelta | undefined {
+    return this.adapters.get(key);
+  }
+  has(key: string): boolean {
+    return this.adapters.has(key);
   }
 }

@@ -1,8 +1,9 @@
 /**
- * Optimisers and gradient clipping. AdamW follows torch.optim.AdamW exactly (decoupled weight
- * decay, bias-corrected moments, per-parameter step counts). Updates run under noGrad inside a
- * tidy scope, through libtorch's `_foreach_*` in-place operators when present (one call over
- * all parameters instead of one per parameter), else per-parameter in-place operators.
+ * Optimisers and gradient clipping. AdamW follows torch.optim.AdamW (decoupled weight decay,
+ * bias-corrected moments, per-parameter step counts; equal up to rounding). Updates run under
+ * noGrad inside a tidy scope, through libtorch's `_foreach_*` in-place operators when present
+ * (one call over all parameters instead of one per parameter), else per-parameter in-place
+ * operators.
  */
 import { Tensor, callInPlace, callOp, noGrad, opSchema, stack, tidy, zerosLike } from '../tensor/index.js';
 import type { Parameter } from './module.js';
@@ -23,7 +24,7 @@ function hasOp(op: string): boolean {
   return v;
 }
 
-const FOREACH_OPS = ['_foreach_mul_.Scalar', '_foreach_add_.List', '_foreach_addcmul_.Scalar', '_foreach_sqrt', '_foreach_div_.Scalar', '_foreach_add_.Scalar', '_foreach_addcdiv_.Scalar'];
+const FOREACH_OPS = ['_foreach_mul_.Scalar', '_foreach_add_.List', '_foreach_addcmul_.Scalar', '_foreach_sqrt', '_foreach_add_.Scalar', '_foreach_addcdiv_.Scalar'];
 
 export interface AdamWOptions {
   lr?: number;
@@ -103,7 +104,11 @@ export class AdamW {
         for (const [t, { ps, gs, ms, vs }] of groups) {
           const bc1 = 1 - b1 ** t;
           const bc2Sqrt = Math.sqrt(1 - b2 ** t);
-          const stepSize = lr / bc1;
+          // p -= lr/bc1 * m / (sqrt(v)/bc2Sqrt + eps), written with the bias correction of v
+          // folded into the scalars: p -= (lr*bc2Sqrt/bc1) * m / (sqrt(v) + eps*bc2Sqrt). Same
+          // value up to rounding, one pass over the moments fewer.
+          const stepSize = (lr * bc2Sqrt) / bc1;
+          const epsHat = eps * bc2Sqrt;
           if (this.foreach) {
             if (weightDecay !== 0) callInPlace('_foreach_mul_.Scalar', [ps, 1 - lr * weightDecay]);
             callInPlace('_foreach_mul_.Scalar', [ms, b1]);
@@ -111,8 +116,7 @@ export class AdamW {
             callInPlace('_foreach_mul_.Scalar', [vs, b2]);
             callInPlace('_foreach_addcmul_.Scalar', [vs, gs, gs, 1 - b2]);
             const denom = callOp('_foreach_sqrt', [vs]) as Tensor[];
-            callInPlace('_foreach_div_.Scalar', [denom, bc2Sqrt]);
-            callInPlace('_foreach_add_.Scalar', [denom, eps]);
+            callInPlace('_foreach_add_.Scalar', [denom, epsHat]);
             callInPlace('_foreach_addcdiv_.Scalar', [ps, ms, denom, -stepSize]);
           } else {
             for (let k = 0; k < ps.length; k++) {
@@ -121,7 +125,7 @@ export class AdamW {
               if (weightDecay !== 0) p.mul_(1 - lr * weightDecay);
               ms[k].lerp_(g, 1 - b1);
               vs[k].mul_(b2).addcmul_(g, g, 1 - b2);
-              const denom = vs[k].sqrt().mul_(1 / bc2Sqrt).add_(eps);
+              const denom = vs[k].sqrt().add_(epsHat);
               p.addcdiv_(ms[k], denom, -stepSize);
             }
           }

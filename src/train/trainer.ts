@@ -79,7 +79,7 @@ function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: numbe
     const params = new Map<string, RawTensor>();
     for (const [name, p] of task.params) params.set(name, tensorToRaw(p.value.detach(), name));
     writeSafetensors(join(tmp, 'params.safetensors'), params);
-    const sd = opt.stateDict();
+    const sd = opt.stateDict({ copy: false });
     const moments = new Map<string, RawTensor>();
     const steps: Record<string, number> = {};
     for (const [i, s] of sd.state) {
@@ -111,13 +111,16 @@ function loadCheckpoint(outDir: string, task: TrainTask, opt: AdamW): Checkpoint
   }
   const { tensors: moments, metadata } = readSafetensors(join(dir, 'optimizer.safetensors'));
   const steps = JSON.parse(metadata.steps ?? '{}') as Record<string, number>;
-  const sdState = new Map<number, { step: number; expAvg: Tensor; expAvgSq: Tensor }>();
-  task.params.forEach(([name], i) => {
-    const m = moments.get(`exp_avg.${name}`);
-    const v = moments.get(`exp_avg_sq.${name}`);
-    if (m && v) sdState.set(i, { step: steps[name] ?? state.step, expAvg: rawToTensor(m, name).keep(), expAvgSq: rawToTensor(v, name).keep() });
+  // loadStateDict copies the moments, so the loaded tensors can be freed with the scope.
+  tidy(() => {
+    const sdState = new Map<number, { step: number; expAvg: Tensor; expAvgSq: Tensor }>();
+    task.params.forEach(([name], i) => {
+      const m = moments.get(`exp_avg.${name}`);
+      const v = moments.get(`exp_avg_sq.${name}`);
+      if (m && v) sdState.set(i, { step: steps[name] ?? state.step, expAvg: rawToTensor(m, name), expAvgSq: rawToTensor(v, name) });
+    });
+    opt.loadStateDict({ step: Number(metadata.step ?? state.step), state: sdState });
   });
-  opt.loadStateDict({ step: Number(metadata.step ?? state.step), state: sdState });
   const rngBytes = Buffer.from(state.rng, 'base64');
   tidy(() => setRngState(fromBytes(new Uint8Array(rngBytes), 'uint8', [rngBytes.length])));
   return state;

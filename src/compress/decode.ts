@@ -1,0 +1,97 @@
+/**
+ * How the decoder reads any SoftContext, the same way for every method:
+ *   [BOS] [soft tokens] [tail tokens]   (memory KV, when present, sits inside attention)
+ * Items with fewer soft tokens than the batch's k are padded on the left of their soft tokens
+ * and masked, so the last prefix position is always real and positions stay contiguous.
+ */
+import { Tensor, cat, crossEntropy, tensor, zeros } from '../tensor/index.js';
+import { generate, type GenerateOptions, type GenerateResult } from '../models/generate.js';
+import type { LlamaModel } from '../models/llama.js';
+import type { LoraAdapters } from '../nn/layers.js';
+import type { SoftContext } from './types.js';
+
+/** [BOS] + soft tokens as input embeddings [B, 1+k, dim] and their mask [B, 1+k]. */
+export function contextPrefix(model: LlamaModel, ctx: SoftContext, bos: number): { embeds: Tensor; mask: Tensor } {
+  const b = ctx.meta.sourceTokens.length;
+  const bosEmb = model.embed(tensor(new Array(b).fill(bos), [b, 1], { dtype: 'int64' }));
+  const soft = ctx.softTokens;
+  if (!soft || soft.size(1) === 0) return { embeds: bosEmb, mask: tensor(new Array(b).fill(1), [b, 1], { dtype: 'bool' }) };
+  const k = soft.size(1);
+  const counts = ctx.meta.softTokens;
+  const ragged = counts.some((n) => n !== k);
+  let softOut = soft.to(bosEmb.dtype);
+  let softMask: Tensor;
+  if (ragged) {
+    // Move each row's n valid tokens to the end: order = [n..k-1 (pads), 0..n-1 (valid)].
+    const order: number[] = [];
+    const maskVals: number[] = [];
+    for (const n of counts) {
+      for (let i = n; i < k; i++) order.push(i);
+      for (let i = 0; i < n; i++) order.push(i);
+      for (let i = 0; i < k; i++) maskVals.push(i >= k - n ? 1 : 0);
+    }
+    const idx = tensor(order, [b, k, 1], { dtype: 'int64' }).expand(b, k, softOut.size(2));
+    softOut = softOut.gather(1, idx);
+    softMask = tensor(maskVals, [b, k], { dtype: 'bool' });
+  } else {
+    softMask = tensor(new Array(b * k).fill(1), [b, k], { dtype: 'bool' });
+  }
+  return {
+    embeds: cat([bosEmb, softOut], 1),
+    mask: cat([tensor(new Array(b).fill(1), [b, 1], { dtype: 'bool' }), softMask], 1),
+  };
+}
+
+export interface TailLossResult {
+  /** Mean cross-entropy over the counted tail tokens. */
+  loss: Tensor;
+  /** Counted tokens. */
+  tokens: number;
+}
+
+/**
+ * Cross-entropy of tail tokens read after a soft context. tails[b] are ids; only positions
+ * j >= lossFrom[b] count (e.g. the answer after a question). Runs with gradients, so it is
+ * the training loss of every objective, and (under noGrad) the evaluation loss.
+ */
+export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][], lossFrom: number[], opts: { bos: number; pad: number; lora?: LoraAdapters }): TailLossResult {
+  const b = tails.length;
+  if (b !== ctx.meta.sourceTokens.length) throw new Error(`tailLoss: ${b} tails for ${ctx.meta.sourceTokens.length} contexts`);
+  const len = Math.max(1, ...tails.map((t) => t.length));
+  const ids: number[] = [];
+  const mask: number[] = [];
+  const targets: number[] = [];
+  let counted = 0;
+  tails.forEach((t, r) => {
+    for (let j = 0; j < len; j++) {
+      const real = j < t.length;
+      ids.push(real ? t[j] : opts.pad);
+      mask.push(real ? 1 : 0);
+      const counts = real && j >= lossFrom[r];
+      targets.push(counts ? t[j] : -100);
+      if (counts) counted++;
+    }
+  });
+  if (counted === 0) throw new Error('tailLoss: no tail token is counted');
+  const prefix = contextPrefix(model, ctx, opts.bos);
+  const p = prefix.embeds.size(1);
+  const tailEmb = model.embed(tensor(ids, [b, len], { dtype: 'int64' }));
+  const inputsEmbeds = cat([prefix.embeds, tailEmb], 1);
+  const paddingMask = cat([prefix.mask, tensor(mask, [b, len], { dtype: 'bool' })], 1);
+  const { hidden } = model.forward({ inputsEmbeds, paddingMask, kvPrefix: ctx.memoryKv, logits: 'none', lora: opts.lora });
+  // Position p-1+j predicts tail token j.
+  const logits = model.head(hidden.narrow(1, p - 1, len));
+  const loss = crossEntropy(logits.reshape(b * len, -1), tensor(targets, [b * len], { dtype: 'int64' }), { ignoreIndex: -100 });
+  return { loss, tokens: counted };
+}
+
+/** Generates answers to prompts (token ids) read after a soft context, one prompt per item. */
+export function generateWithContext(model: LlamaModel, ctx: SoftContext, prompts: number[][], bos: number, opts: Omit<GenerateOptions, 'prefixEmbeds' | 'prefixMask' | 'kvPrefix'>): GenerateResult {
+  const prefix = contextPrefix(model, ctx, bos);
+  return generate(model, prompts, { ...opts, prefixEmbeds: prefix.embeds, prefixMask: prefix.mask, kvPrefix: ctx.memoryKv });
+}
+
+/** An empty [b, 0, dim] soft-token tensor (the `none` strategy). */
+export function noSoftTokens(model: LlamaModel, b: number): Tensor {
+  return zeros([b, 0, model.dim], { dtype: model.dtype });
+}

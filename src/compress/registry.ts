@@ -1,0 +1,104 @@
+/**
+ * Compressors by name. A method registers a factory (new, untrained, with options) and is
+ * saved as a folder: compressor.json (its config, the base fingerprint) + weights.safetensors
+ * (+ decoder.safetensors for methods that adapt the decoder).
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tidy } from '../tensor/index.js';
+import type { LlamaModel } from '../models/llama.js';
+import { rawToTensor, tensorToRaw } from '../models/load.js';
+import { readSafetensors, writeSafetensors, type RawTensor } from '../io/safetensors.js';
+import type { Compressor, CompressorConfig } from './types.js';
+
+export type CompressorFactory = (base: LlamaModel, options: Record<string, unknown>) => Compressor;
+
+interface Entry {
+  factory: CompressorFactory;
+  about: string;
+  /** Learned methods have weights to train and save; strategies do not. */
+  learned: boolean;
+}
+
+const registry = new Map<string, Entry>();
+
+export function registerCompressor(method: string, about: string, learned: boolean, factory: CompressorFactory): void {
+  if (registry.has(method)) throw new Error(`compressor '${method}' is already registered`);
+  registry.set(method, { factory, about, learned });
+}
+
+export function compressorNames(opts: { learnedOnly?: boolean } = {}): string[] {
+  return [...registry.entries()].filter(([, e]) => !opts.learnedOnly || e.learned).map(([n]) => n);
+}
+
+export function compressorAbout(method: string): string {
+  return registry.get(method)?.about ?? '';
+}
+
+export function isLearned(method: string): boolean {
+  const e = registry.get(method);
+  if (!e) throw new Error(`unknown compressor '${method}' (known: ${compressorNames().join(', ')})`);
+  return e.learned;
+}
+
+/** A new compressor of a registered method over a base model. */
+export function createCompressor(method: string, base: LlamaModel, options: Record<string, unknown> = {}): Compressor {
+  const e = registry.get(method);
+  if (!e) throw new Error(`unknown compressor '${method}' (known: ${compressorNames().join(', ')})`);
+  return e.factory(base, options);
+}
+
+function writeJsonAtomic(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
+  renameSync(tmp, path);
+}
+
+/** Saves a compressor's config and weights into dir. */
+export function saveCompressor(c: Compressor, dir: string, extra: Record<string, unknown> = {}): void {
+  mkdirSync(dir, { recursive: true });
+  tidy(() => {
+    if (c.module) {
+      const tensors = new Map<string, RawTensor>();
+      for (const [name, p] of c.module.namedParameters()) tensors.set(name, tensorToRaw(p.value.detach(), name));
+      writeSafetensors(join(dir, 'weights.safetensors'), tensors, { method: c.method });
+    }
+    if (c.decoderLora) {
+      const tensors = new Map<string, RawTensor>();
+      for (const [name, p] of c.decoderLora.namedParameters()) tensors.set(name, tensorToRaw(p.value.detach(), name));
+      writeSafetensors(join(dir, 'decoder.safetensors'), tensors, { method: c.method });
+    }
+  });
+  writeJsonAtomic(join(dir, 'compressor.json'), { ...c.config, baseFingerprint: c.base.fingerprint(), ...extra });
+}
+
+/** Loads a saved compressor over its base model; refuses a different base model. */
+export function loadCompressor(dir: string, base: LlamaModel): Compressor {
+  const cfgPath = join(dir, 'compressor.json');
+  if (!existsSync(cfgPath)) throw new Error(`${dir}: no compressor.json (not a saved compressor)`);
+  let cfg: CompressorConfig & { baseFingerprint?: string };
+  try {
+    cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as CompressorConfig & { baseFingerprint?: string };
+  } catch (e) {
+    throw new Error(`${cfgPath}: ${(e as Error).message}`);
+  }
+  if (cfg.baseFingerprint && cfg.baseFingerprint !== base.fingerprint()) {
+    throw new Error(`${dir}: this compressor was trained for base model ${cfg.baseFingerprint}, but the loaded base model is ${base.fingerprint()}`);
+  }
+  const c = createCompressor(cfg.method, base, cfg);
+  const load = (file: string, module: { namedParameters(): [string, { load(t: import('../tensor/index.js').Tensor, name: string): void }][] } | null | undefined) => {
+    if (!module) return;
+    const path = join(dir, file);
+    if (!existsSync(path)) throw new Error(`${dir}: missing ${file}`);
+    const tensors = readSafetensors(path).tensors;
+    for (const [name, p] of module.namedParameters()) {
+      const raw = tensors.get(name);
+      if (!raw) throw new Error(`${path}: no tensor '${name}'`);
+      tidy(() => p.load(rawToTensor(raw, name), name));
+    }
+  };
+  load('weights.safetensors', c.module);
+  load('decoder.safetensors', c.decoderLora);
+  c.setTraining(false);
+  return c;
+}

@@ -1,0 +1,86 @@
+/**
+ * The one interface every compressor implements, and the SoftContext it returns. A compressor
+ * turns contexts (token ids) into soft tokens [batch, k, dim] in the decoder's input-embedding
+ * space, or into per-layer memory keys/values (CCF), at a budget: a ratio r
+ * (k = ceil(T / r) per context of T tokens) or a fixed number of soft tokens.
+ */
+import type { Tensor } from '../tensor/index.js';
+import type { Module, Parameter } from '../nn/index.js';
+import type { LayerKv, LlamaModel } from '../models/llama.js';
+import type { LoraAdapters } from '../nn/layers.js';
+
+/** Exactly one of ratio (context tokens per soft token) or tokens (soft tokens per context). */
+export interface Budget {
+  ratio?: number;
+  tokens?: number;
+}
+
+export interface SoftContextMeta {
+  method: string;
+  /** The budget asked for. */
+  budget: Budget;
+  /** Context tokens per batch item. */
+  sourceTokens: number[];
+  /** Soft tokens (or memory slots per layer) per batch item. */
+  softTokens: number[];
+  /** Fingerprint of the base model the context was made for. */
+  baseFingerprint: string;
+}
+
+export interface SoftContext {
+  /** [batch, k, dim] input embeddings, when the method makes soft tokens. */
+  softTokens?: Tensor;
+  /** [batch, k] bool: which soft tokens are real (items may have fewer than k). */
+  mask?: Tensor;
+  /** Per-layer keys/values [batch, kvHeads, m, headDim] (CCF-style memory). */
+  memoryKv?: LayerKv[];
+  /** [batch, m] bool for memoryKv slots. */
+  memoryMask?: Tensor;
+  meta: SoftContextMeta;
+}
+
+/** Stored beside a compressor's weights (compressor.json). */
+export interface CompressorConfig {
+  method: string;
+  [key: string]: unknown;
+}
+
+/** Training stages the framework knows. */
+export type Stage = 'ae' | 'lm' | 'qa';
+
+export interface Compressor {
+  readonly method: string;
+  readonly base: LlamaModel;
+  readonly config: CompressorConfig;
+  /** The module holding the compressor's own parameters (what is saved with it); null for strategies. */
+  readonly module: Module | null;
+  /** Ratios the compressor supports; undefined means any. */
+  readonly ratios?: readonly number[];
+  /** Parameters that train at a stage (named as in the saved weights). */
+  trainable(stage: Stage): [string, Parameter][];
+  /** contexts: token ids per item (no BOS). */
+  compress(contexts: number[][], budget: Budget): SoftContext;
+  /** Adapters the decoder uses when reading this compressor's contexts (e.g. GMSA stage 2). */
+  readonly decoderLora?: LoraAdapters;
+  /** Train/eval mode of the compressor's own modules (dropout). */
+  setTraining(on: boolean): void;
+}
+
+/** Soft tokens for a context of T tokens under a budget. */
+export function softCount(contextTokens: number, budget: Budget): number {
+  checkBudget(budget);
+  if (budget.tokens !== undefined) return budget.tokens;
+  return Math.ceil(contextTokens / budget.ratio!);
+}
+
+export function checkBudget(budget: Budget): void {
+  const hasR = budget.ratio !== undefined;
+  const hasK = budget.tokens !== undefined;
+  if (hasR === hasK) throw new Error('budget: give exactly one of ratio or tokens');
+  if (hasR && !(Number.isFinite(budget.ratio) && budget.ratio! >= 1)) throw new Error(`budget: ratio must be a number >= 1, got ${budget.ratio}`);
+  if (hasK && !(Number.isInteger(budget.tokens) && budget.tokens! >= 0)) throw new Error(`budget: tokens must be an integer >= 0, got ${budget.tokens}`);
+}
+
+export function describeBudget(b: Budget): string {
+  return b.ratio !== undefined ? `ratio ${b.ratio}` : `${b.tokens} soft tokens`;
+}
