@@ -1,0 +1,10 @@
+/**
+ * softpress compressors. Importing this module registers every method; a new method is one
+ * file plus its line here and its entry in test/compressors.test.ts (the shared suite).
+ */
+import './strategies.js';
+
+export * from './types.js';
+export * from './registry.js';
+export * from './decode.js';
+export * from './softctx.js';

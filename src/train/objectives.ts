@@ -1,0 +1,142 @@
+/**
+ * Training objectives for compressors, as TrainTasks for the one trainer:
+ *   ae  — [BOS] soft <|restate|> context EOS; loss on the context and EOS (autoencoding)
+ *   lm  — [BOS] soft continuation; loss on the continuation (next-token prediction)
+ *   qa  — [BOS] soft "\nQuestion: q\nAnswer:" " a" EOS; loss on the answer and EOS
+ * A mix of stages and a set of ratios are sampled per micro-batch from (seed, step, micro), so
+ * batches are deterministic and one compressor serves several ratios.
+ */
+import type { Tokenizer } from '../models/tokenizer.js';
+import { ChunkSampler } from '../data/lm.js';
+import { Rng } from '../data/rng.js';
+import { formatQAPrompt, qaTarget } from '../data/qa.js';
+import type { QAExample } from '../data/qa.js';
+import { tailLoss, type Budget, type Compressor, type Stage } from '../compress/index.js';
+import type { TrainTask, MicroBatchLoss } from './trainer.js';
+
+export interface ObjectiveConfig {
+  /** Stages and their sampling weights, e.g. {ae: 0.5, lm: 0.5}. */
+  stages: Partial<Record<Stage, number>>;
+  /** Ratios sampled per micro-batch (or a fixed budget of soft tokens). */
+  ratios?: number[];
+  budgetTokens?: number;
+  /** Context tokens compressed (ae / lm). */
+  contextLen: number;
+  /** Continuation tokens after the context (lm). */
+  continuationLen: number;
+  batchSize: number;
+  seed: number;
+}
+
+export interface ObjectiveData {
+  tokenizer: Tokenizer;
+  /** Token stream of training text (chunks of contextLen + continuationLen + 1 are drawn). */
+  stream?: Int32Array;
+  /** QA examples (training split only). */
+  qa?: QAExample[];
+}
+
+/** The token id of a named special token, or an error naming the tokenizer's specials. */
+export function specialId(tok: Tokenizer, name: string): number {
+  const id = tok.special.get(name);
+  if (id === undefined) throw new Error(`the tokenizer has no special token ${name} (it has ${[...tok.special.keys()].join(', ')})`);
+  return id;
+}
+
+export interface Batch {
+  stage: Stage;
+  budget: Budget;
+  contexts: number[][];
+  tails: number[][];
+  lossFrom: number[];
+}
+
+/** Builds the batches of the objectives (pure in step and micro). */
+export class ObjectiveSampler {
+  private readonly chunks?: ChunkSampler;
+  private readonly stageNames: Stage[];
+  private readonly stageCum: number[];
+  private readonly qaCache = new Map<number, { context: number[]; prompt: number[]; answer: number[] }>();
+
+  constructor(
+    readonly cfg: ObjectiveConfig,
+    readonly data: ObjectiveData,
+  ) {
+    const entries = Object.entries(cfg.stages).filter(([, w]) => (w ?? 0) > 0) as [Stage, number][];
+    if (entries.length === 0) throw new Error('objectives: give at least one stage with a positive weight');
+    this.stageNames = entries.map(([s]) => s);
+    const total = entries.reduce((a, [, w]) => a + w, 0);
+    let acc = 0;
+    this.stageCum = entries.map(([, w]) => (acc += w / total));
+    if ((cfg.ratios === undefined || cfg.ratios.length === 0) === (cfg.budgetTokens === undefined)) throw new Error('objectives: give ratios or budgetTokens');
+    if (this.stageNames.some((s) => s === 'ae' || s === 'lm')) {
+      if (!data.stream) throw new Error('objectives: ae/lm stages need a token stream');
+      this.chunks = new ChunkSampler(data.stream, cfg.contextLen + cfg.continuationLen, cfg.seed);
+    }
+    if (this.stageNames.includes('qa') && !data.qa?.length) throw new Error('objectives: the qa stage needs QA examples');
+  }
+
+  private qaTokens(i: number): { context: number[]; prompt: number[]; answer: number[] } {
+    let t = this.qaCache.get(i);
+    if (!t) {
+      const ex = this.data.qa![i];
+      const tok = this.data.tokenizer;
+      t = { context: tok.encode(ex.context), prompt: tok.encode(formatQAPrompt({ context: '', question: ex.question })), answer: [...tok.encode(qaTarget(ex)), tok.eos] };
+      if (this.qaCache.size > 20000) this.qaCache.clear();
+      this.qaCache.set(i, t);
+    }
+    return t;
+  }
+
+  batch(step: number, micro: number, forceStage?: Stage, forceBudget?: Budget): Batch {
+    const rng = new Rng(`objective:${this.cfg.seed}:${step}:${micro}`);
+    const u = rng.next();
+    const stage = forceStage ?? this.stageNames[this.stageCum.findIndex((c) => u < c)] ?? this.stageNames[this.stageNames.length - 1];
+    const budget: Budget = forceBudget ?? (this.cfg.budgetTokens !== undefined ? { tokens: this.cfg.budgetTokens } : { ratio: this.cfg.ratios![rng.int(this.cfg.ratios!.length)] });
+    const tok = this.data.tokenizer;
+    const contexts: number[][] = [];
+    const tails: number[][] = [];
+    const lossFrom: number[] = [];
+    const n = this.cfg.batchSize;
+    for (let r = 0; r < n; r++) {
+      if (stage === 'qa') {
+        const t = this.qaTokens(rng.int(this.data.qa!.length));
+        contexts.push(t.context);
+        tails.push([...t.prompt, ...t.answer]);
+        lossFrom.push(t.prompt.length);
+        continue;
+      }
+      const chunk = Array.from(this.chunks!.chunk((step * 1009 + micro) * n + r));
+      const ctx = chunk.slice(0, this.cfg.contextLen);
+      contexts.push(ctx);
+      if (stage === 'ae') {
+        tails.push([specialId(tok, '<|restate|>'), ...ctx, tok.eos]);
+        lossFrom.push(1);
+      } else {
+        tails.push(chunk.slice(this.cfg.contextLen, this.cfg.contextLen + this.cfg.continuationLen));
+        lossFrom.push(0);
+      }
+    }
+    return { stage, budget, contexts, tails, lossFrom };
+  }
+}
+
+/** The loss of one batch through a compressor and the frozen (or adapted) decoder. */
+export function batchLoss(compressor: Compressor, batch: Batch, tok: Tokenizer): MicroBatchLoss {
+  const ctx = compressor.compress(batch.contexts, batch.budget);
+  return tailLoss(compressor.base, ctx, batch.tails, batch.lossFrom, { bos: tok.bos, pad: tok.pad, lora: compressor.decoderLora });
+}
+
+/** A TrainTask training a compressor's parameters for a stage mix. */
+export function compressorTask(compressor: Compressor, sampler: ObjectiveSampler, trainStage: Stage, validate?: () => Record<string, number>): TrainTask {
+  const params = compressor.trainable(trainStage);
+  if (params.length === 0) throw new Error(`${compressor.method} has nothing to train at stage ${trainStage}`);
+  return {
+    params,
+    microBatch(step, micro) {
+      compressor.setTraining(true);
+      return batchLoss(compressor, sampler.batch(step, micro), sampler.data.tokenizer);
+    },
+    validate,
+  };
+}
