@@ -2,6 +2,9 @@
 #include "common.h"
 
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <memory>
 
 #include <vector>
 
@@ -82,7 +85,28 @@ static Napi::Value IsGradEnabled(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), at::GradMode::is_enabled());
 }
 
+// libtorch's operator profiler, written as a Chrome trace (for `bench model --profile`).
+static std::unique_ptr<torch::autograd::profiler::RecordProfile> g_profile;
+
+static Napi::Value ProfilerStart(const Napi::CallbackInfo& info) {
+  return Guard(info, "profilerStart", [&]() -> Napi::Value {
+    if (g_profile) throw std::runtime_error("the profiler is already running");
+    g_profile = std::make_unique<torch::autograd::profiler::RecordProfile>(info[0].As<Napi::String>().Utf8Value());
+    return info.Env().Undefined();
+  });
+}
+
+static Napi::Value ProfilerStop(const Napi::CallbackInfo& info) {
+  return Guard(info, "profilerStop", [&]() -> Napi::Value {
+    if (!g_profile) throw std::runtime_error("the profiler is not running");
+    g_profile.reset();  // writes the trace
+    return info.Env().Undefined();
+  });
+}
+
 void InitAutograd(Napi::Env env, Napi::Object exports) {
+  exports.Set("profilerStart", Napi::Function::New(env, ProfilerStart));
+  exports.Set("profilerStop", Napi::Function::New(env, ProfilerStop));
   exports.Set("backward", Napi::Function::New(env, Backward));
   exports.Set("grad", Napi::Function::New(env, Grad));
   exports.Set("getGrad", Napi::Function::New(env, GetGrad));

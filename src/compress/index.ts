@@ -3,6 +3,8 @@
  * file plus its line here and its entry in test/compressors.test.ts (the shared suite).
  */
 import './strategies.js';
+import './meanpool.js';
+import './icae.js';
 
 export * from './types.js';
 export * from './registry.js';

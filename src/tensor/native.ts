@@ -36,6 +36,8 @@ export interface NativeAddon {
   setRequiresGrad(t: Handle, value: boolean): void;
   setGradEnabled(enabled: boolean): boolean;
   isGradEnabled(): boolean;
+  profilerStart(tracePath: string): void;
+  profilerStop(): void;
 }
 
 /**

@@ -1,0 +1,341 @@
+/**
+ * GMSA — Group Merging and Layer Semantic Alignment (Tang et al., arXiv 2505.12215;
+ * papers/gmsa.md). An encoder–decoder soft compressor:
+ *
+ *   context ids [B, T]
+ *     -> encoder: the base model's first N_enc blocks + LoRA on all their projections, then the
+ *        final norm                                                          states [B, T, H]
+ *     -> group merging: the exact mean of each group of consecutive valid tokens
+ *                                                                            merged [B, k, H]
+ *     -> LSA: one causal transformer block (a trained copy of the decoder's first layer) and a
+ *        frozen copy of the final norm, at positions 0..k-1                  soft   [B, k, H]
+ *     -> the shared base model decodes [BOS] soft ... (decode.ts), through this compressor's
+ *        decoder delta (`decoderLora`, zero until stage 2 trains it).
+ *
+ * Stages: 'ae' (autoencoding; also 'lm' if a run mixes continuation in) trains the encoder LoRA
+ * and the LSA block; 'qa' freezes both and trains the decoder's W_Q, W_K, W_V as a full delta
+ * kept outside the base model (decoder.safetensors), so the base model file is never modified.
+ *
+ * Ablations (the paper's table), as options saved in compressor.json:
+ *   merge 'mean'     group merging (the method)
+ *         'strided'  no merging: one encoder state per group, the group's last token (every r-th
+ *                    state; under the causal encoder it is the one that has read its whole group)
+ *         'queries'  learned, non-uniform pooling within each group: weights softmax(q · h_t)
+ *                    over the group's tokens with one trained query vector q [H] (no cross-
+ *                    attention). q starts at zero, i.e. at the exact mean, so the ablation
+ *                    isolates what "uniform aggregation" buys against letting tokens dominate.
+ *   lsa   true       the LSA block
+ *         false      merged vectors go to the decoder through only the frozen norm copy.
+ */
+import { Tensor, arange, linear, noGrad, tensor, tidy, where, zeros } from '../tensor/index.js';
+import { Module, type Parameter } from '../nn/module.js';
+import { LoraAdapters, RMSNorm, type LoraConfig, type LoraDelta } from '../nn/layers.js';
+import { DecoderLayer, LORA_TARGETS, type LlamaModel } from '../models/llama.js';
+import { registerCompressor } from './registry.js';
+import { checkBudget, softCount, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+
+export type GmsaMerge = 'mean' | 'strided' | 'queries';
+
+export interface GmsaOptions {
+  /**
+   * Encoder depth N_enc. Default min(8, ceil(L / 2)): the paper's 8 on its 28-layer base, and
+   * 3 of 6 on ours. A strict depth fraction (8/28 of 6 = 1.7 -> 2) leaves a tiny model too little
+   * depth to write a group's content and order into states that are then averaged; half the
+   * model keeps compression at most half a forward pass of the context.
+   */
+  encoderLayers?: number;
+  /**
+   * Encoder LoRA rank. Default min(128, H / 8): the paper's 128 on every base it uses
+   * (H >= 1024), 32 on ours (H 256). Rank 128 at H 256 would give adapters as large as 80% of
+   * the encoder blocks themselves; 32 gives ~20% (the paper's rank 128 on a 3B model is ~7%, but
+   * rank 16 is tight for states that must keep every token recoverable).
+   */
+  loraRank?: number;
+  /** LoRA alpha. Default rank / 4: the paper's scale alpha / rank = 32 / 128 at any rank. */
+  loraAlpha?: number;
+  /** LoRA dropout (paper 0.05); active only while the encoder trains. */
+  loraDropout?: number;
+  merge?: GmsaMerge;
+  lsa?: boolean;
+}
+
+/** The paper's optimisation recipe, for the training CLI (papers/gmsa.md, "Training"). */
+export const GMSA_RECIPE = {
+  ae: { lr: 1e-4, warmupFraction: 0.1, weightDecay: 0.01, clip: 2.0, ratios: [4, 8] },
+  qa: { lr: 1e-5, warmupFraction: 0.1, weightDecay: 0.01, clip: 2.0, ratios: [4, 8] },
+} as const;
+
+// ---- group merging -------------------------------------------------------------------------
+
+/**
+ * Start index of each group over n tokens (groups are consecutive; group g ends where g+1
+ * starts, the last at n). Ratio r: groups of r tokens with a shorter final group, so
+ * ceil(n / r) groups (a non-integer r alternates floor/ceil sizes, starts at floor(g r)).
+ * Budget of k tokens: min(k, n) near-equal groups, starts floor(g n / k), sizes differing by
+ * at most one (never an empty group, so never more soft tokens than context tokens).
+ */
+export function groupStarts(n: number, budget: Budget): number[] {
+  if (budget.tokens !== undefined) {
+    const k = Math.min(budget.tokens, n);
+    return Array.from({ length: k }, (_, g) => Math.floor((g * n) / k));
+  }
+  const r = budget.ratio!;
+  return Array.from({ length: softCount(n, budget) }, (_, g) => Math.floor(g * r + 1e-9));
+}
+
+/** Per batch: token -> group (-1 for padding), whether it ends its group, and group counts. */
+interface MergePlan {
+  /** [B, T] int64, -1 on padding. */
+  group: Tensor;
+  /** [B, T] bool, true on each group's last token. */
+  last: Tensor;
+  /** Groups (soft tokens) per item. */
+  counts: number[];
+  /** max(counts). */
+  k: number;
+}
+
+function mergePlan(lengths: number[], t: number, budget: Budget): MergePlan {
+  const group: number[] = [];
+  const last: boolean[] = [];
+  const counts: number[] = [];
+  for (const n of lengths) {
+    const starts = groupStarts(n, budget);
+    counts.push(starts.length);
+    let g = -1;
+    for (let i = 0; i < t; i++) {
+      if (i < n && g + 1 < starts.length && starts[g + 1] === i) g++;
+      group.push(i < n ? g : -1);
+      const end = g + 1 < starts.length ? starts[g + 1] : n;
+      last.push(i < n && i === end - 1);
+    }
+  }
+  const b = lengths.length;
+  return {
+    group: tensor(group, [b, t], { dtype: 'int64' }),
+    last: tensor(last, [b, t], { dtype: 'bool' }),
+    counts,
+    k: Math.max(0, ...counts),
+  };
+}
+
+/**
+ * Merges encoder states [B, T, H] into [B, k, H] with a weight matrix W [B, k, T]: row g holds
+ * group g's token weights (mean: 1/|g|; strided: 1 on its last token; queries: a softmax over
+ * its tokens), rows of padded groups are zero. One matmul serves every variant.
+ */
+function mergeStates(states: Tensor, plan: MergePlan, merge: GmsaMerge, query?: Parameter): Tensor {
+  const member = plan.group.unsqueeze(1).eq(arange(0, plan.k, 1, { dtype: 'int64' }).reshape(1, plan.k, 1)); // [B, k, T]
+  const dtype = states.dtype;
+  let w: Tensor;
+  if (merge === 'mean') {
+    const m = member.to(dtype);
+    w = m.div(m.sum(-1, true).clamp(1, null)); // padded groups: 0 / 1
+  } else if (merge === 'strided') {
+    w = member.logicalAnd(plan.last.unsqueeze(1)).to(dtype);
+  } else {
+    const scores = states.matmul(query!.value.to(dtype)).unsqueeze(1); // [B, 1, T]
+    // A padded group's row is all -1e30: softmax is then finite (uniform) and zeroed below.
+    const soft = where(member, scores, -1e30).softmax(-1);
+    const realGroup = member.any ? member.to(dtype).sum(-1, true).clamp(0, 1) : soft; // [B, k, 1]
+    w = soft.mul(realGroup);
+  }
+  return w.matmul(states);
+}
+
+// ---- modules -------------------------------------------------------------------------------
+
+/**
+ * LoRA adapters whose dropout follows their own train/eval mode. (LoraAdapters takes the mode
+ * of the base-model layer it is applied in, and the shared base model stays in eval mode.)
+ */
+class EncoderLora extends LoraAdapters {
+  override get(key: string): LoraDelta | undefined {
+    const d = super.get(key);
+    return d && { delta: (x: Tensor) => d.delta(x, this.training) };
+  }
+}
+
+/**
+ * Stage 2's W_Q, W_K, W_V as full deltas outside the shared base model: the decoder computes
+ * x (W + ΔW)^T, and dL/dΔW = dL/dW, so training ΔW from zero is training the projections
+ * themselves (only weight decay differs: it pulls toward W instead of 0). A full rather than
+ * low-rank delta because the paper trains the full matrices and ours are small (786k numbers
+ * for the 6-layer base). It is a LoraAdapters so the decoder, tailLoss, generate and
+ * saveCompressor use it unchanged; it has no low-rank factors (the parent's config is unused).
+ * Parameters "<layer>.<q|k|v>.delta.weight" [out, in].
+ */
+class ProjectionDelta extends LoraAdapters {
+  private readonly deltas = new Map<string, LoraDelta>();
+  constructor(specs: { key: string; inFeatures: number; outFeatures: number }[]) {
+    super([], { rank: 1, alpha: 1 });
+    for (const s of specs) {
+      const w = this.param(`${s.key}.delta.weight`, zeros([s.outFeatures, s.inFeatures]));
+      this.deltas.set(s.key, { delta: (x: Tensor) => linear(x, w.value) });
+    }
+  }
+  override get(key: string): LoraDelta | undefined {
+    return this.deltas.get(key);
+  }
+  override has(key: string): boolean {
+    return this.deltas.has(key);
+  }
+}
+
+/**
+ * Layer Semantic Alignment: a copy of the decoder's first block (trains) and of the final norm
+ * (frozen), run causally over the merged vectors at positions 0..k-1. Without the block
+ * (ablation) only the norm is applied. Parameters "layer.*" (as model.layers.0.*), "norm.weight".
+ */
+class Lsa extends Module {
+  readonly layer?: DecoderLayer;
+  readonly norm: RMSNorm;
+  constructor(
+    private readonly base: LlamaModel,
+    withBlock: boolean,
+  ) {
+    super();
+    const cfg = base.config;
+    if (withBlock) {
+      this.layer = this.module('layer', new DecoderLayer(cfg, 0));
+      this.layer.loadStateDict(base.layers[0].stateDict());
+    }
+    this.norm = this.module('norm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
+    this.norm.loadStateDict(base.model.norm.stateDict());
+    this.norm.freeze();
+  }
+
+  /** x [B, k, H] (right-padded) -> [B, k, H]. */
+  forward(x: Tensor): Tensor {
+    if (!this.layer) return this.norm.forward(x);
+    const k = x.size(1);
+    // The base model's RoPE tables (its theta and scaling), positions 0..k-1.
+    const tables = this.base.ropeTables(k);
+    const rope = (t: Tensor) => t.narrow(0, 0, k).reshape(1, 1, k, -1).to(x.dtype);
+    // Causal only: with right padding no real position can see a padded one.
+    const causal = arange(0, k).unsqueeze(0).le(arange(0, k).unsqueeze(1)); // [k, k] key <= query
+    const mask = where(causal, 0, -1e30).to(x.dtype).reshape(1, 1, 1, k, k);
+    const { out } = this.layer.forward(x, { cos: rope(tables.cos), sin: rope(tables.sin), mask });
+    return this.norm.forward(out);
+  }
+}
+
+/** Everything GMSA saves in weights.safetensors: "encoder.*", "merge.query", "lsa.*". */
+class GmsaModule extends Module {
+  readonly encoder: EncoderLora;
+  readonly query?: Parameter;
+  readonly lsa: Lsa;
+  constructor(base: LlamaModel, nEnc: number, lora: LoraConfig, merge: GmsaMerge, withLsa: boolean) {
+    super();
+    const layers = Array.from({ length: nEnc }, (_, i) => i);
+    this.encoder = this.module('encoder', new EncoderLora(base.loraSpecs(LORA_TARGETS, layers), lora));
+    if (merge === 'queries') this.query = this.param('merge.query', zeros([base.dim]));
+    this.lsa = this.module('lsa', new Lsa(base, withLsa));
+  }
+}
+
+// ---- the compressor ------------------------------------------------------------------------
+
+function option<T>(options: Record<string, unknown>, key: string, fallback: T, ok: (v: unknown) => boolean, want: string): T {
+  const v = options[key];
+  if (v === undefined) return fallback;
+  if (!ok(v)) throw new Error(`gmsa: option ${key} must be ${want}, got ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+export class GmsaCompressor implements Compressor {
+  readonly method = 'gmsa';
+  readonly config: CompressorConfig;
+  readonly module: GmsaModule;
+  readonly decoderLora: ProjectionDelta;
+  readonly encoderLayers: number;
+  readonly merge: GmsaMerge;
+  /** The stage last asked for by trainable(); its frozen parts run in eval mode. */
+  private stage?: Stage;
+
+  constructor(
+    readonly base: LlamaModel,
+    options: Record<string, unknown> = {},
+  ) {
+    const { numLayers: L, hiddenSize: h } = base.config;
+    const isInt = (lo: number, hi: number) => (v: unknown) => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+    this.encoderLayers = option(options, 'encoderLayers', Math.min(8, Math.ceil(L / 2)), isInt(1, L), `an integer in 1..${L}`);
+    const rank = option(options, 'loraRank', Math.max(1, Math.min(128, Math.floor(h / 8))), isInt(1, h), `an integer in 1..${h}`);
+    const alpha = option(options, 'loraAlpha', rank / 4, (v) => typeof v === 'number' && v > 0, 'a positive number');
+    const dropout = option(options, 'loraDropout', 0.05, (v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)');
+    this.merge = option<GmsaMerge>(options, 'merge', 'mean', (v) => v === 'mean' || v === 'strided' || v === 'queries', "'mean', 'strided' or 'queries'");
+    const lsa = option(options, 'lsa', true, (v) => typeof v === 'boolean', 'true or false');
+    this.config = { method: 'gmsa', encoderLayers: this.encoderLayers, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, merge: this.merge, lsa };
+
+    this.module = new GmsaModule(base, this.encoderLayers, { rank, alpha, dropout }, this.merge, lsa);
+    this.decoderLora = new ProjectionDelta(base.loraSpecs(['q', 'k', 'v']));
+    // Everything computes in the base model's dtype (adapters are created in float32).
+    if (base.dtype !== 'float32') {
+      this.module.toDtype(base.dtype);
+      this.decoderLora.toDtype(base.dtype);
+    }
+  }
+
+  /**
+   * The parameters of a stage, named as in the saved weights (encoder and LSA as in
+   * weights.safetensors, the decoder delta as in decoder.safetensors). Also switches the
+   * compressor to that stage: every other parameter of it stops recording gradients.
+   *   ae / lm: encoder LoRA + LSA block (+ the merge query); the copied norm stays frozen.
+   *   qa:      the decoder's W_Q, W_K, W_V deltas only.
+   */
+  trainable(stage: Stage): [string, Parameter][] {
+    this.stage = stage;
+    const own = this.module.namedParameters().filter(([name]) => name !== 'lsa.norm.weight');
+    const dec = this.decoderLora.namedParameters();
+    const on = stage === 'qa' ? dec : own;
+    for (const [, p] of [...own, ...dec]) p.trainable = on.some(([, q]) => q === p);
+    this.setTraining(this.module.encoder.training);
+    return on;
+  }
+
+  setTraining(on: boolean): void {
+    this.module.train(on);
+    this.decoderLora.train(on);
+    // A frozen encoder runs without dropout.
+    if (this.stage === 'qa') this.module.eval();
+  }
+
+  /**
+   * contexts (ids, no BOS) -> soft tokens [B, k, H], right-padded, k = max groups per item;
+   * mask [B, k] marks the real ones, meta.softTokens counts them. Carries gradients while
+   * training; in eval mode runs without autograd (stored contexts hold no graph).
+   */
+  compress(contexts: number[][], budget: Budget): SoftContext {
+    checkBudget(budget);
+    const b = contexts.length;
+    const lengths = contexts.map((c) => c.length);
+    const t = Math.max(0, ...lengths);
+    const run = () =>
+      tidy(() => {
+        const plan = mergePlan(lengths, t, budget);
+        if (plan.k === 0) return { softTokens: zeros([b, 0, this.base.dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), counts: plan.counts };
+        // Right padding: causal attention hides the pads from every real token, and real tokens
+        // keep positions 0..n-1, so no padding mask is needed.
+        const ids = tensor(contexts.flatMap((c) => [...c, ...new Array(t - c.length).fill(0)]), [b, t], { dtype: 'int64' });
+        const states = this.base.forward({ ids, numLayers: this.encoderLayers, lora: this.module.encoder, logits: 'none' }).hidden; // [B, T, H]
+        const merged = mergeStates(states, plan, this.merge, this.module.query); // [B, k, H]
+        const mask = arange(0, plan.k, 1, { dtype: 'int64' }).unsqueeze(0).lt(tensor(plan.counts, [b, 1], { dtype: 'int64' })); // [B, k]
+        // Padded rows are zeroed so a stored context does not depend on its batch.
+        const softTokens = this.module.lsa.forward(merged).mul(mask.unsqueeze(-1).to(merged.dtype));
+        return { softTokens, mask, counts: plan.counts };
+      });
+    const out = this.module.training ? run() : noGrad(run);
+    return {
+      softTokens: out.softTokens,
+      mask: out.mask,
+      meta: { method: this.method, budget, sourceTokens: lengths, softTokens: out.counts, baseFingerprint: this.base.fingerprint() },
+    };
+  }
+}
+
+registerCompressor(
+  'gmsa',
+  'GMSA: encoder (bottom layers + LoRA), group merging of r states, LSA block; stage 2 adapts the decoder W_Q/W_K/W_V',
+  true,
+  (base, options) => new GmsaCompressor(base, options),
+);

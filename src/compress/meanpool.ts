@@ -1,0 +1,138 @@
+/**
+ * Learned mean-pool baseline (papers/baselines.md): contiguous groups of a context's token
+ * representations are averaged and mapped to soft tokens by one trained Linear(dim, dim),
+ * initialised to the identity (zero bias), so that before training a soft token is exactly the
+ * mean of its group.
+ *
+ * Representations (`source`): 'embeddings' — the base model's input embeddings of the tokens;
+ * 'hidden' — its last-layer states after the final norm, from a no-grad base forward over
+ * [BOS] context (the BOS position is dropped).
+ *
+ * Groups: ratio r → ceil(T / r) groups [floor(j r), min(floor((j+1) r), T)) (the last one may
+ * be shorter; it is averaged over its own length); token budget k → k near-equal contiguous
+ * groups [floor(j T / k), floor((j+1) T / k)) (when T < k, groups repeat a token so none is
+ * empty). An empty context gives no soft tokens.
+ *
+ * Batches of contexts of different lengths: soft tokens are right-padded to the batch's
+ * largest count (padding rows are zero), with meta.softTokens the per-item counts and mask
+ * [batch, k] (true = real).
+ */
+import { Tensor, noGrad, tensor, tidy, eye, zeros } from '../tensor/index.js';
+import { Linear, Module, type Parameter } from '../nn/index.js';
+import type { LlamaModel } from '../models/llama.js';
+import { registerCompressor } from './registry.js';
+import { checkBudget, softCount, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import { optBool, optEnum } from './options.js';
+
+export type MeanPoolSource = 'embeddings' | 'hidden';
+
+export interface MeanPoolOptions {
+  /** What is averaged (default 'embeddings'). */
+  source?: MeanPoolSource;
+  /** With source 'hidden': run the base over [BOS] context (default true, when the base has a BOS id). */
+  bos?: boolean;
+}
+
+/** [start, end) token ranges of the groups of a context of T tokens under a budget. */
+export function poolGroups(T: number, budget: Budget): [number, number][] {
+  const k = softCount(T, budget);
+  if (T === 0) return [];
+  const out: [number, number][] = [];
+  if (budget.ratio !== undefined) {
+    const r = budget.ratio;
+    for (let j = 0; j < k; j++) out.push([Math.floor(j * r), Math.min(Math.floor((j + 1) * r), T)]);
+  } else {
+    for (let j = 0; j < k; j++) {
+      const start = Math.floor((j * T) / k);
+      out.push([start, Math.max(start + 1, Math.floor(((j + 1) * T) / k))]);
+    }
+  }
+  return out;
+}
+
+class MeanPoolModule extends Module {
+  readonly proj: Linear;
+  constructor(dim: number) {
+    super();
+    this.proj = this.module('proj', new Linear(dim, dim, { bias: true }));
+    tidy(() => noGrad(() => this.proj.weight.value.copy_(eye(dim))));
+  }
+}
+
+export class MeanPoolCompressor implements Compressor {
+  readonly method = 'meanpool';
+  readonly config: CompressorConfig;
+  readonly module: MeanPoolModule;
+  readonly source: MeanPoolSource;
+  readonly bos: boolean;
+
+  constructor(
+    readonly base: LlamaModel,
+    options: Record<string, unknown> = {},
+  ) {
+    this.source = optEnum(this.method, options, 'source', ['embeddings', 'hidden'] as const, 'embeddings');
+    this.bos = optBool(this.method, options, 'bos', true);
+    this.config = { method: this.method, source: this.source, bos: this.bos };
+    this.module = new MeanPoolModule(base.dim);
+    this.module.eval();
+  }
+
+  trainable(_stage: Stage): [string, Parameter][] {
+    return this.module.namedParameters().filter(([, p]) => p.trainable);
+  }
+
+  setTraining(on: boolean): void {
+    this.module.train(on);
+  }
+
+  /** Token representations [B, Tmax, dim] (float32, no graph), right-padded. */
+  private representations(contexts: number[][], tMax: number): Tensor {
+    const b = contexts.length;
+    return noGrad(() => {
+      const bosId = this.base.config.bosTokenId;
+      const off = this.source === 'hidden' && this.bos && bosId !== undefined ? 1 : 0;
+      const ids: number[] = [];
+      for (const c of contexts) {
+        if (off) ids.push(bosId!);
+        ids.push(...c, ...new Array(tMax - c.length).fill(0));
+      }
+      const idT = tensor(ids, [b, off + tMax], { dtype: 'int64' });
+      // Right padding under causal attention: real positions never see the padding, and their
+      // positions are 0.. as if alone, so no padding mask is needed.
+      const reps = this.source === 'embeddings' ? this.base.embed(idT) : this.base.forward({ ids: idT, logits: 'none' }).hidden;
+      return (off ? reps.narrow(1, off, tMax) : reps).to('float32');
+    });
+  }
+
+  compress(contexts: number[][], budget: Budget): SoftContext {
+    checkBudget(budget);
+    const b = contexts.length;
+    if (b === 0) throw new Error('meanpool: no contexts to compress');
+    const groups = contexts.map((c) => poolGroups(c.length, budget));
+    const counts = groups.map((g) => g.length);
+    const k = Math.max(0, ...counts);
+    const tMax = Math.max(0, ...contexts.map((c) => c.length));
+    const meta = { method: this.method, budget: { ...budget }, sourceTokens: contexts.map((c) => c.length), softTokens: counts, baseFingerprint: this.base.fingerprint() };
+    const maskVals: boolean[] = [];
+    for (const n of counts) for (let j = 0; j < k; j++) maskVals.push(j < n);
+    if (k === 0) return { softTokens: zeros([b, 0, this.base.dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), meta };
+    const mask = tensor(maskVals, [b, k], { dtype: 'bool' });
+
+    const reps = this.representations(contexts, tMax);
+    // Sums by a 0/1 membership matrix [B, k, Tmax], then division by each group's length.
+    const member = new Float32Array(b * k * tMax);
+    const sizes = new Float32Array(b * k).fill(1);
+    groups.forEach((gs, i) =>
+      gs.forEach(([s, e], j) => {
+        for (let t = s; t < e; t++) member[(i * k + j) * tMax + t] = 1;
+        sizes[i * k + j] = e - s;
+      }),
+    );
+    const pooled = tensor(member, [b, k, tMax]).bmm(reps).div(tensor(sizes, [b, k, 1]));
+    const projected = this.module.proj.forward(pooled);
+    const softTokens = projected.mul(mask.unsqueeze(-1).to('float32')).to(this.base.dtype);
+    return { softTokens, mask, meta };
+  }
+}
+
+registerCompressor('meanpool', 'mean of each group of r token embeddings (or last-layer states), through a trained linear projector', true, (base, options) => new MeanPoolCompressor(base, options));
