@@ -32,9 +32,11 @@ import { Module, type Parameter } from '../nn/module.js';
 import { LoraAdapters, RMSNorm, type LoraConfig, type LoraDelta } from '../nn/layers.js';
 import { DecoderLayer, LORA_TARGETS, type LlamaModel } from '../models/llama.js';
 import { registerCompressor } from './registry.js';
+import { optBool, optEnum, optNumber } from './options.js';
 import { checkBudget, softCount, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 
-export type GmsaMerge = 'mean' | 'strided' | 'queries';
+export const GMSA_MERGES = ['mean', 'strided', 'queries'] as const;
+export type GmsaMerge = (typeof GMSA_MERGES)[number];
 
 export interface GmsaOptions {
   /**
@@ -57,6 +59,12 @@ export interface GmsaOptions {
   loraDropout?: number;
   merge?: GmsaMerge;
   lsa?: boolean;
+  /**
+   * Prepend the base model's BOS to the encoder's input (default true, when the base has one):
+   * pretraining always put BOS at position 0, so the encoder reads a context as it read
+   * documents. Its state is not merged; ratios count context tokens only.
+   */
+  bos?: boolean;
 }
 
 /** The paper's optimisation recipe, for the training CLI (papers/gmsa.md, "Training"). */
@@ -134,11 +142,10 @@ function mergeStates(states: Tensor, plan: MergePlan, merge: GmsaMerge, query?: 
   } else if (merge === 'strided') {
     w = member.logicalAnd(plan.last.unsqueeze(1)).to(dtype);
   } else {
-    const scores = states.matmul(query!.value.to(dtype)).unsqueeze(1); // [B, 1, T]
+    const scores = states.matmul(query!.value).unsqueeze(1); // [B, 1, T]
     // A padded group's row is all -1e30: softmax is then finite (uniform) and zeroed below.
     const soft = where(member, scores, -1e30).softmax(-1);
-    const realGroup = member.any ? member.to(dtype).sum(-1, true).clamp(0, 1) : soft; // [B, k, 1]
-    w = soft.mul(realGroup);
+    w = soft.mul(member.to(dtype).amax(-1, true)); // [B, k, 1]: 1 for a real group, 0 for padding
   }
   return w.matmul(states);
 }
@@ -197,10 +204,11 @@ class Lsa extends Module {
     super();
     const cfg = base.config;
     if (withBlock) {
-      this.layer = this.module('layer', new DecoderLayer(cfg, 0));
+      // Converted before copying, so the copy is exact in any dtype.
+      this.layer = this.module('layer', new DecoderLayer(cfg, 0).toDtype(base.dtype));
       this.layer.loadStateDict(base.layers[0].stateDict());
     }
-    this.norm = this.module('norm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
+    this.norm = this.module('norm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps).toDtype(base.dtype));
     this.norm.loadStateDict(base.model.norm.stateDict());
     this.norm.freeze();
   }
@@ -236,13 +244,6 @@ class GmsaModule extends Module {
 
 // ---- the compressor ------------------------------------------------------------------------
 
-function option<T>(options: Record<string, unknown>, key: string, fallback: T, ok: (v: unknown) => boolean, want: string): T {
-  const v = options[key];
-  if (v === undefined) return fallback;
-  if (!ok(v)) throw new Error(`gmsa: option ${key} must be ${want}, got ${JSON.stringify(v)}`);
-  return v as T;
-}
-
 export class GmsaCompressor implements Compressor {
   readonly method = 'gmsa';
   readonly config: CompressorConfig;
@@ -250,22 +251,25 @@ export class GmsaCompressor implements Compressor {
   readonly decoderLora: ProjectionDelta;
   readonly encoderLayers: number;
   readonly merge: GmsaMerge;
+  readonly bos: boolean;
   /** The stage last asked for by trainable(); its frozen parts run in eval mode. */
   private stage?: Stage;
+  private training = true;
 
   constructor(
     readonly base: LlamaModel,
     options: Record<string, unknown> = {},
   ) {
+    const m = this.method;
     const { numLayers: L, hiddenSize: h } = base.config;
-    const isInt = (lo: number, hi: number) => (v: unknown) => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
-    this.encoderLayers = option(options, 'encoderLayers', Math.min(8, Math.ceil(L / 2)), isInt(1, L), `an integer in 1..${L}`);
-    const rank = option(options, 'loraRank', Math.max(1, Math.min(128, Math.floor(h / 8))), isInt(1, h), `an integer in 1..${h}`);
-    const alpha = option(options, 'loraAlpha', rank / 4, (v) => typeof v === 'number' && v > 0, 'a positive number');
-    const dropout = option(options, 'loraDropout', 0.05, (v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)');
-    this.merge = option<GmsaMerge>(options, 'merge', 'mean', (v) => v === 'mean' || v === 'strided' || v === 'queries', "'mean', 'strided' or 'queries'");
-    const lsa = option(options, 'lsa', true, (v) => typeof v === 'boolean', 'true or false');
-    this.config = { method: 'gmsa', encoderLayers: this.encoderLayers, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, merge: this.merge, lsa };
+    this.encoderLayers = optNumber(m, options, 'encoderLayers', Math.min(8, Math.ceil(L / 2)), { integer: true, min: 1, max: L });
+    const rank = optNumber(m, options, 'loraRank', Math.max(1, Math.min(128, Math.floor(h / 8))), { integer: true, min: 1, max: h });
+    const alpha = optNumber(m, options, 'loraAlpha', rank / 4, { min: 0 });
+    const dropout = optNumber(m, options, 'loraDropout', 0.05, { min: 0, max: 0.99 });
+    this.merge = optEnum(m, options, 'merge', GMSA_MERGES, 'mean');
+    const lsa = optBool(m, options, 'lsa', true);
+    this.bos = optBool(m, options, 'bos', true) && base.config.bosTokenId !== undefined;
+    this.config = { method: m, encoderLayers: this.encoderLayers, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, merge: this.merge, lsa, bos: this.bos };
 
     this.module = new GmsaModule(base, this.encoderLayers, { rank, alpha, dropout }, this.merge, lsa);
     this.decoderLora = new ProjectionDelta(base.loraSpecs(['q', 'k', 'v']));
@@ -289,11 +293,12 @@ export class GmsaCompressor implements Compressor {
     const dec = this.decoderLora.namedParameters();
     const on = stage === 'qa' ? dec : own;
     for (const [, p] of [...own, ...dec]) p.trainable = on.some(([, q]) => q === p);
-    this.setTraining(this.module.encoder.training);
+    this.setTraining(this.training);
     return on;
   }
 
   setTraining(on: boolean): void {
+    this.training = on;
     this.module.train(on);
     this.decoderLora.train(on);
     // A frozen encoder runs without dropout.
@@ -315,16 +320,19 @@ export class GmsaCompressor implements Compressor {
         const plan = mergePlan(lengths, t, budget);
         if (plan.k === 0) return { softTokens: zeros([b, 0, this.base.dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), counts: plan.counts };
         // Right padding: causal attention hides the pads from every real token, and real tokens
-        // keep positions 0..n-1, so no padding mask is needed.
-        const ids = tensor(contexts.flatMap((c) => [...c, ...new Array(t - c.length).fill(0)]), [b, t], { dtype: 'int64' });
-        const states = this.base.forward({ ids, numLayers: this.encoderLayers, lora: this.module.encoder, logits: 'none' }).hidden; // [B, T, H]
+        // keep their positions, so no padding mask is needed.
+        const head = this.bos ? [this.base.config.bosTokenId!] : [];
+        const rows = contexts.flatMap((c) => [...head, ...c, ...new Array(t - c.length).fill(0)]);
+        const ids = tensor(rows, [b, head.length + t], { dtype: 'int64' });
+        const out = this.base.forward({ ids, numLayers: this.encoderLayers, lora: this.module.encoder, logits: 'none' });
+        const states = out.hidden.narrow(1, head.length, t); // [B, T, H], the context tokens only
         const merged = mergeStates(states, plan, this.merge, this.module.query); // [B, k, H]
         const mask = arange(0, plan.k, 1, { dtype: 'int64' }).unsqueeze(0).lt(tensor(plan.counts, [b, 1], { dtype: 'int64' })); // [B, k]
         // Padded rows are zeroed so a stored context does not depend on its batch.
         const softTokens = this.module.lsa.forward(merged).mul(mask.unsqueeze(-1).to(merged.dtype));
         return { softTokens, mask, counts: plan.counts };
       });
-    const out = this.module.training ? run() : noGrad(run);
+    const out = this.training ? run() : noGrad(run);
     return {
       softTokens: out.softTokens,
       mask: out.mask,

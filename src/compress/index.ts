@@ -3,6 +3,8 @@
  * file plus its line here and its entry in test/compressors.test.ts (the shared suite).
  */
 import './strategies.js';
+import './comprexit.js';
+import './gmsa.js';
 import './meanpool.js';
 import './icae.js';
 

@@ -13,7 +13,7 @@ import { saveModel } from '../models/load.js';
 import { BpeTokenizer } from '../models/bpe.js';
 import { buildMixture } from '../data/pretrain-mix.js';
 import { ChunkSampler, cachedTokenStream } from '../data/lm.js';
-import { train, type TrainSummary, type TrainTask } from './trainer.js';
+import { loadCheckpointParams, train, writeLossPlot, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
   /** Hugging Face config.json fields of the model (vocab_size is taken from the tokenizer). */
@@ -81,10 +81,10 @@ export function readPretrainConfig(path: string): PretrainConfig {
   return cfg;
 }
 
-export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean } = {}): Promise<TrainSummary> {
+export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean; exportOnly?: boolean } = {}): Promise<TrainSummary> {
   mkdirSync(outDir, { recursive: true });
   const cfgPath = join(outDir, 'pretrain-config.json');
-  if (opts.resume && existsSync(cfgPath)) {
+  if ((opts.resume || opts.exportOnly) && existsSync(cfgPath)) {
     const before = readFileSync(cfgPath, 'utf8');
     if (before !== JSON.stringify(cfg, null, 2)) throw new Error(`${outDir}: --resume with a different config than the run was started with (${cfgPath})`);
   }
@@ -144,6 +144,17 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       return { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
     },
   };
+  if (opts.exportOnly) {
+    // Write the model of a run stopped before its last step (e.g. out of time), as it stands.
+    const { step } = loadCheckpointParams(outDir, task.params);
+    const valid = task.validate!();
+    const rowsLog = readFileSync(join(outDir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; loss?: number; time?: number });
+    const last = rowsLog.filter((r) => r.loss !== undefined && r.step <= step).pop();
+    const summary: TrainSummary = { steps: step, lastLoss: last?.loss ?? NaN, lastValid: valid, seconds: last?.time ?? 0, interrupted: true };
+    writeModel(summary);
+    writeLossPlot(outDir, 'pretraining loss');
+    return summary;
+  }
   const summary = await train(task, {
     outDir,
     totalSteps: cfg.steps,
@@ -158,12 +169,15 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     title: 'pretraining loss',
     quiet: opts.quiet,
   });
-  if (summary.steps >= cfg.steps) {
+  if (summary.steps >= cfg.steps) writeModel(summary);
+  return summary;
+
+  function writeModel(summary: TrainSummary): void {
     const modelDir = join(outDir, 'model');
     saveModel(model, modelDir, { dtype: 'float16', metadata: { steps: String(summary.steps) } });
     copyFileSync(cfg.tokenizer, join(modelDir, 'tokenizer.json'));
-    writeFileSync(join(modelDir, 'training.json'), JSON.stringify({ steps: summary.steps, tokensSeen: summary.steps * tokensPerStep, seconds: summary.seconds, lastLoss: summary.lastLoss, valid: summary.lastValid, parameters: model.numParameters(), mixture: trainMix.counts, trainTokens: trainStream.length }, null, 2));
+    const training = { steps: summary.steps, plannedSteps: cfg.steps, tokensSeen: summary.steps * tokensPerStep, seconds: summary.seconds, lastLoss: summary.lastLoss, valid: summary.lastValid, parameters: model.numParameters(), mixture: trainMix.counts, trainTokens: trainStream.length };
+    writeFileSync(join(modelDir, 'training.json'), JSON.stringify(training, null, 2));
     log(`saved ${modelDir}`);
   }
-  return summary;
 }

@@ -100,6 +100,20 @@ function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: numbe
   rmSync(old, { recursive: true, force: true });
 }
 
+/** Loads only the parameters of outDir/checkpoint into `params` (e.g. to export a stopped run). */
+export function loadCheckpointParams(outDir: string, params: [string, Parameter][]): { step: number } {
+  const dir = join(outDir, CKPT);
+  if (!existsSync(join(dir, 'state.json'))) throw new Error(`${outDir}: no checkpoint to load`);
+  const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as CheckpointState;
+  const tensors = readSafetensors(join(dir, 'params.safetensors')).tensors;
+  for (const [name, p] of params) {
+    const raw = tensors.get(name);
+    if (!raw) throw new Error(`${dir}: checkpoint has no parameter '${name}'`);
+    tidy(() => p.load(rawToTensor(raw, name), name));
+  }
+  return { step: state.step };
+}
+
 function loadCheckpoint(outDir: string, task: TrainTask, opt: AdamW): CheckpointState {
   const dir = join(outDir, CKPT);
   const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as CheckpointState;
