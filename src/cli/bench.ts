@@ -1,6 +1,7 @@
 /**
  * softpress bench engine [--json] [--threads N] [--reps N]
  * softpress bench model --config S|M [--json] ...   (src/cli/bench-model.ts)
+ * softpress bench serve [--json] ...                (src/cli/bench-serve.ts)
  *
  * The engine benchmark (../shared/bench-spec.md): fp32 1024^3 matmul throughput and the per-op
  * cost of the binding (an add of two 8-element tensors called from TypeScript). Each figure is
@@ -10,7 +11,9 @@
 import { parseArgs } from 'node:util';
 import { getNumThreads, randn, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
 
-const USAGE = 'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M [--json] [--threads N] [--reps N]';
+const USAGE =
+  'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M [--json] [--threads N] [--reps N]\n' +
+  '       softpress bench serve [--json] [--base DIR | --random-base] [--clients 1,8] [--seconds 5] [--lengths 512,1024,2048] [--ratios 4,8]';
 const WARMUPS = 3;
 
 function median(xs: number[]): number {
@@ -103,6 +106,10 @@ export async function run(argv: string[]): Promise<void> {
       return runEngine(rest);
     case 'model': {
       const m = await import('./bench-model.js');
+      return m.run(rest);
+    }
+    case 'serve': {
+      const m = await import('./bench-serve.js');
       return m.run(rest);
     }
     case undefined:

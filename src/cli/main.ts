@@ -6,11 +6,16 @@ type Runner = (argv: string[]) => Promise<void>;
 
 const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runner }> }> = {
   bench: { about: 'benchmarks: bench engine | bench model --config S|M [--json]', load: () => import('./bench.js') },
+  eval: { about: 'evaluate methods x ratios x tasks: [--suite default|quick] [--out DIR] [--task T,..] [--methods full,none,truncate,DIR,..] [--json]; --task perplexity [--split test|valid]', load: () => import('./eval.js') },
   generate: { about: 'generate text: --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]', load: () => import('./generate.js') },
   convert: { about: 'convert a llama2.c checkpoint to a Hugging Face folder: --in FILE.bin [--tokenizer tok.bin] --out DIR', load: () => import('./convert.js') },
   data: { about: 'data sets: data long-docs --tokenizer FILE [--min-tokens 2048] [--out FILE]', load: () => import('./data.js') },
   pretrain: { about: 'pretrain a base model: --config FILE --out DIR [--resume]', load: () => import('./pretrain.js') },
   tokenizer: { about: 'tokenizer train --out DIR [--vocab 8192]', load: () => import('./tokenizer.js') },
+  train: { about: 'train a compressor: --base DIR --method NAME (--ratio R[,R..] | --budget K) --stage ae|lm|qa|ae+lm --out DIR [--resume] [--steps N] [--init DIR] (--help)', load: () => import('./train.js') },
+  compress: { about: 'compress a text: --base DIR (--compressor DIR | --method full|none|truncate) [--ratio R | --budget K] --in FILE --out FILE.softctx', load: () => import('./compress.js') },
+  ask: { about: 'answer questions over a context: --base DIR (--compressor DIR | --method NAME) --context FILE.txt|.softctx --question TEXT [...]', load: () => import('./ask.js') },
+  serve: { about: 'HTTP server: [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR] [--compressor DIR ...] (playground at /)', load: () => import('./serve.js') },
 };
 
 function usage(): string {

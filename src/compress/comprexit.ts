@@ -24,6 +24,9 @@
  *
  * The output keeps only valid slots, in window order, left-aligned per item; its width is the
  * batch's largest count (meta.softTokens), and the mask marks the real ones.
+ *
+ * The maps the paper writes as W x (W_q, W_k, W_v, W_c, W_v') are bias-free Linear layers with
+ * PyTorch's default init; only the projector has biases.
  */
 import { Tensor, cat, noGrad, stack, tensor, tidy, where, zeros } from '../tensor/index.js';
 import { LayerNorm, Linear, Module, type Parameter } from '../nn/index.js';
@@ -212,7 +215,11 @@ export class WidthTransmission extends Module {
   readonly norm: LayerNorm;
   /** W_c: H -> costDim. */
   readonly costProj: Linear;
-  /** w_s [H] and b_s [1], init 0 (so the source mass starts uniform). */
+  /**
+   * w_s [H] and b_s [1], init 0 (so the source mass starts uniform). b_s shifts every score of
+   * a window alike, which the softmax over tokens cancels: it is kept as published, but its
+   * gradient is always 0.
+   */
   readonly sourceWeight: Parameter;
   readonly sourceBias: Parameter;
   /** W_v': H -> H. */
@@ -337,8 +344,8 @@ export function layoutBlocks(lengths: number[], budget: Budget, window: number):
   let slots: number;
   if (budget.ratio !== undefined) {
     const r = budget.ratio;
-    // ceil((i + 1) / r) - 1, guarded against rounding when r divides i + 1 exactly.
-    const blockOfIndex = (i: number) => Math.ceil((i + 1) / r - 1e-9) - 1;
+    // ceil((i + 1) / r) - 1; the relative nudge keeps (i + 1) / r = 3.0000000000000004 at 3.
+    const blockOfIndex = (i: number) => Math.ceil(((i + 1) / r) * (1 - 1e-12)) - 1;
     blockFn = (i) => blockOfIndex(i);
     slots = blockOfIndex(window - 1) + 1; // ceil(W / r)
     perWindow = lengths.map((len) => Array.from({ length: windows }, (_, w) => (tokensIn(len, w) > 0 ? blockOfIndex(tokensIn(len, w) - 1) + 1 : 0)));
@@ -413,10 +420,13 @@ export class ComprExIT implements Compressor {
     const ids = contexts.flatMap((c) => [...c, ...new Array(t - c.length).fill(0)]);
     const real = contexts.flatMap((c) => Array.from({ length: t }, (_, i) => (i < c.length ? 1 : 0)));
     const mask = tensor(real, [b, t], { dtype: 'bool' });
-    const states = noGrad(() => {
-      const out = this.base.forward({ ids: tensor(ids, [b, t], { dtype: 'int64' }), paddingMask: mask, outputHiddenStates: true, logits: 'none' });
-      return stack(out.hiddenStates!, 2).to('float32');
-    });
+    // Its own scope: the per-layer tensors are freed as soon as they are stacked.
+    const states = tidy(() =>
+      noGrad(() => {
+        const out = this.base.forward({ ids: tensor(ids, [b, t], { dtype: 'int64' }), paddingMask: mask, outputHiddenStates: true, logits: 'none' });
+        return stack(out.hiddenStates!, 2).to('float32');
+      }),
+    );
     return { states, mask };
   }
 

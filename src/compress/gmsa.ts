@@ -49,8 +49,9 @@ export interface GmsaOptions {
   /**
    * Encoder LoRA rank. Default min(128, H / 8): the paper's 128 on every base it uses
    * (H >= 1024), 32 on ours (H 256). Rank 128 at H 256 would give adapters as large as 80% of
-   * the encoder blocks themselves; 32 gives ~20% (the paper's rank 128 on a 3B model is ~7%, but
-   * rank 16 is tight for states that must keep every token recoverable).
+   * the encoder blocks themselves; 32 gives ~20%. (The paper's share on its 3B base is ~7%, which
+   * would be rank 16 here; we keep headroom, since the merged states must keep every token of a
+   * group recoverable.)
    */
   loraRank?: number;
   /** LoRA alpha. Default rank / 4: the paper's scale alpha / rank = 32 / 128 at any rank. */
@@ -128,11 +129,17 @@ function mergePlan(lengths: number[], t: number, budget: Budget): MergePlan {
 }
 
 /**
- * Merges encoder states [B, T, H] into [B, k, H] with a weight matrix W [B, k, T]: row g holds
- * group g's token weights (mean: 1/|g|; strided: 1 on its last token; queries: a softmax over
- * its tokens), rows of padded groups are zero. One matmul serves every variant.
+ * Group merging over a right-padded batch: states [B, T, H] of items with `lengths` real
+ * tokens -> merged [B, k, H], k = the most groups of any item (rows past an item's count are
+ * zero), and the counts. A weight matrix W [B, k, T] holds each group's token weights (mean:
+ * 1/|g|; strided: 1 on its last token; queries: softmax(q · h) over its tokens), so one matmul
+ * serves every variant. query [H] is needed for 'queries' only.
  */
-function mergeStates(states: Tensor, plan: MergePlan, merge: GmsaMerge, query?: Parameter): Tensor {
+export function mergeGroups(states: Tensor, lengths: number[], budget: Budget, merge: GmsaMerge = 'mean', query?: Tensor): { merged: Tensor; counts: number[] } {
+  const [b, t, h] = states.shape;
+  if (lengths.length !== b || lengths.some((n) => n > t)) throw new Error(`mergeGroups: lengths [${lengths.join(', ')}] do not fit states ${states.describe()}`);
+  const plan = mergePlan(lengths, t, budget);
+  if (plan.k === 0) return { merged: zeros([b, 0, h], { dtype: states.dtype }), counts: plan.counts };
   const member = plan.group.unsqueeze(1).eq(arange(0, plan.k, 1, { dtype: 'int64' }).reshape(1, plan.k, 1)); // [B, k, T]
   const dtype = states.dtype;
   let w: Tensor;
@@ -142,26 +149,16 @@ function mergeStates(states: Tensor, plan: MergePlan, merge: GmsaMerge, query?: 
   } else if (merge === 'strided') {
     w = member.logicalAnd(plan.last.unsqueeze(1)).to(dtype);
   } else {
-    const scores = states.matmul(query!.value).unsqueeze(1); // [B, 1, T]
+    if (!query) throw new Error("mergeGroups: merge 'queries' needs the query vector");
+    const scores = states.matmul(query).unsqueeze(1); // [B, 1, T]
     // A padded group's row is all -1e30: softmax is then finite (uniform) and zeroed below.
     const soft = where(member, scores, -1e30).softmax(-1);
     w = soft.mul(member.to(dtype).amax(-1, true)); // [B, k, 1]: 1 for a real group, 0 for padding
   }
-  return w.matmul(states);
+  return { merged: w.matmul(states), counts: plan.counts };
 }
 
 // ---- modules -------------------------------------------------------------------------------
-
-/**
- * LoRA adapters whose dropout follows their own train/eval mode. (LoraAdapters takes the mode
- * of the base-model layer it is applied in, and the shared base model stays in eval mode.)
- */
-class EncoderLora extends LoraAdapters {
-  override get(key: string): LoraDelta | undefined {
-    const d = super.get(key);
-    return d && { delta: (x: Tensor) => d.delta(x, this.training) };
-  }
-}
 
 /**
  * Stage 2's W_Q, W_K, W_V as full deltas outside the shared base model: the decoder computes
@@ -230,13 +227,13 @@ class Lsa extends Module {
 
 /** Everything GMSA saves in weights.safetensors: "encoder.*", "merge.query", "lsa.*". */
 class GmsaModule extends Module {
-  readonly encoder: EncoderLora;
+  readonly encoder: LoraAdapters;
   readonly query?: Parameter;
   readonly lsa: Lsa;
   constructor(base: LlamaModel, nEnc: number, lora: LoraConfig, merge: GmsaMerge, withLsa: boolean) {
     super();
     const layers = Array.from({ length: nEnc }, (_, i) => i);
-    this.encoder = this.module('encoder', new EncoderLora(base.loraSpecs(LORA_TARGETS, layers), lora));
+    this.encoder = this.module('encoder', new LoraAdapters(base.loraSpecs(LORA_TARGETS, layers), lora));
     if (merge === 'queries') this.query = this.param('merge.query', zeros([base.dim]));
     this.lsa = this.module('lsa', new Lsa(base, withLsa));
   }
@@ -244,6 +241,10 @@ class GmsaModule extends Module {
 
 // ---- the compressor ------------------------------------------------------------------------
 
+/**
+ * The GMSA compressor over a shared, frozen base model (options: GmsaOptions, also read from
+ * compressor.json). Soft tokens per context: ceil(T / r) at ratio r, min(k, T) at a budget of k.
+ */
 export class GmsaCompressor implements Compressor {
   readonly method = 'gmsa';
   readonly config: CompressorConfig;
@@ -314,30 +315,27 @@ export class GmsaCompressor implements Compressor {
     checkBudget(budget);
     const b = contexts.length;
     const lengths = contexts.map((c) => c.length);
-    const t = Math.max(0, ...lengths);
+    const counts = lengths.map((n) => groupStarts(n, budget).length);
+    const k = Math.max(0, ...counts);
+    const meta = { method: this.method, budget: { ...budget }, sourceTokens: lengths, softTokens: counts, baseFingerprint: this.base.fingerprint() };
+    if (k === 0) return { softTokens: zeros([b, 0, this.base.dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), meta };
+    const t = Math.max(...lengths);
     const run = () =>
       tidy(() => {
-        const plan = mergePlan(lengths, t, budget);
-        if (plan.k === 0) return { softTokens: zeros([b, 0, this.base.dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), counts: plan.counts };
         // Right padding: causal attention hides the pads from every real token, and real tokens
         // keep their positions, so no padding mask is needed.
         const head = this.bos ? [this.base.config.bosTokenId!] : [];
         const rows = contexts.flatMap((c) => [...head, ...c, ...new Array(t - c.length).fill(0)]);
         const ids = tensor(rows, [b, head.length + t], { dtype: 'int64' });
-        const out = this.base.forward({ ids, numLayers: this.encoderLayers, lora: this.module.encoder, logits: 'none' });
-        const states = out.hidden.narrow(1, head.length, t); // [B, T, H], the context tokens only
-        const merged = mergeStates(states, plan, this.merge, this.module.query); // [B, k, H]
-        const mask = arange(0, plan.k, 1, { dtype: 'int64' }).unsqueeze(0).lt(tensor(plan.counts, [b, 1], { dtype: 'int64' })); // [B, k]
-        // Padded rows are zeroed so a stored context does not depend on its batch.
+        const encoded = this.base.forward({ ids, numLayers: this.encoderLayers, lora: this.module.encoder, logits: 'none' });
+        const states = encoded.hidden.narrow(1, head.length, t); // [B, T, H], the context tokens only
+        const { merged } = mergeGroups(states, lengths, budget, this.merge, this.module.query?.value); // [B, k, H]
+        const mask = arange(0, k, 1, { dtype: 'int64' }).unsqueeze(0).lt(tensor(counts, [b, 1], { dtype: 'int64' })); // [B, k]
+        // Padded rows are zeroed so that a stored context does not depend on its batch.
         const softTokens = this.module.lsa.forward(merged).mul(mask.unsqueeze(-1).to(merged.dtype));
-        return { softTokens, mask, counts: plan.counts };
+        return { softTokens, mask };
       });
-    const out = this.training ? run() : noGrad(run);
-    return {
-      softTokens: out.softTokens,
-      mask: out.mask,
-      meta: { method: this.method, budget, sourceTokens: lengths, softTokens: out.counts, baseFingerprint: this.base.fingerprint() },
-    };
+    return { ...(this.training ? run() : noGrad(run)), meta };
   }
 }
 

@@ -16,7 +16,7 @@
  * Trainable at every stage: the memory table and the LoRA adapters.
  */
 import { Tensor, embedding, noGrad, randn, tensor, tidy, where, zeros } from '../tensor/index.js';
-import { LoraAdapters, Module, type LoraDelta, type Parameter } from '../nn/index.js';
+import { LoraAdapters, Module, type Parameter } from '../nn/index.js';
 import { LORA_TARGETS, type LlamaModel, type LoraTarget } from '../models/llama.js';
 import { SOFTPRESS_SPECIAL_TOKENS } from '../models/bpe.js';
 import { registerCompressor } from './registry.js';
@@ -38,29 +38,10 @@ export interface IcaeOptions {
   bos?: boolean;
 }
 
-/**
- * LoRA adapters whose dropout follows this module's own train/eval mode. (A plain
- * LoraAdapters receives the training flag of the base Linear it adapts, and the shared base
- * model stays in eval mode, so its dropout would never apply.)
- */
-export class OwnModeLoraAdapters extends LoraAdapters {
-  private readonly wrapped = new Map<string, LoraDelta>();
-  override get(key: string): LoraDelta | undefined {
-    let w = this.wrapped.get(key);
-    if (!w) {
-      const inner = super.get(key);
-      if (!inner) return undefined;
-      w = { delta: (x: Tensor) => inner.delta(x, this.training) };
-      this.wrapped.set(key, w);
-    }
-    return w;
-  }
-}
-
 class IcaeModule extends Module {
   readonly memory: Parameter;
-  readonly lora: OwnModeLoraAdapters;
-  constructor(memory: Tensor, lora: OwnModeLoraAdapters) {
+  readonly lora: LoraAdapters;
+  constructor(memory: Tensor, lora: LoraAdapters) {
     super();
     this.memory = this.param('memory', memory);
     this.lora = this.module('lora', lora);
@@ -98,7 +79,7 @@ export class IcaeCompressor implements Compressor {
         return row.expand(this.maxSlots, base.dim).add(randn([this.maxSlots, base.dim]).mul(memNoise * (rms || 1))).contiguous();
       }),
     );
-    const lora = new OwnModeLoraAdapters(base.loraSpecs(targets), { rank, alpha, dropout });
+    const lora = new LoraAdapters(base.loraSpecs(targets), { rank, alpha, dropout });
     this.module = new IcaeModule(memory, lora);
     this.module.eval();
   }

@@ -3,6 +3,7 @@
  * file plus its line here and its entry in test/compressors.test.ts (the shared suite).
  */
 import './strategies.js';
+import './ccf.js';
 import './comprexit.js';
 import './gmsa.js';
 import './meanpool.js';
@@ -12,3 +13,4 @@ export * from './types.js';
 export * from './registry.js';
 export * from './decode.js';
 export * from './softctx.js';
+export * from './batching.js';

@@ -17,7 +17,7 @@
  * largest count (padding rows are zero), with meta.softTokens the per-item counts and mask
  * [batch, k] (true = real).
  */
-import { Tensor, noGrad, tensor, tidy, eye, zeros } from '../tensor/index.js';
+import { Tensor, cat, noGrad, tensor, tidy, eye, zeros } from '../tensor/index.js';
 import { Linear, Module, type Parameter } from '../nn/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import { registerCompressor } from './registry.js';
@@ -119,16 +119,25 @@ export class MeanPoolCompressor implements Compressor {
     const mask = tensor(maskVals, [b, k], { dtype: 'bool' });
 
     const reps = this.representations(contexts, tMax);
-    // Sums by a 0/1 membership matrix [B, k, Tmax], then division by each group's length.
-    const member = new Float32Array(b * k * tMax);
-    const sizes = new Float32Array(b * k).fill(1);
-    groups.forEach((gs, i) =>
-      gs.forEach(([s, e], j) => {
-        for (let t = s; t < e; t++) member[(i * k + j) * tMax + t] = 1;
-        sizes[i * k + j] = e - s;
-      }),
-    );
-    const pooled = tensor(member, [b, k, tMax]).bmm(reps).div(tensor(sizes, [b, k, 1]));
+    // Group sums from prefix sums (float64, so long contexts lose nothing), divided by each
+    // group's own length: O(batch x tokens x dim) whatever the budget.
+    const starts: number[] = [];
+    const ends: number[] = [];
+    const sizes: number[] = [];
+    groups.forEach((gs) => {
+      for (let j = 0; j < k; j++) {
+        const [s, e] = gs[j] ?? [0, 1];
+        starts.push(s);
+        ends.push(e);
+        sizes.push(e - s);
+      }
+    });
+    const pooled = noGrad(() => {
+      const reps64 = reps.to('float64');
+      const prefix = cat([zeros([b, 1, this.base.dim], { dtype: 'float64' }), reps64.cumsum(1)], 1); // [B, Tmax+1, dim]
+      const at = (idx: number[]) => prefix.gather(1, tensor(idx, [b, k, 1], { dtype: 'int64' }).expand(b, k, this.base.dim));
+      return at(ends).sub(at(starts)).div(tensor(sizes, [b, k, 1], { dtype: 'float64' })).to('float32');
+    });
     const projected = this.module.proj.forward(pooled);
     const softTokens = projected.mul(mask.unsqueeze(-1).to('float32')).to(this.base.dtype);
     return { softTokens, mask, meta };

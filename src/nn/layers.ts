@@ -8,9 +8,9 @@ export interface LoraConfig {
   dropout?: number;
 }
 
-/** Something that adds a low-rank update to a projection's output. */
+/** Something that adds an update to a projection's output (its dropout follows its own mode). */
 export interface LoraDelta {
-  delta(x: Tensor, training: boolean): Tensor;
+  delta(x: Tensor): Tensor;
 }
 
 /** y = x W^T + b, W [out, in]. Optional LoRA: y += (alpha / rank) * B(A(dropout(x))). */
@@ -60,7 +60,7 @@ export class Linear extends Module {
   forward(x: Tensor, adapter?: LoraDelta | null): Tensor {
     let y = linear(x, this.weight.value, this.bias?.value);
     if (this.loraA && this.loraB) y = y.add(this.loraDelta(x));
-    if (adapter) y = y.add(adapter.delta(x, this.training));
+    if (adapter) y = y.add(adapter.delta(x));
     return y;
   }
 
@@ -146,8 +146,9 @@ export class LoraAdapters extends Module {
       const b = this.param(`${s.key}.lora_B.weight`, zeros([s.outFeatures, cfg.rank]));
       const scale = this.scale;
       const p = cfg.dropout ?? 0;
+      // Dropout follows the adapters' own train/eval mode, not the (frozen, eval-mode) base's.
       this.adapters.set(s.key, {
-        delta: (x, training) => linear(linear(dropout(x, p, training), a.value), b.value).mul(scale),
+        delta: (x) => linear(linear(dropout(x, p, this.training), a.value), b.value).mul(scale),
       });
     }
   }

@@ -171,7 +171,9 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
     const kept = readLog(logPath).filter((r) => r.step <= step);
     writeFileSync(logPath, kept.map((r) => JSON.stringify(r) + '\n').join(''));
     if (!o.quiet) process.stderr.write(`resuming from step ${step}\n`);
-  } else if (!o.resume) {
+  } else {
+    // A fresh start (also --resume before any checkpoint exists): rows of an earlier attempt
+    // would repeat steps 1.. in the log and the plot.
     writeFileSync(logPath, '');
   }
 

@@ -1,0 +1,290 @@
+/**
+ * softpress bench serve [--json] [--base DIR | --random-base] [--method M] [--clients 1,8]
+ *                       [--seconds 5] [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8]
+ *                       [--reps 3] [--compressor DIR ...]
+ *
+ * Benchmarks the serving path over real HTTP (the server runs in this process on an ephemeral
+ * port with a fresh temporary store; the clients are fetch calls in the same process):
+ *  1. throughput: N concurrent clients, each asking one question per request (ask endpoint)
+ *     against contexts already compressed and cached (512-token needle passages at ratio 4),
+ *     back to back for --seconds: requests/s, p50/p99 latency, mean micro-batch size;
+ *  2. answer latency with the soft context vs the full context, measured in the same run, for
+ *     needle passages of each length and each ratio: one client, --reps sequential asks each,
+ *     median end-to-end milliseconds. The full context is the `full` strategy when it fits the
+ *     base window; otherwise (e.g. 1,024 or 2,048 tokens with a 1,024-token window, which must
+ *     also hold BOS, the question and the answer) it is the longest tail that fits (`truncate`
+ *     with a token budget), reported as full_mode "truncated" with full_tokens.
+ * With --json the last stdout line is one JSON object.
+ */
+import { parseArgs } from 'node:util';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getNumThreads } from '../tensor/index.js';
+import { openService, type SoftpressService } from '../serve/service.js';
+import { buildServer } from '../serve/server.js';
+import { BASE_SHAPE, writeRandomBase } from '../serve/testing.js';
+import { loadCorpus } from '../data/corpora.js';
+import { splitDocuments } from '../data/splits.js';
+import { makeNeedleExamples, type QAExample } from '../data/qa.js';
+import { qaPrompt } from '../serve/text.js';
+
+const USAGE =
+  'usage: softpress bench serve [--json] [--base DIR | --random-base] [--method M] [--clients 1,8] [--seconds 5]\n' +
+  '                             [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8] [--reps 3] [--compressor DIR ...]';
+
+function list(name: string, v: string | undefined, dflt: number[]): number[] {
+  if (v === undefined) return dflt;
+  const xs = v.split(',').map((s) => Number(s.trim()));
+  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || x <= 0)) throw new Error(`--${name} must be a comma-separated list of positive numbers, got '${v}'\n${USAGE}`);
+  return xs;
+}
+
+function positive(name: string, v: string | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got '${v}'\n${USAGE}`);
+  return n;
+}
+
+function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const i = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
+  return s[i];
+}
+
+const r1 = (x: number) => Math.round(x * 10) / 10;
+
+interface Json {
+  [k: string]: unknown;
+}
+
+class Client {
+  constructor(readonly url: string) {}
+  async post(path: string, body: unknown): Promise<{ status: number; json: Json; ms: number }> {
+    const t0 = performance.now();
+    const res = await fetch(this.url + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const json = (await res.json()) as Json;
+    return { status: res.status, json, ms: performance.now() - t0 };
+  }
+  async ok(path: string, body: unknown): Promise<{ json: Json; ms: number }> {
+    const r = await this.post(path, body);
+    if (r.status >= 300) throw new Error(`${path}: HTTP ${r.status}: ${(r.json.error as Json | undefined)?.message ?? JSON.stringify(r.json)}`);
+    return r;
+  }
+}
+
+export interface ThroughputRow {
+  clients: number;
+  requests: number;
+  errors: number;
+  seconds: number;
+  rps: number;
+  p50_ms: number;
+  p99_ms: number;
+  mean_batch: number;
+  tokens_per_answer: number;
+}
+
+async function throughput(client: Client, service: SoftpressService, ids: string[], questions: string[], clients: number, seconds: number, maxTokens: number): Promise<ThroughputRow> {
+  const before = service.engine.stats();
+  const latencies: number[] = [];
+  let errors = 0;
+  let tokens = 0;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      for (let k = 0; performance.now() < end; k++) {
+        const i = (c + k) % ids.length;
+        const r = await client.post(`/v1/contexts/${ids[i]}/ask`, { questions: [questions[i]], maxTokens });
+        if (r.status !== 200) {
+          errors++;
+          continue;
+        }
+        latencies.push(r.ms);
+        tokens += (r.json.answers as { tokens: number }[])[0].tokens;
+      }
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  const after = service.engine.stats();
+  const batches = after.batches - before.batches;
+  return {
+    clients,
+    requests: latencies.length,
+    errors,
+    seconds: r1(elapsed),
+    rps: r1(latencies.length / elapsed),
+    p50_ms: r1(percentile(latencies, 50)),
+    p99_ms: r1(percentile(latencies, 99)),
+    mean_batch: batches ? r1((after.rows - before.rows) / batches) : 0,
+    tokens_per_answer: latencies.length ? r1(tokens / latencies.length) : 0,
+  };
+}
+
+export interface LatencyRow {
+  context_tokens: number;
+  ratio: number;
+  method: string;
+  soft_tokens: number;
+  compress_ms: number;
+  soft_answer_ms: number;
+  full_mode: 'full' | 'truncated';
+  full_tokens: number;
+  full_answer_ms: number;
+  /** full_answer_ms / soft_answer_ms */
+  speedup: number;
+  soft_answer_tokens: number;
+  full_answer_tokens: number;
+}
+
+/** Median end-to-end ask latency over reps sequential requests (after one warm-up). */
+async function askLatency(client: Client, id: string, question: string, reps: number, maxTokens: number): Promise<{ ms: number; tokens: number }> {
+  await client.ok(`/v1/contexts/${id}/ask`, { questions: [question], maxTokens });
+  const ms: number[] = [];
+  let tokens = 0;
+  for (let i = 0; i < reps; i++) {
+    const r = await client.ok(`/v1/contexts/${id}/ask`, { questions: [question], maxTokens });
+    ms.push(r.ms);
+    tokens += (r.json.answers as { tokens: number }[])[0].tokens;
+  }
+  return { ms: r1(percentile(ms, 50)), tokens: r1(tokens / reps) };
+}
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      json: { type: 'boolean', default: false },
+      base: { type: 'string' },
+      'random-base': { type: 'boolean', default: false },
+      method: { type: 'string' },
+      compressor: { type: 'string', multiple: true },
+      clients: { type: 'string' },
+      seconds: { type: 'string' },
+      'max-tokens': { type: 'string' },
+      lengths: { type: 'string' },
+      ratios: { type: 'string' },
+      reps: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE + '\n');
+    return;
+  }
+  const clientsList = list('clients', values.clients, [1, 8]).map(Math.round);
+  const seconds = positive('seconds', values.seconds, 5);
+  const maxTokens = Math.round(positive('max-tokens', values['max-tokens'], 16));
+  const lengths = list('lengths', values.lengths, [512, 1024, 2048]).map(Math.round);
+  const ratios = list('ratios', values.ratios, [4, 8]);
+  const reps = Math.round(positive('reps', values.reps, 3));
+  const say = (line: string) => process.stderr.write(`bench serve: ${line}\n`);
+
+  const tmp = mkdtempSync(join(tmpdir(), 'softpress-bench-serve-'));
+  let base = values.base ?? 'models/softpress-base';
+  if (values['random-base']) {
+    if (values.base) throw new Error('give --base or --random-base, not both');
+    base = writeRandomBase(join(tmp, 'random-base'), { ...BASE_SHAPE, seed: 1 });
+    say(`random weights in the base architecture (${BASE_SHAPE.layers} layers, dim ${BASE_SHAPE.hiddenSize}, window ${BASE_SHAPE.window}): timings only, answers are noise`);
+  }
+  const service = openService({ base, compressorDirs: values.compressor ?? [], storePath: join(tmp, 'store', 'contexts.mdb'), storeMaxBytes: 2 ** 30, log: say });
+  const app = buildServer(service);
+  try {
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const client = new Client(`http://127.0.0.1:${(app.server.address() as { port: number }).port}`);
+    const method = values.method ?? service.defaultMethod;
+    if (!service.methods().some((m) => m.name === method)) throw new Error(`method '${method}' is not available (have ${service.methods().map((m) => m.name).join(', ')})`);
+    const learned = service.methods().find((m) => m.name === method)!.learned;
+    const tok = service.tokenizer;
+    const docs = splitDocuments(loadCorpus('sotu'), { seed: 0 }).test;
+    const count = (t: string) => tok.encode(t).length;
+    const needles = (tokens: number, n: number, seed: string): QAExample[] => makeNeedleExamples(docs, { count: n, tokens, countTokens: count, seed, depth: 0.5 });
+    say(`base ${service.modelName} (${service.fingerprint}), window ${service.window}, method ${method}${learned ? '' : ' (a strategy: no learned compressor loaded)'}, ${getNumThreads()} threads`);
+
+    // 1. throughput on cached contexts
+    const tpDocs = needles(512, 4, 'bench-serve-throughput');
+    const ids: string[] = [];
+    for (const ex of tpDocs) ids.push(((await client.ok('/v1/contexts', { text: ex.context, method, ratio: 4 })).json.id as string));
+    const questions = tpDocs.map((ex) => ex.question);
+    for (const [i, id] of ids.entries()) await client.ok(`/v1/contexts/${id}/ask`, { questions: [questions[i]], maxTokens }); // warm
+    const tp: ThroughputRow[] = [];
+    for (const n of clientsList) {
+      const row = await throughput(client, service, ids, questions, n, seconds, maxTokens);
+      tp.push(row);
+      say(`throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, mean batch ${row.mean_batch}, ${row.errors} errors`);
+    }
+
+    // 2. soft vs full answer latency
+    const lat: LatencyRow[] = [];
+    for (const L of lengths) {
+      const ex = needles(L, 1, `bench-serve-latency-${L}`)[0];
+      const promptTokens = tok.encode(qaPrompt(ex.question)).length;
+      const room = service.window - 1 - promptTokens - maxTokens;
+      let full: { id: string; tokens: number; mode: 'full' | 'truncated' };
+      const tried = await client.post('/v1/contexts', { text: ex.context, method: 'full' });
+      if (tried.status === 201 && (tried.json.softTokens as number) <= room) {
+        full = { id: tried.json.id as string, tokens: tried.json.softTokens as number, mode: 'full' };
+      } else {
+        const t = await client.ok('/v1/contexts', { text: ex.context, method: 'truncate', budget: room });
+        full = { id: t.json.id as string, tokens: t.json.softTokens as number, mode: 'truncated' };
+      }
+      const fullLat = await askLatency(client, full.id, ex.question, reps, maxTokens);
+      for (const ratio of ratios) {
+        const made = await client.post('/v1/contexts', { text: ex.context, method, ratio });
+        if (made.status !== 201) {
+          say(`${L} tokens at ratio ${ratio}: ${(made.json.error as Json | undefined)?.message ?? made.status} (skipped)`);
+          continue;
+        }
+        const soft = await askLatency(client, made.json.id as string, ex.question, reps, maxTokens);
+        const row: LatencyRow = {
+          context_tokens: made.json.sourceTokens as number,
+          ratio,
+          method,
+          soft_tokens: made.json.softTokens as number,
+          compress_ms: made.json.compressMs as number,
+          soft_answer_ms: soft.ms,
+          full_mode: full.mode,
+          full_tokens: full.tokens,
+          full_answer_ms: fullLat.ms,
+          speedup: Math.round((fullLat.ms / soft.ms) * 100) / 100,
+          soft_answer_tokens: soft.tokens,
+          full_answer_tokens: fullLat.tokens,
+        };
+        lat.push(row);
+        say(`${row.context_tokens} tokens, ratio ${ratio}: soft (${row.soft_tokens}) ${row.soft_answer_ms} ms vs ${full.mode} (${full.tokens}) ${row.full_answer_ms} ms, compress ${row.compress_ms} ms`);
+      }
+    }
+
+    const out = process.stdout;
+    out.write(`softpress bench serve (${getNumThreads()} threads, base ${service.modelName}, window ${service.window}, method ${method}, ${maxTokens} answer tokens at most)\n`);
+    out.write('  clients  req/s    p50 ms   p99 ms   mean batch\n');
+    for (const r of tp) out.write(`  ${String(r.clients).padEnd(8)} ${String(r.rps).padEnd(8)} ${String(r.p50_ms).padEnd(8)} ${String(r.p99_ms).padEnd(8)} ${r.mean_batch}\n`);
+    out.write('  context  ratio  soft tok  soft ms   full (tokens)        full ms   speed-up\n');
+    for (const r of lat) out.write(`  ${String(r.context_tokens).padEnd(8)} ${String(r.ratio).padEnd(6)} ${String(r.soft_tokens).padEnd(9)} ${String(r.soft_answer_ms).padEnd(9)} ${`${r.full_mode} (${r.full_tokens})`.padEnd(20)} ${String(r.full_answer_ms).padEnd(9)} ${r.speedup}x\n`);
+    if (values.json) {
+      const result = {
+        bench: 'serve',
+        base: values['random-base'] ? 'random (base architecture)' : service.modelName,
+        base_fingerprint: service.fingerprint,
+        window: service.window,
+        method,
+        learned,
+        threads: getNumThreads(),
+        max_tokens: maxTokens,
+        engine: service.engine.opts,
+        throughput: tp,
+        latency: lat,
+      };
+      out.write(JSON.stringify(result) + '\n');
+    }
+  } finally {
+    app.server.closeAllConnections();
+    await app.close();
+    await service.close();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}

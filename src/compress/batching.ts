@@ -1,0 +1,42 @@
+/**
+ * Reshaping soft contexts across a batch: one stored context repeated for several prompts
+ * (asking several questions about one compressed text), and one item picked out of a batch.
+ */
+import type { SoftContext } from './types.js';
+import type { Tensor } from '../tensor/index.js';
+
+function repeatRows(t: Tensor, n: number): Tensor {
+  const shape = t.shape;
+  return t.expand(n, ...shape.slice(1)).contiguous();
+}
+
+/** A context of one item as a batch of n copies of it (for n prompts). */
+export function repeatSoftContext(ctx: SoftContext, n: number): SoftContext {
+  const b = ctx.meta.sourceTokens.length;
+  if (b !== 1) throw new Error(`repeatSoftContext: the context holds ${b} items; pick one first (selectSoftContext)`);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`repeatSoftContext: n must be a positive integer, got ${n}`);
+  return {
+    softTokens: ctx.softTokens && repeatRows(ctx.softTokens, n),
+    mask: ctx.mask && repeatRows(ctx.mask, n),
+    memoryKv: ctx.memoryKv?.map((kv) => ({ k: repeatRows(kv.k, n), v: repeatRows(kv.v, n) })),
+    memoryMask: ctx.memoryMask && repeatRows(ctx.memoryMask, n),
+    meta: { ...ctx.meta, sourceTokens: new Array(n).fill(ctx.meta.sourceTokens[0]), softTokens: new Array(n).fill(ctx.meta.softTokens[0]) },
+  };
+}
+
+/** Item i of a batched context, as a context of one item (its padding slots trimmed). */
+export function selectSoftContext(ctx: SoftContext, i: number): SoftContext {
+  const b = ctx.meta.sourceTokens.length;
+  if (!Number.isInteger(i) || i < 0 || i >= b) throw new Error(`selectSoftContext: item ${i} outside 0..${b - 1}`);
+  const n = ctx.meta.softTokens[i];
+  const soft = ctx.softTokens && ctx.softTokens.narrow(0, i, 1);
+  const mem = ctx.memoryKv?.map((kv) => ({ k: kv.k.narrow(0, i, 1), v: kv.v.narrow(0, i, 1) }));
+  return {
+    softTokens: soft && soft.narrow(1, 0, Math.min(n, soft.size(1))).contiguous(),
+    mask: ctx.mask && ctx.mask.narrow(0, i, 1).narrow(1, 0, Math.min(n, ctx.mask.size(1))).contiguous(),
+    // Memory slots are kept whole (their layout is the method's); the mask says which are real.
+    memoryKv: mem?.map((kv) => ({ k: kv.k.contiguous(), v: kv.v.contiguous() })),
+    memoryMask: ctx.memoryMask && ctx.memoryMask.narrow(0, i, 1).contiguous(),
+    meta: { ...ctx.meta, sourceTokens: [ctx.meta.sourceTokens[i]], softTokens: [n] },
+  };
+}

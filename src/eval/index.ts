@@ -1,0 +1,7 @@
+/** softpress evaluation: metrics, tasks, the method x ratio x task harness, perplexity, reports. */
+export * from './metrics.js';
+export * from './tasks.js';
+export * from './harness.js';
+export * from './perplexity.js';
+export * from './report.js';
+export { linePlotPng, encodePng } from './png.js';

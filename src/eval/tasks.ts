@@ -1,0 +1,383 @@
+/**
+ * Evaluation tasks: deterministic example generators (by seed) over held-out data only.
+ *
+ * - reconstruct: passages of 128/256/512 tokens, restated from the compressed context
+ *   (decoder input [BOS] soft <|restate|>, greedy, up to len + 8 tokens); BLEU-4, exact prefix.
+ * - continue: the next 128 tokens after a compressed 512-token context; perplexity.
+ * - babi: story = context, question -> answer (greedy, <= 8 tokens, stop at EOS or newline);
+ *   EM per task 1..20.
+ * - needle: a planted fact at a (stratified) random depth of a 256..2,048-token passage;
+ *   EM by depth bucket and length.
+ * - cloze: a blanked content word asked back; EM and F1.
+ *
+ * Passages come from the TEST split of the corpora (splitDocuments(..., {seed: 0}).test), never
+ * from what the base model or the compressors trained on. bAbI reads any bAbI file: the
+ * held-out 'valid' part of a *_train.txt file, or all of any other file (e.g. official tests).
+ *
+ * QA prompts: the context goes through the compressor; the decoder's tail is the tokens of
+ * formatQAPrompt({context: '', question}) = "\nQuestion: q\nAnswer:", so for `full` the decoder
+ * reads exactly the pretraining format "context\nQuestion: q\nAnswer:".
+ */
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import type { Tokenizer } from '../models/tokenizer.js';
+import type { Doc } from '../data/corpora.js';
+import { loadDocs } from '../data/pretrain-mix.js';
+import { splitDocuments, type SplitName } from '../data/splits.js';
+import { babiTaskFromFileName, loadBabiFile } from '../data/babi.js';
+import { formatQAPrompt, makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
+import { Rng } from '../data/rng.js';
+
+export const TASK_NAMES = ['reconstruct', 'continue', 'babi', 'needle', 'cloze'] as const;
+export type TaskName = (typeof TASK_NAMES)[number];
+
+export function isTaskName(s: string): s is TaskName {
+  return (TASK_NAMES as readonly string[]).includes(s);
+}
+
+/** The corpora the base model was pretrained on (their test split is evaluated). */
+export const EVAL_CORPORA = ['sotu', 'moby-dick', 'brown'] as const;
+
+export interface EvalExample {
+  id: string;
+  /** Context token ids (no BOS): what the compressor sees. */
+  context: number[];
+  /** Decoder tail after the soft context: the prompt (generation) or the scored tokens (loss). */
+  tail: number[];
+  /** Generation: new tokens at most. */
+  maxTokens?: number;
+  /** QA: the gold answer. */
+  answer?: string;
+  /** reconstruct: the gold tokens (the passage). */
+  reference?: number[];
+  /** Documents the passage came from (provenance; bAbI: none). */
+  docIds?: string[];
+  /** Breakdown keys, e.g. {len: '256'}, {task: 'qa3'}, {len: '512', depth: '25-50%'}. */
+  groups: Record<string, string>;
+}
+
+export interface EvalTask {
+  name: TaskName;
+  /** generate: greedy generation, scored against answer/reference; loss: perplexity of the tail. */
+  mode: 'generate' | 'loss';
+  /** Generation stops at a newline (QA) or only at EOS (reconstruct). */
+  stopAtNewline: boolean;
+  examples: EvalExample[];
+  /** Order of group values in reports (e.g. lengths ascending). */
+  groupOrder?: Record<string, string[]>;
+  /** One line on what the task is. */
+  about: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+const splitCache = new Map<string, Doc[]>();
+
+/** Documents of one split of the corpora (split seed 0, as in pretraining). Default: test. */
+export function evalDocuments(split: SplitName = 'test', corpora: readonly string[] = EVAL_CORPORA): Doc[] {
+  const key = `${split}:${corpora.join(',')}`;
+  let docs = splitCache.get(key);
+  if (!docs) {
+    docs = splitDocuments(loadDocs({ corpora: [...corpora] }), { seed: 0 })[split];
+    splitCache.set(key, docs);
+  }
+  return docs.slice();
+}
+
+/** Token counts of texts, memoised (the passage generators measure the same text many times). */
+export function tokenCounter(tok: Tokenizer, limit = 4096): (text: string) => number {
+  const cache = new Map<string, number>();
+  return (text: string) => {
+    let n = cache.get(text);
+    if (n === undefined) {
+      n = tok.encode(text).length;
+      if (cache.size >= limit) cache.clear();
+      cache.set(text, n);
+    }
+    return n;
+  };
+}
+
+/** Token windows of `length` tokens from documents, chosen by seed (documents weighted by size). */
+class WindowSampler {
+  private readonly tokens = new Map<string, number[]>();
+  private readonly cum: number[] = [];
+  private readonly total: number;
+
+  constructor(
+    private readonly docs: readonly Doc[],
+    private readonly tok: Tokenizer,
+  ) {
+    if (docs.length === 0) throw new Error('evaluation: no documents to draw passages from');
+    let sum = 0;
+    for (const d of docs) this.cum.push((sum += d.text.length));
+    this.total = sum;
+  }
+
+  private ids(doc: Doc): number[] {
+    let ids = this.tokens.get(doc.id);
+    if (!ids) {
+      ids = this.tok.encode(doc.text);
+      this.tokens.set(doc.id, ids);
+    }
+    return ids;
+  }
+
+  window(rng: Rng, length: number): { ids: number[]; docId: string } {
+    for (let tries = 0; tries < 256; tries++) {
+      const x = rng.next() * this.total;
+      let lo = 0;
+      let hi = this.cum.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if ((this.cum[mid] as number) > x) hi = mid;
+        else lo = mid + 1;
+      }
+      const doc = this.docs[lo] as Doc;
+      const ids = this.ids(doc);
+      if (ids.length < length) continue;
+      const at = rng.int(ids.length - length + 1);
+      return { ids: ids.slice(at, at + length), docId: doc.id };
+    }
+    throw new Error(`evaluation: no held-out document has ${length} tokens`);
+  }
+}
+
+function qaPrompt(tok: Tokenizer, question: string): number[] {
+  return tok.encode(formatQAPrompt({ context: '', question }));
+}
+
+function checkN(n: number, what: string): void {
+  if (!(Number.isInteger(n) && n >= 1)) throw new RangeError(`${what}: n must be a positive integer, got ${n}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+export interface ReconstructOptions {
+  seed?: number;
+  /** Examples per length. */
+  n: number;
+  lengths?: number[];
+  /** Extra tokens allowed beyond the passage length (default 8). */
+  slack?: number;
+}
+
+/** Held-out passages of exactly `len` tokens, restated from the soft context. */
+export function makeReconstructTask(docs: readonly Doc[], tok: Tokenizer, o: ReconstructOptions): EvalTask {
+  checkN(o.n, 'reconstruct');
+  const restate = tok.special.get('<|restate|>');
+  if (restate === undefined) throw new Error(`reconstruct: the tokenizer has no <|restate|> token (it has ${[...tok.special.keys()].join(', ') || 'no special tokens'})`);
+  const lengths = o.lengths ?? [128, 256, 512];
+  const sampler = new WindowSampler(docs, tok);
+  const examples: EvalExample[] = [];
+  for (const len of lengths) {
+    const base = new Rng(`eval:reconstruct:${o.seed ?? 0}:${len}`);
+    for (let i = 0; i < o.n; i++) {
+      const { ids, docId } = sampler.window(base.fork(i), len);
+      examples.push({ id: `reconstruct/${len}/${i}`, context: ids, tail: [restate], maxTokens: len + (o.slack ?? 8), reference: ids, docIds: [docId], groups: { len: String(len) } });
+    }
+  }
+  return { name: 'reconstruct', mode: 'generate', stopAtNewline: false, examples, groupOrder: { len: lengths.map(String) }, about: `restate held-out passages of ${lengths.join('/')} tokens ([BOS] soft <|restate|>, greedy)` };
+}
+
+export interface ContinueOptions {
+  seed?: number;
+  n: number;
+  contextLen?: number;
+  continuationLen?: number;
+}
+
+/** Perplexity of the next `continuationLen` tokens given a compressed `contextLen`-token context. */
+export function makeContinueTask(docs: readonly Doc[], tok: Tokenizer, o: ContinueOptions): EvalTask {
+  checkN(o.n, 'continue');
+  const ctxLen = o.contextLen ?? 512;
+  const contLen = o.continuationLen ?? 128;
+  const sampler = new WindowSampler(docs, tok);
+  const base = new Rng(`eval:continue:${o.seed ?? 0}:${ctxLen}:${contLen}`);
+  const examples: EvalExample[] = [];
+  for (let i = 0; i < o.n; i++) {
+    const { ids, docId } = sampler.window(base.fork(i), ctxLen + contLen);
+    examples.push({ id: `continue/${i}`, context: ids.slice(0, ctxLen), tail: ids.slice(ctxLen), docIds: [docId], groups: {} });
+  }
+  return { name: 'continue', mode: 'loss', stopAtNewline: false, examples, about: `perplexity of the next ${contLen} tokens after a compressed ${ctxLen}-token context` };
+}
+
+export interface BabiTaskOptions {
+  seed?: number;
+  /** Questions per bAbI task (file). */
+  n: number;
+  /**
+   * Which part of each file: 'auto' (default) takes the held-out 'valid' stories of a
+   * *_train.txt file and all of any other file (e.g. the official *_test.txt).
+   */
+  split?: 'auto' | 'train' | 'valid' | 'all';
+}
+
+/**
+ * bAbI files under a path: the file itself, or the qaN_*.txt files of a folder by task number;
+ * where a folder holds a task's test file (qaN_*_test.txt, as the official release does), only
+ * the test file of that task is used.
+ */
+export function babiFiles(path: string): string[] {
+  if (!existsSync(path)) throw new Error(`bAbI data not found: ${path}`);
+  if (!statSync(path).isDirectory()) return [path];
+  const files = readdirSync(path)
+    .filter((f) => /^qa\d+_.*\.txt$/.test(f))
+    .map((f) => join(path, f))
+    .sort((a, b) => (babiTaskFromFileName(a) ?? 0) - (babiTaskFromFileName(b) ?? 0) || a.localeCompare(b));
+  if (files.length === 0) throw new Error(`no bAbI files (qaN_*.txt) in ${path}`);
+  const isTest = (f: string) => /_test\b/.test(basename(f));
+  const tasksWithTests = new Set(files.filter(isTest).map((f) => babiTaskFromFileName(f)));
+  return files.filter((f) => isTest(f) || !tasksWithTests.has(babiTaskFromFileName(f)));
+}
+
+function babiSplitFor(path: string, split: BabiTaskOptions['split']): 'train' | 'valid' | 'all' {
+  if (split && split !== 'auto') return split;
+  return /_train\b/.test(basename(path)) ? 'valid' : 'all';
+}
+
+/** n questions per bAbI task (file), story as context. */
+export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): EvalTask {
+  checkN(o.n, 'babi');
+  const examples: EvalExample[] = [];
+  const tasks: number[] = [];
+  const parts = new Set<string>();
+  for (const file of babiFiles(path)) {
+    const split = babiSplitFor(file, o.split);
+    parts.add(split);
+    const all = loadBabiFile(file, { split });
+    if (all.length === 0) continue;
+    const task = all[0]!.task;
+    if (!tasks.includes(task)) tasks.push(task);
+    const picked = new Rng(`eval:babi:${o.seed ?? 0}:${task}:${basename(file)}`).sample(all, o.n);
+    for (const ex of picked) {
+      examples.push({ id: `babi/${ex.id}`, context: tok.encode(ex.story), tail: qaPrompt(tok, ex.question), maxTokens: 8, answer: ex.answer, groups: { task: `qa${task}` } });
+    }
+  }
+  if (examples.length === 0) throw new Error(`no bAbI questions in ${path}`);
+  return { name: 'babi', mode: 'generate', stopAtNewline: true, examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task` };
+}
+
+export interface NeedleTaskOptions {
+  seed?: number;
+  /** Examples per length. */
+  n: number;
+  lengths?: number[];
+  /** Depth buckets; example i of a length gets a uniform depth in bucket i mod buckets. */
+  depthBuckets?: number;
+}
+
+function bucketLabel(b: number, buckets: number): string {
+  return `${Math.round((100 * b) / buckets)}-${Math.round((100 * (b + 1)) / buckets)}%`;
+}
+
+/** A planted fact at a stratified random depth in a held-out passage of `len` tokens. */
+export function makeNeedleTask(docs: readonly Doc[], tok: Tokenizer, o: NeedleTaskOptions): EvalTask {
+  checkN(o.n, 'needle');
+  const lengths = o.lengths ?? [256, 512, 1024, 2048];
+  const buckets = o.depthBuckets ?? 4;
+  const countTokens = tokenCounter(tok);
+  const examples: EvalExample[] = [];
+  for (const len of lengths) {
+    const base = new Rng(`eval:needle:${o.seed ?? 0}:${len}`);
+    for (let i = 0; i < o.n; i++) {
+      const b = i % buckets;
+      const depth = Math.min(1, (b + base.fork(i).next()) / buckets);
+      const [ex] = makeNeedleExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}:${i}`, count: 1, tokens: len, countTokens, depth });
+      examples.push({ id: `needle/${len}/${i}`, context: tok.encode(ex!.context), tail: qaPrompt(tok, ex!.question), maxTokens: 8, answer: ex!.answer, docIds: ex!.docIds, groups: { len: String(len), depth: bucketLabel(b, buckets) } });
+    }
+  }
+  return {
+    name: 'needle',
+    mode: 'generate',
+    stopAtNewline: true,
+    examples,
+    groupOrder: { len: lengths.map(String), depth: Array.from({ length: buckets }, (_, b) => bucketLabel(b, buckets)) },
+    about: `planted fact in held-out passages of ${lengths.join('/')} tokens at ${buckets} depth buckets, EM`,
+  };
+}
+
+export interface ClozeTaskOptions {
+  seed?: number;
+  n: number;
+  /** Passage length in tokens (default 256). */
+  tokens?: number;
+}
+
+/** A blanked content word of a held-out passage, asked back (EM / F1). */
+export function makeClozeTask(docs: readonly Doc[], tok: Tokenizer, o: ClozeTaskOptions): EvalTask {
+  checkN(o.n, 'cloze');
+  const len = o.tokens ?? 256;
+  const made = makeClozeExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}`, count: o.n, tokens: len, countTokens: tokenCounter(tok) });
+  const examples = made.map((ex, i) => ({ id: `cloze/${i}`, context: tok.encode(ex.context), tail: qaPrompt(tok, ex.question), maxTokens: 8, answer: ex.answer, docIds: ex.docIds, groups: {} }));
+  return { name: 'cloze', mode: 'generate', stopAtNewline: true, examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Suites
+
+export type SuiteName = 'default' | 'quick';
+
+export interface SuiteConfig {
+  reconstruct: { n: number; lengths: number[] };
+  continue: { n: number; contextLen: number; continuationLen: number };
+  babi: { n: number };
+  needle: { n: number; lengths: number[]; depthBuckets: number };
+  cloze: { n: number; tokens: number };
+}
+
+export const SUITES: Readonly<Record<SuiteName, SuiteConfig>> = {
+  default: {
+    reconstruct: { n: 8, lengths: [128, 256, 512] },
+    continue: { n: 32, contextLen: 512, continuationLen: 128 },
+    babi: { n: 10 },
+    needle: { n: 16, lengths: [256, 512, 1024, 2048], depthBuckets: 4 },
+    cloze: { n: 64, tokens: 256 },
+  },
+  quick: {
+    reconstruct: { n: 4, lengths: [128] },
+    continue: { n: 4, contextLen: 512, continuationLen: 128 },
+    babi: { n: 2 },
+    needle: { n: 4, lengths: [256, 512], depthBuckets: 4 },
+    cloze: { n: 8, tokens: 256 },
+  },
+};
+
+export interface BuildTasksOptions {
+  suite: SuiteName;
+  tasks: TaskName[];
+  seed?: number;
+  /** Overrides every task's example count (per length / per bAbI task where the task has those). */
+  n?: number;
+  /** bAbI file or folder (needed for the babi task). */
+  babiPath?: string;
+  babiSplit?: BabiTaskOptions['split'];
+  /** Documents to draw passages from (default: the test split of the corpora). */
+  docs?: readonly Doc[];
+}
+
+/** The examples of the chosen tasks of a suite. */
+export function buildTasks(tok: Tokenizer, o: BuildTasksOptions): EvalTask[] {
+  const s = SUITES[o.suite];
+  if (!s) throw new Error(`unknown suite '${o.suite}' (default, quick)`);
+  const seed = o.seed ?? 0;
+  const needDocs = o.tasks.some((t) => t !== 'babi');
+  const docs = needDocs ? (o.docs ?? evalDocuments('test')) : [];
+  return o.tasks.map((t): EvalTask => {
+    switch (t) {
+      case 'reconstruct':
+        return makeReconstructTask(docs, tok, { seed, n: o.n ?? s.reconstruct.n, lengths: s.reconstruct.lengths });
+      case 'continue':
+        return makeContinueTask(docs, tok, { seed, n: o.n ?? s.continue.n, contextLen: s.continue.contextLen, continuationLen: s.continue.continuationLen });
+      case 'babi':
+        if (!o.babiPath) throw new Error('the babi task needs bAbI data (--data FILE|FOLDER)');
+        return makeBabiTask(o.babiPath, tok, { seed, n: o.n ?? s.babi.n, split: o.babiSplit });
+      case 'needle':
+        return makeNeedleTask(docs, tok, { seed, n: o.n ?? s.needle.n, lengths: s.needle.lengths, depthBuckets: s.needle.depthBuckets });
+      case 'cloze':
+        return makeClozeTask(docs, tok, { seed, n: o.n ?? s.cloze.n, tokens: s.cloze.tokens });
+    }
+  });
+}

@@ -1,0 +1,544 @@
+/**
+ * The HTTP server (Fastify): the softpress context API, OpenAI-compatible completions with a
+ * soft context in front (`context_id`), the OpenAPI document and the playground page.
+ *
+ * Every route is declared once in a table with its JSON schemas; Fastify validates requests
+ * against them (no type coercion, unknown fields refused on softpress's own bodies) and
+ * /openapi.json is generated from the same table. Every error has the OpenAI shape
+ * {error: {message, type, code, param}} and a 4xx/5xx status; none of them stops the server.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { HttpError, type CompletionResult, type SoftpressService } from './service.js';
+import * as S from './schemas.js';
+import type { ChatMessage } from './text.js';
+
+type Schema = Record<string, unknown>;
+
+export interface ServerOptions {
+  /** Largest accepted request body in bytes (default 4 MiB). */
+  bodyLimit?: number;
+  /** Fastify's request logging (default off). */
+  logger?: boolean;
+}
+
+interface RouteDef {
+  method: 'GET' | 'POST' | 'DELETE';
+  url: string;
+  summary: string;
+  description?: string;
+  tag: string;
+  body?: Schema;
+  params?: Schema;
+  query?: Schema;
+  /** Success status and schema (a JSON body), or an HTML / event-stream response. */
+  status?: number;
+  response?: Schema;
+  contentType?: string;
+  /** Also answers with text/event-stream when the body asks to stream. */
+  streams?: boolean;
+  errors: number[];
+  handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
+}
+
+const ERROR_TYPE: Record<number, string> = { 400: 'invalid_request_error', 404: 'not_found_error', 409: 'conflict_error', 413: 'invalid_request_error', 415: 'invalid_request_error', 429: 'rate_limit_error' };
+const ERROR_DOC: Record<number, string> = {
+  400: 'Malformed JSON, wrong types, bad ratios or budgets, prompts longer than the window.',
+  404: 'Unknown context id or model.',
+  409: 'The context was made for another base model (or by a method this server has not loaded).',
+  413: 'Request body over the limit, or a context too long for the model window at this ratio.',
+  415: 'Content-Type is not application/json.',
+  429: 'The generation or compression queue is full; retry after the Retry-After seconds.',
+  500: 'Internal error (the server keeps running).',
+  503: 'The server is shutting down.',
+};
+
+function errorBody(status: number, code: string, message: string, param?: string): Schema {
+  return { error: { message, type: ERROR_TYPE[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error'), code, param: param ?? null } };
+}
+
+/** The playground page, read once (src/serve/playground.html, beside the sources). */
+function playgroundHtml(): string {
+  const candidates = [new URL('./playground.html', import.meta.url), new URL('../../../src/serve/playground.html', import.meta.url)];
+  for (const u of candidates) {
+    const p = fileURLToPath(u);
+    if (existsSync(p)) return readFileSync(p, 'utf8');
+  }
+  return '<!doctype html><title>softpress</title><p>playground.html is missing from this installation.</p>';
+}
+
+function openapiPath(url: string): string {
+  return url.replace(/:([A-Za-z_]+)/g, '{$1}');
+}
+
+function parameters(def: RouteDef): Schema[] {
+  const out: Schema[] = [];
+  for (const [where, schema] of [
+    ['path', def.params],
+    ['query', def.query],
+  ] as const) {
+    if (!schema) continue;
+    const props = (schema.properties ?? {}) as Record<string, Schema>;
+    const required = new Set((schema.required as string[] | undefined) ?? []);
+    for (const [name, s] of Object.entries(props)) {
+      const { description, ...rest } = s;
+      out.push({ name, in: where, required: where === 'path' || required.has(name), description, schema: rest });
+    }
+  }
+  return out;
+}
+
+/** The OpenAPI 3.1 document of the route table. */
+function openapiDocument(routes: RouteDef[], service: SoftpressService): Schema {
+  const paths: Record<string, Record<string, Schema>> = {};
+  for (const r of routes) {
+    const p = (paths[openapiPath(r.url)] ??= {});
+    const status = String(r.status ?? 200);
+    const success: Schema = { description: r.summary };
+    if (r.response) {
+      success.content = { 'application/json': { schema: r.response } };
+      if (r.streams) (success.content as Schema)['text/event-stream'] = { schema: { type: 'string', description: 'With "stream": true: "data: {chunk JSON}" events, then "data: [DONE]".' } };
+    } else if (r.contentType) success.content = { [r.contentType]: { schema: { type: 'string' } } };
+    const responses: Schema = { [status]: success };
+    for (const code of r.errors) responses[String(code)] = { description: ERROR_DOC[code] ?? 'Error.', content: { 'application/json': { schema: S.errorSchema } } };
+    const op: Schema = {
+      operationId: `${r.method.toLowerCase()}${openapiPath(r.url).replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
+      summary: r.summary,
+      tags: [r.tag],
+      responses,
+    };
+    if (r.description) op.description = r.description;
+    const params = parameters(r);
+    if (params.length) op.parameters = params;
+    if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: r.body } } };
+    p[r.method.toLowerCase()] = op;
+  }
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'softpress',
+      version: '0.1.0',
+      description:
+        'Soft context compression as a service: compress a document once into a few soft tokens, store it, and ask questions or run ' +
+        'OpenAI-compatible completions with it in front of the prompt (extension field context_id). ' +
+        `Base model: ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window} tokens).`,
+    },
+    servers: [{ url: '/' }],
+    paths,
+    components: { schemas: { Error: S.errorSchema, Context: S.contextView } },
+  };
+}
+
+function newId(prefix: string): string {
+  return `${prefix}-${randomBytes(12).toString('hex')}`;
+}
+
+function stopList(stop: unknown): string[] {
+  if (stop === undefined || stop === null) return [];
+  return typeof stop === 'string' ? [stop] : (stop as string[]);
+}
+
+function softpressExt(r: CompletionResult): Schema {
+  return {
+    context_id: r.context?.id ?? null,
+    soft_tokens: r.context?.softTokens ?? null,
+    source_tokens: r.context?.sourceTokens ?? null,
+    load_ms: r.timings.loadMs,
+    prefix_ms: r.timings.prefixMs,
+    queue_ms: r.timings.queueMs,
+    prefill_ms: r.timings.prefillMs,
+    decode_ms: r.timings.decodeMs,
+    total_ms: r.timings.totalMs,
+    batch_size: r.timings.batchSize,
+  };
+}
+
+interface OpenAiCommon {
+  model: string;
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  n?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean } | null;
+  context_id?: string;
+}
+
+/** Builds the Fastify app over a service (not listening yet). */
+export function buildServer(service: SoftpressService, opts: ServerOptions = {}): FastifyInstance {
+  const bodyLimit = opts.bodyLimit ?? 4 * 2 ** 20;
+  const app = Fastify({
+    bodyLimit,
+    logger: opts.logger ?? false,
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
+    schemaErrorFormatter: (errors, dataVar) => {
+      // oneOf reports its branches' errors first; the oneOf itself says more
+      const e = errors.find((x) => x.keyword === 'oneOf') ?? errors[0];
+      const where = `${dataVar}${e.instancePath.replace(/\//g, '.')}`;
+      const params = e.params as Record<string, unknown>;
+      let message: string;
+      if (e.keyword === 'additionalProperties') message = `${where} has an unknown field '${String(params.additionalProperty)}'`;
+      else if (e.keyword === 'required') message = `${where} is missing the required field '${String(params.missingProperty)}'`;
+      else if (e.keyword === 'oneOf') {
+        const branchSchemas = (e as unknown as { schema?: unknown }).schema;
+        const branches = Array.isArray(branchSchemas) ? (branchSchemas as Schema[]).map((b) => (b.type === 'array' ? `an array of ${String((b.items as Schema | undefined)?.type ?? 'item')}s` : `${b.type === 'object' || b.type === 'array' ? 'an' : 'a'} ${String(b.type)}`)) : [];
+        message = `${where} has the wrong type${branches.length ? ` (must be ${branches.join(' or ')})` : ''}`;
+      }
+      else message = `${where} ${e.message ?? 'is invalid'}`;
+      const err = new Error(message) as Error & { param?: string };
+      err.param = e.keyword === 'additionalProperties' ? String(params.additionalProperty) : e.keyword === 'required' ? String(params.missingProperty) : e.instancePath.split('/').filter(Boolean).join('.') || undefined;
+      return err;
+    },
+  });
+  const html = playgroundHtml();
+  // JSON only: a text/plain body is refused with 415 instead of failing validation as a string
+  app.removeContentTypeParser('text/plain');
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown }, req, reply) => {
+    let status = 500;
+    let code = 'internal_error';
+    let message = err.message;
+    let param: string | undefined;
+    if (err instanceof HttpError) {
+      status = err.status;
+      code = err.code;
+      param = err.param;
+      for (const [k, v] of Object.entries(err.headers)) void reply.header(k, v);
+    } else if (err.validation) {
+      status = 400;
+      code = 'invalid_request';
+      message = `invalid request: ${err.message}`;
+      param = (err as { param?: string }).param;
+    } else if (err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError) {
+      status = 400;
+      code = 'invalid_json';
+      message = `the request body is not valid JSON (${err.message})`;
+    } else if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') {
+      status = 400;
+      code = 'empty_body';
+      message = 'the request body is empty; send a JSON object';
+    } else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      status = 413;
+      code = 'body_too_large';
+      message = `the request body is larger than this server's limit of ${bodyLimit} bytes`;
+    } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      status = 415;
+      code = 'unsupported_media_type';
+      message = `unsupported Content-Type '${req.headers['content-type'] ?? ''}'; send application/json`;
+    } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+      status = err.statusCode;
+      code = (err.code ?? 'bad_request').toLowerCase();
+    }
+    if (status >= 500) req.log.error(err);
+    void reply.status(status).type('application/json').send(errorBody(status, code, message, param));
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send(errorBody(404, 'route_not_found', `no route ${req.method} ${req.url.split('?')[0]} (see GET /openapi.json)`));
+  });
+
+  const common = (b: OpenAiCommon) => {
+    service.checkModel(b.model);
+    if (b.n !== undefined && b.n !== null && b.n !== 1) throw new HttpError(400, 'unsupported_parameter', 'n > 1 is not supported', 'n');
+    return {
+      temperature: b.temperature ?? 1,
+      topP: b.top_p ?? undefined,
+      seed: b.seed ?? undefined,
+      contextId: b.context_id,
+    };
+  };
+
+  /** Streams a running completion as OpenAI SSE chunks. */
+  const stream = async (
+    reply: FastifyReply,
+    start: (onDelta: (i: number, d: string) => void) => { result: Promise<CompletionResult>; cancel(): void },
+    chunk: (i: number, delta: string | null, finish: string | null, first: boolean) => Schema,
+    choices: number,
+    includeUsage: boolean,
+    usageChunk: (r: CompletionResult) => Schema,
+  ): Promise<void> => {
+    const raw = reply.raw;
+    let open = false;
+    const write = (obj: Schema | string) => {
+      if (open && !raw.writableEnded) raw.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`);
+    };
+    const run = start((i, d) => write(chunk(i, d, null, false))); // throws (4xx) before anything is sent
+    reply.hijack();
+    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    open = true;
+    for (let i = 0; i < choices; i++) {
+      const first = chunk(i, '', null, true);
+      if (first) write(first);
+    }
+    let finished = false;
+    raw.on('close', () => {
+      if (!finished) run.cancel();
+    });
+    try {
+      const r = await run.result;
+      for (const c of r.choices) write(chunk(c.index, null, c.finishReason, false));
+      if (includeUsage) write(usageChunk(r));
+    } catch (e) {
+      const status = e instanceof HttpError ? e.status : 500;
+      write(errorBody(status, e instanceof HttpError ? e.code : 'internal_error', (e as Error).message));
+    } finally {
+      finished = true;
+      write('[DONE]');
+      raw.end();
+    }
+  };
+
+  const onClientGone = (reply: FastifyReply, cancel: () => void) => {
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) cancel();
+    });
+  };
+
+  const routes: RouteDef[] = [
+    {
+      method: 'GET',
+      url: '/',
+      summary: 'The playground: compress a document, ask questions, compare with the full context.',
+      tag: 'playground',
+      contentType: 'text/html',
+      errors: [],
+      handler: async (_req, reply) => reply.type('text/html; charset=utf-8').send(html),
+    },
+    {
+      method: 'GET',
+      url: '/openapi.json',
+      summary: 'This document.',
+      tag: 'meta',
+      response: { type: 'object', additionalProperties: true },
+      errors: [],
+      handler: async () => openapiDocument(routes, service),
+    },
+    {
+      method: 'GET',
+      url: '/health',
+      summary: 'Liveness, queue, store and memory figures.',
+      tag: 'meta',
+      response: S.healthResponse,
+      errors: [],
+      handler: async () => service.health(),
+    },
+    {
+      method: 'GET',
+      url: '/v1/methods',
+      summary: 'Compression methods this server offers.',
+      tag: 'contexts',
+      response: S.methodsResponse,
+      errors: [],
+      handler: async () => ({ default: service.defaultMethod, defaultRatio: service.defaultRatio, window: service.window, methods: service.methods() }),
+    },
+    {
+      method: 'POST',
+      url: '/v1/contexts',
+      summary: 'Compress a document and store the soft context.',
+      description: 'Tokenizes the text, compresses it with the method at the ratio (or budget), stores the .softctx durably and returns its id.',
+      tag: 'contexts',
+      body: S.createContextBody,
+      status: 201,
+      response: S.createContextResponse,
+      errors: [400, 413, 415, 429, 500],
+      handler: async (req, reply) => {
+        const r = await service.createContext(req.body as { text: string; method?: string; ratio?: number; budget?: number });
+        void reply.status(201).header('location', `/v1/contexts/${r.id}`);
+        return r;
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/contexts',
+      summary: 'Stored contexts of this base model, most recently used first.',
+      tag: 'contexts',
+      query: S.listContextsQuery,
+      response: S.listContextsResponse,
+      errors: [400],
+      handler: async (req) => {
+        const q = req.query as { limit?: string };
+        const limit = q.limit === undefined ? 100 : Number(q.limit);
+        if (limit < 1 || limit > 1000) throw new HttpError(400, 'bad_limit', `limit must be between 1 and 1000, got ${q.limit}`, 'limit');
+        return { object: 'list', data: service.listContexts(limit) };
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/contexts/:id',
+      summary: "A stored context's metadata.",
+      tag: 'contexts',
+      params: S.idParams,
+      response: S.contextView,
+      errors: [400, 404, 409],
+      handler: async (req) => service.getContext((req.params as { id: string }).id),
+    },
+    {
+      method: 'DELETE',
+      url: '/v1/contexts/:id',
+      summary: 'Delete a stored context.',
+      tag: 'contexts',
+      params: S.idParams,
+      response: S.deleteContextResponse,
+      errors: [400, 404],
+      handler: async (req) => {
+        const { id } = req.params as { id: string };
+        service.deleteContext(id);
+        return { id, deleted: true };
+      },
+    },
+    {
+      method: 'POST',
+      url: '/v1/contexts/:id/ask',
+      summary: 'Answer questions about a stored context.',
+      description: 'Each question is read as "Question: ...\\nAnswer:" after the soft context; simultaneous questions (of this and other requests) share decoder forwards.',
+      tag: 'contexts',
+      params: S.idParams,
+      body: S.askBody,
+      response: S.askResponse,
+      errors: [400, 404, 409, 415, 429, 500],
+      handler: async (req) => service.ask((req.params as { id: string }).id, req.body as { questions: string[]; maxTokens?: number; temperature?: number; seed?: number }),
+    },
+    {
+      method: 'GET',
+      url: '/v1/models',
+      summary: 'Models (OpenAI-compatible).',
+      tag: 'openai',
+      response: S.modelsResponse,
+      errors: [],
+      handler: async () => ({ object: 'list', data: [{ id: service.modelName, object: 'model', created: Math.floor(service.startedAt / 1000), owned_by: 'softpress' }] }),
+    },
+    {
+      method: 'GET',
+      url: '/v1/models/:model',
+      summary: 'One model (OpenAI-compatible).',
+      tag: 'openai',
+      params: { type: 'object', required: ['model'], properties: { model: { type: 'string', description: 'Model id.' } } },
+      response: S.modelResponse,
+      errors: [404],
+      handler: async (req) => {
+        service.checkModel((req.params as { model: string }).model);
+        return { id: service.modelName, object: 'model', created: Math.floor(service.startedAt / 1000), owned_by: 'softpress' };
+      },
+    },
+    {
+      method: 'POST',
+      url: '/v1/completions',
+      summary: 'Text completions (OpenAI-compatible), optionally after a stored soft context (context_id).',
+      tag: 'openai',
+      body: S.completionsBody,
+      response: S.completionsResponse,
+      streams: true,
+      errors: [400, 404, 409, 413, 415, 429, 500],
+      handler: async (req, reply) => {
+        const b = req.body as OpenAiCommon & { prompt: string | string[]; echo?: boolean | null; logprobs?: number | null; best_of?: number | null; suffix?: string | null };
+        const c = common(b);
+        if (b.echo) throw new HttpError(400, 'unsupported_parameter', 'echo is not supported', 'echo');
+        if (b.logprobs !== undefined && b.logprobs !== null) throw new HttpError(400, 'unsupported_parameter', 'logprobs are not supported', 'logprobs');
+        if (b.best_of !== undefined && b.best_of !== null && b.best_of !== 1) throw new HttpError(400, 'unsupported_parameter', 'best_of > 1 is not supported', 'best_of');
+        if (b.suffix) throw new HttpError(400, 'unsupported_parameter', 'suffix is not supported', 'suffix');
+        const prompts = typeof b.prompt === 'string' ? [b.prompt] : b.prompt;
+        const request = { ...c, prompts, maxTokens: b.max_tokens ?? 16, stop: stopList(b.stop) };
+        const id = newId('cmpl');
+        const created = Math.floor(Date.now() / 1000);
+        const model = service.modelName;
+        if (b.stream) {
+          await stream(
+            reply,
+            (onDelta) => service.startCompletion(request, onDelta),
+            (i, delta, finish, first) => (first ? (null as unknown as Schema) : { id, object: 'text_completion', created, model, choices: [{ text: delta ?? '', index: i, logprobs: null, finish_reason: finish }] }),
+            0,
+            !!b.stream_options?.include_usage,
+            (r) => ({ id, object: 'text_completion', created, model, choices: [], usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens } }),
+          );
+          return reply;
+        }
+        const run = service.startCompletion(request);
+        onClientGone(reply, run.cancel);
+        const r = await run.result;
+        return {
+          id,
+          object: 'text_completion',
+          created,
+          model,
+          choices: r.choices.map((ch) => ({ text: ch.text, index: ch.index, logprobs: null, finish_reason: ch.finishReason })),
+          usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens },
+          softpress: softpressExt(r),
+        };
+      },
+    },
+    {
+      method: 'POST',
+      url: '/v1/chat/completions',
+      summary: 'Chat completions (OpenAI-compatible), optionally after a stored soft context (context_id).',
+      description: 'Messages are rendered as plain text lines ("System: ...", "User: ...", "Assistant: ...") ending with "Assistant:"; the reply ends at a new "User:" line.',
+      tag: 'openai',
+      body: S.chatBody,
+      response: S.chatResponse,
+      streams: true,
+      errors: [400, 404, 409, 413, 415, 429, 500],
+      handler: async (req, reply) => {
+        const b = req.body as OpenAiCommon & { messages: ChatMessage[] };
+        const c = common(b);
+        const { prompt, stop } = service.chatPrompt(b.messages, stopList(b.stop));
+        const request = { ...c, prompts: [prompt], maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined, stop };
+        const id = newId('chatcmpl');
+        const created = Math.floor(Date.now() / 1000);
+        const model = service.modelName;
+        const leading = { text: true };
+        if (b.stream) {
+          await stream(
+            reply,
+            (onDelta) =>
+              service.startCompletion(request, (i, d) => {
+                // the first content delta loses the space after "Assistant:"
+                if (leading.text) {
+                  d = d.replace(/^\s+/, '');
+                  if (!d) return;
+                  leading.text = false;
+                }
+                onDelta(i, d);
+              }),
+            (i, delta, finish, first) => ({
+              id,
+              object: 'chat.completion.chunk',
+              created,
+              model,
+              choices: [{ index: i, delta: first ? { role: 'assistant', content: '' } : delta === null ? {} : { content: delta }, logprobs: null, finish_reason: finish }],
+            }),
+            1,
+            !!b.stream_options?.include_usage,
+            (r) => ({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens } }),
+          );
+          return reply;
+        }
+        const run = service.startCompletion(request);
+        onClientGone(reply, run.cancel);
+        const r = await run.result;
+        return {
+          id,
+          object: 'chat.completion',
+          created,
+          model,
+          choices: r.choices.map((ch) => ({ index: ch.index, message: { role: 'assistant', content: ch.text.trim() }, logprobs: null, finish_reason: ch.finishReason })),
+          usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens },
+          softpress: softpressExt(r),
+        };
+      },
+    },
+  ];
+
+  for (const r of routes) {
+    const schema: Schema = {};
+    if (r.body) schema.body = r.body;
+    if (r.params) schema.params = r.params;
+    if (r.query) schema.querystring = r.query;
+    if (r.response) schema.response = { [r.status ?? 200]: r.response };
+    app.route({ method: r.method, url: r.url, schema, handler: r.handler });
+  }
+  return app;
+}

@@ -1,0 +1,122 @@
+/**
+ * Text around generation: incremental detokenization with stop strings (for streaming), the
+ * QA prompt and the chat transcript formats the server uses.
+ */
+import type { Tokenizer } from '../models/tokenizer.js';
+import { formatQAPrompt } from '../data/qa.js';
+
+/**
+ * Turns generated ids into text deltas. Holds back text that may still change: a trailing
+ * partial UTF-8 character (decoded as U+FFFD) and any tail that could be the start of a stop
+ * string. When a stop string appears, the text ends before it.
+ */
+export class TextStream {
+  private readonly ids: number[] = [];
+  private emitted = '';
+  private finalText: string | null = null;
+
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly stops: readonly string[] = [],
+  ) {}
+
+  /** Adds a token; returns the new safe text and whether a stop string was reached. */
+  push(id: number): { delta: string; stopped: boolean } {
+    if (this.finalText !== null) return { delta: '', stopped: true };
+    this.ids.push(id);
+    const full = this.tokenizer.decode(this.ids);
+    let cut = -1;
+    for (const s of this.stops) {
+      const i = full.indexOf(s);
+      if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+    }
+    if (cut >= 0) {
+      this.finalText = full.slice(0, cut);
+      return { delta: this.take(this.finalText), stopped: true };
+    }
+    let safe = full.replace(/\uFFFD+$/, '');
+    let hold = 0;
+    for (const s of this.stops) {
+      for (let n = Math.min(s.length - 1, safe.length); n > hold; n--) {
+        if (safe.endsWith(s.slice(0, n))) {
+          hold = n;
+          break;
+        }
+      }
+    }
+    if (hold) safe = safe.slice(0, safe.length - hold);
+    return { delta: this.take(safe), stopped: false };
+  }
+
+  /** The rest of the text once generation has ended (flushes held-back text). */
+  finish(): string {
+    if (this.finalText === null) this.finalText = this.tokenizer.decode(this.ids);
+    return this.take(this.finalText);
+  }
+
+  /** The whole text (after finish: exactly what was emitted in total). */
+  get text(): string {
+    return this.finalText ?? this.emitted;
+  }
+
+  private take(upTo: string): string {
+    if (!upTo.startsWith(this.emitted) || upTo.length <= this.emitted.length) return '';
+    const delta = upTo.slice(this.emitted.length);
+    this.emitted = upTo;
+    return delta;
+  }
+}
+
+/** The QA prompt read after a soft context: formatQAPrompt with an empty context. */
+export function qaPrompt(question: string): string {
+  return formatQAPrompt({ context: '', question });
+}
+
+/** The first line of a generated answer, trimmed. */
+export function answerText(generated: string): string {
+  return generated.split('\n')[0].trim();
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | 'developer' | 'tool';
+  content: string | null | { type: string; text?: string }[];
+}
+
+const ROLE_LABEL: Record<ChatMessage['role'], string> = { system: 'System', developer: 'System', user: 'User', assistant: 'Assistant', tool: 'Tool' };
+
+/** Plain-text content of a message; throws on non-text parts. */
+export function messageText(m: ChatMessage): string {
+  if (m.content === null || m.content === undefined) return '';
+  if (typeof m.content === 'string') return m.content;
+  return m.content
+    .map((p, i) => {
+      if (p.type !== 'text' || typeof p.text !== 'string') throw new Error(`messages: content part ${i} has type '${p.type}'; only text parts are supported`);
+      return p.text;
+    })
+    .join('');
+}
+
+/** Renders a chat as plain text lines ("User: ...\nAssistant: ...") ending with "Assistant:". */
+export function renderChat(messages: readonly ChatMessage[]): string {
+  const lines = messages.map((m) => `${ROLE_LABEL[m.role]}: ${messageText(m).trim()}`);
+  lines.push('Assistant:');
+  return lines.join('\n');
+}
+
+/** Where a rendered chat's assistant turn ends. */
+export const CHAT_STOPS = ['\nUser:', '\nSystem:'];
+
+/** Ids whose text contains a newline (the QA answer ends at the first one). */
+export function newlineTokenIds(tokenizer: Tokenizer): number[] {
+  const out: number[] = [];
+  for (let id = 0; id < tokenizer.vocabSize; id++) {
+    let s: string;
+    try {
+      s = tokenizer.decode([id]);
+    } catch {
+      continue;
+    }
+    if (s.includes('\n')) out.push(id);
+  }
+  return out;
+}

@@ -1,0 +1,203 @@
+/**
+ * The compressor commands end to end, through bin/softpress.js on the tiny test base saved as a
+ * Hugging Face folder: `train` (meanpool, ae+lm, 20 steps; icae with a QA stage and --init),
+ * `compress` (.softctx), `ask` (from text and from .softctx, several questions), their errors;
+ * and, in process, that a compressor which alters the base model is caught before saving.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+
+import { noGrad, tidy } from '../src/tensor/index.js';
+import { saveModel, loadModel } from '../src/models/load.js';
+import { loadMobyDick } from '../src/data/corpora.js';
+import { loadSoftContext, freeSoftContext, registerCompressor, createCompressor, type Compressor } from '../src/compress/index.js';
+import { trainCompressor, TRAIN_DEFAULTS, parseStages } from '../src/train/train-compressor.js';
+import { main } from '../src/cli/main.js';
+import { TOKENIZER_PATH, tinyBase } from './helpers/tiny.js';
+
+const BIN = path.resolve(process.cwd(), 'bin/softpress.js');
+const BABI = path.resolve(process.cwd(), '../shared/fixtures/babi/en-10k');
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-cli-'));
+const baseDir = path.join(root, 'base');
+const corpus = path.join(root, 'corpus.txt');
+const contextFile = path.join(root, 'context.txt');
+
+test.before(() => {
+  const { model } = tinyBase();
+  saveModel(model, baseDir);
+  fs.copyFileSync(TOKENIZER_PATH, path.join(baseDir, 'tokenizer.json'));
+  // 24 documents (form-feed separated) of Moby-Dick: enough for train / valid / test splits.
+  fs.writeFileSync(corpus, loadMobyDick().slice(1, 25).map((d) => d.text.slice(0, 3000)).join('\n\f\n'));
+  fs.writeFileSync(contextFile, 'The secret code of the blue box is 4817. Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little and see the watery part of the world.\n');
+});
+test.after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** bin/softpress.js in a child process (the real entry point). */
+function spawnCli(...args: string[]): CliResult {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * The same command in this process (main() of src/cli/main.ts with stdout/stderr captured):
+ * libtorch is loaded once, which keeps the file fast.
+ */
+async function cli(...args: string[]): Promise<CliResult> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const write = { out: process.stdout.write, err: process.stderr.write };
+  // Only text is captured: the test runner's own reports to its parent are binary and pass on.
+  const capture = (sink: string[], original: typeof process.stdout.write, stream: NodeJS.WriteStream) =>
+    ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+      if (typeof chunk === 'string') {
+        sink.push(chunk);
+        return true;
+      }
+      return (original as (...a: unknown[]) => boolean).call(stream, chunk, ...rest);
+    }) as typeof process.stdout.write;
+  process.stdout.write = capture(out, write.out, process.stdout);
+  process.stderr.write = capture(err, write.err, process.stderr);
+  const before = process.exitCode;
+  process.exitCode = 0;
+  try {
+    await main(args);
+  } finally {
+    process.stdout.write = write.out;
+    process.stderr.write = write.err;
+  }
+  const code = Number(process.exitCode ?? 0);
+  process.exitCode = before;
+  return { code, stdout: out.join(''), stderr: err.join('') };
+}
+
+function ok(r: CliResult, what: string): void {
+  assert.equal(r.code, 0, `${what} failed:\n${r.stderr}`);
+}
+
+const COMMON = ['--base', baseDir, '--corpora', 'none', '--data', corpus, '--batch', '4', '--context-len', '32', '--continuation-len', '16', '--lr', '1e-2', '--eval-every', '10', '--quiet'];
+
+test('train meanpool (ae+lm, 20 steps) -> compress -> ask', async () => {
+  const out = path.join(root, 'meanpool');
+  const t = await cli('train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae+lm', '--steps', '20', '--out', out);
+  ok(t, 'train');
+  assert.match(t.stdout, /trained meanpool to step 20\/20 .* valid .*ae_loss/);
+  const saved = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8'));
+  assert.equal(saved.method, 'meanpool');
+  assert.equal(saved.baseFingerprint, loadModel(baseDir).model.fingerprint());
+  assert.deepEqual(saved.training.ratios, [4]);
+  assert.ok(fs.existsSync(path.join(out, 'weights.safetensors')));
+  const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(log.filter((r) => r.loss !== undefined).length, 20);
+  assert.deepEqual(log.filter((r) => r.valid_loss !== undefined).map((r) => r.step), [10, 20]);
+  assert.ok(log.some((r) => r.valid_ae_loss !== undefined && r.valid_lm_loss !== undefined));
+
+  // A finished run is not silently overwritten.
+  const again = await cli('train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae', '--steps', '20', '--out', out);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /already holds a training run; pass --resume/);
+
+  // compress (the default budget is the trained ratio)
+  const softctx = path.join(root, 'context.softctx');
+  const c = await cli('compress', '--base', baseDir, '--compressor', out, '--in', contextFile, '--out', softctx);
+  ok(c, 'compress');
+  const m = /ratio 4: (\d+) source tokens -> (\d+) soft tokens in [\d.]+ ms/.exec(c.stdout);
+  assert.ok(m, c.stdout);
+  assert.equal(Number(m[2]), Math.ceil(Number(m[1]) / 4));
+  const { model } = loadModel(baseDir);
+  tidy(() => {
+    const ctx = loadSoftContext(softctx, model);
+    assert.equal(ctx.meta.method, 'meanpool');
+    assert.deepEqual(ctx.meta.softTokens, [Number(m[2])]);
+    freeSoftContext(ctx);
+  });
+
+  // ask: from the stored context and from the text, several questions in one batch
+  const q = ['--question', 'What is the secret code of the blue box?', '--question', 'Who is speaking?', '--max-tokens', '6'];
+  const a1 = spawnCli('ask', '--base', baseDir, '--compressor', out, '--context', softctx, ...q); // through bin/softpress.js
+  ok(a1, 'ask .softctx');
+  assert.equal(a1.stdout.split('\n').length, 3, `two answer lines:\n${a1.stdout}`);
+  assert.match(a1.stderr, /answer 2 question\(s\): prefill \d+ ms, decode \d+ ms/);
+  const a2 = await cli('ask', '--base', baseDir, '--compressor', out, '--context', contextFile, '--json', ...q);
+  ok(a2, 'ask text');
+  const answers = JSON.parse(a2.stdout) as { question: string; answer: string; tokens: number }[];
+  assert.equal(answers.length, 2);
+  for (const x of answers) assert.ok(x.tokens >= 1 && x.tokens <= 6);
+  // Same compressor, same context: the stored and the fresh soft context answer alike.
+  assert.deepEqual(answers.map((x) => x.answer), a1.stdout.split('\n').slice(0, 2));
+  const a3 = await cli('ask', '--base', baseDir, '--method', 'truncate', '--ratio', '4', '--context', contextFile, ...q);
+  ok(a3, 'ask truncate');
+});
+
+test('train icae with a QA stage, then continue from it with --init', async () => {
+  const out = path.join(root, 'icae');
+  const babi = fs.existsSync(BABI) ? ['--babi', BABI] : [];
+  const t = await cli('train', ...COMMON, '--method', 'icae', '--ratio', '4,8', '--stage', 'ae:0.5,qa:0.5', '--steps', '10', '--qa-examples', '16', '--method-option', 'maxSlots=32', '--method-option', 'loraRank=4', ...babi, '--out', out);
+  ok(t, 'train icae');
+  const saved = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8'));
+  assert.equal(saved.maxSlots, 32);
+  assert.equal(saved.loraRank, 4);
+  const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8');
+  assert.match(log, /valid_qa_loss/);
+  const stage2 = path.join(root, 'icae-qa');
+  const t2 = await cli('train', ...COMMON, '--method', 'icae', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--qa-examples', '8', '--out', stage2);
+  ok(t2, 'train --init');
+  assert.equal(JSON.parse(fs.readFileSync(path.join(stage2, 'compressor.json'), 'utf8')).training.init, out);
+  const wrong = await cli('train', ...COMMON, '--method', 'meanpool', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--out', path.join(root, 'wrong'));
+  assert.equal(wrong.code, 1);
+  assert.match(wrong.stderr, /holds a 'icae' compressor, not 'meanpool'/);
+});
+
+test('clear errors', async () => {
+  const cases: [string[], RegExp][] = [
+    [['train', '--base', baseDir, '--method', 'meanpool', '--stage', 'ae', '--out', path.join(root, 'e1')], /give --ratio R\[,R2...\] or --budget K/],
+    [['train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae', '--out', path.join(root, 'e2'), '--method-option', 'colour=red'], /meanpool: unknown option\(s\) colour \(known: source, bos\)/],
+    [['train', ...COMMON, '--method', 'truncate', '--ratio', '4', '--stage', 'ae', '--out', path.join(root, 'e3')], /'truncate' is a strategy with nothing to train/],
+    [['train', ...COMMON, '--method', 'meanpool', '--ratio', '0.5', '--stage', 'ae', '--out', path.join(root, 'e4')], /--ratio must be a number >= 1/],
+    [['train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae+xx', '--out', path.join(root, 'e5')], /unknown stage 'xx'/],
+    [['train', '--bogus'], /^softpress train: Unknown option '--bogus'/],
+    [['compress', '--base', baseDir, '--method', 'meanpool', '--ratio', '4', '--in', contextFile, '--out', path.join(root, 'x.softctx')], /'meanpool' is a learned method: give --compressor DIR/],
+    [['compress', '--base', baseDir, '--method', 'truncate', '--in', contextFile, '--out', path.join(root, 'x.softctx')], /give --ratio R .* or --budget K/],
+    [['compress', '--base', baseDir, '--method', 'truncate', '--ratio', '4', '--in', path.join(root, 'missing.txt'), '--out', path.join(root, 'x.softctx')], /file not found/],
+    [['ask', '--base', baseDir, '--method', 'full', '--context', contextFile], /at least one --question/],
+    [['ask', '--base', baseDir, '--method', 'none', '--context', contextFile, '--question', 'q', '--max-tokens', '0'], /--max-tokens must be an integer >= 1/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = await cli(...args);
+    assert.equal(r.code, 1, `${args.join(' ')} should fail`);
+    assert.match(r.stderr, pattern, `${args.join(' ')}:\n${r.stderr}`);
+  }
+});
+
+test('a compressor that changes the base model is caught and nothing is saved', async () => {
+  // A deliberately broken method: its compress() writes into the base's final norm.
+  registerCompressor('rogue-test', 'test only: alters the base', true, (base, options) => {
+    const inner = createCompressor('meanpool', base, options);
+    const rogue: Compressor = {
+      ...inner,
+      method: 'rogue-test',
+      config: { ...inner.config, method: 'rogue-test' },
+      trainable: (s) => inner.trainable(s),
+      setTraining: (on) => inner.setTraining(on),
+      compress(contexts, budget) {
+        noGrad(() => base.model.norm.weight.value.mul_(1.0001));
+        return inner.compress(contexts, budget);
+      },
+    };
+    return rogue;
+  });
+  const out = path.join(root, 'rogue');
+  const cfg = { ...TRAIN_DEFAULTS, base: baseDir, method: 'rogue-test', methodOptions: {}, stages: parseStages('ae'), ratios: [4], steps: 3, batch: 2, contextLen: 32, continuationLen: 0, corpora: [], data: corpus, evalEvery: 100, warmup: 1 };
+  await assert.rejects(trainCompressor(cfg, out, { quiet: true }), /the base model's weights changed during training .* nothing was saved/);
+  assert.ok(!fs.existsSync(path.join(out, 'compressor.json')));
+});

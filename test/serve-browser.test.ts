@@ -1,0 +1,117 @@
+/**
+ * The playground end to end in headless Chromium (playwright-core driving Debian's
+ * /usr/bin/chromium): paste a document, compress it, see the token counts and time, ask a
+ * question, see the soft-context answer beside the full-context answer with both latencies;
+ * then upload a document too long for the window and see the full context reported as n/a.
+ * Skipped, with the reason, when Chromium is not installed (scripts/setup.sh installs it).
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Page } from 'playwright-core';
+
+import { openService } from '../src/serve/service.js';
+import { buildServer } from '../src/serve/server.js';
+import { writeRandomBase } from '../src/serve/testing.js';
+
+const CHROMIUM = process.env.SOFTPRESS_CHROMIUM ?? '/usr/bin/chromium';
+const skip = existsSync(CHROMIUM) ? false : `Chromium not found at ${CHROMIUM}: install it with 'apt-get install chromium' (scripts/setup.sh does) or set SOFTPRESS_CHROMIUM`;
+
+const DOC =
+  'The lighthouse keeper wrote in the log every evening. On the ninth of March the secret code of the blue box was 4817, ' +
+  'and the keeper hid the box under the third stair. Ships passed in the fog, and the bell rang twice an hour.';
+
+const LATENCY = /^\d+(\.\d+)? m?s$/;
+
+/** Polls until cond() holds (the page updates asynchronously). */
+async function waitFor(cond: () => Promise<boolean>, what: string | (() => string), timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function waitText(page: Page, selector: string, re: RegExp): Promise<void> {
+  let last = '';
+  await waitFor(async () => re.test((last = (await page.textContent(selector)) ?? '')), () => `${selector} to match ${re} (last: '${last}')`);
+}
+
+test('playground: compress, ask, compare with the full context (headless Chromium)', { skip, timeout: 120_000 }, async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'softpress-browser-'));
+  const base = writeRandomBase(join(tmp, 'base'), { window: 256 });
+  const service = openService({ base, storePath: join(tmp, 'store', 'contexts.mdb'), storeMaxBytes: 64 * 2 ** 20, discover: false });
+  const app = buildServer(service);
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}/`;
+  const profile = join(tmp, 'profile');
+  const browser = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = browser.pages()[0] ?? (await browser.newPage());
+    const problems: string[] = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+    });
+    await page.goto(url);
+    await page.waitForSelector('#method option[value="truncate"]', { state: 'attached' });
+    assert.match((await page.textContent('#model-info')) ?? '', /window 256 tokens/);
+
+    // 1. a document that fits the window: soft and full answers side by side
+    await page.fill('#doc', DOC);
+    await page.selectOption('#method', 'truncate');
+    await page.selectOption('#ratio', '4');
+    await page.click('#compress');
+    await waitText(page, '#full-tokens', /^\d+$/);
+    const source = Number(await page.textContent('#stats-source'));
+    const soft = Number(await page.textContent('#stats-soft'));
+    assert.ok(source > 30, `source tokens ${source}`);
+    assert.equal(soft, Math.ceil(source / 4));
+    assert.match((await page.textContent('#stats-ratio')) ?? '', /^3\.\d\d×$|^4\.00×$/);
+    assert.match((await page.textContent('#stats-ms')) ?? '', /^\d+ ms$/);
+    assert.equal(Number(await page.textContent('#full-tokens')), source);
+
+    await page.fill('#question', 'What is the secret code of the blue box?');
+    await page.click('#ask');
+    await waitText(page, '#ms-full', LATENCY);
+    const softMs = (await page.textContent('#ms-soft')) ?? '';
+    const fullMs = (await page.textContent('#ms-full')) ?? '';
+    assert.match(softMs, LATENCY);
+    assert.match(fullMs, LATENCY);
+    for (const id of ['#answer-soft', '#answer-full']) {
+      const a = (await page.textContent(id)) ?? '';
+      assert.ok(a.length > 0 && a !== '…' && a !== '–', `${id}: '${a}'`);
+    }
+    assert.match((await page.textContent('#history')) ?? '', /Q: What is the secret code/);
+    assert.equal((await page.textContent('#error'))?.trim(), '');
+
+    // 2. an uploaded document longer than the window: the full context is n/a, the soft one works
+    await page.setInputFiles('#file', { name: 'long.txt', mimeType: 'text/plain', buffer: Buffer.from(`${DOC} `.repeat(12)) });
+    await waitFor(async () => (await page.inputValue('#doc')).length > 1000, 'the uploaded file in the text area');
+    assert.match((await page.textContent('#doc-chars')) ?? '', /long\.txt/);
+    await page.selectOption('#ratio', '8');
+    await page.click('#compress');
+    await waitText(page, '#full-tokens', /^n\/a$/);
+    assert.match((await page.textContent('#full-status')) ?? '', /n\/a: .*window is 256/);
+    assert.ok(Number(await page.textContent('#stats-source')) > 256);
+    await page.fill('#question', 'Where is the box?');
+    await page.press('#question', 'Enter');
+    await waitText(page, '#ms-full', /^n\/a$/);
+    await waitText(page, '#ms-soft', LATENCY);
+    assert.deepEqual(problems.filter((p) => !/status of 413/.test(p)), []);
+    // the playground deleted the contexts it replaced
+    assert.equal(service.listContexts().length, 1);
+  } finally {
+    await browser.close();
+    app.server.closeAllConnections();
+    await app.close();
+    await service.close();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
