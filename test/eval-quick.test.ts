@@ -7,7 +7,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -17,7 +17,7 @@ import { configFromHf } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
 import { loadModel, saveModel } from '../src/models/load.js';
 import { createCompressor } from '../src/compress/index.js';
-import { answerText, buildTasks, documentPerplexity, evalDocuments, makeBabiTask, newlineTokens, ratiosFor, runEvaluation } from '../src/eval/index.js';
+import { answerText, babiFiles, buildTasks, documentPerplexity, evalDocuments, makeBabiTask, newlineTokens, ratiosFor, runEvaluation } from '../src/eval/index.js';
 
 const TOKENIZER = resolve('models/softpress-base/tokenizer.json');
 const BABI_FILE = resolve('../shared/fixtures/babi/en-10k/qa1_single-supporting-fact_train.txt');
@@ -121,6 +121,17 @@ test('tasks: deterministic by seed, test split only, lengths as asked', { skip }
     assert.match(tok.decode(ex.context), new RegExp(ex.answer!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   }
   assert.deepEqual(needle!.groupOrder!.depth, ['0-25%', '25-50%', '50-75%', '75-100%']);
+  // A folder with a task's train and test files: the test file is used, whole.
+  const bd = join(tinyBase(), 'babi');
+  mkdirSync(bd, { recursive: true });
+  const story = (who: string, where: string) => `1 ${who} moved to the ${where}.\n2 John went to the hallway.\n3 Where is ${who}?\t${where}\t1\n`;
+  writeFileSync(join(bd, 'qa1_single-supporting-fact_train.txt'), story('Mary', 'garden') + story('Sandra', 'office') + story('Daniel', 'kitchen'));
+  writeFileSync(join(bd, 'qa1_single-supporting-fact_test.txt'), story('Mary', 'bathroom') + story('Sandra', 'cellar'));
+  writeFileSync(join(bd, 'qa2_two-supporting-facts_train.txt'), story('Mary', 'garden') + story('Sandra', 'office') + story('Daniel', 'kitchen'));
+  assert.deepEqual(babiFiles(bd).map((f) => f.slice(bd.length + 1)), ['qa1_single-supporting-fact_test.txt', 'qa2_two-supporting-facts_train.txt']);
+  const small = makeBabiTask(bd, tok, { n: 10 });
+  assert.deepEqual(small.examples.map((e) => [e.groups.task, e.answer]).sort(), [['qa1', 'bathroom'], ['qa1', 'cellar'], ['qa2', 'kitchen']]);
+  assert.equal(tok.decode(small.examples.find((e) => e.answer === 'kitchen')!.context), 'Daniel moved to the kitchen.\nJohn went to the hallway.');
   if (existsSync(BABI_FILE)) {
     const babi = makeBabiTask(BABI_FILE, tok, { n: 5, seed: 0 });
     assert.equal(babi.examples.length, 5);

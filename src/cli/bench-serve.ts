@@ -7,13 +7,16 @@
  * port with a fresh temporary store; the clients are fetch calls in the same process):
  *  1. throughput: N concurrent clients, each asking one question per request (ask endpoint)
  *     against contexts already compressed and cached (512-token needle passages at ratio 4),
- *     back to back for --seconds: requests/s, p50/p99 latency, mean micro-batch size;
+ *     back to back for --seconds: requests/s, p50/p99 latency, rows per decode forward;
  *  2. answer latency with the soft context vs the full context, measured in the same run, for
- *     needle passages of each length and each ratio: one client, --reps sequential asks each,
- *     median end-to-end milliseconds. The full context is the `full` strategy when it fits the
- *     base window; otherwise (e.g. 1,024 or 2,048 tokens with a 1,024-token window, which must
- *     also hold BOS, the question and the answer) it is the longest tail that fits (`truncate`
- *     with a token budget), reported as full_mode "truncated" with full_tokens.
+ *     needle passages of each length and each ratio, one client, sequential requests, medians:
+ *     `first` = the first question on a newly compressed context (it runs the context prefix
+ *     through the decoder: what every question would cost without the server's prefix cache),
+ *     `warm` = later questions (the prefix's keys/values are cached; only the question and the
+ *     answer run), and the prefix cache's bytes per context. The full context is the `full`
+ *     strategy when it fits the base window; otherwise (1,024 or 2,048 tokens with a 1,024-token
+ *     window, which must also hold BOS, the question and the answer) it is the longest tail that
+ *     fits (`truncate` with a token budget), reported as full_mode "truncated" with full_tokens.
  * With --json the last stdout line is one JSON object.
  */
 import { parseArgs } from 'node:util';
@@ -68,6 +71,9 @@ class Client {
     const json = (await res.json()) as Json;
     return { status: res.status, json, ms: performance.now() - t0 };
   }
+  async del(path: string): Promise<void> {
+    await fetch(this.url + path, { method: 'DELETE' }).then((r) => r.arrayBuffer());
+  }
   async ok(path: string, body: unknown): Promise<{ json: Json; ms: number }> {
     const r = await this.post(path, body);
     if (r.status >= 300) throw new Error(`${path}: HTTP ${r.status}: ${(r.json.error as Json | undefined)?.message ?? JSON.stringify(r.json)}`);
@@ -83,7 +89,8 @@ export interface ThroughputRow {
   rps: number;
   p50_ms: number;
   p99_ms: number;
-  mean_batch: number;
+  /** Rows per decoder forward in the decode steps (how much requests share forwards). */
+  mean_decode_rows: number;
   tokens_per_answer: number;
 }
 
@@ -110,7 +117,7 @@ async function throughput(client: Client, service: SoftpressService, ids: string
   );
   const elapsed = (performance.now() - t0) / 1000;
   const after = service.engine.stats();
-  const batches = after.batches - before.batches;
+  const steps = after.decodeForwards - before.decodeForwards;
   return {
     clients,
     requests: latencies.length,
@@ -119,7 +126,7 @@ async function throughput(client: Client, service: SoftpressService, ids: string
     rps: r1(latencies.length / elapsed),
     p50_ms: r1(percentile(latencies, 50)),
     p99_ms: r1(percentile(latencies, 99)),
-    mean_batch: batches ? r1((after.rows - before.rows) / batches) : 0,
+    mean_decode_rows: steps ? r1((after.decodeRows - before.decodeRows) / steps) : 0,
     tokens_per_answer: latencies.length ? r1(tokens / latencies.length) : 0,
   };
 }
@@ -129,28 +136,62 @@ export interface LatencyRow {
   ratio: number;
   method: string;
   soft_tokens: number;
+  /** Median compression time (server-side). */
   compress_ms: number;
-  soft_answer_ms: number;
+  /** Median end-to-end latency of the first question on a new context (computes its prefix keys/values). */
+  soft_first_ms: number;
+  /** Median end-to-end latency of later questions (prefix keys/values cached). */
+  soft_warm_ms: number;
+  /** Bytes of the cached prefix keys/values ([BOS] + soft tokens, all layers). */
+  soft_kv_bytes: number;
   full_mode: 'full' | 'truncated';
   full_tokens: number;
-  full_answer_ms: number;
-  /** full_answer_ms / soft_answer_ms */
-  speedup: number;
+  full_first_ms: number;
+  full_warm_ms: number;
+  full_kv_bytes: number;
+  /** full_first_ms / soft_first_ms */
+  first_speedup: number;
+  /** full_warm_ms / soft_warm_ms */
+  warm_speedup: number;
   soft_answer_tokens: number;
   full_answer_tokens: number;
 }
 
-/** Median end-to-end ask latency over reps sequential requests (after one warm-up). */
-async function askLatency(client: Client, id: string, question: string, reps: number, maxTokens: number): Promise<{ ms: number; tokens: number }> {
-  await client.ok(`/v1/contexts/${id}/ask`, { questions: [question], maxTokens });
-  const ms: number[] = [];
+interface Measured {
+  tokens: number;
+  compressMs: number;
+  firstMs: number;
+  warmMs: number;
+  answerTokens: number;
+}
+
+/**
+ * `reps` times: compress the text (a new context) and ask the question once — the first answer
+ * pays for the context's prefix keys/values; then `reps` more questions on the last context,
+ * with the prefix cached. Medians; all requests sequential (no batching with each other).
+ */
+async function measure(client: Client, text: string, question: string, make: Json, reps: number, maxTokens: number): Promise<Measured> {
+  const first: number[] = [];
+  const compress: number[] = [];
+  const warm: number[] = [];
   let tokens = 0;
+  let answerTokens = 0;
+  let id = '';
+  for (let i = 0; i < reps; i++) {
+    if (id) await client.del(`/v1/contexts/${id}`);
+    const c = await client.ok('/v1/contexts', { text, ...make });
+    id = c.json.id as string;
+    tokens = c.json.softTokens as number;
+    compress.push(c.json.compressMs as number);
+    const r = await client.ok(`/v1/contexts/${id}/ask`, { questions: [question], maxTokens });
+    first.push(r.ms);
+  }
   for (let i = 0; i < reps; i++) {
     const r = await client.ok(`/v1/contexts/${id}/ask`, { questions: [question], maxTokens });
-    ms.push(r.ms);
-    tokens += (r.json.answers as { tokens: number }[])[0].tokens;
+    warm.push(r.ms);
+    answerTokens += (r.json.answers as { tokens: number }[])[0].tokens;
   }
-  return { ms: r1(percentile(ms, 50)), tokens: r1(tokens / reps) };
+  return { tokens, compressMs: r1(percentile(compress, 50)), firstMs: r1(percentile(first, 50)), warmMs: r1(percentile(warm, 50)), answerTokens: r1(answerTokens / reps) };
 }
 
 export async function run(argv: string[]): Promise<void> {
@@ -215,56 +256,64 @@ export async function run(argv: string[]): Promise<void> {
     for (const n of clientsList) {
       const row = await throughput(client, service, ids, questions, n, seconds, maxTokens);
       tp.push(row);
-      say(`throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, mean batch ${row.mean_batch}, ${row.errors} errors`);
+      say(`throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, ${row.mean_decode_rows} rows per decode step, ${row.errors} errors`);
     }
 
     // 2. soft vs full answer latency
+    const cfg = service.model.config;
+    const kvBytesPer = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * (service.model.dtype === 'float32' ? 4 : 2);
     const lat: LatencyRow[] = [];
     for (const L of lengths) {
       const ex = needles(L, 1, `bench-serve-latency-${L}`)[0];
       const promptTokens = tok.encode(qaPrompt(ex.question)).length;
       const room = service.window - 1 - promptTokens - maxTokens;
-      let full: { id: string; tokens: number; mode: 'full' | 'truncated' };
-      const tried = await client.post('/v1/contexts', { text: ex.context, method: 'full' });
-      if (tried.status === 201 && (tried.json.softTokens as number) <= room) {
-        full = { id: tried.json.id as string, tokens: tried.json.softTokens as number, mode: 'full' };
-      } else {
-        const t = await client.ok('/v1/contexts', { text: ex.context, method: 'truncate', budget: room });
-        full = { id: t.json.id as string, tokens: t.json.softTokens as number, mode: 'truncated' };
-      }
-      const fullLat = await askLatency(client, full.id, ex.question, reps, maxTokens);
+      const probe = await client.post('/v1/contexts', { text: ex.context, method: 'full' });
+      const fits = probe.status === 201 && (probe.json.softTokens as number) <= room;
+      const fullMake: Json = fits ? { method: 'full' } : { method: 'truncate', budget: room };
+      const full = await measure(client, ex.context, ex.question, fullMake, reps, maxTokens);
       for (const ratio of ratios) {
         const made = await client.post('/v1/contexts', { text: ex.context, method, ratio });
         if (made.status !== 201) {
           say(`${L} tokens at ratio ${ratio}: ${(made.json.error as Json | undefined)?.message ?? made.status} (skipped)`);
           continue;
         }
-        const soft = await askLatency(client, made.json.id as string, ex.question, reps, maxTokens);
+        const soft = await measure(client, ex.context, ex.question, { method, ratio }, reps, maxTokens);
         const row: LatencyRow = {
           context_tokens: made.json.sourceTokens as number,
           ratio,
           method,
-          soft_tokens: made.json.softTokens as number,
-          compress_ms: made.json.compressMs as number,
-          soft_answer_ms: soft.ms,
-          full_mode: full.mode,
+          soft_tokens: soft.tokens,
+          compress_ms: soft.compressMs,
+          soft_first_ms: soft.firstMs,
+          soft_warm_ms: soft.warmMs,
+          soft_kv_bytes: (1 + soft.tokens) * kvBytesPer,
+          full_mode: fits ? 'full' : 'truncated',
           full_tokens: full.tokens,
-          full_answer_ms: fullLat.ms,
-          speedup: Math.round((fullLat.ms / soft.ms) * 100) / 100,
-          soft_answer_tokens: soft.tokens,
-          full_answer_tokens: fullLat.tokens,
+          full_first_ms: full.firstMs,
+          full_warm_ms: full.warmMs,
+          full_kv_bytes: (1 + full.tokens) * kvBytesPer,
+          first_speedup: Math.round((full.firstMs / soft.firstMs) * 100) / 100,
+          warm_speedup: Math.round((full.warmMs / soft.warmMs) * 100) / 100,
+          soft_answer_tokens: soft.answerTokens,
+          full_answer_tokens: full.answerTokens,
         };
         lat.push(row);
-        say(`${row.context_tokens} tokens, ratio ${ratio}: soft (${row.soft_tokens}) ${row.soft_answer_ms} ms vs ${full.mode} (${full.tokens}) ${row.full_answer_ms} ms, compress ${row.compress_ms} ms`);
+        say(`${row.context_tokens} tokens, ratio ${ratio}: first answer soft (${row.soft_tokens}) ${row.soft_first_ms} ms vs ${row.full_mode} (${row.full_tokens}) ${row.full_first_ms} ms; warm ${row.soft_warm_ms} vs ${row.full_warm_ms} ms`);
       }
     }
 
     const out = process.stdout;
     out.write(`softpress bench serve (${getNumThreads()} threads, base ${service.modelName}, window ${service.window}, method ${method}, ${maxTokens} answer tokens at most)\n`);
-    out.write('  clients  req/s    p50 ms   p99 ms   mean batch\n');
-    for (const r of tp) out.write(`  ${String(r.clients).padEnd(8)} ${String(r.rps).padEnd(8)} ${String(r.p50_ms).padEnd(8)} ${String(r.p99_ms).padEnd(8)} ${r.mean_batch}\n`);
-    out.write('  context  ratio  soft tok  soft ms   full (tokens)        full ms   speed-up\n');
-    for (const r of lat) out.write(`  ${String(r.context_tokens).padEnd(8)} ${String(r.ratio).padEnd(6)} ${String(r.soft_tokens).padEnd(9)} ${String(r.soft_answer_ms).padEnd(9)} ${`${r.full_mode} (${r.full_tokens})`.padEnd(20)} ${String(r.full_answer_ms).padEnd(9)} ${r.speedup}x\n`);
+    out.write('  clients  req/s    p50 ms   p99 ms   rows/decode step\n');
+    for (const r of tp) out.write(`  ${String(r.clients).padEnd(8)} ${String(r.rps).padEnd(8)} ${String(r.p50_ms).padEnd(8)} ${String(r.p99_ms).padEnd(8)} ${r.mean_decode_rows}\n`);
+    out.write('  context  ratio  soft tok  first ms  warm ms   full (tokens)       first ms  warm ms   first speed-up  KV MB soft/full\n');
+    for (const r of lat) {
+      out.write(
+        `  ${String(r.context_tokens).padEnd(8)} ${String(r.ratio).padEnd(6)} ${String(r.soft_tokens).padEnd(9)} ${String(r.soft_first_ms).padEnd(9)} ${String(r.soft_warm_ms).padEnd(9)} ` +
+          `${`${r.full_mode} (${r.full_tokens})`.padEnd(19)} ${String(r.full_first_ms).padEnd(9)} ${String(r.full_warm_ms).padEnd(9)} ${`${r.first_speedup}x`.padEnd(15)} ` +
+          `${(r.soft_kv_bytes / 2 ** 20).toFixed(2)}/${(r.full_kv_bytes / 2 ** 20).toFixed(2)}\n`,
+      );
+    }
     if (values.json) {
       const result = {
         bench: 'serve',
@@ -275,6 +324,7 @@ export async function run(argv: string[]): Promise<void> {
         learned,
         threads: getNumThreads(),
         max_tokens: maxTokens,
+        prefix_cache: service.prefixCache,
         engine: service.engine.opts,
         throughput: tp,
         latency: lat,

@@ -50,6 +50,16 @@ export interface DecodeRow {
   onError(err: Error): void;
 }
 
+/** Counters a batch adds to (shared by the batches of one engine). */
+export interface DecodeStats {
+  prefillForwards: number;
+  /** Padded prompt positions run by prefills (rows x columns). */
+  prefillTokens: number;
+  decodeForwards: number;
+  /** Rows summed over decode forwards (decodeRows / decodeForwards = mean rows per step). */
+  decodeRows: number;
+}
+
 export interface RowResult {
   tokens: number[];
   finishReason: FinishReason;
@@ -93,16 +103,18 @@ export class BatchDecode {
   private readonly prefixKey: string;
   private finished = false;
   private readonly lora?: LoraAdapters;
+  private readonly stats: DecodeStats;
   /** Decoder forwards run (prefill chunks + steps), for statistics. */
   forwards = 0;
 
   constructor(
     private readonly model: LlamaModel,
     rows: DecodeRow[],
-    opts: { lora?: LoraAdapters; prefillChunkTokens?: number } = {},
+    opts: { lora?: LoraAdapters; prefillChunkTokens?: number; stats?: DecodeStats } = {},
   ) {
     if (rows.length === 0) throw new Error('BatchDecode: no rows');
     this.lora = opts.lora;
+    this.stats = opts.stats ?? { prefillForwards: 0, prefillTokens: 0, decodeForwards: 0, decodeRows: 0 };
     this.size = rows.length;
     this.cache = new KVCache(model.config.numLayers);
     const cached = rows.every((r) => r.prefixKv);
@@ -274,6 +286,8 @@ export class BatchDecode {
       }),
     );
     this.forwards++;
+    this.stats.prefillForwards++;
+    this.stats.prefillTokens += len * this.live.length;
     this.prefilled += len;
     if (last) {
       this.inputs!.free();
@@ -336,6 +350,8 @@ export class BatchDecode {
       }),
     ).keep();
     this.forwards++;
+    this.stats.decodeForwards++;
+    this.stats.decodeRows += bb;
   }
 
   /** Keeps only the given rows in the cache, masks and memory, and drops all-padding columns. */

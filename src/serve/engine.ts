@@ -35,7 +35,7 @@
 import { tidy, type Tensor } from '../tensor/index.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
-import { BatchDecode, type DecodeRow, type RowResult } from './decoder.js';
+import { BatchDecode, type DecodeRow, type DecodeStats, type RowResult } from './decoder.js';
 
 export interface EngineOptions {
   /** Rows per micro-batch at most (default 16). */
@@ -113,6 +113,12 @@ export interface EngineStats {
   merges: number;
   /** Rows per started batch (before merging). */
   meanBatchSize: number;
+  prefillForwards: number;
+  prefillTokens: number;
+  decodeForwards: number;
+  decodeRows: number;
+  /** Rows per decode forward: how much the decode steps are shared. */
+  meanDecodeRows: number;
 }
 
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -127,6 +133,7 @@ export class Engine {
   private closed = false;
   private rr = 0;
   private counters = { batches: 0, rows: 0, forwards: 0, jobs: 0, merges: 0 };
+  private readonly decodeStats: DecodeStats = { prefillForwards: 0, prefillTokens: 0, decodeForwards: 0, decodeRows: 0 };
 
   constructor(
     readonly model: LlamaModel,
@@ -148,12 +155,15 @@ export class Engine {
 
   stats(): EngineStats {
     const c = this.counters;
+    const d = this.decodeStats;
     return {
       pendingRows: this.pending.length,
       pendingJobs: this.jobs.length,
       activeBatches: this.active.length,
       ...c,
       meanBatchSize: c.batches ? c.rows / c.batches : 0,
+      ...d,
+      meanDecodeRows: d.decodeForwards ? d.decodeRows / d.decodeForwards : 0,
     };
   }
 
@@ -362,7 +372,7 @@ export class Engine {
           // keep cancellation visible: the request object owns the flag
           Object.defineProperty(rows[i], 'cancelled', { get: () => p.req.cancelled, enumerable: true });
         });
-        return new BatchDecode(this.model, rows, { lora: take[0].req.lora, prefillChunkTokens: this.opts.prefillChunkTokens });
+        return new BatchDecode(this.model, rows, { lora: take[0].req.lora, prefillChunkTokens: this.opts.prefillChunkTokens, stats: this.decodeStats });
       });
       this.counters.batches++;
       this.counters.rows += rows.length;

@@ -205,6 +205,8 @@ export interface CcfTrainOptions {
   clip?: number;
   seed?: number;
   outDir: string;
+  /** Where the trained compressor is saved (default outDir/compressor). */
+  saveDir?: string;
   checkpointEvery?: number;
   resume?: boolean;
   stopAfter?: number;
@@ -314,7 +316,7 @@ export async function trainCcf(o: CcfTrainOptions): Promise<CcfTrainSummary> {
   ccf.setTraining(false);
   let compressorDir: string | undefined;
   if (summary.steps >= o.steps) {
-    compressorDir = join(o.outDir, 'compressor');
+    compressorDir = o.saveDir ?? join(o.outDir, 'compressor');
     saveCompressor(ccf, compressorDir, { steps: summary.steps, docLen, reservoir });
   }
   return { ...summary, compressorDir };

@@ -8,6 +8,8 @@
  * Run folder: train-config.json, data/{train,valid}.tokens (token caches), checkpoint/,
  * log.jsonl, loss.svg, compressor.json, weights.safetensors.
  */
+import { trainCcf } from './ccf-trainer.js';
+import type { CcfCompressor } from '../compress/ccf.js';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -238,6 +240,8 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   const params = [...byName.entries()];
   log(`training ${params.reduce((a, [, p]) => a + p.value.numel, 0)} parameters (${params.length} tensors); stages ${JSON.stringify(cfg.stages)}; ${cfg.ratios ? `ratios ${cfg.ratios.join(', ')}` : `${cfg.budgetTokens} soft tokens`}`);
 
+  if (compressor.method === 'ccf') return trainCcfRun(compressor as CcfCompressor);
+
   const objective = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen, batchSize: cfg.batch, seed: cfg.seed };
   const sampler = new ObjectiveSampler(objective, { tokenizer, stream: trainStream, qa: trainQa });
   const validSampler = new ObjectiveSampler(objective, { tokenizer, stream: validStream, qa: validQa });
@@ -297,4 +301,35 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     log(`stopped at step ${summary.steps}/${cfg.steps}: checkpoint saved; continue with --resume`);
   }
   return { summary, compressor, saved: finished };
+
+  /** CCF backpropagates segment by segment: its own procedure, on the same data and trainer. */
+  async function trainCcfRun(ccf: CcfCompressor): Promise<TrainCompressorResult> {
+    if (!trainStream || !validStream || stageNames.join() !== 'lm') throw new Error('ccf trains with --stage lm (segment-wise language modelling over documents of --context-len + --continuation-len tokens)');
+    if (!cfg.ratios) throw new Error('ccf trains at ratios (--ratio), not a token budget');
+    const summary = await trainCcf({
+      compressor: ccf,
+      stream: trainStream,
+      docLen: cfg.contextLen + cfg.continuationLen,
+      ratios: cfg.ratios,
+      steps: cfg.steps,
+      gradAccum: cfg.accum,
+      batchSize: cfg.batch,
+      lr: cfg.lr,
+      minLr: cfg.minLr,
+      weightDecay: cfg.weightDecay,
+      clip: cfg.clip,
+      seed: cfg.seed,
+      outDir,
+      saveDir: outDir,
+      checkpointEvery: cfg.checkpointEvery,
+      evalEvery: cfg.evalEvery,
+      valid: { stream: validStream, docs: cfg.validBatches },
+      resume: opts.resume,
+      stopAfter: opts.stopAfter,
+      quiet: opts.quiet,
+    });
+    model.invalidateFingerprint();
+    if (model.fingerprint() !== fingerprint || weightsDigest(model) !== digest) throw new Error(`the base model's weights changed during ccf training; nothing was saved`);
+    return { summary, compressor: ccf, saved: summary.steps >= cfg.steps };
+  }
 }
