@@ -41,3 +41,18 @@ fi
 
 log "compiling TypeScript"
 node_modules/.bin/tsc -p tsconfig.json
+
+# Chromium for the playground's browser test (test/serve-browser.test.ts): only for `npm test`
+# (npm_lifecycle_event=test), only when missing, and never fatal (the test skips without it).
+# SOFTPRESS_BROWSER_TESTS=0 opts out.
+if [ "${npm_lifecycle_event:-}" = test ] && [ "${SOFTPRESS_BROWSER_TESTS:-1}" != 0 ] && ! command -v chromium >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+  if [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; then
+    log "installing chromium (apt-get) for the browser test"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; } ||
+      log "could not install chromium; the browser test will be skipped"
+  else
+    log "chromium is missing and there is no root or sudo; the browser test will be skipped"
+  fi
+fi

@@ -14,6 +14,7 @@ import OpenAI from 'openai';
 import type { FastifyInstance } from 'fastify';
 
 import { generate } from '../src/models/generate.js';
+import { memoryStats } from '../src/tensor/index.js';
 import { compressorNames, contextPrefix, createCompressor, freeSoftContext, generateWithContext, loadCompressor, parseSoftContext, saveCompressor } from '../src/compress/index.js';
 import { loadModel } from '../src/models/load.js';
 import { BatchDecode, type DecodeRow } from '../src/serve/decoder.js';
@@ -21,6 +22,8 @@ import { openService, type OpenServiceOptions, type SoftpressService } from '../
 import { buildServer } from '../src/serve/server.js';
 import { writeRandomBase } from '../src/serve/testing.js';
 import * as S from '../src/serve/schemas.js';
+import { TextStream, encodeYielding } from '../src/serve/text.js';
+import { loadCorpus } from '../src/data/corpora.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'softpress-serve-'));
 const baseDir = writeRandomBase(join(tmp, 'base'), { window: 256, sharp: true, seed: 7 });
@@ -153,6 +156,30 @@ describe('serve: contexts and answers', () => {
       }
       assert.equal(responses[i].body.choices[0].text, tok.decode(tokens), `request ${i}`);
       assert.equal(responses[i].body.usage.completion_tokens, tokens.length);
+    }
+  });
+
+  test('without the prefix cache the answers are the same', async () => {
+    const plain = open('no-prefix-cache', { prefixCache: false });
+    const plainApp = buildServer(plain);
+    const withCache: string[] = [];
+    const withoutCache: string[] = [];
+    try {
+      for (const a of [app, plainApp]) {
+        const ctx = (await call(a, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio: 3 })).body.id as string;
+        const first = await call(a, 'POST', `/v1/contexts/${ctx}/ask`, { questions: ['What is the code?', 'Where?'], maxTokens: 6 });
+        const again = await call(a, 'POST', `/v1/contexts/${ctx}/ask`, { questions: ['What is the code?', 'Where?'], maxTokens: 6 });
+        assert.deepEqual(again.body.answers.map((x: Json) => x.answer), first.body.answers.map((x: Json) => x.answer));
+        if (a === app) {
+          assert.ok(first.body.prefixMs > 0, 'the first ask runs the prefix');
+          assert.equal(again.body.prefixMs, 0, 'the second reuses it');
+        } else assert.equal(first.body.prefixMs, 0);
+        (a === app ? withCache : withoutCache).push(...first.body.answers.map((x: Json) => x.answer as string));
+      }
+      assert.deepEqual(withoutCache, withCache);
+    } finally {
+      await plainApp.close();
+      await plain.close();
     }
   });
 
@@ -291,6 +318,34 @@ describe('serve: contexts and answers', () => {
     assert.equal(page.statusCode, 200);
     assert.match(String(page.headers['content-type']), /text\/html/);
     assert.match(page.body, /<title>softpress playground<\/title>/);
+  });
+});
+
+describe('serve: text', () => {
+  test('tokenizing in pieces (yielding between them) gives the ids of tokenizing at once', async () => {
+    const service = open('text');
+    try {
+      const tok = service.tokenizer;
+      const text = loadCorpus('moby-dick')
+        .slice(0, 6)
+        .map((d) => d.text)
+        .join('\n\n  \t');
+      assert.ok(text.length > 30000);
+      assert.deepEqual(await encodeYielding(tok, text, 1500), tok.encode(text));
+      assert.deepEqual(await encodeYielding(tok, 'x'.repeat(5000), 1000), tok.encode('x'.repeat(5000)));
+      const stream = new TextStream(tok, ['\nUser:']);
+      const ids = tok.encode(' Yes, the box.\nUser: again');
+      let out = '';
+      for (const id of ids) {
+        const { delta, stopped } = stream.push(id);
+        out += delta;
+        if (stopped) break;
+      }
+      out += stream.finish();
+      assert.equal(out, ' Yes, the box.');
+    } finally {
+      await service.close();
+    }
   });
 });
 
@@ -503,6 +558,31 @@ describe('serve: the store', () => {
     assertError(tooBig, 413, 'context_too_large_for_store', /--store-mb/);
     await app.close();
     await service.close();
+  });
+});
+
+describe('serve: memory', () => {
+  test('requests, streams, deletions and cancellations leave no native tensors behind', async () => {
+    const service = open('leaks');
+    const app = buildServer(service);
+    try {
+      const round = async () => {
+        const ids: string[] = [];
+        for (const ratio of [2, 4]) ids.push((await call(app, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio })).body.id as string);
+        await Promise.all(ids.flatMap((id) => [0, 1, 2].map((i) => call(app, 'POST', `/v1/contexts/${id}/ask`, { questions: [`q ${i}`, 'why?'], maxTokens: 2 + i }))));
+        await Promise.all(ids.map((id, i) => call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: 'x', max_tokens: 3, context_id: id, stream: i === 0 })));
+        await call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: '', max_tokens: 2 });
+        await call(app, 'POST', '/v1/contexts', { text: DOC.repeat(8), method: 'full' }); // refused
+        for (const id of ids) await call(app, 'DELETE', `/v1/contexts/${id}`);
+      };
+      await round(); // the plain BOS prefix cache and the model's own tables are made here
+      const before = memoryStats().liveHandles;
+      for (let i = 0; i < 3; i++) await round();
+      assert.equal(memoryStats().liveHandles, before);
+    } finally {
+      await app.close();
+      await service.close();
+    }
   });
 });
 

@@ -1,7 +1,8 @@
 /**
  * softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR]
  *                 [--compressor DIR ...] [--store-mb N] [--cache-mb N] [--body-limit-mb N]
- *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--no-discover] [--log]
+ *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--no-discover]
+ *                 [--no-prefix-cache] [--log]
  *
  * Starts the HTTP server (src/serve/): the context API, OpenAI-compatible completions, the
  * OpenAPI document at /openapi.json and the playground at /. With no --compressor, learned
@@ -15,7 +16,7 @@ import { buildServer } from '../serve/server.js';
 export const SERVE_USAGE =
   'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR] [--compressor DIR ...]\n' +
   '                       [--store-mb 1024] [--cache-mb 256] [--body-limit-mb 4] [--max-batch 16] [--batch-window-ms 3]\n' +
-  '                       [--max-queue 256] [--no-discover] [--log]';
+  '                       [--max-queue 256] [--no-discover] [--no-prefix-cache] [--log]';
 
 function num(name: string, v: string | undefined, dflt: number, opts: { int?: boolean; min?: number } = {}): number {
   if (v === undefined) return dflt;
@@ -40,6 +41,7 @@ export async function run(argv: string[]): Promise<void> {
       'batch-window-ms': { type: 'string' },
       'max-queue': { type: 'string' },
       'no-discover': { type: 'boolean', default: false },
+      'no-prefix-cache': { type: 'boolean', default: false },
       log: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -61,6 +63,7 @@ export async function run(argv: string[]): Promise<void> {
     storePath: values.store ?? '.softpress/contexts.mdb',
     storeMaxBytes: num('store-mb', values['store-mb'], 1024, { min: 1 }) * 2 ** 20,
     cacheBytes: num('cache-mb', values['cache-mb'], 256, { min: 1 }) * 2 ** 20,
+    prefixCache: !values['no-prefix-cache'],
     engine: {
       maxBatch: num('max-batch', values['max-batch'], 16, { int: true, min: 1 }),
       batchWindowMs: num('batch-window-ms', values['batch-window-ms'], 3),

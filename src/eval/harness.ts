@@ -75,7 +75,10 @@ export interface EvalError {
   task: TaskName;
   method: string;
   ratio: number | null;
+  /** The first failure's message. */
   message: string;
+  /** Examples whose batch failed; the groups holding them get no score. */
+  examples: number;
 }
 
 /** One example's output (for predictions.jsonl). */
@@ -118,7 +121,10 @@ export interface HarnessOptions {
   batchSize?: number;
   /** Default BATCH_BUDGET (8 sequences of 1,024 tokens). */
   batchBudget?: number;
-  /** After each batch: batches done of the whole run. */
+  /**
+   * After each batch: estimated work done of the whole run (a rough CPU cost model: tokens run
+   * through the compressor and the decoder's prefill, plus 40 per decoding step).
+   */
   onProgress?: (done: number, total: number) => void;
   /** When a (method, ratio, task) starts or fails. */
   onNote?: (message: string) => void;
@@ -210,19 +216,41 @@ interface Plan {
   task: EvalTask;
   /** Example indices per batch. */
   batches: number[][];
+  /** Estimated work per batch (for progress). */
+  work: number[];
+}
+
+/** Rough cost of a batch: sequence tokens, plus 40 per decoding step (a step costs ~ 40 prefill tokens on CPU). */
+function batchWork(m: EvalMethod, ratio: number | null, task: EvalTask, batch: number[]): number {
+  const items = batch.map((i) => task.examples[i]!);
+  const steps = Math.max(0, ...items.map((ex) => ex.maxTokens ?? 0));
+  const tokens = items.reduce((a, ex) => a + seqLength(m.compressor, ratio, ex) + (m.compressor.module ? ex.context.length : 0), 0);
+  return tokens + 40 * steps;
 }
 
 /** Attention memory budget of a batch, in (sequence length)^2 x batch: 8 sequences of 1,024. */
 export const BATCH_BUDGET = 8 * 1024 * 1024;
 
+/**
+ * Batches of a (method, ratio, task): examples of one length group together (so per-length
+ * latency is not averaged across lengths), longest first, at most batchSize and within the
+ * attention budget.
+ */
 function planBatches(m: EvalMethod, ratio: number | null, task: EvalTask, batchSize: number, budget: number): number[][] {
-  const order = task.examples.map((ex, i) => ({ i, len: seqLength(m.compressor, ratio, ex) })).sort((a, b) => b.len - a.len || a.i - b.i);
+  const groups = new Map<string, { i: number; len: number }[]>();
+  task.examples.forEach((ex, i) => {
+    const g = latencyGroup(ex);
+    groups.set(g, [...(groups.get(g) ?? []), { i, len: seqLength(m.compressor, ratio, ex) }]);
+  });
   const out: number[][] = [];
-  for (let j = 0; j < order.length; ) {
-    const len = order[j]!.len;
-    const b = Math.max(1, Math.min(batchSize, Math.floor(budget / (len * len))));
-    out.push(order.slice(j, j + b).map((x) => x.i));
-    j += b;
+  for (const list of groups.values()) {
+    const order = list.sort((a, b) => b.len - a.len || a.i - b.i);
+    for (let j = 0; j < order.length; ) {
+      const len = order[j]!.len;
+      const b = Math.max(1, Math.min(batchSize, Math.floor(budget / (len * len))));
+      out.push(order.slice(j, j + b).map((x) => x.i));
+      j += b;
+    }
   }
   return out;
 }
@@ -237,10 +265,15 @@ interface Costs {
   kvBytes: number;
 }
 
+/** Decoder KV-cache bytes per token: 2 (k and v) x layers x kvHeads x headDim x bytes per element. */
+export function perTokenKv(model: LlamaModel): number {
+  const cfg = model.config;
+  return 2 * cfg.numLayers * cfg.numKvHeads * cfg.headDim * DTYPE_SIZE[model.dtype];
+}
+
 /** Per-item soft tokens (or memory slots) and KV bytes of [BOS] + the context. */
 function contextCosts(model: LlamaModel, ctx: SoftContext): { soft: number[]; kv: number[] } {
-  const cfg = model.config;
-  const perToken = 2 * cfg.numLayers * cfg.numKvHeads * cfg.headDim * DTYPE_SIZE[model.dtype];
+  const perToken = perTokenKv(model);
   const b = ctx.meta.sourceTokens.length;
   const soft = ctx.meta.softTokens.slice();
   let memPerItem: number[] = new Array(b).fill(0);
@@ -255,10 +288,6 @@ function contextCosts(model: LlamaModel, ctx: SoftContext): { soft: number[]; kv
   return { soft, kv: softInDecoder.map((k: number, i: number) => perToken * (1 + k) + (memPerItem[i] as number)) };
 }
 
-function perTokenKv(model: LlamaModel): number {
-  const cfg = model.config;
-  return 2 * cfg.numLayers * cfg.numKvHeads * cfg.headDim * DTYPE_SIZE[model.dtype];
-}
 
 // ---------------------------------------------------------------------------------------------
 // Running
@@ -361,7 +390,7 @@ interface ExampleScore {
 }
 
 /** Rows of one (method, ratio, task). */
-function scoreTask(task: EvalTask, method: string, ratio: number | null, scored: ExampleScore[], loss: { nats: number; tokens: number; perGroup: Map<string, { nats: number; tokens: number; n: number }> } | null): ResultRow[] {
+function scoreTask(task: EvalTask, method: string, ratio: number | null, scored: ExampleScore[], loss: { perGroup: Map<string, { nats: number; tokens: number; n: number }> } | null): ResultRow[] {
   const rows: ResultRow[] = [];
   const push = (metric: string, group: string, value: number, n: number) => rows.push({ task: task.name, method, ratio, metric, group, value, n, retention: null });
   if (loss) {
@@ -441,18 +470,25 @@ export function planRun(o: Pick<HarnessOptions, 'methods' | 'tasks' | 'batchSize
   const plans: Plan[] = [];
   for (const m of o.methods) {
     for (const ratio of m.ratios) {
-      for (const task of o.tasks) plans.push({ method: m, ratio, task, batches: planBatches(m, ratio, task, o.batchSize ?? 16, o.batchBudget ?? BATCH_BUDGET) });
+      for (const task of o.tasks) {
+        const batches = planBatches(m, ratio, task, o.batchSize ?? 16, o.batchBudget ?? BATCH_BUDGET);
+        plans.push({ method: m, ratio, task, batches, work: batches.map((b) => batchWork(m, ratio, task, b)) });
+      }
     }
   }
   return plans;
 }
 
-/** Runs every (method, ratio, task); failures are recorded, not thrown. */
+/**
+ * Runs every (method, ratio, task). A failing batch is recorded (errors) and the run goes on;
+ * the groups holding its examples ('all' among them) get no score, the others keep theirs
+ * (e.g. a method refusing 2,048-token contexts is still scored at the shorter lengths).
+ */
 export function runEvaluation(o: HarnessOptions): EvalRun {
   const t0 = performance.now();
   const { model, tokenizer: tok } = o;
   const plans = planRun(o);
-  const total = plans.reduce((a, p) => a + p.batches.length, 0);
+  const total = plans.reduce((a, p) => a + p.work.reduce((x, y) => x + y, 0), 0);
   const newline = newlineTokens(tok);
   const rows: ResultRow[] = [];
   const latency: LatencyRow[] = [];
@@ -467,12 +503,12 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
     const scored: ExampleScore[] = [];
     const costs: { ex: EvalExample; c: Costs }[] = [];
     const perGroup = new Map<string, { nats: number; tokens: number; n: number }>();
-    let failed = false;
-    for (const batch of p.batches) {
-      if (failed) {
-        o.onProgress?.(++done, total);
-        continue;
-      }
+    // Groups with a failed example get no score (a partial score would not compare).
+    const failedGroups = new Set<string>();
+    let failedExamples = 0;
+    let firstError = '';
+    for (const [bi, batch] of p.batches.entries()) {
+      const work = p.work[bi]!;
       const items = batch.map((i) => task.examples[i]!);
       try {
         const out = runItems(model, tok, m, ratio, task, items, stops);
@@ -505,16 +541,19 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
           });
         }
       } catch (e) {
-        failed = true;
         const message = (e as Error).message;
-        errors.push({ task: task.name, method: m.label, ratio, message });
-        o.onNote?.(`  failed: ${message}`);
+        if (!firstError) {
+          firstError = message;
+          o.onNote?.(`  failed: ${message}`);
+        }
+        failedExamples += items.length;
+        for (const ex of items) for (const g of groupsOf(ex)) failedGroups.add(g);
       }
-      o.onProgress?.(++done, total);
+      o.onProgress?.((done += work), total);
     }
-    if (failed) continue;
-    rows.push(...scoreTask(task, m.label, ratio, scored, task.mode === 'loss' ? { nats: 0, tokens: 0, perGroup } : null));
-    latency.push(...summariseLatency(task, m.label, ratio, costs));
+    if (failedExamples) errors.push({ task: task.name, method: m.label, ratio, message: firstError, examples: failedExamples });
+    rows.push(...scoreTask(task, m.label, ratio, scored, task.mode === 'loss' ? { perGroup } : null).filter((r) => !failedGroups.has(r.group)));
+    latency.push(...summariseLatency(task, m.label, ratio, costs).filter((l) => !failedGroups.has(l.group)));
   }
   addRetention(rows);
   return { rows, latency, errors, predictions, seconds: (performance.now() - t0) / 1000 };

@@ -67,9 +67,10 @@ function bytes(v: number): string {
   return `${v.toFixed(0)} B`;
 }
 
-function table(header: string[], rows: string[][]): string {
+/** A Markdown table; the first `left` columns are left-aligned, the rest (numbers) right-aligned. */
+function table(header: string[], rows: string[][], left = 2): string {
   const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
-  return [line(header), line(header.map((_, i) => (i < 2 ? '---' : '---:'))), ...rows.map(line)].join('\n');
+  return [line(header), line(header.map((_, i) => (i < left ? '---' : '---:'))), ...rows.map(line)].join('\n');
 }
 
 const METRIC_NAMES: Record<string, string> = {
@@ -172,6 +173,7 @@ export function reportMarkdown(rep: EvalReport): string {
             .filter((l) => l.method === method && l.ratio === ratio)
             .map((l) => [method, ratioLabel(ratio), l.task, fmt(l.contextTokens, 0), fmt(l.softTokens, 1), fmt(l.compressMs, 2), fmt(l.prefillMs, 2), fmt(l.generateMs, 2), fmt(l.endToEndMs, 2), fmt(l.generatedTokens, 1), bytes(l.contextKvBytes), bytes(l.kvBytes)]),
         ),
+        3,
       ),
       '',
     );
@@ -180,7 +182,7 @@ export function reportMarkdown(rep: EvalReport): string {
   if (rep.perplexity?.length) {
     out.push('## Perplexity of the base model', '');
     out.push('Each document as [BOS] tokens [EOS], in windows of the model\'s max positions; ppl per predicted token; bpb = nats / ln 2 / UTF-8 bytes.', '');
-    out.push(table(['split', 'documents', 'tokens', 'bytes', 'nats/token', 'perplexity', 'bits/byte', 'window', 'seconds'], rep.perplexity.map((p) => [p.split, String(p.documents), String(p.tokens), String(p.bytes), p.nll.toFixed(4), p.ppl.toFixed(3), p.bpb.toFixed(4), String(p.window), p.seconds.toFixed(1)])), '');
+    out.push(table(['split', 'documents', 'tokens', 'bytes', 'nats/token', 'perplexity', 'bits/byte', 'window', 'seconds'], rep.perplexity.map((p) => [p.split, String(p.documents), String(p.tokens), String(p.bytes), p.nll.toFixed(4), p.ppl.toFixed(3), p.bpb.toFixed(4), String(p.window), p.seconds.toFixed(1)]), 1), '');
   }
 
   if (rep.plots.length) {
@@ -189,7 +191,8 @@ export function reportMarkdown(rep: EvalReport): string {
   }
   if (rep.errors.length) {
     out.push('## Errors', '');
-    out.push(table(['method', 'ratio', 'task', 'error'], rep.errors.map((e) => [e.method, ratioLabel(e.ratio), e.task, e.message.replace(/\|/g, '\\|').replace(/\n/g, ' ')])), '');
+    out.push('Groups holding a failed example have no score above; the other groups keep theirs.', '');
+    out.push(table(['method', 'ratio', 'task', 'examples failed', 'error'], rep.errors.map((e) => [e.method, ratioLabel(e.ratio), e.task, String(e.examples), e.message.replace(/\|/g, '\\|').replace(/\n/g, ' ')]), 5), '');
   }
   if (meta.notes.length) {
     out.push('## Notes', '');

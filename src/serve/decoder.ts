@@ -3,11 +3,13 @@
  * the event loop between units (stream tokens, accept requests, serve reads, interleave a
  * compression). It computes what generateWithContext / generate compute — the same forwards,
  * the same KV cache, the same greedy and sampling rules (sampleFromLogits, mulberry32) — with
- * four differences that a server needs:
+ * what a server needs besides:
  *  - rows are independent requests: each has its own prefix ([BOS][soft tokens], or just
  *    [BOS]), prompt, maxTokens, temperature/top-p, seed (its own random stream), stop tokens;
  *  - each row is laid out as [left padding][prefix][prompt], so contexts of different lengths
  *    share one forward (positions come from the padding mask, as in generate);
+ *  - a row's prefix can come as cached keys/values (prefixKeysValues, computed once per
+ *    context): the cache then starts as [padding][prefix] and only the prompts are prefilled;
  *  - the prefill runs in chunks through the KV cache (one chunk per unit), and finished or
  *    cancelled rows are dropped from the cache (batch compaction), also trimming padding
  *    columns that no remaining row needs;

@@ -44,7 +44,7 @@ export interface EngineOptions {
   maxBatchTokens?: number;
   /** How long the first waiting row waits for others before its batch starts (default 3 ms). */
   batchWindowMs?: number;
-  /** Micro-batches decoding at the same time, interleaved step by step (default 2). */
+  /** Micro-batches in flight (prefilling or decoding), interleaved unit by unit (default 3). */
   maxActiveBatches?: number;
   /** Waiting rows before new requests get 429 (default 256). */
   maxPendingRows?: number;
@@ -143,7 +143,7 @@ export class Engine {
       maxBatch: opts.maxBatch ?? 16,
       maxBatchTokens: opts.maxBatchTokens ?? 8192,
       batchWindowMs: opts.batchWindowMs ?? 3,
-      maxActiveBatches: opts.maxActiveBatches ?? 2,
+      maxActiveBatches: opts.maxActiveBatches ?? 3,
       maxPendingRows: opts.maxPendingRows ?? 256,
       maxPendingJobs: opts.maxPendingJobs ?? 32,
       prefillChunkTokens: opts.prefillChunkTokens ?? 1024,

@@ -140,6 +140,10 @@ function stopList(stop: unknown): string[] {
   return typeof stop === 'string' ? [stop] : (stop as string[]);
 }
 
+function usage(r: CompletionResult): Schema {
+  return { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens };
+}
+
 function softpressExt(r: CompletionResult): Schema {
   return {
     context_id: r.context?.id ?? null,
@@ -253,36 +257,37 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
     };
   };
 
-  /** Streams a running completion as OpenAI SSE chunks. */
-  const stream = async (
-    reply: FastifyReply,
-    start: (onDelta: (i: number, d: string) => void) => { result: Promise<CompletionResult>; cancel(): void },
-    chunk: (i: number, delta: string | null, finish: string | null, first: boolean) => Schema,
-    choices: number,
-    includeUsage: boolean,
-    usageChunk: (r: CompletionResult) => Schema,
-  ): Promise<void> => {
+  /**
+   * Streams a running completion as OpenAI server-sent events: an optional opening chunk per
+   * choice, a chunk per text delta, a closing chunk per choice with its finish_reason, the usage
+   * chunk when asked, then `data: [DONE]`. Errors found before the stream starts (validation,
+   * 404, 409, 429) are ordinary JSON error responses; later ones become an error event.
+   */
+  interface StreamShape {
+    delta(i: number, text: string): Schema;
+    finish(i: number, reason: string): Schema;
+    opening?: (i: number) => Schema;
+    usage(r: CompletionResult): Schema;
+  }
+  const stream = async (reply: FastifyReply, start: (onDelta: (i: number, d: string) => void) => { result: Promise<CompletionResult>; cancel(): void }, shape: StreamShape, choices: number, includeUsage: boolean): Promise<void> => {
     const raw = reply.raw;
     let open = false;
     const write = (obj: Schema | string) => {
-      if (open && !raw.writableEnded) raw.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`);
+      if (open && !raw.writableEnded && !raw.destroyed) raw.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`);
     };
-    const run = start((i, d) => write(chunk(i, d, null, false))); // throws (4xx) before anything is sent
+    const run = start((i, d) => write(shape.delta(i, d))); // throws (4xx) before anything is sent
     reply.hijack();
     raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     open = true;
-    for (let i = 0; i < choices; i++) {
-      const first = chunk(i, '', null, true);
-      if (first) write(first);
-    }
+    if (shape.opening) for (let i = 0; i < choices; i++) write(shape.opening(i));
     let finished = false;
     raw.on('close', () => {
       if (!finished) run.cancel();
     });
     try {
       const r = await run.result;
-      for (const c of r.choices) write(chunk(c.index, null, c.finishReason, false));
-      if (includeUsage) write(usageChunk(r));
+      for (const c of r.choices) write(shape.finish(c.index, c.finishReason));
+      if (includeUsage) write(shape.usage(r));
     } catch (e) {
       const status = e instanceof HttpError ? e.status : 500;
       write(errorBody(status, e instanceof HttpError ? e.code : 'internal_error', (e as Error).message));
@@ -447,13 +452,17 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
         const created = Math.floor(Date.now() / 1000);
         const model = service.modelName;
         if (b.stream) {
+          const base = { id, object: 'text_completion', created, model };
           await stream(
             reply,
             (onDelta) => service.startCompletion(request, onDelta),
-            (i, delta, finish, first) => (first ? (null as unknown as Schema) : { id, object: 'text_completion', created, model, choices: [{ text: delta ?? '', index: i, logprobs: null, finish_reason: finish }] }),
-            0,
+            {
+              delta: (i, text) => ({ ...base, choices: [{ text, index: i, logprobs: null, finish_reason: null }] }),
+              finish: (i, reason) => ({ ...base, choices: [{ text: '', index: i, logprobs: null, finish_reason: reason }] }),
+              usage: (r) => ({ ...base, choices: [], usage: usage(r) }),
+            },
+            prompts.length,
             !!b.stream_options?.include_usage,
-            (r) => ({ id, object: 'text_completion', created, model, choices: [], usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens } }),
           );
           return reply;
         }
@@ -466,7 +475,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
           created,
           model,
           choices: r.choices.map((ch) => ({ text: ch.text, index: ch.index, logprobs: null, finish_reason: ch.finishReason })),
-          usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens },
+          usage: usage(r),
           softpress: softpressExt(r),
         };
       },
@@ -489,30 +498,29 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
         const id = newId('chatcmpl');
         const created = Math.floor(Date.now() / 1000);
         const model = service.modelName;
-        const leading = { text: true };
         if (b.stream) {
+          const base = { id, object: 'chat.completion.chunk', created, model };
+          let leading = true;
           await stream(
             reply,
             (onDelta) =>
               service.startCompletion(request, (i, d) => {
-                // the first content delta loses the space after "Assistant:"
-                if (leading.text) {
+                // the reply starts after "Assistant:"; its first delta loses the leading space
+                if (leading) {
                   d = d.replace(/^\s+/, '');
                   if (!d) return;
-                  leading.text = false;
+                  leading = false;
                 }
                 onDelta(i, d);
               }),
-            (i, delta, finish, first) => ({
-              id,
-              object: 'chat.completion.chunk',
-              created,
-              model,
-              choices: [{ index: i, delta: first ? { role: 'assistant', content: '' } : delta === null ? {} : { content: delta }, logprobs: null, finish_reason: finish }],
-            }),
+            {
+              opening: (i) => ({ ...base, choices: [{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] }),
+              delta: (i, content) => ({ ...base, choices: [{ index: i, delta: { content }, logprobs: null, finish_reason: null }] }),
+              finish: (i, reason) => ({ ...base, choices: [{ index: i, delta: {}, logprobs: null, finish_reason: reason }] }),
+              usage: (r) => ({ ...base, choices: [], usage: usage(r) }),
+            },
             1,
             !!b.stream_options?.include_usage,
-            (r) => ({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens } }),
           );
           return reply;
         }
@@ -525,7 +533,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
           created,
           model,
           choices: r.choices.map((ch) => ({ index: ch.index, message: { role: 'assistant', content: ch.text.trim() }, logprobs: null, finish_reason: ch.finishReason })),
-          usage: { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens },
+          usage: usage(r),
           softpress: softpressExt(r),
         };
       },

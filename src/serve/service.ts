@@ -33,7 +33,7 @@ import {
 import { ContextStore, StoreError, type StoredContext } from './store.js';
 import { Engine, QueueFullError, ShutdownError, type EngineOptions, type RowOutcome, type RowRequest } from './engine.js';
 import { prefixKeysValues } from './decoder.js';
-import { CHAT_STOPS, TextStream, answerText, newlineTokenIds, qaPrompt, renderChat, type ChatMessage } from './text.js';
+import { CHAT_STOPS, TextStream, answerText, encodeYielding, qaPrompt, renderChat, vocabularyFacts, type ChatMessage } from './text.js';
 
 export class HttpError extends Error {
   constructor(
@@ -205,6 +205,8 @@ export class SoftpressService {
   private readonly minRoom: number;
   private readonly qaStops: Set<number>;
   readonly prefixCache: boolean;
+  /** The longest token in characters: a text of n characters has at least n / this tokens. */
+  private readonly maxTokenChars: number;
   private readonly plainSlot: KvSlot = {};
   /** Rows waiting for their context's prefix keys/values before they can be queued. */
   private waitingForPrefix = 0;
@@ -235,7 +237,9 @@ export class SoftpressService {
     this.minRoom = cfg.minRoom ?? 16;
     this.prefixCache = cfg.prefixCache ?? true;
     this.eosStops = new Set([this.tokenizer.eos]);
-    this.qaStops = new Set([this.tokenizer.eos, ...newlineTokenIds(this.tokenizer)]);
+    const facts = vocabularyFacts(this.tokenizer);
+    this.qaStops = new Set([this.tokenizer.eos, ...facts.newlineIds]);
+    this.maxTokenChars = facts.maxTokenChars;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -288,9 +292,12 @@ export class SoftpressService {
     if (budget.ratio !== undefined && c.ratios && !c.ratios.includes(budget.ratio)) {
       throw new HttpError(400, 'bad_ratio', `method '${method}' was trained for ratios ${c.ratios.join(', ')}; got ${budget.ratio}`, 'ratio');
     }
-    const ids = this.tokenizer.encode(body.text);
-    if (ids.length === 0) throw new HttpError(400, 'empty_text', 'the text has no tokens', 'text');
     const limit = this.inputLimit(c);
+    if (body.text.length > limit * this.maxTokenChars) {
+      throw new HttpError(413, 'context_too_long', `the text has ${body.text.length} characters, so more than ${limit} tokens; method '${method}' reads at most ${limit} tokens. Use a shorter text.`, 'text');
+    }
+    const ids = await encodeYielding(this.tokenizer, body.text);
+    if (ids.length === 0) throw new HttpError(400, 'empty_text', 'the text has no tokens', 'text');
     if (ids.length > limit) {
       throw new HttpError(413, 'context_too_long', `the text is ${ids.length} tokens; method '${method}' reads at most ${limit} tokens${isLearned(method) ? " (the base model's window)" : ''}. Use a shorter text${isLearned(method) ? ' or the truncate strategy' : ''}.`, 'text');
     }
@@ -668,8 +675,9 @@ export class SoftpressService {
     let loadMs = 0;
     if (req.contextId !== undefined) ({ entry, loadMs } = this.acquire(req.contextId));
     try {
-      const prompts = req.prompts.map((p) => this.tokenizer.encode(p));
       const prefix = 1 + (entry?.soft ?? 0) + (entry?.memoryLen ?? 0);
+      for (const p of req.prompts) if (p.length > this.window * this.maxTokenChars) this.checkWindow(entry, Math.ceil(p.length / this.maxTokenChars), req.maxTokens ?? 1, 'prompt');
+      const prompts = req.prompts.map((p) => this.tokenizer.encode(p));
       const longest = Math.max(...prompts.map((p) => p.length));
       const maxTokens = req.maxTokens ?? Math.max(1, Math.min(256, this.window - prefix - longest));
       prompts.forEach((p) => this.checkWindow(entry, p.length, maxTokens, 'max_tokens'));

@@ -106,17 +106,47 @@ export function renderChat(messages: readonly ChatMessage[]): string {
 /** Where a rendered chat's assistant turn ends. */
 export const CHAT_STOPS = ['\nUser:', '\nSystem:'];
 
-/** Ids whose text contains a newline (the QA answer ends at the first one). */
-export function newlineTokenIds(tokenizer: Tokenizer): number[] {
-  const out: number[] = [];
+/**
+ * Facts about a vocabulary: ids whose text contains a newline (a QA answer ends at the first),
+ * and the longest token in characters (a text of n characters has at least n / that many
+ * tokens, so an over-long text can be refused before tokenizing it).
+ */
+export function vocabularyFacts(tokenizer: Tokenizer): { newlineIds: number[]; maxTokenChars: number } {
+  const newlineIds: number[] = [];
+  let maxTokenChars = 1;
   for (let id = 0; id < tokenizer.vocabSize; id++) {
     let s: string;
     try {
-      s = tokenizer.decode([id]);
+      s = tokenizer.decode([id], { keepSpecial: true });
     } catch {
       continue;
     }
-    if (s.includes('\n')) out.push(id);
+    if (s.includes('\n')) newlineIds.push(id);
+    if (s.length > maxTokenChars) maxTokenChars = s.length;
+  }
+  return { newlineIds, maxTokenChars };
+}
+
+/**
+ * Tokenizes a long text in pieces of about `piece` characters, yielding to the event loop
+ * between pieces (tokenizing 1 MB takes over a second here). Pieces are cut just before a
+ * space that follows a non-space character: with a byte-level (GPT-2 style) pre-tokenizer no
+ * pre-token spans such a point, so the ids equal those of encoding the whole text at once.
+ */
+export async function encodeYielding(tokenizer: Tokenizer, text: string, piece = 16384): Promise<number[]> {
+  if (text.length <= piece) return tokenizer.encode(text);
+  const out: number[] = [];
+  let start = 0;
+  while (start < text.length) {
+    let end = Math.min(text.length, start + piece);
+    if (end < text.length) {
+      let cut = end;
+      while (cut > start && !(text[cut] === ' ' && !/\s/.test(text[cut - 1]))) cut--;
+      end = cut > start ? cut : end; // no safe point: cut anywhere (rare: no spaces in 16k chars)
+    }
+    for (const id of tokenizer.encode(text.slice(start, end))) out.push(id);
+    start = end;
+    if (start < text.length) await new Promise<void>((resolve) => setImmediate(resolve));
   }
   return out;
 }
