@@ -16,7 +16,7 @@ import { manualSeed, noGrad, randn, tensor, tidy } from '../src/tensor/index.js'
 import { configFromHf } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
 import { loadModel, saveModel } from '../src/models/load.js';
-import { createCompressor } from '../src/compress/index.js';
+import { createCompressor, saveCompressor } from '../src/compress/index.js';
 import { answerText, babiFiles, buildTasks, documentPerplexity, evalDocuments, makeBabiTask, newlineTokens, ratiosFor, runEvaluation } from '../src/eval/index.js';
 
 const TOKENIZER = resolve('models/softpress-base/tokenizer.json');
@@ -95,6 +95,24 @@ test('softpress eval --task babi --data <file> --methods full,none --json prints
     assert.equal(em.n, 6);
     assert.ok(em.value >= 0 && em.value <= 1);
   }
+});
+
+test('compressors from folders: by --methods DIR, and found beside the base model', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {
+  const d = tinyBase();
+  // A (untrained) mean-pool compressor saved beside a copy of the base model.
+  const home = join(d, 'models');
+  mkdirSync(join(home, 'base'), { recursive: true });
+  for (const f of readdirSync(join(d, 'base'))) copyFileSync(join(d, 'base', f), join(home, 'base', f));
+  const { model } = loadModel(join(home, 'base'));
+  saveCompressor(createCompressor('meanpool', model), join(home, 'softpress-meanpool'));
+  const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(home, 'base'), '--n', '2', '--json', '--quiet'];
+  const explicit = cli([...args, '--methods', `none,${join(home, 'softpress-meanpool')}`, '--ratios', '4']);
+  assert.equal(explicit.status, 0, explicit.stderr);
+  const keys = (out: string) => [...new Set(out.trim().split('\n').map((l) => JSON.parse(l)).map((x) => `${x.method}@${x.ratio}`))].sort();
+  assert.deepEqual(keys(explicit.stdout), ['meanpool@4', 'none@null']);
+  const found = cli(args);
+  assert.equal(found.status, 0, found.stderr);
+  assert.deepEqual(keys(found.stdout), ['full@null', 'meanpool@4', 'meanpool@8', 'none@null', 'truncate@4', 'truncate@8']);
 });
 
 test('tasks: deterministic by seed, test split only, lengths as asked', { skip }, () => {

@@ -214,6 +214,12 @@ interface PlotSpec {
   opts: { title: string; xLabel: string; yLabel: string; logY?: boolean };
 }
 
+/** Whether positive values span more than a factor of 4 (then a log axis reads better). */
+function wideRange(values: number[]): boolean {
+  const v = values.filter((x) => Number.isFinite(x) && x > 0);
+  return v.length > 1 && Math.max(...v) / Math.min(...v) > 4;
+}
+
 /** Quality vs ratio per task; latency and KV bytes vs context length. */
 export function plotSpecs(rep: EvalReport): PlotSpec[] {
   const specs: PlotSpec[] = [];
@@ -233,7 +239,7 @@ export function plotSpecs(rep: EvalReport): PlotSpec[] {
     for (const [i, m] of [...new Set(rows.filter((r) => r.ratio !== null).map((r) => r.method))].entries()) {
       series.push({ name: m, color: SERIES_COLORS[i % SERIES_COLORS.length], points: rows.filter((r) => r.method === m && r.ratio !== null).map((r) => [r.ratio!, r.value] as [number, number]).sort((a, b) => a[0] - b[0]) });
     }
-    specs.push({ file: `quality-${t.name}`, series, opts: { title: `${t.name}: ${metricName(metric)} vs compression ratio`, xLabel: 'compression ratio (context tokens / soft tokens)', yLabel: metricName(metric), logY: metric === 'ppl' } });
+    specs.push({ file: `quality-${t.name}`, series, opts: { title: `${t.name}: ${metricName(metric)} vs compression ratio`, xLabel: 'compression ratio (context tokens / soft tokens)', yLabel: metricName(metric), logY: metric === 'ppl' && wideRange(rows.map((r) => r.value)) } });
   }
   // Latency vs context length: the task with the widest range of lengths.
   const lengthTask = ['needle', 'reconstruct'].find((t) => rep.latency.some((l) => l.task === t && l.group.startsWith('len=')));
@@ -249,8 +255,8 @@ export function plotSpecs(rep: EvalReport): PlotSpec[] {
           .map((l) => [Number(l.group.slice(4)), f(l)] as [number, number])
           .sort((a, b) => a[0] - b[0]),
       }));
-    specs.push({ file: 'latency-vs-length', series: seriesOf((l) => l.endToEndMs), opts: { title: `end-to-end latency per context (${lengthTask})`, xLabel: 'context tokens', yLabel: 'ms per context', logY: true } });
-    specs.push({ file: 'kv-vs-length', series: seriesOf((l) => l.contextKvBytes / 1024), opts: { title: `decoder KV cache per context (${lengthTask})`, xLabel: 'context tokens', yLabel: 'KiB', logY: true } });
+    specs.push({ file: 'latency-vs-length', series: seriesOf((l) => l.endToEndMs), opts: { title: `end-to-end latency per context (${lengthTask})`, xLabel: 'context tokens', yLabel: 'ms per context', logY: wideRange(lat.map((l) => l.endToEndMs)) } });
+    specs.push({ file: 'kv-vs-length', series: seriesOf((l) => l.contextKvBytes / 1024), opts: { title: `decoder KV cache per context (${lengthTask})`, xLabel: 'context tokens', yLabel: 'KiB', logY: wideRange(lat.map((l) => l.contextKvBytes)) } });
   }
   return specs;
 }
