@@ -7,7 +7,7 @@
  * Parameter names follow Hugging Face (model.layers.0.self_attn.q_proj.weight, ...), so
  * checkpoints load by name.
  */
-import { Tensor, arange, cat, full, linear, noGrad, tensor, tidy, where, type DType } from '../tensor/index.js';
+import { Tensor, arange, cat, full, linear, noGrad, tensor, tidy, where, zeros, type DType } from '../tensor/index.js';
 import { Module } from '../nn/module.js';
 import { Embedding, Linear, LoraAdapters, RMSNorm, type LoraConfig } from '../nn/layers.js';
 import { configToHf, ropeInvFreq, type LlamaConfig } from './config.js';
@@ -19,39 +19,80 @@ export interface LayerKv {
   v: Tensor;
 }
 
-/** Per-layer keys/values of the tokens seen so far, for incremental decoding. */
+/**
+ * Per-layer keys/values of the tokens seen so far, for incremental decoding. Each layer's
+ * history lives in a buffer with spare capacity, written in place, so a decoding step costs
+ * O(new tokens) instead of copying the whole history; `keys[i]` / `values[i]` are views of the
+ * valid part [B, kvH, length, hd]. Code may also put its own tensors there (the next append
+ * then moves them into a fresh buffer).
+ */
 export class KVCache {
   readonly keys: (Tensor | null)[];
   readonly values: (Tensor | null)[];
   /** Tokens cached (the same for every layer). */
   length = 0;
+  private readonly buffers: ({ k: Tensor; v: Tensor } | null)[];
   constructor(readonly numLayers: number) {
     this.keys = new Array(numLayers).fill(null);
     this.values = new Array(numLayers).fill(null);
+    this.buffers = new Array(numLayers).fill(null);
   }
   /** Appends this step's k/v [B, kvH, T, hd] to layer i and returns the whole history. */
   append(i: number, k: Tensor, v: Tensor): LayerKv {
-    const oldK = this.keys[i];
-    const oldV = this.values[i];
-    const newK = (oldK ? cat([oldK, k], 2) : k.contiguous()).keep();
-    const newV = (oldV ? cat([oldV, v], 2) : v.contiguous()).keep();
-    oldK?.free();
-    oldV?.free();
-    this.keys[i] = newK;
-    this.values[i] = newV;
-    return { k: newK, v: newV };
+    return noGrad(() => {
+      const t = k.size(2);
+      const curK = this.keys[i];
+      const curV = this.values[i];
+      const past = curK ? curK.size(2) : 0;
+      let buf = this.buffers[i];
+      const ours = buf !== null && curK !== null && this.views.get(curK) === buf;
+      if (!buf || !ours || buf.k.size(2) < past + t) {
+        const [b, h, , d] = k.shape;
+        const cap = Math.max(past + t, 2 * past, 64);
+        const fresh = { k: zeros([b, h, cap, d], { dtype: k.dtype }).keep(), v: zeros([b, h, cap, d], { dtype: v.dtype }).keep() };
+        if (curK && curV && past) {
+          fresh.k.narrow(2, 0, past).copy_(curK);
+          fresh.v.narrow(2, 0, past).copy_(curV);
+        }
+        curK?.free();
+        curV?.free();
+        if (buf) {
+          buf.k.free();
+          buf.v.free();
+        }
+        buf = fresh;
+        this.buffers[i] = buf;
+      } else {
+        curK?.free();
+        curV?.free();
+      }
+      buf.k.narrow(2, past, t).copy_(k);
+      buf.v.narrow(2, past, t).copy_(v);
+      const viewK = buf.k.narrow(2, 0, past + t).keep();
+      const viewV = buf.v.narrow(2, 0, past + t).keep();
+      this.views.set(viewK, buf);
+      this.keys[i] = viewK;
+      this.values[i] = viewV;
+      return { k: viewK, v: viewV };
+    });
   }
+  private readonly views = new WeakMap<Tensor, { k: Tensor; v: Tensor }>();
   /** Frees the cached tensors. */
   free(): void {
     for (const t of [...this.keys, ...this.values]) t?.free();
+    for (const b of this.buffers) {
+      b?.k.free();
+      b?.v.free();
+    }
     this.keys.fill(null);
     this.values.fill(null);
+    this.buffers.fill(null);
     this.length = 0;
   }
-  /** Bytes held by the cache. */
+  /** Bytes of the valid keys/values (not counting spare capacity). */
   get bytes(): number {
     let n = 0;
-    for (const t of [...this.keys, ...this.values]) if (t) n += t.numel * (t.dtype === 'float32' ? 4 : 2);
+    for (const t of [...this.keys, ...this.values]) if (t) n += t.numel * (t.dtype === 'float32' ? 4 : t.dtype === 'float64' ? 8 : 2);
     return n;
   }
 }
