@@ -10,6 +10,7 @@ const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runne
   generate: { about: 'generate text: --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]', load: () => import('./generate.js') },
   convert: { about: 'convert a llama2.c checkpoint to a Hugging Face folder: --in FILE.bin [--tokenizer tok.bin] --out DIR', load: () => import('./convert.js') },
   data: { about: 'data sets: data long-docs --tokenizer FILE [--min-tokens 2048] [--out FILE]', load: () => import('./data.js') },
+  ship: { about: 'write a trained compressor in final form: --base DIR --compressor DIR --out DIR [--dtype float16]', load: () => import('./ship.js') },
   pretrain: { about: 'pretrain a base model: --config FILE --out DIR [--resume]', load: () => import('./pretrain.js') },
   tokenizer: { about: 'tokenizer train --out DIR [--vocab 8192]', load: () => import('./tokenizer.js') },
   train: { about: 'train a compressor: --base DIR --method NAME (--ratio R[,R..] | --budget K) --stage ae|lm|qa|ae+lm --out DIR [--resume] [--steps N] [--init DIR] (--help)', load: () => import('./train.js') },

@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tidy } from '../tensor/index.js';
+import { tidy, type DType, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import { rawToTensor, tensorToRaw } from '../models/load.js';
 import { readSafetensors, writeSafetensors, type RawTensor } from '../io/safetensors.js';
@@ -54,18 +54,22 @@ function writeJsonAtomic(path: string, value: unknown): void {
   renameSync(tmp, path);
 }
 
-/** Saves a compressor's config and weights into dir. */
-export function saveCompressor(c: Compressor, dir: string, extra: Record<string, unknown> = {}): void {
+/**
+ * Saves a compressor's config and weights into dir; opts.dtype stores floating weights in
+ * another dtype (float16 for shipping; loading converts back to the parameters' dtype).
+ */
+export function saveCompressor(c: Compressor, dir: string, extra: Record<string, unknown> = {}, opts: { dtype?: DType } = {}): void {
   mkdirSync(dir, { recursive: true });
+  const raw = (t: Tensor, name: string) => tensorToRaw(opts.dtype && t.isFloatingPoint ? t.detach().to(opts.dtype) : t.detach(), name);
   tidy(() => {
     if (c.module) {
       const tensors = new Map<string, RawTensor>();
-      for (const [name, p] of c.module.namedParameters()) tensors.set(name, tensorToRaw(p.value.detach(), name));
+      for (const [name, p] of c.module.namedParameters()) tensors.set(name, raw(p.value, name));
       writeSafetensors(join(dir, 'weights.safetensors'), tensors, { method: c.method });
     }
     if (c.decoderLora) {
       const tensors = new Map<string, RawTensor>();
-      for (const [name, p] of c.decoderLora.namedParameters()) tensors.set(name, tensorToRaw(p.value.detach(), name));
+      for (const [name, p] of c.decoderLora.namedParameters()) tensors.set(name, raw(p.value, name));
       writeSafetensors(join(dir, 'decoder.safetensors'), tensors, { method: c.method });
     }
   });

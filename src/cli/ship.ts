@@ -1,0 +1,22 @@
+/**
+ * softpress ship --base DIR --compressor DIR --out DIR [--dtype float16]
+ * Writes a trained compressor in its final, shippable form (fp16 weights by default).
+ */
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadModel } from '../models/load.js';
+import { loadCompressor, saveCompressor } from '../compress/index.js';
+import type { DType } from '../tensor/index.js';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { base: { type: 'string' }, compressor: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string', default: 'float16' } }, strict: true });
+  if (!values.base || !values.compressor || !values.out) throw new Error('usage: softpress ship --base DIR --compressor DIR --out DIR [--dtype float16|bfloat16|float32]');
+  if (!['float16', 'bfloat16', 'float32'].includes(values.dtype!)) throw new Error(`--dtype must be float16, bfloat16 or float32, got ${values.dtype}`);
+  const { model } = loadModel(values.base);
+  const c = loadCompressor(values.compressor, model);
+  const cfg = JSON.parse(readFileSync(join(values.compressor, 'compressor.json'), 'utf8')) as Record<string, unknown>;
+  const extra = Object.fromEntries(Object.entries(cfg).filter(([k]) => !(k in c.config) && k !== 'baseFingerprint'));
+  saveCompressor(c, values.out, extra, { dtype: values.dtype as DType });
+  process.stdout.write(`wrote ${values.out} (${c.method}, ${values.dtype})\n`);
+}
