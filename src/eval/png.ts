@@ -5,7 +5,7 @@
  * PNG with node:zlib.
  */
 import { deflateSync } from 'node:zlib';
-import type { Series } from '../io/plot.js';
+import { PALETTE, plotFrame, type PlotOptions, type Series } from '../io/plot.js';
 
 // ---------------------------------------------------------------------------------------------
 // Font: 5 columns x 7 rows (9 with descenders), '#' = ink.
@@ -275,7 +275,6 @@ export function encodePng(width: number, height: number, rgb: Uint8Array): Buffe
 // ---------------------------------------------------------------------------------------------
 // Plot
 
-const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f'];
 
 function rgbOf(hex: string): [number, number, number] {
   const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex);
@@ -283,44 +282,17 @@ function rgbOf(hex: string): [number, number, number] {
   return [parseInt(m[1]!, 16), parseInt(m[2]!, 16), parseInt(m[3]!, 16)];
 }
 
-function niceTicks(min: number, max: number, count = 5): number[] {
-  if (!(max > min)) return [min];
-  const span = max - min;
-  const step0 = Math.pow(10, Math.floor(Math.log10(span / count)));
-  const step = [1, 2, 5, 10].map((m) => m * step0).find((s) => span / s <= count) ?? step0 * 10;
-  const ticks: number[] = [];
-  for (let v = Math.ceil(min / step) * step; v <= max + 1e-9 * span; v += step) ticks.push(Number(v.toPrecision(12)));
-  return ticks;
-}
-
 /** The PNG counterpart of linePlotSvg (src/io/plot.ts), same layout and options. */
-export function linePlotPng(series: Series[], opts: { title: string; xLabel: string; yLabel: string; width?: number; height?: number; logY?: boolean }): Buffer {
-  const W = opts.width ?? 720;
-  const H = opts.height ?? 420;
-  const m = { l: 70, r: 160, t: 40, b: 55 };
-  const ok = ([x, y]: [number, number]) => Number.isFinite(x) && Number.isFinite(y) && (!opts.logY || y > 0);
-  const all = series.flatMap((s) => s.points).filter(ok);
-  const fy = (y: number) => (opts.logY ? Math.log10(y) : y);
-  const xs = all.map((p) => p[0]);
-  const ys = all.map((p) => fy(p[1]));
-  let [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
-  let [y0, y1] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [0, 1];
-  if (x1 === x0) x1 = x0 + 1;
-  if (y1 === y0) y1 = y0 + 1;
-  const pad = (y1 - y0) * 0.05;
-  y0 -= pad;
-  y1 += pad;
-  const px = (x: number) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
-  const py = (y: number) => H - m.b - ((fy(y) - y0) / (y1 - y0)) * (H - m.t - m.b);
+export function linePlotPng(series: Series[], opts: PlotOptions): Buffer {
+  const { W, H, m, ok, px, py, xTicks, yTicks } = plotFrame(series, opts);
   const cv = new Canvas(W, H);
   const grid: [number, number, number] = [0xee, 0xee, 0xee];
   const ink: [number, number, number] = [0x33, 0x33, 0x33];
   cv.text(opts.title, W / 2 - m.r / 2, 24, { anchor: 'middle', scale: 2 });
-  for (const t of niceTicks(x0, x1)) {
+  for (const t of xTicks) {
     cv.line(px(t), m.t, px(t), H - m.b, 1, grid);
     cv.text(String(t), px(t), H - m.b + 18, { anchor: 'middle' });
   }
-  const yTicks = opts.logY ? niceTicks(y0, y1).map((t) => Math.pow(10, t)) : niceTicks(y0, y1);
   for (const t of yTicks) {
     const y = py(t);
     cv.line(m.l, y, W - m.r, y, 1, grid);

@@ -256,6 +256,12 @@ export class DecoderLayer extends Module {
     this.postNorm = this.module('post_attention_layernorm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
     this.mlp = this.module('mlp', new MLP(cfg, index));
   }
+  /** The block's projection that a LoRA target names. */
+  projection(target: LoraTarget): Linear {
+    const a = this.selfAttn;
+    const m = this.mlp;
+    return { q: a.qProj, k: a.kProj, v: a.vProj, o: a.oProj, gate: m.gateProj, up: m.upProj, down: m.downProj }[target];
+  }
   /** Returns the block output and the normalised attention input. */
   forward(x: Tensor, ctx: AttnContext): { out: Tensor; attnInput: Tensor } {
     const attnInput = this.inputNorm.forward(x);
@@ -353,16 +359,7 @@ export class LlamaModel extends Module {
     const added: Linear[] = [];
     for (const [i, layer] of this.layers.entries()) {
       if (layers && !layers.includes(i)) continue;
-      const byTarget: Record<LoraTarget, Linear> = {
-        q: layer.selfAttn.qProj,
-        k: layer.selfAttn.kProj,
-        v: layer.selfAttn.vProj,
-        o: layer.selfAttn.oProj,
-        gate: layer.mlp.gateProj,
-        up: layer.mlp.upProj,
-        down: layer.mlp.downProj,
-      };
-      for (const t of targets) added.push(byTarget[t].addLora(cfg));
+      for (const t of targets) added.push(layer.projection(t).addLora(cfg));
     }
     return added;
   }
@@ -522,16 +519,10 @@ export class LlamaModel extends Module {
     const out: { key: string; inFeatures: number; outFeatures: number }[] = [];
     for (const [i, layer] of this.layers.entries()) {
       if (layers && !layers.includes(i)) continue;
-      const byTarget: Record<LoraTarget, Linear> = {
-        q: layer.selfAttn.qProj,
-        k: layer.selfAttn.kProj,
-        v: layer.selfAttn.vProj,
-        o: layer.selfAttn.oProj,
-        gate: layer.mlp.gateProj,
-        up: layer.mlp.upProj,
-        down: layer.mlp.downProj,
-      };
-      for (const t of targets) out.push({ key: `${i}.${t}`, inFeatures: byTarget[t].inFeatures, outFeatures: byTarget[t].outFeatures });
+      for (const t of targets) {
+        const lin = layer.projection(t);
+        out.push({ key: `${i}.${t}`, inFeatures: lin.inFeatures, outFeatures: lin.outFeatures });
+      }
     }
     return out;
   }
