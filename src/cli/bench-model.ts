@@ -4,7 +4,7 @@
  * (../shared/bench-spec.md). Figures are medians of timed repetitions after 3 warm-ups.
  */
 import { parseArgs } from 'node:util';
-import { crossEntropy, manualSeed, noGrad, randint, randn, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
+import { crossEntropy, manualSeed, noGrad, profile, randint, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
 import { AdamW } from '../nn/index.js';
 import { configFromHf } from '../models/config.js';
 import { LlamaModel } from '../models/llama.js';
@@ -32,7 +32,7 @@ function timeIt(reps: number, fn: () => void): number {
   return median(times);
 }
 
-export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: (s: string) => void): Record<string, number | string> {
+export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: (s: string) => void, withProfile = false): Record<string, number | string> {
   const c = BENCH_CONFIGS[name];
   manualSeed(0);
   const model = noGrad(
@@ -60,15 +60,23 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
 
   model.train();
   const opt = new AdamW(model.parameters(), { lr: 1e-4, weightDecay: 0.1 });
-  const train = timeIt(reps, () =>
+  const trainStep = () =>
     tidy(() => {
       const { logits } = model.forward({ ids: inputs });
       lossOf(logits!).backward();
       opt.step();
       opt.zeroGrad();
-    }),
-  );
+    });
+  const train = timeIt(reps, trainStep);
   log(`train   ${(tokens / train).toFixed(0)} tok/s (${(train * 1000).toFixed(0)} ms/step)`);
+  if (withProfile) {
+    // Where a training step's time goes: self time per libtorch operator over two steps.
+    const { ops, totalMs } = profile(() => {
+      for (let i = 0; i < 2; i++) trainStep();
+    });
+    log(`profile of 2 training steps (self time per operator, ${totalMs.toFixed(0)} ms in all):`);
+    for (const o of ops.slice(0, 15)) log(`  ${o.name.padEnd(40)} ${String(o.calls).padStart(6)} calls ${o.selfMs.toFixed(1).padStart(9)} ms ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`);
+  }
 
   model.eval();
   const prefill = timeIt(reps, () => tidy(() => noGrad(() => model.forward({ ids: inputs }))));
@@ -109,7 +117,7 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string', default: 'S' }, json: { type: 'boolean', default: false }, threads: { type: 'string', default: '2' }, reps: { type: 'string', default: '5' } },
+    options: { config: { type: 'string', default: 'S' }, json: { type: 'boolean', default: false }, threads: { type: 'string', default: '2' }, reps: { type: 'string', default: '5' }, profile: { type: 'boolean', default: false } },
     strict: true,
   });
   const name = values.config!.toUpperCase();
@@ -121,6 +129,6 @@ export async function run(argv: string[]): Promise<void> {
   setNumThreads(threads);
   const log = (s: string) => process.stderr.write(s + '\n');
   log(`bench model --config ${name} (threads ${threads}, median of ${reps} after 3 warm-ups)`);
-  const result = { ...benchModel(name as keyof typeof BENCH_CONFIGS, reps, log), threads };
+  const result = { ...benchModel(name as keyof typeof BENCH_CONFIGS, reps, log, values.profile), threads };
   if (values.json) process.stdout.write(JSON.stringify(result) + '\n');
 }
