@@ -11,7 +11,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { setImmediate as turn } from 'node:timers/promises';
-import { Tensor, tidy, noGrad, manualSeed, randn, randint, crossEntropy, memoryStats } from '../src/tensor/index.js';
+import { Tensor, tidy, noGrad, manualSeed, randint, crossEntropy, memoryStats } from '../src/tensor/index.js';
 import { Module, Linear, RMSNorm, Embedding, AdamW, clipGradNorm, warmupCosine } from '../src/nn/index.js';
 
 class Tiny extends Module {

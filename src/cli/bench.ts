@@ -9,7 +9,7 @@
  * JSON object.
  */
 import { parseArgs } from 'node:util';
-import { getNumThreads, randn, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
+import { getNumThreads, randn, setNumThreads, tidy } from '../tensor/index.js';
 
 const USAGE =
   'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M [--json] [--threads N] [--reps N]\n' +

@@ -407,9 +407,9 @@ function scoreTask(task: EvalTask, method: string, ratio: number | null, scored:
       const hyps = list.map((s) => s.hyp ?? []);
       const refs = list.map((s) => s.ex.reference ?? []);
       push('bleu4', group, corpusBleu(hyps, refs).bleu, list.length);
-      push('exact_prefix', group, mean(list.map((s, i) => exactPrefixLength(hyps[i]!, refs[i]!))), list.length);
-      push('exact_prefix_frac', group, mean(list.map((s, i) => exactPrefixLength(hyps[i]!, refs[i]!) / Math.max(1, refs[i]!.length))), list.length);
-      push('rougeL', group, mean(list.map((s, i) => rougeL(hyps[i]!, refs[i]!).f)), list.length);
+      push('exact_prefix', group, mean(list.map((_, i) => exactPrefixLength(hyps[i]!, refs[i]!))), list.length);
+      push('exact_prefix_frac', group, mean(list.map((_, i) => exactPrefixLength(hyps[i]!, refs[i]!) / Math.max(1, refs[i]!.length))), list.length);
+      push('rougeL', group, mean(list.map((_, i) => rougeL(hyps[i]!, refs[i]!).f)), list.length);
     } else {
       push('em', group, mean(list.map((s) => s.em ?? 0)), list.length);
       push('f1', group, mean(list.map((s) => s.f1 ?? 0)), list.length);
