@@ -3,6 +3,7 @@
  * analytic gradient of sum(out * W) (W fixed random weights) against (f(x+eps) - f(x-eps)) / 2eps
  * for each input element.
  */
+import { mulberry32 } from '../src/models/generate.js';
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -29,16 +30,7 @@ import {
 // ---- the helper ------------------------------------------------------------------------------
 
 /** mulberry32: a small seeded generator, so inputs do not depend on libtorch's RNG. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 interface Input {
   shape: number[];

@@ -9,28 +9,12 @@ import { AdamW } from '../nn/index.js';
 import { configFromHf } from '../models/config.js';
 import { LlamaModel } from '../models/llama.js';
 import { generate } from '../models/generate.js';
+import { median, timeMedian } from './bench.js';
 
 export const BENCH_CONFIGS = {
   S: { dim: 256, layers: 4, heads: 8, kvHeads: 4, ffn: 688, vocab: 8192, seq: 256, batch: 8 },
   M: { dim: 512, layers: 8, heads: 8, kvHeads: 4, ffn: 1376, vocab: 8192, seq: 512, batch: 4 },
 } as const;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function timeIt(reps: number, fn: () => void): number {
-  for (let i = 0; i < 3; i++) fn();
-  const times: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    fn();
-    times.push((performance.now() - t0) / 1000);
-  }
-  return median(times);
-}
 
 export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: (s: string) => void, withProfile = false): Record<string, number | string> {
   const c = BENCH_CONFIGS[name];
@@ -67,7 +51,7 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
       opt.step();
       opt.zeroGrad();
     });
-  const train = timeIt(reps, trainStep);
+  const train = timeMedian(reps, trainStep);
   log(`train   ${(tokens / train).toFixed(0)} tok/s (${(train * 1000).toFixed(0)} ms/step)`);
   if (withProfile) {
     // Where a training step's time goes: self time per libtorch operator over two steps.
@@ -79,12 +63,12 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
   }
 
   model.eval();
-  const prefill = timeIt(reps, () => tidy(() => noGrad(() => model.forward({ ids: inputs }))));
+  const prefill = timeMedian(reps, () => tidy(() => noGrad(() => model.forward({ ids: inputs }))));
   log(`prefill ${(tokens / prefill).toFixed(0)} tok/s`);
 
   model.freeze();
   const embeds = noGrad(() => model.embed(inputs)).keep();
-  const frozen = timeIt(reps, () =>
+  const frozen = timeMedian(reps, () =>
     tidy(() => {
       const x = embeds.detach().setRequiresGrad(true);
       const { logits } = model.forward({ inputsEmbeds: x });

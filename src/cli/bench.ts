@@ -16,14 +16,14 @@ const USAGE =
   '       softpress bench serve [--json] [--base DIR | --random-base] [--clients 1,8] [--seconds 5] [--lengths 512,1024,2048] [--ratios 4,8]';
 const WARMUPS = 3;
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 /** Seconds per call of fn: median over reps timed calls after the warm-ups. */
-function timeMedian(reps: number, fn: () => void): number {
+export function timeMedian(reps: number, fn: () => void): number {
   for (let i = 0; i < WARMUPS; i++) fn();
   const times: number[] = [];
   for (let i = 0; i < reps; i++) {

@@ -42,17 +42,8 @@ export function seedToUint32(seed: number | string): number {
   return fmix32(lo ^ Math.imul(hi, 0x9e3779b1) ^ 0x6a09e667);
 }
 
-/** mulberry32 as a bare function returning floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 as a bare function returning floats in [0, 1) (the one generation uses too). */
+export { mulberry32 } from '../models/generate.js';
 
 export class Rng {
   private state: number;
