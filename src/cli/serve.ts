@@ -1,7 +1,7 @@
 /**
  * softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR]
  *                 [--compressor DIR ...] [--store-mb N] [--cache-mb N] [--body-limit-mb N]
- *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--no-discover]
+ *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--method NAME] [--no-discover]
  *                 [--no-prefix-cache] [--log]
  *
  * Starts the HTTP server (src/serve/): the context API, OpenAI-compatible completions, the
@@ -16,7 +16,7 @@ import { buildServer } from '../serve/server.js';
 export const SERVE_USAGE =
   'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR] [--compressor DIR ...]\n' +
   '                       [--store-mb 1024] [--cache-mb 256] [--body-limit-mb 4] [--max-batch 16] [--batch-window-ms 3]\n' +
-  '                       [--max-queue 256] [--no-discover] [--no-prefix-cache] [--log]';
+  '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache] [--log]';
 
 function num(name: string, v: string | undefined, dflt: number, opts: { int?: boolean; min?: number } = {}): number {
   if (v === undefined) return dflt;
@@ -40,6 +40,7 @@ export async function run(argv: string[]): Promise<void> {
       'max-batch': { type: 'string' },
       'batch-window-ms': { type: 'string' },
       'max-queue': { type: 'string' },
+      method: { type: 'string' },
       'no-discover': { type: 'boolean', default: false },
       'no-prefix-cache': { type: 'boolean', default: false },
       log: { type: 'boolean', default: false },
@@ -60,6 +61,7 @@ export async function run(argv: string[]): Promise<void> {
     base: values.base ?? 'models/softpress-base',
     compressorDirs: values.compressor ?? [],
     discover: !values['no-discover'],
+    defaultMethod: values.method,
     storePath: values.store ?? '.softpress/contexts.mdb',
     storeMaxBytes: num('store-mb', values['store-mb'], 1024, { min: 1 }) * 2 ** 20,
     cacheBytes: num('cache-mb', values['cache-mb'], 256, { min: 1 }) * 2 ** 20,
