@@ -11,6 +11,7 @@ const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runne
   convert: { about: 'convert a llama2.c checkpoint to a Hugging Face folder: --in FILE.bin [--tokenizer tok.bin] --out DIR', load: () => import('./convert.js') },
   data: { about: 'data sets: data long-docs --tokenizer FILE [--min-tokens 2048] [--out FILE]', load: () => import('./data.js') },
   losses: { about: 'objective losses (ae, lm) of methods on the same valid batches: --methods full,none,DIR --ratio 4', load: () => import('./losses.js') },
+  'stream-eval': { about: 'streaming perplexity of long documents: CCF memory vs sliding window, no memory, mean-pool memory', load: () => import('./stream-eval.js') },
   ship: { about: 'write a trained compressor in final form: --base DIR --compressor DIR --out DIR [--dtype float16]', load: () => import('./ship.js') },
   pretrain: { about: 'pretrain a base model: --config FILE --out DIR [--resume]', load: () => import('./pretrain.js') },
   tokenizer: { about: 'tokenizer train --out DIR [--vocab 8192]', load: () => import('./tokenizer.js') },
