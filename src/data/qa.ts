@@ -9,7 +9,7 @@
  */
 import { createRequire } from 'node:module';
 import type { Doc } from './corpora.js';
-import { Rng } from './rng.js';
+import { Rng, indexOfCumulative } from './rng.js';
 
 export type QAKind = 'needle' | 'cloze' | 'babi';
 
@@ -160,14 +160,7 @@ class DocSampler {
   /** A document with probability proportional to its number of sentences. */
   pick(rng: Rng): Doc {
     const x = rng.next() * this.total;
-    let lo = 0;
-    let hi = this.cum.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if ((this.cum[mid] as number) > x) hi = mid;
-      else lo = mid + 1;
-    }
-    return this.docs[lo] as Doc;
+    return this.docs[indexOfCumulative(this.cum, x)] as Doc;
   }
 }
 

@@ -45,6 +45,18 @@ export function seedToUint32(seed: number | string): number {
 /** mulberry32 as a bare function returning floats in [0, 1) (the one generation uses too). */
 export { mulberry32 } from '../models/generate.js';
 
+/** The first index whose cumulative weight exceeds x (x in [0, total)): weighted sampling. */
+export function indexOfCumulative(cum: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = cum.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (cum[mid]! > x) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 export class Rng {
   private state: number;
 

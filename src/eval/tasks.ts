@@ -26,7 +26,7 @@ import { loadDocs } from '../data/pretrain-mix.js';
 import { splitDocuments, type SplitName } from '../data/splits.js';
 import { babiTaskFromFileName, loadBabiFile } from '../data/babi.js';
 import { formatQAPrompt, makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
-import { Rng } from '../data/rng.js';
+import { Rng, indexOfCumulative } from '../data/rng.js';
 
 export const TASK_NAMES = ['reconstruct', 'continue', 'babi', 'needle', 'cloze'] as const;
 export type TaskName = (typeof TASK_NAMES)[number];
@@ -127,14 +127,7 @@ class WindowSampler {
   window(rng: Rng, length: number): { ids: number[]; docId: string } {
     for (let tries = 0; tries < 256; tries++) {
       const x = rng.next() * this.total;
-      let lo = 0;
-      let hi = this.cum.length - 1;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if ((this.cum[mid] as number) > x) hi = mid;
-        else lo = mid + 1;
-      }
-      const doc = this.docs[lo] as Doc;
+      const doc = this.docs[indexOfCumulative(this.cum, x)] as Doc;
       const ids = this.ids(doc);
       if (ids.length < length) continue;
       const at = rng.int(ids.length - length + 1);
