@@ -33,7 +33,9 @@ run() { # name, then train arguments; a failed run is reported and the lane goes
 lane_a() {
   run meanpool-r4 --method meanpool --ratio 4 --stage ae:0.5,lm:0.5 --steps "$(steps 150)" --lr 2e-3
   run icae-r4 --method icae --ratio 4 --stage ae:0.5,lm:0.5 --steps "$(steps 150)" --lr 1e-3
-  run gmsa --method gmsa --ratio 4,8 --stage ae --steps "$(steps 150)" --lr 5e-4 --clip 2
+  # GMSA: stage 1 autoencoding on passages of 128/256/512 tokens, stage 2 QA (decoder W_Q/K/V delta).
+  run gmsa --method gmsa --ratio 4,8 --stage ae --context-len 512 --ae-lengths 128,256,512 --steps "$(steps 200)" --lr 5e-4 --clip 2
+  run gmsa-qa --method gmsa --init "$RUNS/gmsa" --ratio 4,8 --stage qa --context-len 512 --babi "$BABI" --steps "$(steps 80)" --lr 1e-4 --clip 2
 }
 
 lane_b() {

@@ -183,6 +183,36 @@ function perturb(c: Compressor): void {
 
 // ---- the suite, for every learned method -------------------------------------------------------
 
+test('objectives: autoencoding lengths drawn per micro-batch from aeLengths', () => {
+  const restate = specialId(tok, '<|restate|>');
+  const cfg = { stages: { ae: 1, lm: 1 }, ratios: [4], contextLen: 16, continuationLen: 8, batchSize: 2, seed: 3 };
+  const plain = new ObjectiveSampler(cfg, { tokenizer: tok, stream: stream() });
+  const varied = new ObjectiveSampler({ ...cfg, aeLengths: [8, 24] }, { tokenizer: tok, stream: stream() });
+  const seen = new Set<number>();
+  for (let step = 0; step < 24; step++) {
+    const a = plain.batch(step, 0);
+    const b = varied.batch(step, 0);
+    assert.equal(a.stage, b.stage, 'the stage draw is unchanged by aeLengths');
+    for (const c of a.contexts) assert.equal(c.length, 16);
+    if (b.stage === 'lm') {
+      assert.deepEqual(b.contexts, a.contexts, 'lm batches are unchanged');
+      continue;
+    }
+    const len = b.contexts[0].length;
+    assert.ok([8, 24].includes(len), `ae length ${len}`);
+    seen.add(len);
+    for (let r = 0; r < b.contexts.length; r++) {
+      assert.equal(b.contexts[r].length, len, 'one length per micro-batch');
+      assert.deepEqual(b.tails[r], [restate, ...b.contexts[r], tok.eos]);
+      // The same chunk: the longer context starts with the shorter one.
+      const short = Math.min(len, 16);
+      assert.deepEqual(b.contexts[r].slice(0, short), a.contexts[r].slice(0, short));
+    }
+  }
+  assert.deepEqual([...seen].sort((x, y) => x - y), [8, 24], 'both lengths occur');
+  assert.throws(() => new ObjectiveSampler({ ...cfg, aeLengths: [25] }, { tokenizer: tok, stream: stream() }), /ae length 25/);
+});
+
 const learned = compressorNames({ learnedOnly: true });
 
 test('the registry lists the learned baselines', () => {

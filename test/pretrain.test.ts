@@ -1,6 +1,7 @@
 /**
  * Pretraining: a run interrupted and resumed ends with exactly the weights of an uninterrupted
- * run (same data order, same RNG), and a stopped run can be exported as a model folder.
+ * run (same data order, same RNG), a stopped run can be exported as a model folder, and a continued
+ * phase starts from another run's weights with its own mixture.
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { loadModel } from '../src/models/load.js';
+import { BpeTokenizer } from '../src/models/bpe.js';
+import { buildMixture } from '../src/data/pretrain-mix.js';
 
 const names = ['Ahab', 'Ishmael', 'Lincoln', 'Adams', 'Starbuck', 'Jefferson'];
 const things = ['harbor', 'treaty', 'river', 'whale', 'congress', 'frontier', 'lantern', 'railroad'];
@@ -97,6 +100,46 @@ test('pretraining: a stopped run exports its checkpoint as a model folder', { ti
     const training = JSON.parse(readFileSync(join(dir, 'c', 'model', 'training.json'), 'utf8')) as { steps: number; plannedSteps: number };
     assert.equal(training.steps, 3);
     assert.equal(training.plannedSteps, 8);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('pretraining: a continued phase starts from another run, with restate documents in its mixture', { timeout: 120_000 }, async (t) => {
+  if (!existsSync('models/softpress-base/tokenizer.json')) {
+    t.skip('models/softpress-base/tokenizer.json is missing');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'softpress-pretrain-'));
+  try {
+    const data = writeCorpus(dir);
+    const cfg = readPretrainConfig(writeConfig(dir, data));
+    await pretrain(cfg, join(dir, 'a'), { quiet: true });
+    const mix = buildMixture({ corpora: [], data, qaShare: 0.1, restateShare: 0.3, seed: 0 }, 'train');
+    assert.ok(mix.counts.restate > 0);
+    const restated = mix.texts.filter((x) => x.includes('<|restate|>'));
+    assert.equal(restated.length, mix.counts.restate);
+    for (const x of restated) {
+      const [a, b] = x.split('<|restate|>');
+      assert.equal(a, b, 'a restate document repeats its passage');
+    }
+    // Shares are of all characters: restate ~0.3 of the total.
+    const total = mix.corpusChars + mix.qaChars + mix.restateChars;
+    assert.ok(Math.abs(mix.restateChars / total - 0.3) < 0.05, `restate share ${mix.restateChars / total}`);
+    assert.throws(() => buildMixture({ corpora: [], data, qaShare: 0.5, restateShare: 0.5, seed: 0 }, 'train'), /below 0.9/);
+
+    // The phase's first validation (step 0 weights = run a's) and its data stream with the <|restate|> id.
+    const cont = { ...cfg, init: join(dir, 'a'), restateShare: 0.3, steps: 2, evalEvery: 1 };
+    await pretrain(cont, join(dir, 'b'), { quiet: true });
+    const tok = BpeTokenizer.fromFile(cfg.tokenizer);
+    const buf = readFileSync(join(dir, 'b', 'data', 'train.tokens'));
+    const ids = new Int32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+    assert.ok(ids.includes(tok.special.get('<|restate|>')!), 'restate documents carry the special token id');
+    // With lr 0 the phase leaves the weights as it found them: exactly run a's.
+    await pretrain({ ...cont, lr: 0, minLr: 0 }, join(dir, 'c'), { quiet: true });
+    assert.equal(loadModel(join(dir, 'c', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
+    assert.notEqual(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
+    await assert.rejects(pretrain({ ...cont, init: join(dir, 'nowhere') }, join(dir, 'd'), { quiet: true }), /no checkpoint/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

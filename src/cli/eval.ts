@@ -5,6 +5,9 @@
  *                  [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--json] [--seed S] [--batch B]
  *   softpress eval --task perplexity [--split test|valid] [--base DIR]
  *
+ * --split chooses the documents passages are drawn from (perplexity, reconstruct, continue,
+ * needle, cloze; default test); babi always uses the stories held out of its training files.
+ *
  * Tasks: reconstruct, continue, babi, needle, cloze (the suite's default: all five; babi needs
  * bAbI data: --data FILE|FOLDER, else the repository's fixtures when present) and perplexity (the
  * base model's document-level perplexity and bits per byte on a split). Methods: the strategies
@@ -41,7 +44,8 @@ import {
 } from '../eval/index.js';
 
 const USAGE = `usage: softpress eval [--suite default|quick] [--out DIR] [--task T[,T]] [--methods full,none,truncate,DIR,...]
-                     [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--json] [--seed S] [--batch 4] [--threads T] [--no-png] [--quiet]
+                     [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--split test|valid] [--json] [--seed S] [--batch 4]
+                     [--threads T] [--no-png] [--quiet]
        softpress eval --task perplexity [--split test|valid] [--base DIR] [--json]
 tasks: ${TASK_NAMES.join(', ')}, perplexity`;
 
@@ -225,7 +229,8 @@ export async function run(argv: string[]): Promise<void> {
     if (methods.length === 0) throw new Error('no method to evaluate');
     const tt = performance.now();
     log(`building tasks ${tasks.join(', ')} (suite ${suite}${n ? `, n ${n}` : ''})…`);
-    const built = buildTasks(tok, { suite, tasks, seed, n, babiPath });
+    // Passages from the chosen split (default test); bAbI always uses the stories held out of its training files.
+    const built = buildTasks(tok, { suite, tasks, seed, n, babiPath, docs: tasks.some((t) => t !== 'babi') ? evalDocuments(split) : undefined });
     log(`tasks ready in ${((performance.now() - tt) / 1000).toFixed(1)} s: ${built.map((t) => `${t.name} ${t.examples.length}`).join(', ')}; methods ${methods.map((m) => `${m.label}${m.ratios[0] === null ? '' : ` @${m.ratios.join('/')}`}`).join(', ')}`);
     const needleLong = built.find((t) => t.name === 'needle')?.examples.some((e) => e.context.length + 16 > model.config.maxPositions);
     if (needleLong) notes.push(`needle contexts longer than the base model's ${model.config.maxPositions} positions: full (and any method decoding them as tokens) runs past its trained positions there`);

@@ -2,7 +2,7 @@
  * softpress train --base DIR --method NAME (--ratio R[,R2...] | --budget K)
  *   --stage ae|lm|qa|ae+lm|ae:0.5,lm:0.5 --out DIR [--resume] [--steps N] [--batch N]
  *   [--accum N] [--lr X] [--min-lr X] [--warmup N] [--weight-decay X] [--clip X]
- *   [--context-len 512] [--continuation-len 128] [--seed S] [--init DIR] [--babi DIR]
+ *   [--context-len 512] [--continuation-len 128] [--ae-lengths 128,256,512] [--seed S] [--init DIR] [--babi DIR]
  *   [--corpora sotu,moby-dick,brown|none] [--data PATH] [--qa-examples N]
  *   [--eval-every N] [--checkpoint-every N] [--valid-batches N] [--stop-after N]
  *   [--method-option key=value ...] [--quiet]
@@ -14,7 +14,7 @@ import { methodOptions, numberOpt, ratioList } from './args.js';
 
 const USAGE = `usage: softpress train --base DIR --method NAME (--ratio R[,R2...] | --budget K) --stage ae|lm|qa|ae+lm|ae:W,lm:W --out DIR
   [--resume] [--steps ${TRAIN_DEFAULTS.steps}] [--batch ${TRAIN_DEFAULTS.batch}] [--accum ${TRAIN_DEFAULTS.accum}] [--lr ${TRAIN_DEFAULTS.lr}] [--min-lr lr/10] [--warmup min(${TRAIN_DEFAULTS.warmup}, steps/20)]
-  [--weight-decay ${TRAIN_DEFAULTS.weightDecay}] [--clip ${TRAIN_DEFAULTS.clip}] [--context-len ${TRAIN_DEFAULTS.contextLen}] [--continuation-len ${TRAIN_DEFAULTS.continuationLen}] [--seed ${TRAIN_DEFAULTS.seed}]
+  [--weight-decay ${TRAIN_DEFAULTS.weightDecay}] [--clip ${TRAIN_DEFAULTS.clip}] [--context-len ${TRAIN_DEFAULTS.contextLen}] [--continuation-len ${TRAIN_DEFAULTS.continuationLen}] [--ae-lengths 128,256,512] [--seed ${TRAIN_DEFAULTS.seed}]
   [--init DIR] [--babi DIR] [--corpora ${TRAIN_DEFAULTS.corpora.join(',')}|none] [--data PATH] [--qa-examples ${TRAIN_DEFAULTS.qaExamples}]
   [--eval-every ${TRAIN_DEFAULTS.evalEvery}] [--checkpoint-every ${TRAIN_DEFAULTS.checkpointEvery}] [--valid-batches ${TRAIN_DEFAULTS.validBatches}] [--stop-after N]
   [--method-option key=value ...] [--quiet]`;
@@ -40,6 +40,7 @@ export async function run(argv: string[]): Promise<void> {
       clip: { type: 'string' },
       'context-len': { type: 'string' },
       'continuation-len': { type: 'string' },
+      'ae-lengths': { type: 'string' },
       seed: { type: 'string' },
       init: { type: 'string' },
       babi: { type: 'string' },
@@ -86,6 +87,7 @@ export async function run(argv: string[]): Promise<void> {
     clip: real('clip', values.clip, d.clip),
     contextLen: int('context-len', values['context-len'], d.contextLen),
     continuationLen: int('continuation-len', values['continuation-len'], d.continuationLen, 0),
+    aeLengths: values['ae-lengths'] === undefined ? undefined : values['ae-lengths'].split(',').map((v) => int('ae-lengths', v.trim(), 0)),
     seed: int('seed', values.seed, d.seed, 0),
     corpora,
     data: values.data,

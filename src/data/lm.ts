@@ -9,12 +9,16 @@ import { dirname } from 'node:path';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { Rng } from './rng.js';
 
-/** Tokens of many documents in one stream, each as [BOS] tokens [EOS]. */
-export function tokenizeStream(texts: readonly string[], tokenizer: Tokenizer, onProgress?: (done: number, total: number) => void): Int32Array {
+/**
+ * Tokens of many documents in one stream, each as [BOS] tokens [EOS]. With allowSpecial,
+ * special-token strings in the texts (e.g. "<|restate|>") become their ids, as Hugging Face
+ * tokenizers do for added tokens.
+ */
+export function tokenizeStream(texts: readonly string[], tokenizer: Tokenizer, onProgress?: (done: number, total: number) => void, opts: { allowSpecial?: boolean } = {}): Int32Array {
   const parts: number[][] = [];
   let total = 0;
   texts.forEach((t, i) => {
-    const ids = tokenizer.encode(t, { bos: true, eos: true });
+    const ids = tokenizer.encode(t, { bos: true, eos: true, allowSpecial: opts.allowSpecial });
     parts.push(ids);
     total += ids.length;
     onProgress?.(i + 1, texts.length);
@@ -32,9 +36,10 @@ export function tokenizeStream(texts: readonly string[], tokenizer: Tokenizer, o
  * tokenizeStream with a cache file keyed by the texts and tokenizer, so that resumed and
  * repeated runs skip tokenization.
  */
-export function cachedTokenStream(cachePath: string, texts: readonly string[], tokenizer: Tokenizer, tokenizerId: string, onProgress?: (done: number, total: number) => void): Int32Array {
+export function cachedTokenStream(cachePath: string, texts: readonly string[], tokenizer: Tokenizer, tokenizerId: string, onProgress?: (done: number, total: number) => void, opts: { allowSpecial?: boolean } = {}): Int32Array {
   const h = createHash('sha256');
   h.update(tokenizerId);
+  if (opts.allowSpecial) h.update('\u0000allowSpecial');
   for (const t of texts) {
     h.update(t);
     h.update('\u0000');
@@ -44,7 +49,7 @@ export function cachedTokenStream(cachePath: string, texts: readonly string[], t
     const buf = readFileSync(cachePath);
     return new Int32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4).slice();
   }
-  const stream = tokenizeStream(texts, tokenizer, onProgress);
+  const stream = tokenizeStream(texts, tokenizer, onProgress, opts);
   mkdirSync(dirname(cachePath), { recursive: true });
   const tmp = `${cachePath}.tmp-${process.pid}`;
   writeFileSync(tmp, Buffer.from(stream.buffer, stream.byteOffset, stream.byteLength));

@@ -1,14 +1,16 @@
 /**
  * The pretraining mixture: corpus documents of a split, plus a share of
- * context–question–answer documents (bAbI stories, planted facts, cloze) built from the same
- * split only, so that no test document is ever trained on.
+ * context–question–answer documents (bAbI stories, planted facts, cloze) and a share of restate
+ * documents (a passage, <|restate|>, the same passage again), all built from the same split
+ * only, so that no test document is ever trained on. Restate documents teach the decoder to copy
+ * from its context, which reconstruction (the compressors' autoencoding target) measures.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadCorpora, loadTextCorpus, type Doc } from './corpora.js';
 import { splitDocuments, type SplitName } from './splits.js';
 import { loadBabiFile } from './babi.js';
-import { formatQA, makeClozeExamples, makeNeedleExamples } from './qa.js';
+import { formatQA, makeClozeExamples, makeNeedleExamples, samplePassage } from './qa.js';
 import { Rng } from './rng.js';
 
 export interface MixOptions {
@@ -19,6 +21,8 @@ export interface MixOptions {
   babiDir?: string;
   /** Share of characters that are QA documents (0..0.9). */
   qaShare: number;
+  /** Share of characters that are restate documents (default 0; qaShare + restateShare < 0.9). */
+  restateShare?: number;
   seed: number;
 }
 
@@ -27,6 +31,7 @@ export interface Mixture {
   /** Characters of corpus text and of QA text. */
   corpusChars: number;
   qaChars: number;
+  restateChars: number;
   counts: Record<string, number>;
 }
 
@@ -48,14 +53,30 @@ function babiFiles(dir: string): string[] {
 
 /** Documents of one split plus QA documents generated from that split, shuffled by seed. */
 export function buildMixture(o: MixOptions, split: SplitName): Mixture {
-  if (!(o.qaShare >= 0 && o.qaShare < 0.9)) throw new Error(`qaShare must be in [0, 0.9), got ${o.qaShare}`);
+  const restateShare = o.restateShare ?? 0;
+  if (!(o.qaShare >= 0 && restateShare >= 0 && o.qaShare + restateShare < 0.9)) throw new Error(`qaShare and restateShare must be >= 0 with a sum below 0.9, got ${o.qaShare} and ${restateShare}`);
   const docs = splitDocuments(loadDocs(o), { seed: o.seed })[split];
   const corpusChars = docs.reduce((a, d) => a + d.text.length, 0);
   const texts = docs.map((d) => d.text);
-  const counts: Record<string, number> = { documents: docs.length, babi: 0, needle: 0, cloze: 0 };
-  const qaTarget = (o.qaShare / (1 - o.qaShare)) * corpusChars;
+  const counts: Record<string, number> = { documents: docs.length, babi: 0, needle: 0, cloze: 0, restate: 0 };
+  const corpusShare = 1 - o.qaShare - restateShare;
+  const qaTarget = (o.qaShare / corpusShare) * corpusChars;
   let qaChars = 0;
-  if (qaTarget > 0) {
+  let restateChars = 0;
+  const restateTarget = (restateShare / corpusShare) * corpusChars;
+  if (restateTarget > 0) {
+    // Passages of ~60 to ~500 tokens (the reconstruction lengths are 128 / 256 / 512).
+    const rng = new Rng(`restate:${o.seed}:${split}`);
+    const lengths = [300, 600, 1200, 2400];
+    while (restateChars < restateTarget) {
+      const { text } = samplePassage(docs, rng, { chars: lengths[counts.restate % lengths.length] });
+      const doc = `${text}<|restate|>${text}`;
+      texts.push(doc);
+      restateChars += doc.length;
+      counts.restate++;
+    }
+  }
+  if (qaTarget > 0 || restateTarget > 0) {
     const rng = new Rng(`mix:${o.seed}:${split}`);
     // bAbI: about 40% of the QA characters (when given), the rest planted facts and cloze.
     if (o.babiDir) {
@@ -101,5 +122,5 @@ export function buildMixture(o: MixOptions, split: SplitName): Mixture {
       [texts[i], texts[j]] = [texts[j], texts[i]];
     }
   }
-  return { texts, corpusChars, qaChars, counts };
+  return { texts, corpusChars, qaChars, restateChars, counts };
 }

@@ -14,8 +14,8 @@ export interface Tokenizer {
   readonly pad: number;
   /** Named special tokens (e.g. "<|restate|>") to their ids. */
   readonly special: ReadonlyMap<string, number>;
-  /** Text to ids; BOS/EOS are added only when asked. */
-  encode(text: string, opts?: { bos?: boolean; eos?: boolean }): number[];
+  /** Text to ids; BOS/EOS are added only when asked; special-token strings are text unless allowSpecial. */
+  encode(text: string, opts?: { bos?: boolean; eos?: boolean; allowSpecial?: boolean }): number[];
   /** Ids to text; special tokens are dropped unless keepSpecial. */
   decode(ids: readonly number[], opts?: { keepSpecial?: boolean }): string;
 }

@@ -22,6 +22,11 @@ export interface ObjectiveConfig {
   budgetTokens?: number;
   /** Context tokens compressed (ae / lm). */
   contextLen: number;
+  /**
+   * Autoencoding context lengths, one drawn per micro-batch (default [contextLen]), so that one
+   * compressor restates passages of several lengths. Each must be <= contextLen + continuationLen.
+   */
+  aeLengths?: number[];
   /** Continuation tokens after the context (lm). */
   continuationLen: number;
   batchSize: number;
@@ -74,6 +79,9 @@ export class ObjectiveSampler {
       this.chunks = new ChunkSampler(data.stream, cfg.contextLen + cfg.continuationLen, cfg.seed);
     }
     if (this.stageNames.includes('qa') && !data.qa?.length) throw new Error('objectives: the qa stage needs QA examples');
+    for (const n of cfg.aeLengths ?? []) {
+      if (!(Number.isInteger(n) && n >= 1 && n <= cfg.contextLen + cfg.continuationLen)) throw new Error(`objectives: ae length ${n} must be an integer in [1, ${cfg.contextLen + cfg.continuationLen}] (context + continuation)`);
+    }
   }
 
   private qaTokens(i: number): { context: number[]; prompt: number[]; answer: number[] } {
@@ -93,6 +101,8 @@ export class ObjectiveSampler {
     const u = rng.next();
     const stage = forceStage ?? this.stageNames[this.stageCum.findIndex((c) => u < c)] ?? this.stageNames[this.stageNames.length - 1];
     const budget: Budget = forceBudget ?? (this.cfg.budgetTokens !== undefined ? { tokens: this.cfg.budgetTokens } : { ratio: this.cfg.ratios![rng.int(this.cfg.ratios!.length)] });
+    // Drawn only when several lengths are given, so runs without them keep their batches.
+    const aeLen = stage === 'ae' && this.cfg.aeLengths?.length ? this.cfg.aeLengths[rng.int(this.cfg.aeLengths.length)] : this.cfg.contextLen;
     const tok = this.data.tokenizer;
     const contexts: number[][] = [];
     const tails: number[][] = [];
@@ -107,7 +117,7 @@ export class ObjectiveSampler {
         continue;
       }
       const chunk = Array.from(this.chunks!.chunk((step * 1009 + micro) * n + r));
-      const ctx = chunk.slice(0, this.cfg.contextLen);
+      const ctx = chunk.slice(0, stage === 'ae' ? aeLen : this.cfg.contextLen);
       contexts.push(ctx);
       if (stage === 'ae') {
         tails.push([specialId(tok, '<|restate|>'), ...ctx, tok.eos]);

@@ -24,6 +24,13 @@ export interface PretrainConfig {
   data?: string;
   babiDir?: string;
   qaShare: number;
+  /** Share of restate documents (passage <|restate|> passage); default 0. */
+  restateShare?: number;
+  /**
+   * Start from the weights of another pretraining run (its folder, relative to the config) instead
+   * of a random initialisation: a continued phase with its own data mixture and schedule.
+   */
+  init?: string;
   seed: number;
   seqLen: number;
   batchSize: number;
@@ -72,6 +79,7 @@ export function readPretrainConfig(path: string): PretrainConfig {
   cfg.tokenizer = rel(cfg.tokenizer)!;
   cfg.data = rel(cfg.data);
   cfg.babiDir = rel(cfg.babiDir);
+  cfg.init = rel(cfg.init);
   for (const k of ['seqLen', 'batchSize', 'gradAccum', 'steps', 'warmup', 'evalEvery', 'validChunks', 'checkpointEvery'] as const) {
     if (!Number.isInteger(cfg[k]) || cfg[k] < (k === 'warmup' ? 0 : 1)) throw new Error(`${path}: '${k}' must be a positive integer, got ${JSON.stringify(cfg[k])}`);
   }
@@ -96,14 +104,16 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const tokenizer = BpeTokenizer.fromFile(cfg.tokenizer);
   const tokId = readFileSync(cfg.tokenizer, 'utf8');
   log('building the data mixture (train and valid splits)…');
-  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, seed: cfg.seed }, 'train');
+  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, seed: cfg.seed }, 'train');
   const validMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: 0, seed: cfg.seed }, 'valid');
-  log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze)`);
+  log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze) + restate ${(trainMix.restateChars / 1e6).toFixed(1)} M chars (${trainMix.counts.restate})`);
   const tick = (label: string) => (done: number, total: number) => {
     if (!opts.quiet && (done % 500 === 0 || done === total)) process.stderr.write(`\rtokenizing ${label}: ${done}/${total}`);
     if (!opts.quiet && done === total) process.stderr.write('\n');
   };
-  const trainStream = cachedTokenStream(join(outDir, 'data', 'train.tokens'), trainMix.texts, tokenizer, tokId, tick('train'));
+  // Restate documents hold "<|restate|>"; with them, special-token strings anywhere in the training
+  // text become specials (the bundled corpora contain none).
+  const trainStream = cachedTokenStream(join(outDir, 'data', 'train.tokens'), trainMix.texts, tokenizer, tokId, tick('train'), { allowSpecial: (cfg.restateShare ?? 0) > 0 });
   const validStream = cachedTokenStream(join(outDir, 'data', 'valid.tokens'), validMix.texts, tokenizer, tokId, tick('valid'));
   const validBytes = validMix.texts.reduce((a, t) => a + Buffer.byteLength(t), 0);
   const bytesPerToken = validBytes / validStream.length;
@@ -127,8 +137,13 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const { logits } = model.forward({ ids: inputs });
     return crossEntropy(logits!.reshape(n * len, -1), targets);
   };
+  const params = model.namedParameters().filter(([, p]) => p.trainable);
+  if (cfg.init && !opts.resume && !opts.exportOnly) {
+    const { step } = loadCheckpointParams(cfg.init, params);
+    log(`initialised from ${cfg.init} (step ${step})`);
+  }
   const task: TrainTask = {
-    params: model.namedParameters().filter(([, p]) => p.trainable),
+    params,
     microBatch(step, micro) {
       model.train();
       const flat = sampler.batch(step * cfg.gradAccum + micro, rows);

@@ -53,6 +53,8 @@ export interface CompressorTrainConfig {
   clip: number;
   contextLen: number;
   continuationLen: number;
+  /** Autoencoding context lengths drawn per micro-batch (default: contextLen). */
+  aeLengths?: number[];
   seed: number;
   corpora: string[];
   data?: string;
@@ -242,7 +244,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
 
   if (compressor.method === 'ccf') return trainCcfRun(compressor as CcfCompressor);
 
-  const objective = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen, batchSize: cfg.batch, seed: cfg.seed };
+  const objective = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen, aeLengths: cfg.aeLengths, batchSize: cfg.batch, seed: cfg.seed };
   const sampler = new ObjectiveSampler(objective, { tokenizer, stream: trainStream, qa: trainQa });
   const validSampler = new ObjectiveSampler(objective, { tokenizer, stream: validStream, qa: validQa });
   const budgets: Budget[] = cfg.ratios ? cfg.ratios.map((ratio) => ({ ratio })) : [{ tokens: cfg.budgetTokens! }];
@@ -294,7 +296,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   const finished = summary.steps >= cfg.steps;
   if (finished) {
     saveCompressor(compressor, outDir, {
-      training: { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init },
+      training: { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init },
     });
     log(`saved ${join(outDir, 'compressor.json')} and weights.safetensors`);
   } else {
