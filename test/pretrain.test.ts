@@ -127,6 +127,15 @@ test('pretraining: a continued phase starts from another run, with restate docum
     const total = mix.corpusChars + mix.qaChars + mix.restateChars;
     assert.ok(Math.abs(mix.restateChars / total - 0.3) < 0.05, `restate share ${mix.restateChars / total}`);
     assert.throws(() => buildMixture({ corpora: [], data, qaShare: 0.5, restateShare: 0.5, seed: 0 }, 'train'), /below 0.9/);
+    // Shuffled restate documents: word lists, still repeated exactly; the plain mixture is unchanged by the option's default.
+    const shuffled = buildMixture({ corpora: [], data, qaShare: 0.1, restateShare: 0.3, restateShuffled: 1, seed: 0 }, 'train');
+    assert.equal(shuffled.counts.restateShuffled, shuffled.counts.restate);
+    const pairs = shuffled.texts.filter((x) => x.includes('<|restate|>')).map((x) => x.split('<|restate|>'));
+    for (const [a, b] of pairs) assert.equal(a, b);
+    const plainPassages = restated.map((x) => x.split('<|restate|>')[0]);
+    assert.ok(pairs.some(([a]) => !plainPassages.includes(a)), 'passages are shuffled');
+    assert.ok(pairs.every(([a]) => a.split(/\s+/).length > 1));
+    assert.deepEqual(buildMixture({ corpora: [], data, qaShare: 0.1, restateShare: 0.3, restateShuffled: 0, seed: 0 }, 'train').texts, mix.texts);
 
     // The phase's first validation (step 0 weights = run a's) and its data stream with the <|restate|> id.
     const cont = { ...cfg, init: join(dir, 'a'), restateShare: 0.3, steps: 2, evalEvery: 1 };

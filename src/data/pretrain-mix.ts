@@ -23,6 +23,11 @@ export interface MixOptions {
   qaShare: number;
   /** Share of characters that are restate documents (default 0; qaShare + restateShare < 0.9). */
   restateShare?: number;
+  /**
+   * Fraction of restate documents whose passage has its words shuffled (default 0): a word list
+   * cannot be predicted from language statistics, only copied, so the copying signal is clean.
+   */
+  restateShuffled?: number;
   seed: number;
 }
 
@@ -69,7 +74,17 @@ export function buildMixture(o: MixOptions, split: SplitName): Mixture {
     const rng = new Rng(`restate:${o.seed}:${split}`);
     const lengths = [300, 600, 1200, 2400];
     while (restateChars < restateTarget) {
-      const { text } = samplePassage(docs, rng, { chars: lengths[counts.restate % lengths.length] });
+      let { text } = samplePassage(docs, rng, { chars: lengths[counts.restate % lengths.length] });
+      // Drawn only when asked, so mixtures without shuffling are those of earlier runs.
+      if ((o.restateShuffled ?? 0) > 0 && rng.next() < o.restateShuffled!) {
+        const words = text.split(/\s+/);
+        for (let i = words.length - 1; i > 0; i--) {
+          const j = rng.int(i + 1);
+          [words[i], words[j]] = [words[j], words[i]];
+        }
+        text = words.join(' ');
+        counts.restateShuffled = (counts.restateShuffled ?? 0) + 1;
+      }
       const doc = `${text}<|restate|>${text}`;
       texts.push(doc);
       restateChars += doc.length;

@@ -26,6 +26,8 @@ export interface PretrainConfig {
   qaShare: number;
   /** Share of restate documents (passage <|restate|> passage); default 0. */
   restateShare?: number;
+  /** Fraction of restate documents with shuffled words (default 0). */
+  restateShuffled?: number;
   /**
    * Start from the weights of another pretraining run (its folder, relative to the config) instead
    * of a random initialisation: a continued phase with its own data mixture and schedule.
@@ -104,7 +106,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const tokenizer = BpeTokenizer.fromFile(cfg.tokenizer);
   const tokId = readFileSync(cfg.tokenizer, 'utf8');
   log('building the data mixture (train and valid splits)…');
-  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, seed: cfg.seed }, 'train');
+  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, restateShuffled: cfg.restateShuffled, seed: cfg.seed }, 'train');
   const validMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: 0, seed: cfg.seed }, 'valid');
   log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze) + restate ${(trainMix.restateChars / 1e6).toFixed(1)} M chars (${trainMix.counts.restate})`);
   const tick = (label: string) => (done: number, total: number) => {
