@@ -56,10 +56,11 @@ function babiFiles(dir: string): string[] {
     .map((f) => join(dir, f));
 }
 
-/** Documents of one split plus QA documents generated from that split, shuffled by seed. */
+/** Documents of one split plus QA and restate documents generated from that split, shuffled by seed. */
 export function buildMixture(o: MixOptions, split: SplitName): Mixture {
   const restateShare = o.restateShare ?? 0;
   if (!(o.qaShare >= 0 && restateShare >= 0 && o.qaShare + restateShare < 0.9)) throw new Error(`qaShare and restateShare must be >= 0 with a sum below 0.9, got ${o.qaShare} and ${restateShare}`);
+  if (!((o.restateShuffled ?? 0) >= 0 && (o.restateShuffled ?? 0) <= 1)) throw new Error(`restateShuffled must be in [0, 1], got ${o.restateShuffled}`);
   const docs = splitDocuments(loadDocs(o), { seed: o.seed })[split];
   const corpusChars = docs.reduce((a, d) => a + d.text.length, 0);
   const texts = docs.map((d) => d.text);

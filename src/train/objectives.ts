@@ -101,7 +101,7 @@ export class ObjectiveSampler {
     const u = rng.next();
     const stage = forceStage ?? this.stageNames[this.stageCum.findIndex((c) => u < c)] ?? this.stageNames[this.stageNames.length - 1];
     const budget: Budget = forceBudget ?? (this.cfg.budgetTokens !== undefined ? { tokens: this.cfg.budgetTokens } : { ratio: this.cfg.ratios![rng.int(this.cfg.ratios!.length)] });
-    // Drawn only when several lengths are given, so runs without them keep their batches.
+    // Drawn only when lengths are given, so runs without them keep their batches.
     const aeLen = stage === 'ae' && this.cfg.aeLengths?.length ? this.cfg.aeLengths[rng.int(this.cfg.aeLengths.length)] : this.cfg.contextLen;
     const tok = this.data.tokenizer;
     const contexts: number[][] = [];
