@@ -2,7 +2,7 @@
 // A fresh 2-layer Llama trains on random tokens in which a 12-token span is repeated later at a
 // random offset; printed is the loss on the repeated span's tokens (after its first), which
 // can only fall below chance, ln(120) = 4.79, by copying.
-//   node scripts/induction-probe.mjs [steps=600]      (after `npm run build`; ~1 min on 2 cores)
+//   node scripts/induction-probe.mjs [steps=600]      (after `npm run setup`; about a minute on 2 cores)
 import { LlamaModel } from '../dist/src/models/llama.js';
 import { configFromHf } from '../dist/src/models/config.js';
 import { crossEntropy, manualSeed, tensor, tidy } from '../dist/src/tensor/index.js';
