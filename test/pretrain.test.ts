@@ -3,7 +3,7 @@
  * run (same data order, same RNG), a stopped run can be exported as a model folder, and a continued
  * phase starts from another run's weights with its own mixture.
  */
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -53,13 +53,22 @@ function writeConfig(dir: string, data: string): string {
   return path;
 }
 
-test('pretraining: interrupted + resumed equals uninterrupted, bit for bit', { timeout: 120_000 }, async (t) => {
+/** Runs body in a fresh temporary folder (removed after), or skips when the tokenizer is missing. */
+async function withRunDir(t: TestContext, body: (dir: string) => Promise<void>): Promise<void> {
   if (!existsSync('models/softpress-base/tokenizer.json')) {
     t.skip('models/softpress-base/tokenizer.json is missing');
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'softpress-pretrain-'));
   try {
+    await body(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('pretraining: interrupted + resumed equals uninterrupted, bit for bit', { timeout: 120_000 }, (t) =>
+  withRunDir(t, async (dir) => {
     const cfg = readPretrainConfig(writeConfig(dir, writeCorpus(dir)));
     const straight = await pretrain(cfg, join(dir, 'a'), { quiet: true });
     assert.equal(straight.steps, 8);
@@ -81,18 +90,10 @@ test('pretraining: interrupted + resumed equals uninterrupted, bit for bit', { t
     const { model, tokenizer } = loadModel(join(dir, 'a', 'model'));
     assert.equal(model.config.hiddenSize, 32);
     assert.ok(tokenizer);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('pretraining: a stopped run exports its checkpoint as a model folder', { timeout: 120_000 }, async (t) => {
-  if (!existsSync('models/softpress-base/tokenizer.json')) {
-    t.skip('models/softpress-base/tokenizer.json is missing');
-    return;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'softpress-pretrain-'));
-  try {
+test('pretraining: a stopped run exports its checkpoint as a model folder', { timeout: 120_000 }, (t) =>
+  withRunDir(t, async (dir) => {
     const cfg = readPretrainConfig(writeConfig(dir, writeCorpus(dir)));
     await pretrain(cfg, join(dir, 'c'), { quiet: true, stopAfter: 3 });
     const exported = await pretrain(cfg, join(dir, 'c'), { quiet: true, exportOnly: true });
@@ -100,18 +101,10 @@ test('pretraining: a stopped run exports its checkpoint as a model folder', { ti
     const training = JSON.parse(readFileSync(join(dir, 'c', 'model', 'training.json'), 'utf8')) as { steps: number; plannedSteps: number };
     assert.equal(training.steps, 3);
     assert.equal(training.plannedSteps, 8);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('pretraining: a continued phase starts from another run, with restate documents in its mixture', { timeout: 120_000 }, async (t) => {
-  if (!existsSync('models/softpress-base/tokenizer.json')) {
-    t.skip('models/softpress-base/tokenizer.json is missing');
-    return;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'softpress-pretrain-'));
-  try {
+test('pretraining: a continued phase starts from another run, with restate documents in its mixture', { timeout: 120_000 }, (t) =>
+  withRunDir(t, async (dir) => {
     const data = writeCorpus(dir);
     const cfg = readPretrainConfig(writeConfig(dir, data));
     await pretrain(cfg, join(dir, 'a'), { quiet: true });
@@ -149,7 +142,4 @@ test('pretraining: a continued phase starts from another run, with restate docum
     assert.equal(loadModel(join(dir, 'c', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
     assert.notEqual(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
     await assert.rejects(pretrain({ ...cont, init: join(dir, 'nowhere') }, join(dir, 'd'), { quiet: true }), /no checkpoint/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
