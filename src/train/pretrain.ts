@@ -13,7 +13,9 @@ import { saveModel } from '../models/load.js';
 import { BpeTokenizer } from '../models/bpe.js';
 import { buildMixture } from '../data/pretrain-mix.js';
 import { ChunkSampler, cachedTokenStream } from '../data/lm.js';
-import { loadCheckpointParams, train, writeLossPlot, type TrainSummary, type TrainTask } from './trainer.js';
+import { makeCopyRows } from '../data/copy-task.js';
+import { Rng } from '../data/rng.js';
+import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
   /** Hugging Face config.json fields of the model (vocab_size is taken from the tokenizer). */
@@ -33,6 +35,15 @@ export interface PretrainConfig {
    * of a random initialisation: a continued phase with its own data mixture and schedule.
    */
   init?: string;
+  /**
+   * Synthetic copy rows (random ids with repeated spans, src/data/copy-task.ts) added to every
+   * micro-batch, seqLen tokens each (default 0). Their loss, on the copied tokens only, is added
+   * to the text loss: it teaches the model to copy from its context. With batchSize 0 a phase
+   * trains on copy rows only (a copy warm-up; the text still validates).
+   */
+  copyRows?: number;
+  /** Tokens per copy row (default seqLen); short rows (e.g. 256) are learnt much faster. */
+  copyLen?: number;
   seed: number;
   seqLen: number;
   batchSize: number;
@@ -83,8 +94,11 @@ export function readPretrainConfig(path: string): PretrainConfig {
   cfg.babiDir = rel(cfg.babiDir);
   cfg.init = rel(cfg.init);
   for (const k of ['seqLen', 'batchSize', 'gradAccum', 'steps', 'warmup', 'evalEvery', 'validChunks', 'checkpointEvery'] as const) {
-    if (!Number.isInteger(cfg[k]) || cfg[k] < (k === 'warmup' ? 0 : 1)) throw new Error(`${path}: '${k}' must be a positive integer, got ${JSON.stringify(cfg[k])}`);
+    if (!Number.isInteger(cfg[k]) || cfg[k] < (k === 'warmup' || k === 'batchSize' ? 0 : 1)) throw new Error(`${path}: '${k}' must be a positive integer, got ${JSON.stringify(cfg[k])}`);
   }
+  if (cfg.copyRows !== undefined && !(Number.isInteger(cfg.copyRows) && cfg.copyRows >= 0)) throw new Error(`${path}: 'copyRows' must be an integer >= 0, got ${JSON.stringify(cfg.copyRows)}`);
+  if (cfg.copyLen !== undefined && !(Number.isInteger(cfg.copyLen) && cfg.copyLen >= 16 && cfg.copyLen <= cfg.seqLen)) throw new Error(`${path}: 'copyLen' must be an integer in [16, seqLen], got ${JSON.stringify(cfg.copyLen)}`);
+  if (cfg.batchSize + (cfg.copyRows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
   for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
     if (typeof cfg[k] !== 'number' || !(cfg[k] >= 0)) throw new Error(`${path}: '${k}' must be a number >= 0`);
   }
@@ -122,6 +136,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const sampler = new ChunkSampler(trainStream, cfg.seqLen, cfg.seed);
   const validSampler = new ChunkSampler(validStream, cfg.seqLen, cfg.seed);
   const validChunks = Math.min(cfg.validChunks, validSampler.numChunks);
+  // Text tokens only: copy rows are synthetic.
   const tokensPerStep = cfg.seqLen * cfg.batchSize * cfg.gradAccum;
   log(`train stream ${(trainStream.length / 1e6).toFixed(2)} M tokens (${sampler.numChunks} chunks of ${cfg.seqLen}); ${cfg.steps} steps x ${tokensPerStep} tokens = ${((cfg.steps * tokensPerStep) / trainStream.length).toFixed(2)} epochs`);
 
@@ -139,6 +154,18 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const { logits } = model.forward({ ids: inputs });
     return crossEntropy(logits!.reshape(n * len, -1), targets);
   };
+  /** Mean loss on the copied tokens of synthetic copy rows (deterministic in the seed string). */
+  const specialIds = new Set(tokenizer.special.values());
+  const copyPool = Int32Array.from({ length: tokenizer.vocabSize }, (_, i) => i).filter((i) => !specialIds.has(i));
+  const copyRows = cfg.copyRows ?? 0;
+  const copyLen = cfg.copyLen ?? len;
+  const copyLoss = (seed: string, n: number) => {
+    const { ids, copied } = makeCopyRows(new Rng(seed), { rows: n, len: copyLen + 1, pool: copyPool });
+    const all = tensor(ids, [n, copyLen + 1]).to('int64');
+    const { logits } = model.forward({ ids: all.narrow(1, 0, copyLen) });
+    const at = tensor(copied, [copied.length]).to('int64');
+    return crossEntropy(logits!.reshape(n * copyLen, -1).indexSelect(0, at), all.narrow(1, 1, copyLen).reshape(n * copyLen).indexSelect(0, at));
+  };
   const params = model.namedParameters().filter(([, p]) => p.trainable);
   if (cfg.init && !opts.resume && !opts.exportOnly) {
     const { step } = loadCheckpointParams(cfg.init, params);
@@ -146,10 +173,13 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   }
   const task: TrainTask = {
     params,
-    microBatch(step, micro) {
+    microBatch(step, micro): MicroBatchLoss {
       model.train();
-      const flat = sampler.batch(step * cfg.gradAccum + micro, rows);
-      return { loss: lossOnChunks(flat, rows), tokens: rows * len };
+      const copy = copyRows > 0 ? copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows) : undefined;
+      if (rows === 0) return { loss: copy!, tokens: copyRows * copyLen, parts: { copy_loss: copy!.item() } };
+      const text = lossOnChunks(sampler.batch(step * cfg.gradAccum + micro, rows), rows);
+      if (!copy) return { loss: text, tokens: rows * len };
+      return { loss: text.add(copy), tokens: rows * len + copyRows * copyLen, parts: { text_loss: text.item(), copy_loss: copy.item() } };
     },
     validate() {
       model.eval();
@@ -158,7 +188,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
         for (let i = 0; i < validChunks; i++) nats += tidy(() => lossOnChunks(validSampler.sequential(i), 1).item());
       });
       const loss = nats / validChunks;
-      return { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
+      const figures: Record<string, number> = { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
+      // Copying from context, measured on fixed rows (chance: ln of the id range).
+      if (copyRows > 0) figures.copy_loss = noGrad(() => tidy(() => copyLoss(`copy-valid:${cfg.seed}`, 4).item()));
+      return figures;
     },
   };
   if (opts.exportOnly) {
@@ -193,7 +226,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const modelDir = join(outDir, 'model');
     saveModel(model, modelDir, { dtype: 'float16', metadata: { steps: String(summary.steps) } });
     copyFileSync(cfg.tokenizer, join(modelDir, 'tokenizer.json'));
-    const training = { steps: summary.steps, plannedSteps: cfg.steps, tokensSeen: summary.steps * tokensPerStep, seconds: summary.seconds, lastLoss: summary.lastLoss, valid: summary.lastValid, parameters: model.numParameters(), mixture: trainMix.counts, trainTokens: trainStream.length };
+    const training = { steps: summary.steps, plannedSteps: cfg.steps, tokensSeen: summary.steps * tokensPerStep, copyTokensSeen: summary.steps * cfg.gradAccum * copyRows * copyLen, seconds: summary.seconds, lastLoss: summary.lastLoss, valid: summary.lastValid, parameters: model.numParameters(), mixture: trainMix.counts, trainTokens: trainStream.length };
     writeFileSync(join(modelDir, 'training.json'), JSON.stringify(training, null, 2));
     log(`saved ${modelDir}`);
   }

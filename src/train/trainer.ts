@@ -21,6 +21,8 @@ export interface MicroBatchLoss {
   loss: Tensor;
   /** Tokens the loss counts (for weighting micro-batches and tokens/s). */
   tokens: number;
+  /** Named parts of the loss (plain numbers), averaged over micro-batches and logged per step. */
+  parts?: Record<string, number>;
 }
 
 /** What a training objective provides to the loop. */
@@ -196,6 +198,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       const stepStart = performance.now();
       let tokens = 0;
       let lossSum = 0;
+      const parts: Record<string, number> = {};
       const micro = Array.from({ length: accum }, (_, m) => m);
       let gradNorm = 0;
       tidy(() => {
@@ -206,6 +209,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
             loss.backward();
             lossSum += r.loss.item();
             tokens += r.tokens;
+            for (const [k, v] of Object.entries(r.parts ?? {})) parts[k] = (parts[k] ?? 0) + v / accum;
           });
         }
         gradNorm = o.clip ? clipGradNorm(params, o.clip) : 0;
@@ -217,7 +221,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       lastLoss = lossSum / accum;
       if (!Number.isFinite(lastLoss)) throw new Error(`train: loss is ${lastLoss} at step ${step}; stopping (lower the learning rate?)`);
       const secs = (performance.now() - stepStart) / 1000;
-      const row: LogRow = { step, loss: lastLoss, lr, tok_s: tokens / secs, grad_norm: gradNorm, time: elapsedBefore + (performance.now() - t0) / 1000 };
+      const row: LogRow = { step, loss: lastLoss, ...parts, lr, tok_s: tokens / secs, grad_norm: gradNorm, time: elapsedBefore + (performance.now() - t0) / 1000 };
       appendFileSync(logPath, JSON.stringify(row) + '\n');
       progress.update(step, { loss: lastLoss, 'tok/s': tokens / secs, lr });
       const last = step === o.totalSteps;
