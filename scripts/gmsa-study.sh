@@ -10,7 +10,10 @@
 #   nolsa    no LSA block: merged states go to the decoder through the final norm only
 #   noae     no autoencoder pretraining: stage 2 straight from the untrained encoder and LSA
 #   icae     the ICAE baseline (memory tokens appended to the context, encoder LoRA)
-# Results: results/gmsa-study/{reconstruct,qa}/ (report.md, results.json, plots).
+# Results: results/gmsa-study/{reconstruct,qa}/ (report.md, results.json, plots) and
+# results/gmsa-study/ae-loss-{128,256,512}.md: the teacher-forced restate loss (nats per token) of every
+# stage-1 variant on the same valid passages — it ranks compressors even when greedy restating
+# (BLEU) fails for all of them, as with a base that does not copy well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=${BASE:-models/softpress-base}
@@ -77,6 +80,12 @@ if [[ $PHASES == *eval* ]]; then
   # Reconstruction after stage 1 (noae-qa: the untrained encoder, for reference).
   sp eval --base "$BASE" --task reconstruct --ratios 4,8 --n "$N_RECON" --out "$OUT/reconstruct" \
     --methods "full,none,$RUNS/gmsa,$STUDY/gmsa-strided,$STUDY/gmsa-queries,$STUDY/gmsa-nolsa,$STUDY/gmsa-noae-qa,$STUDY/icae-ae"
+  mkdir -p "$OUT"
+  # Teacher-forced reconstruction loss at each length and ratio (same batches for every method).
+  for len in 128 256 512; do
+    sp losses --base "$BASE" --stage ae --ratio 4,8 --context-len "$len" --batches "${AE_BATCHES:-8}" --batch 4 \
+      --methods "full,none,$RUNS/gmsa,$STUDY/gmsa-strided,$STUDY/gmsa-queries,$STUDY/gmsa-nolsa,$STUDY/gmsa-noae-qa,$STUDY/icae-ae" > "$OUT/ae-loss-$len.md"
+  done
   # QA after stage 2.
   sp eval --base "$BASE" --task babi,needle,cloze --data "$BABI" --ratios 4,8 ${N_QA:+--n "$N_QA"} --out "$OUT/qa" \
     --methods "full,none,$RUNS/gmsa-qa,$STUDY/gmsa-strided-qa,$STUDY/gmsa-queries-qa,$STUDY/gmsa-nolsa-qa,$STUDY/gmsa-noae-qa,$STUDY/icae-ae-qa"

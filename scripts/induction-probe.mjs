@@ -1,32 +1,48 @@
-// Can a small model of this code base learn to copy from its context (an induction head)?
-// A fresh 2-layer Llama trains on random tokens in which a 12-token span is repeated later at a
-// random offset; printed is the loss on the repeated span's tokens (after its first), which
-// can only fall below chance, ln(120) = 4.79, by copying.
-//   node scripts/induction-probe.mjs [steps=600]      (after `npm run setup`; about a minute on 2 cores)
+// Can a small model of this code base learn to copy from its context?
+// A fresh 2-layer Llama trains on rows of random tokens (softpress's seeded Rng) on one of two tasks;
+// printed is the loss on the tokens that can only be predicted from the context (chance ln(120) = 4.79):
+//   offset     every token repeats the one 5 positions back: attention to a fixed relative
+//              position (RoPE), learnt within ~100 steps — attention and its gradients work;
+//   induction  a 12-token span is repeated later at a random offset: copying needs a match on
+//              content (an induction head), which small models learn only after a long plateau.
+//   node scripts/induction-probe.mjs [steps=600] [induction|offset]      (after `npm run setup`)
+// (Session 2's version drew its tokens from a float64 linear congruential generator whose products
+// lost precision, so its "random" rows repeated themselves and the induction loss fell for the
+// wrong reason; with real randomness it stays at chance for 600 steps.)
 import { LlamaModel } from '../dist/src/models/llama.js';
 import { configFromHf } from '../dist/src/models/config.js';
 import { crossEntropy, manualSeed, tensor, tidy } from '../dist/src/tensor/index.js';
 import { AdamW } from '../dist/src/nn/index.js';
+import { Rng } from '../dist/src/data/rng.js';
 
 const steps = Number(process.argv[2] ?? 600);
-const seqLen = 96, batch = 16, span = 12, symbols = 120;
+const task = process.argv[3] ?? 'induction';
+if (!['induction', 'offset'].includes(task) || !(steps >= 0)) {
+  console.error('usage: node scripts/induction-probe.mjs [steps] [induction|offset]');
+  process.exit(2);
+}
+const seqLen = 96, batch = 16, span = 12, symbols = 120, offset = 5;
 manualSeed(0);
 const cfg = configFromHf({ model_type: 'llama', hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4, intermediate_size: 344, vocab_size: 3 + symbols, max_position_embeddings: 256, tie_word_embeddings: true });
 const model = new LlamaModel(cfg);
 const opt = new AdamW(model.namedParameters().map(([, p]) => p), { lr: 1e-3, weightDecay: 0 });
-let state = 7;
-const random = () => ((state = (state * 1103515245 + 12345) % 2147483648), state / 2147483648);
+const rng = new Rng(7);
 
 for (let step = 0; step <= steps; step++) {
   const rows = [];
   const copied = []; // flat indices (row * (seqLen - 1) + position) whose target is a copied token
   for (let b = 0; b < batch; b++) {
-    const x = Array.from({ length: seqLen }, () => 3 + Math.floor(random() * symbols));
-    const from = 1 + Math.floor(random() * 30);
-    const to = from + span + Math.floor(random() * 30);
-    for (let i = 0; i < span; i++) x[to + i] = x[from + i];
+    const x = Array.from({ length: seqLen }, () => 3 + rng.int(symbols));
+    if (task === 'offset') {
+      for (let i = offset; i < seqLen; i++) x[i] = x[i - offset];
+      for (let i = offset; i < seqLen - 1; i++) copied.push(b * (seqLen - 1) + i);
+    } else {
+      const from = 1 + rng.int(30);
+      const to = from + span + rng.int(30);
+      for (let i = 0; i < span; i++) x[to + i] = x[from + i];
+      for (let i = 1; i < span; i++) copied.push(b * (seqLen - 1) + to + i - 1);
+    }
     rows.push(x);
-    for (let i = 1; i < span; i++) copied.push(b * (seqLen - 1) + to + i - 1);
   }
   const copyLoss = tidy(() => {
     const ids = tensor(rows.flat(), [batch, seqLen]).to('int64');
@@ -40,5 +56,5 @@ for (let step = 0; step <= steps; step++) {
     const at = tensor(copied, [copied.length]).to('int64');
     return crossEntropy(flat.indexSelect(0, at), targets.indexSelect(0, at)).item();
   });
-  if (step % 50 === 0) console.log(`step ${step}: loss on repeated tokens ${copyLoss.toFixed(3)} (chance ${Math.log(symbols).toFixed(3)})`);
+  if (step % 50 === 0) console.log(`step ${step}: ${task} loss on copied tokens ${copyLoss.toFixed(3)} (chance ${Math.log(symbols).toFixed(3)})`);
 }
