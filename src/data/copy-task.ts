@@ -2,9 +2,10 @@
  * Synthetic copy rows for pretraining: random token ids in which spans are repeated later in the
  * row. The repeated tokens (after the first of each repeat) can only be predicted by finding the
  * earlier occurrence and copying what followed it — an induction head, the mechanism behind
- * answering from and restating a context. Natural restate and QA documents did not make our small
- * base learn it (model card), while a fine-tune on these rows did within ~150 steps; the loss is
- * taken on the copied tokens only, so the random filler teaches nothing wrong.
+ * answering from and restating a context, which natural restate and QA documents did not teach
+ * our small base (model card). The loss is taken on the copied tokens only, so the random filler
+ * teaches nothing wrong. (In the steps tried so far these rows did not teach it either: the model
+ * card has the figures.)
  */
 import { Rng } from './rng.js';
 
@@ -28,8 +29,8 @@ export interface CopyRowOptions {
 
 /**
  * Rows of random ids made of blocks: a fresh span of 8–48 tokens, 0–40 fresh tokens, then the span
- * again. Short distances first: fine-tuning our base on rows whose copies came from anywhere in a
- * 256- or 1,024-token row did not learn to copy in 150 steps, while these rows did (model card).
+ * again. The distance between a span and its copy varies, so only matching on content (not a
+ * fixed relative position) predicts the copy.
  */
 export function makeCopyRows(rng: Rng, o: CopyRowOptions): CopyRows {
   if (!(o.len >= 16 && o.pool.length >= 2)) throw new Error(`copy rows: need len >= 16 and a pool of at least 2 ids, got len ${o.len}, ${o.pool.length} ids`);

@@ -37,12 +37,12 @@ export interface PretrainConfig {
   init?: string;
   /**
    * Synthetic copy rows (random ids with repeated spans, src/data/copy-task.ts) added to every
-   * micro-batch, seqLen tokens each (default 0). Their loss, on the copied tokens only, is added
+   * micro-batch, copyLen tokens each (default 0). Their loss, on the copied tokens only, is added
    * to the text loss: it teaches the model to copy from its context. With batchSize 0 a phase
    * trains on copy rows only (a copy warm-up; the text still validates).
    */
   copyRows?: number;
-  /** Tokens per copy row (default seqLen); short rows (e.g. 256) are learnt much faster. */
+  /** Tokens per copy row (default seqLen). */
   copyLen?: number;
   seed: number;
   seqLen: number;
@@ -154,11 +154,11 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const { logits } = model.forward({ ids: inputs });
     return crossEntropy(logits!.reshape(n * len, -1), targets);
   };
-  /** Mean loss on the copied tokens of synthetic copy rows (deterministic in the seed string). */
   const specialIds = new Set(tokenizer.special.values());
   const copyPool = Int32Array.from({ length: tokenizer.vocabSize }, (_, i) => i).filter((i) => !specialIds.has(i));
   const copyRows = cfg.copyRows ?? 0;
   const copyLen = cfg.copyLen ?? len;
+  /** Mean loss on the copied tokens of n synthetic copy rows (deterministic in the seed string). */
   const copyLoss = (seed: string, n: number) => {
     const { ids, copied } = makeCopyRows(new Rng(seed), { rows: n, len: copyLen + 1, pool: copyPool });
     const all = tensor(ids, [n, copyLen + 1]).to('int64');
