@@ -116,6 +116,8 @@ export interface ForwardOptions {
   outputHiddenStates?: boolean;
   /** Return each layer's normalised attention input (input_layernorm output), per layer. */
   outputAttnInputs?: boolean;
+  /** Return every layer's attention probabilities (e.g. to supervise a head's pattern). */
+  outputAttentions?: boolean;
   /** Run only the first N blocks (an encoder made of the bottom of the model). */
   numLayers?: number;
   /** Logits for every position ('all', default), only the last ('last'), or none. */
@@ -133,6 +135,8 @@ export interface ForwardResult {
   hiddenStates?: Tensor[];
   /** One per layer run [batch, seq, dim]. */
   attnInputs?: Tensor[];
+  /** One per layer run, [batch, heads, seq, past + seq] (after masking and softmax). */
+  attentions?: Tensor[];
 }
 
 /** Shared, per-forward attention inputs (computed once, used by every layer). */
@@ -144,6 +148,8 @@ interface AttnContext {
   cache?: KVCache;
   kvPrefix?: LayerKv[];
   lora?: LoraAdapters;
+  /** When set, each layer appends its attention probabilities [B, heads, T, Tk]. */
+  attentions?: Tensor[];
 }
 
 export class Attention extends Module {
@@ -216,6 +222,7 @@ export class Attention extends Module {
     // Half types take the softmax in float32; float32/float64 keep their own precision.
     const half = scores.dtype === 'float16' || scores.dtype === 'bfloat16';
     const probs = half ? scores.to('float32').softmax(-1).to(scores.dtype) : scores.softmax(-1);
+    ctx.attentions?.push(probs.view(b, h, t, tk));
     const out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
     return this.oProj.forward(out, lora?.get(`${this.layerIndex}.o`));
   }
@@ -486,7 +493,7 @@ export class LlamaModel extends Module {
       positions = pos.narrow(1, past, t);
     } else positions = { start: prefixLen + past, length: t };
     const { cos, sin } = this.ropeFor(positions, x.dtype);
-    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora };
+    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora, attentions: opts.outputAttentions ? [] : undefined };
 
     const hiddenStates: Tensor[] | undefined = opts.outputHiddenStates ? [x] : undefined;
     const attnInputs: Tensor[] | undefined = opts.outputAttnInputs ? [] : undefined;
@@ -501,7 +508,7 @@ export class LlamaModel extends Module {
     if (hiddenStates) hiddenStates[hiddenStates.length - 1] = hidden;
     const mode = opts.logits ?? 'all';
     const logits = mode === 'none' ? undefined : this.head(mode === 'last' ? hidden.narrow(1, t - 1, 1) : hidden);
-    return { logits, hidden, hiddenStates, attnInputs };
+    return { logits, hidden, hiddenStates, attnInputs, attentions: ctx.attentions };
   }
 
   /**

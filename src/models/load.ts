@@ -68,7 +68,8 @@ export function readHfWeights(dir: string): Map<string, RawTensor> {
 }
 
 /** Copies named tensors into a model; every model parameter must be present. */
-function loadWeights(model: LlamaModel, weights: Map<string, RawTensor | { shape: number[]; data: Float32Array }>, source: string): void {
+/** Copies named weights into a model (names and shapes must match; dtypes are converted). */
+export function loadWeights(model: LlamaModel, weights: Map<string, RawTensor | { shape: number[]; data: Float32Array }>, source: string): void {
   // Tied heads may still be stored; rotary caches of some exporters too.
   const skip = (n: string) => (model.config.tieEmbeddings && n === 'lm_head.weight') || n.endsWith('rotary_emb.inv_freq');
   const own = new Map(model.namedParameters());

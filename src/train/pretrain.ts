@@ -5,16 +5,17 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { crossEntropy, manualSeed, noGrad, tensor, tidy } from '../tensor/index.js';
+import { crossEntropy, manualSeed, noGrad, tensor, tidy, type Tensor } from '../tensor/index.js';
 import { warmupCosine } from '../nn/index.js';
 import { configFromHf } from '../models/config.js';
 import { LlamaModel } from '../models/llama.js';
-import { saveModel } from '../models/load.js';
+import { loadWeights, readHfWeights, saveModel } from '../models/load.js';
 import { BpeTokenizer } from '../models/bpe.js';
 import { buildMixture } from '../data/pretrain-mix.js';
 import { ChunkSampler, cachedTokenStream } from '../data/lm.js';
 import { makeCopyRows } from '../data/copy-task.js';
 import { Rng } from '../data/rng.js';
+import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
@@ -31,8 +32,9 @@ export interface PretrainConfig {
   /** Fraction of restate documents with shuffled words (default 0). */
   restateShuffled?: number;
   /**
-   * Start from the weights of another pretraining run (its folder, relative to the config) instead
-   * of a random initialisation: a continued phase with its own data mixture and schedule.
+   * Start from the weights of another pretraining run (its folder, relative to the config) or of a
+   * Hugging Face model folder (config.json + model.safetensors, e.g. a shipped model) instead of a
+   * random initialisation: a continued phase with its own data mixture and schedule.
    */
   init?: string;
   /**
@@ -44,6 +46,18 @@ export interface PretrainConfig {
   copyRows?: number;
   /** Tokens per copy row (default seqLen). */
   copyLen?: number;
+  /**
+   * Copy rows draw their ids from this many non-special ids, a random subset fixed by the seed
+   * (default: all). A small pool makes the copy signal dense per id, which is how a copy warm-up
+   * gets an induction head started; later phases widen it to the whole vocabulary.
+   */
+  copyPool?: number;
+  /**
+   * Supervise one head's attention to the previous token and a later layer's same head to the
+   * induction pattern, on text and copy rows alike (src/train/induction.ts): how our small base
+   * gets an induction head, i.e. learns to copy from its context.
+   */
+  inductionSupervision?: InductionSupervision;
   seed: number;
   seqLen: number;
   batchSize: number;
@@ -98,11 +112,24 @@ export function readPretrainConfig(path: string): PretrainConfig {
   }
   if (cfg.copyRows !== undefined && !(Number.isInteger(cfg.copyRows) && cfg.copyRows >= 0)) throw new Error(`${path}: 'copyRows' must be an integer >= 0, got ${JSON.stringify(cfg.copyRows)}`);
   if (cfg.copyLen !== undefined && !(Number.isInteger(cfg.copyLen) && cfg.copyLen >= 16 && cfg.copyLen <= cfg.seqLen)) throw new Error(`${path}: 'copyLen' must be an integer in [16, seqLen], got ${JSON.stringify(cfg.copyLen)}`);
+  if (cfg.copyPool !== undefined && !(Number.isInteger(cfg.copyPool) && cfg.copyPool >= 2)) throw new Error(`${path}: 'copyPool' must be an integer >= 2, got ${JSON.stringify(cfg.copyPool)}`);
   if (cfg.batchSize + (cfg.copyRows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
   for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
     if (typeof cfg[k] !== 'number' || !(cfg[k] >= 0)) throw new Error(`${path}: '${k}' must be a number >= 0`);
   }
   return cfg;
+}
+
+/** `size` ids of `ids`, a random subset fixed by the seed (all of them when size is undefined). */
+export function copyPoolIds(ids: Int32Array, size: number | undefined, seed: number): Int32Array {
+  if (size === undefined || size >= ids.length) return ids;
+  const shuffled = Int32Array.from(ids);
+  const rng = new Rng(`copy-pool:${seed}`);
+  for (let i = shuffled.length - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [shuffled[i], shuffled[j]] = [shuffled[j], shuffled[i]];
+  }
+  return shuffled.slice(0, size);
 }
 
 export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean; exportOnly?: boolean } = {}): Promise<TrainSummary> {
@@ -147,50 +174,80 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
 
   const rows = cfg.batchSize;
   const len = cfg.seqLen;
-  const lossOnChunks = (flat: Int32Array, n: number) => {
-    const all = tensor(flat, [n, len + 1]).to('int64');
-    const inputs = all.narrow(1, 0, len);
-    const targets = all.narrow(1, 1, len).reshape(n * len);
-    const { logits } = model.forward({ ids: inputs });
-    return crossEntropy(logits!.reshape(n * len, -1), targets);
+  const sup = cfg.inductionSupervision;
+  if (sup) checkInductionSupervision(sup, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
+  /** Next-token loss on n rows of len + 1 ids (on `at` flat target positions only, if given), with the attention supervision terms when training with it. */
+  const lossOn = (flat: Int32Array, n: number, rowLen: number, at?: Int32Array, supervise = false) => {
+    const all = tensor(flat, [n, rowLen + 1]).to('int64');
+    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && !!sup });
+    let logits = out.logits!.reshape(n * rowLen, -1);
+    let targets = all.narrow(1, 1, rowLen).reshape(n * rowLen);
+    if (at) {
+      const idx = tensor(at, [at.length]).to('int64');
+      logits = logits.indexSelect(0, idx);
+      targets = targets.indexSelect(0, idx);
+    }
+    const loss = crossEntropy(logits, targets);
+    const attn = supervise && sup ? inductionSupervisionLoss(out.attentions!, flat, n, rowLen, rowLen + 1, sup) : undefined;
+    return { loss, attn };
   };
+  const lossOnChunks = (flat: Int32Array, n: number, supervise = false) => lossOn(flat, n, len, undefined, supervise);
   const specialIds = new Set(tokenizer.special.values());
-  const copyPool = Int32Array.from({ length: tokenizer.vocabSize }, (_, i) => i).filter((i) => !specialIds.has(i));
+  const copyPool = copyPoolIds(Int32Array.from({ length: tokenizer.vocabSize }, (_, i) => i).filter((i) => !specialIds.has(i)), cfg.copyPool, cfg.seed);
   const copyRows = cfg.copyRows ?? 0;
   const copyLen = cfg.copyLen ?? len;
   /** Mean loss on the copied tokens of n synthetic copy rows (deterministic in the seed string). */
-  const copyLoss = (seed: string, n: number) => {
+  const copyLoss = (seed: string, n: number, supervise = false) => {
     const { ids, copied } = makeCopyRows(new Rng(seed), { rows: n, len: copyLen + 1, pool: copyPool });
-    const all = tensor(ids, [n, copyLen + 1]).to('int64');
-    const { logits } = model.forward({ ids: all.narrow(1, 0, copyLen) });
-    const at = tensor(copied, [copied.length]).to('int64');
-    return crossEntropy(logits!.reshape(n * copyLen, -1).indexSelect(0, at), all.narrow(1, 1, copyLen).reshape(n * copyLen).indexSelect(0, at));
+    return lossOn(ids, n, copyLen, copied, supervise);
   };
   const params = model.namedParameters().filter(([, p]) => p.trainable);
   if (cfg.init && !opts.resume && !opts.exportOnly) {
-    const { step } = loadCheckpointParams(cfg.init, params);
-    log(`initialised from ${cfg.init} (step ${step})`);
+    if (existsSync(join(cfg.init, 'model.safetensors')) || existsSync(join(cfg.init, 'model.safetensors.index.json'))) {
+      loadWeights(model, readHfWeights(cfg.init), cfg.init);
+      log(`initialised from the model in ${cfg.init}`);
+    } else {
+      const { step } = loadCheckpointParams(cfg.init, params);
+      log(`initialised from ${cfg.init} (step ${step})`);
+    }
   }
   const task: TrainTask = {
     params,
     microBatch(step, micro): MicroBatchLoss {
       model.train();
-      const copy = copyRows > 0 ? copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows) : undefined;
-      if (rows === 0) return { loss: copy!, tokens: copyRows * copyLen, parts: { copy_loss: copy!.item() } };
-      const text = lossOnChunks(sampler.batch(step * cfg.gradAccum + micro, rows), rows);
-      if (!copy) return { loss: text, tokens: rows * len };
-      return { loss: text.add(copy), tokens: rows * len + copyRows * copyLen, parts: { text_loss: text.item(), copy_loss: copy.item() } };
+      const parts: Record<string, number> = {};
+      let loss: Tensor | undefined;
+      let prevAttn = 0;
+      let inductionAttn = 0;
+      // Each part adds its loss (and attention supervision) to the micro-batch's.
+      const add = (name: string, r: ReturnType<typeof lossOn>) => {
+        parts[name] = r.loss.item();
+        let l = r.loss;
+        if (r.attn && sup) {
+          l = l.add(r.attn.prev.add(r.attn.induction).mul(sup.weight));
+          prevAttn += r.attn.prev.item();
+          inductionAttn += r.attn.induction.item();
+        }
+        loss = loss ? loss.add(l) : l;
+      };
+      if (copyRows > 0) add('copy_loss', copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows, true));
+      if (rows > 0) add('text_loss', lossOnChunks(sampler.batch(step * cfg.gradAccum + micro, rows), rows, true));
+      const n = (copyRows > 0 ? 1 : 0) + (rows > 0 ? 1 : 0);
+      if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
+      const tokens = rows * len + copyRows * copyLen;
+      // A plain text step logs just its loss, as before.
+      return copyRows === 0 && !sup ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
     },
     validate() {
       model.eval();
       let nats = 0;
       noGrad(() => {
-        for (let i = 0; i < validChunks; i++) nats += tidy(() => lossOnChunks(validSampler.sequential(i), 1).item());
+        for (let i = 0; i < validChunks; i++) nats += tidy(() => lossOnChunks(validSampler.sequential(i), 1).loss.item());
       });
       const loss = nats / validChunks;
       const figures: Record<string, number> = { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
       // Copying from context, measured on fixed rows (chance: ln of the id range).
-      if (copyRows > 0) figures.copy_loss = noGrad(() => tidy(() => copyLoss(`copy-valid:${cfg.seed}`, 4).item()));
+      if (copyRows > 0) figures.copy_loss = noGrad(() => tidy(() => copyLoss(`copy-valid:${cfg.seed}`, 4).loss.item()));
       return figures;
     },
   };

@@ -1,0 +1,119 @@
+// Attention supervision for an induction head (src/train/induction.ts) and its use in pretraining.
+import test, { type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { inductionSupervisionLoss, inductionTargets } from '../src/train/induction.js';
+import { copyPoolIds, pretrain, readPretrainConfig } from '../src/train/pretrain.js';
+import { loadModel } from '../src/models/load.js';
+import { tensor, tidy } from '../src/tensor/index.js';
+
+test('induction targets: the position after every earlier occurrence of the query token', () => {
+  // Row 0: A B C A B  -> query 3 (A) looks at 1 (after A@0); query 4 (B) looks at 2 (after B@1).
+  // Row 1: D D D      -> query 1 looks at 1 (after D@0); query 2 looks at 1 and 2.
+  // Rows have a stride of 6 (inputs + the target id, ignored).
+  const ids = Int32Array.from([5, 6, 7, 5, 6, 99, 8, 8, 8, 0, 0, 99]);
+  const { targets, queries } = inductionTargets(ids, 2, 5, 6);
+  const at = (r: number, i: number) => Array.from(targets.subarray((r * 5 + i) * 5, (r * 5 + i + 1) * 5));
+  assert.deepEqual(Array.from(queries), [3, 4, 5 + 1, 5 + 2, 5 + 4]);
+  assert.deepEqual(at(0, 3), [0, 1, 0, 0, 0]);
+  assert.deepEqual(at(0, 4), [0, 0, 1, 0, 0]);
+  assert.deepEqual(at(0, 2), [0, 0, 0, 0, 0]);
+  assert.deepEqual(at(1, 1), [0, 1, 0, 0, 0]);
+  assert.deepEqual(at(1, 2), [0, 1, 1, 0, 0]);
+  // Row 1 positions 3 and 4 are 0 0: 0@3 has no earlier 0, 0@4 looks after 0@3.
+  assert.deepEqual(at(1, 4), [0, 0, 0, 0, 1]);
+  assert.throws(() => inductionTargets(ids, 3, 5, 6), /cannot hold 3 rows/);
+});
+
+test('induction supervision loss: -log of the weight on the previous token and on the induction targets', () => {
+  tidy(() => {
+    const len = 4;
+    const ids = Int32Array.from([3, 4, 3, 9]); // query 2 (id 3) should look at 1
+    // Two heads; head 1 is the supervised one. Uniform causal attention for both layers.
+    const probs = new Float32Array(2 * len * len);
+    for (let h = 0; h < 2; h++) for (let i = 0; i < len; i++) for (let j = 0; j <= i; j++) probs[(h * len + i) * len + j] = 1 / (i + 1);
+    const attn = tensor(probs, [1, 2, len, len]);
+    const { prev, induction } = inductionSupervisionLoss([attn, attn], ids, 1, len, len, { prevLayer: 0, inductionLayer: 1, head: 1, weight: 1 });
+    // Previous token: weights 1/2, 1/3, 1/4 at positions 1..3.
+    const wantPrev = -(Math.log(1 / 2) + Math.log(1 / 3) + Math.log(1 / 4)) / 3;
+    assert.ok(Math.abs(prev.item() - wantPrev) < 1e-4, `prev ${prev.item()} vs ${wantPrev}`);
+    assert.ok(Math.abs(induction.item() - -Math.log(1 / 3)) < 1e-4, `induction ${induction.item()}`);
+  });
+});
+
+test('copy pool: a fixed random subset of the given ids', () => {
+  const ids = Int32Array.from({ length: 100 }, (_, i) => 16 + i);
+  const a = copyPoolIds(ids, 10, 0);
+  assert.equal(a.length, 10);
+  assert.equal(new Set(a).size, 10);
+  assert.ok(a.every((id) => id >= 16 && id < 116));
+  assert.deepEqual(copyPoolIds(ids, 10, 0), a);
+  assert.notDeepEqual(copyPoolIds(ids, 10, 1), a);
+  assert.equal(copyPoolIds(ids, undefined, 0), ids);
+});
+
+async function withDir(t: TestContext, body: (dir: string) => Promise<void>): Promise<void> {
+  if (!existsSync('models/softpress-base/tokenizer.json')) {
+    t.skip('models/softpress-base/tokenizer.json is missing');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'softpress-induction-'));
+  try {
+    await body(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('pretraining with induction supervision: both attention losses are logged and fall; a phase can start from a model folder', { timeout: 180_000 }, (t) =>
+  withDir(t, async (dir) => {
+    const lines = Array.from({ length: 40 }, (_, d) => JSON.stringify({ text: Array.from({ length: 30 }, (_, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`).join(' ') }));
+    writeFileSync(join(dir, 'corpus.jsonl'), lines.join('\n') + '\n');
+    const raw = {
+      model: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 128, tie_word_embeddings: true },
+      tokenizer: resolve('models/softpress-base/tokenizer.json'),
+      corpora: [],
+      data: join(dir, 'corpus.jsonl'),
+      qaShare: 0,
+      seqLen: 48,
+      batchSize: 2,
+      steps: 60,
+      warmup: 5,
+      lr: 3e-3,
+      weightDecay: 0,
+      evalEvery: 60,
+      validChunks: 1,
+      checkpointEvery: 60,
+      copyRows: 4,
+      copyLen: 48,
+      copyPool: 64,
+      inductionSupervision: { prevLayer: 0, inductionLayer: 1, head: 1, weight: 1 },
+    };
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
+    const cfg = readPretrainConfig(join(dir, 'config.json'));
+    await pretrain(cfg, join(dir, 'a'), { quiet: true });
+    const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
+    for (const r of log) {
+      // total = text + copy + weight x (prev + induction) for each of the two parts (logged as their mean)
+      const want = r.text_loss + r.copy_loss + 2 * (r.prev_attn_loss + r.induction_attn_loss);
+      assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
+    }
+    const mean = (rs: Record<string, number>[], k: string) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
+    const first = log.slice(0, 5);
+    const last = log.slice(-5);
+    assert.ok(mean(last, 'prev_attn_loss') < 0.3 * mean(first, 'prev_attn_loss'), `previous-token head: ${mean(first, 'prev_attn_loss')} -> ${mean(last, 'prev_attn_loss')}`);
+    assert.ok(mean(last, 'induction_attn_loss') < mean(first, 'induction_attn_loss') - 0.3, `induction head: ${mean(first, 'induction_attn_loss')} -> ${mean(last, 'induction_attn_loss')}`);
+
+    // A continued phase from the exported model folder (fp16): with lr 0 the weights stay those of the folder.
+    const cont = { ...cfg, init: join(dir, 'a', 'model'), steps: 1, warmup: 0, lr: 0, minLr: 0, inductionSupervision: undefined, copyRows: 0 };
+    await pretrain(cont, join(dir, 'b'), { quiet: true });
+    assert.equal(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
+
+    // Bad supervision configs are refused with the field named.
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, inductionSupervision: { prevLayer: 0, inductionLayer: 0, head: 0, weight: 1 } }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'c'), { quiet: true }), /inductionLayer/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyPool: 1 }));
+    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /copyPool/);
+  }));
