@@ -25,6 +25,12 @@ test('induction targets: the position after every earlier occurrence of the quer
   // Row 1 positions 3 and 4 are 0 0: 0@3 has no earlier 0, 0@4 looks after 0@3.
   assert.deepEqual(at(1, 4), [0, 0, 0, 0, 1]);
   assert.throws(() => inductionTargets(ids, 3, 5, 6), /cannot hold 3 rows/);
+  // match 2: of the earlier 6s (at 1 and 4), only the one preceded by 5 like the query is a target.
+  const text = Int32Array.from([5, 6, 7, 9, 6, 7, 5, 6]);
+  const row7 = (m: number) => Array.from(inductionTargets(text, 1, 8, 8, m).targets.subarray(7 * 8, 8 * 8));
+  assert.deepEqual(row7(1), [0, 0, 1, 0, 0, 1, 0, 0]);
+  assert.deepEqual(row7(2), [0, 0, 1, 0, 0, 0, 0, 0]);
+  assert.deepEqual(row7(8), row7(2));
 });
 
 test('induction supervision loss: -log of the weight on the previous token and on the induction targets', () => {

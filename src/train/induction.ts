@@ -23,6 +23,13 @@ export interface InductionSupervision {
   head: number;
   /** Weight of the two attention losses next to the language-modelling loss. */
   weight: number;
+  /**
+   * Up to how many tokens of the query's suffix an earlier occurrence must share to be a target
+   * (default 1: every earlier occurrence of the current token). With more, only the occurrences
+   * sharing the longest suffix are targets: in text, where a token like " the" recurs everywhere,
+   * that is the occurrence a restatement is copying from.
+   */
+  match?: number;
 }
 
 /** Validates a supervision config against a model shape; throws with the offending field. */
@@ -31,6 +38,7 @@ export function checkInductionSupervision(s: InductionSupervision, numLayers: nu
   if (!int(s.prevLayer, 0, numLayers - 2)) throw new Error(`${where}: inductionSupervision.prevLayer must be an integer in [0, ${numLayers - 2}], got ${JSON.stringify(s.prevLayer)}`);
   if (!int(s.inductionLayer, s.prevLayer + 1, numLayers - 1)) throw new Error(`${where}: inductionSupervision.inductionLayer must be an integer in [prevLayer + 1, ${numLayers - 1}], got ${JSON.stringify(s.inductionLayer)}`);
   if (!int(s.head, 0, numHeads - 1)) throw new Error(`${where}: inductionSupervision.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(s.head)}`);
+  if (s.match !== undefined && !int(s.match, 1, 64)) throw new Error(`${where}: inductionSupervision.match must be an integer in [1, 64], got ${JSON.stringify(s.match)}`);
   if (!(typeof s.weight === 'number' && s.weight >= 0)) throw new Error(`${where}: inductionSupervision.weight must be a number >= 0, got ${JSON.stringify(s.weight)}`);
 }
 
@@ -43,21 +51,32 @@ export interface InductionTargets {
 
 /**
  * Where an induction head at query position i should look: just after each earlier occurrence of
- * token ids[i]. `ids` holds `rows` rows of `stride` ids of which the first `len` are the inputs.
+ * token ids[i] (with match > 1: only after those sharing the longest suffix with position i, up to
+ * `match` tokens). `ids` holds `rows` rows of `stride` ids of which the first `len` are the inputs.
  */
-export function inductionTargets(ids: Int32Array, rows: number, len: number, stride = len): InductionTargets {
+export function inductionTargets(ids: Int32Array, rows: number, len: number, stride = len, match = 1): InductionTargets {
   if (!(len >= 2 && stride >= len && ids.length >= rows * stride)) throw new Error(`inductionTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} inputs`);
   const targets = new Float32Array(rows * len * len);
   const queries: number[] = [];
   for (let r = 0; r < rows; r++) {
     const row = ids.subarray(r * stride, r * stride + len);
-    // Earlier positions of each id, grown as the query moves right: O(len + matches) per row.
+    // Earlier positions of each id, grown as the query moves right.
     const seen = new Map<number, number[]>();
     for (let i = 0; i < len; i++) {
       const before = seen.get(row[i]);
       if (before) {
         const base = (r * len + i) * len;
-        for (const j of before) targets[base + j + 1] = 1;
+        let best = 0;
+        let chosen: number[] = [];
+        for (const j of before) {
+          let m = 1;
+          while (m < match && j - m >= 0 && row[j - m] === row[i - m]) m++;
+          if (m > best) {
+            best = m;
+            chosen = [j];
+          } else if (m === best) chosen.push(j);
+        }
+        for (const j of chosen) targets[base + j + 1] = 1;
         queries.push(r * len + i);
         before.push(i);
       } else seen.set(row[i], [i]);
@@ -78,7 +97,7 @@ export function inductionSupervisionLoss(attentions: Tensor[], ids: Int32Array, 
   const sub = new Float32Array(len * len);
   for (let i = 1; i < len; i++) sub[i * len + i - 1] = 1;
   const prev = prevProbs.mul(tensor(sub, [len, len]).to(prevProbs.dtype)).sum(-1).narrow(1, 1, len - 1).add(1e-6).log().mean().neg();
-  const { targets, queries } = inductionTargets(ids, rows, len, stride);
+  const { targets, queries } = inductionTargets(ids, rows, len, stride, s.match ?? 1);
   const indProbs = attentions[s.inductionLayer].select(1, s.head);
   if (queries.length === 0) return { prev, induction: prev.mul(0) };
   const onTargets = indProbs.mul(tensor(targets, [rows, len, len]).to(indProbs.dtype)).sum(-1).reshape(rows * len);
