@@ -8,6 +8,8 @@ import { inductionSupervisionLoss, inductionTargets } from '../src/train/inducti
 import { copyPoolIds, pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { loadModel } from '../src/models/load.js';
 import { tensor, tidy } from '../src/tensor/index.js';
+import { answerTargets } from '../src/data/qa.js';
+import { BpeTokenizer } from '../src/models/bpe.js';
 
 test('induction targets: the position after every earlier occurrence of the query token', () => {
   // Row 0: A B C A B  -> query 3 (A) looks at 1 (after A@0); query 4 (B) looks at 2 (after B@1).
@@ -73,7 +75,7 @@ async function withDir(t: TestContext, body: (dir: string) => Promise<void>): Pr
   }
 }
 
-test('pretraining with induction supervision: both attention losses are logged and fall; a phase can start from a model folder', { timeout: 180_000 }, (t) =>
+test('pretraining with induction supervision and answer weighting: the losses are logged, the attention losses fall; a phase can start from a model folder', { timeout: 180_000 }, (t) =>
   withDir(t, async (dir) => {
     const lines = Array.from({ length: 40 }, (_, d) => JSON.stringify({ text: Array.from({ length: 30 }, (_, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`).join(' ') }));
     writeFileSync(join(dir, 'corpus.jsonl'), lines.join('\n') + '\n');
@@ -82,7 +84,8 @@ test('pretraining with induction supervision: both attention losses are logged a
       tokenizer: resolve('models/softpress-base/tokenizer.json'),
       corpora: [],
       data: join(dir, 'corpus.jsonl'),
-      qaShare: 0,
+      qaShare: 0.3,
+      answerWeight: 0.5,
       seqLen: 48,
       batchSize: 2,
       steps: 60,
@@ -102,10 +105,12 @@ test('pretraining with induction supervision: both attention losses are logged a
     await pretrain(cfg, join(dir, 'a'), { quiet: true });
     const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
     for (const r of log) {
-      // total = text + copy + weight x (prev + induction) for each of the two parts (logged as their mean)
-      const want = r.text_loss + r.copy_loss + 2 * (r.prev_attn_loss + r.induction_attn_loss);
+      // total = text + copy + weight x (prev + induction) for each of the two parts (logged as their
+      // mean) + answerWeight x the loss on QA answers (when the text rows hold one)
+      const want = r.text_loss + r.copy_loss + 2 * (r.prev_attn_loss + r.induction_attn_loss) + 0.5 * (r.answer_loss ?? 0);
       assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
     }
+    assert.ok(log.filter((r) => r.answer_loss > 0).length >= 5, `steps see a QA answer: ${log.filter((r) => r.answer_loss > 0).length}`);
     const mean = (rs: Record<string, number>[], k: string) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
     const first = log.slice(0, 5);
     const last = log.slice(-5);
@@ -122,4 +127,19 @@ test('pretraining with induction supervision: both attention losses are logged a
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'c'), { quiet: true }), /inductionLayer/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyPool: 1 }));
     assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /copyPool/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerWeight: -1 }));
+    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /answerWeight/);
   }));
+
+test('answer targets: the tokens after "\\nAnswer:" up to and including the line end', () => {
+  // marker [7, 8], stop 9; rows of 9 inputs + 1 (stride 10)
+  const ids = Int32Array.from([1, 7, 8, 5, 6, 9, 2, 7, 8, 4, /* row 1 */ 7, 8, 3, 3, 3, 3, 3, 3, 3, 3]);
+  assert.deepEqual(Array.from(answerTargets(ids, 2, 9, 10, [7, 8], new Set([9]))), [2, 3, 4, 8, 9 + 1, 9 + 2, 9 + 3, 9 + 4, 9 + 5, 9 + 6, 9 + 7, 9 + 8]);
+  assert.throws(() => answerTargets(ids, 2, 9, 10, [], new Set([9])), /empty marker/);
+  if (!existsSync('models/softpress-base/tokenizer.json')) return;
+  // On real text: the answer of a QA document, then its newline.
+  const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
+  const row = Int32Array.from(tok.encode('Mary went to the garden.\nQuestion: Where is Mary?\nAnswer: garden\nThe end'));
+  const at = answerTargets(row, 1, row.length - 1, row.length, tok.encode('\nAnswer:'), new Set([...tok.encode('\n'), tok.eos]));
+  assert.equal(tok.decode(Array.from(at, (p) => row[p + 1])), ' garden\n');
+});

@@ -14,6 +14,7 @@ import { BpeTokenizer } from '../models/bpe.js';
 import { buildMixture } from '../data/pretrain-mix.js';
 import { ChunkSampler, cachedTokenStream } from '../data/lm.js';
 import { makeCopyRows } from '../data/copy-task.js';
+import { answerTargets } from '../data/qa.js';
 import { Rng } from '../data/rng.js';
 import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
@@ -58,6 +59,13 @@ export interface PretrainConfig {
    * gets an induction head, i.e. learns to copy from its context.
    */
   inductionSupervision?: InductionSupervision;
+  /**
+   * Extra weight on the answers of the QA documents in text rows (the tokens after "\nAnswer:"
+   * up to the line's end), added as weight x their mean loss and logged as `answer_loss`
+   * (default 0). The answer is one token in a hundred of a QA document; this makes the model
+   * learn to answer from its context rather than mostly to predict the stories.
+   */
+  answerWeight?: number;
   seed: number;
   seqLen: number;
   batchSize: number;
@@ -112,6 +120,7 @@ export function readPretrainConfig(path: string): PretrainConfig {
   }
   if (cfg.copyRows !== undefined && !(Number.isInteger(cfg.copyRows) && cfg.copyRows >= 0)) throw new Error(`${path}: 'copyRows' must be an integer >= 0, got ${JSON.stringify(cfg.copyRows)}`);
   if (cfg.copyLen !== undefined && !(Number.isInteger(cfg.copyLen) && cfg.copyLen >= 16 && cfg.copyLen <= cfg.seqLen)) throw new Error(`${path}: 'copyLen' must be an integer in [16, seqLen], got ${JSON.stringify(cfg.copyLen)}`);
+  if (cfg.answerWeight !== undefined && !(typeof cfg.answerWeight === 'number' && cfg.answerWeight >= 0)) throw new Error(`${path}: 'answerWeight' must be a number >= 0, got ${JSON.stringify(cfg.answerWeight)}`);
   if (cfg.copyPool !== undefined && !(Number.isInteger(cfg.copyPool) && cfg.copyPool >= 2)) throw new Error(`${path}: 'copyPool' must be an integer >= 2, got ${JSON.stringify(cfg.copyPool)}`);
   if (cfg.batchSize + (cfg.copyRows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
   for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
@@ -174,9 +183,15 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
 
   const rows = cfg.batchSize;
   const len = cfg.seqLen;
+  const answerWeight = cfg.answerWeight ?? 0;
+  const answerMarker = tokenizer.encode('\nAnswer:');
+  const answerStops = new Set([...tokenizer.encode('\n'), tokenizer.eos]);
   const sup = cfg.inductionSupervision;
   if (sup) checkInductionSupervision(sup, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
-  /** Next-token loss on n rows of len + 1 ids (on `at` flat target positions only, if given), with the attention supervision terms when training with it. */
+  /**
+   * Next-token loss on n rows of rowLen + 1 ids (on `at` flat target positions only, if given);
+   * `supervise` adds the training-only terms: attention supervision, and on text rows the answers' loss.
+   */
   const lossOn = (flat: Int32Array, n: number, rowLen: number, at?: Int32Array, supervise = false) => {
     const all = tensor(flat, [n, rowLen + 1]).to('int64');
     const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && !!sup });
@@ -189,7 +204,15 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     }
     const loss = crossEntropy(logits, targets);
     const attn = supervise && sup ? inductionSupervisionLoss(out.attentions!, flat, n, rowLen, rowLen + 1, sup) : undefined;
-    return { loss, attn };
+    let answer: Tensor | undefined;
+    if (supervise && !at && answerWeight > 0) {
+      const where = answerTargets(flat, n, rowLen, rowLen + 1, answerMarker, answerStops);
+      if (where.length > 0) {
+        const idx = tensor(where, [where.length]).to('int64');
+        answer = crossEntropy(logits.indexSelect(0, idx), targets.indexSelect(0, idx));
+      }
+    }
+    return { loss, attn, answer };
   };
   const lossOnChunks = (flat: Int32Array, n: number, supervise = false) => lossOn(flat, n, len, undefined, supervise);
   const specialIds = new Set(tokenizer.special.values());
@@ -228,6 +251,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
           prevAttn += r.attn.prev.item();
           inductionAttn += r.attn.induction.item();
         }
+        if (r.answer) {
+          l = l.add(r.answer.mul(answerWeight));
+          parts.answer_loss = r.answer.item();
+        }
         loss = loss ? loss.add(l) : l;
       };
       if (copyRows > 0) add('copy_loss', copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows, true));
@@ -236,7 +263,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
       const tokens = rows * len + copyRows * copyLen;
       // A plain text step logs just its loss, as before.
-      return copyRows === 0 && !sup ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
+      return copyRows === 0 && !sup && answerWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
     },
     validate() {
       model.eval();
