@@ -33,6 +33,11 @@ test('induction targets: the position after every earlier occurrence of the quer
   assert.deepEqual(row7(1), [0, 0, 1, 0, 0, 1, 0, 0]);
   assert.deepEqual(row7(2), [0, 0, 1, 0, 0, 0, 0, 0]);
   assert.deepEqual(row7(8), row7(2));
+  // minMatch 2: queries 5 (6 7 as at 1 2) and 7 (5 6 as at 0 1) stay; 4 (6 after 9) and 6 (5) match
+  // one token only and go.
+  const strict = inductionTargets(text, 1, 8, 8, 4, 2);
+  assert.deepEqual(Array.from(strict.queries), [5, 7]);
+  assert.deepEqual(Array.from(strict.targets.subarray(7 * 8, 8 * 8)), row7(2));
 });
 
 test('induction supervision loss: -log of the weight on the previous token and on the induction targets', () => {

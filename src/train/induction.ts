@@ -30,6 +30,12 @@ export interface InductionSupervision {
    * that is the occurrence a restatement is copying from.
    */
   match?: number;
+  /**
+   * Queries whose longest shared suffix is shorter than this are not supervised (default 1: all
+   * are). In text a one-token match rarely predicts the next token; supervising only long matches
+   * teaches a head whose output is worth trusting where it fires.
+   */
+  minMatch?: number;
 }
 
 /** Validates a supervision config against a model shape; throws with the offending field. */
@@ -39,6 +45,7 @@ export function checkInductionSupervision(s: InductionSupervision, numLayers: nu
   if (!int(s.inductionLayer, s.prevLayer + 1, numLayers - 1)) throw new Error(`${where}: inductionSupervision.inductionLayer must be an integer in [prevLayer + 1, ${numLayers - 1}], got ${JSON.stringify(s.inductionLayer)}`);
   if (!int(s.head, 0, numHeads - 1)) throw new Error(`${where}: inductionSupervision.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(s.head)}`);
   if (s.match !== undefined && !int(s.match, 1, 64)) throw new Error(`${where}: inductionSupervision.match must be an integer in [1, 64], got ${JSON.stringify(s.match)}`);
+  if (s.minMatch !== undefined && !int(s.minMatch, 1, s.match ?? 1)) throw new Error(`${where}: inductionSupervision.minMatch must be an integer in [1, match], got ${JSON.stringify(s.minMatch)}`);
   if (!(typeof s.weight === 'number' && s.weight >= 0)) throw new Error(`${where}: inductionSupervision.weight must be a number >= 0, got ${JSON.stringify(s.weight)}`);
 }
 
@@ -52,9 +59,9 @@ export interface InductionTargets {
 /**
  * Where an induction head at query position i should look: just after each earlier occurrence of
  * token ids[i] (with match > 1: only after those sharing the longest suffix with position i, up to
- * `match` tokens). `ids` holds `rows` rows of `stride` ids of which the first `len` are the inputs.
+ * `match` tokens; queries whose longest is below `minMatch` get none). `ids` holds `rows` rows of `stride` ids of which the first `len` are the inputs.
  */
-export function inductionTargets(ids: Int32Array, rows: number, len: number, stride = len, match = 1): InductionTargets {
+export function inductionTargets(ids: Int32Array, rows: number, len: number, stride = len, match = 1, minMatch = 1): InductionTargets {
   if (!(len >= 2 && stride >= len && ids.length >= rows * stride)) throw new Error(`inductionTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} inputs`);
   const targets = new Float32Array(rows * len * len);
   const queries: number[] = [];
@@ -76,8 +83,10 @@ export function inductionTargets(ids: Int32Array, rows: number, len: number, str
             chosen = [j];
           } else if (m === best) chosen.push(j);
         }
-        for (const j of chosen) targets[base + j + 1] = 1;
-        queries.push(r * len + i);
+        if (best >= minMatch) {
+          for (const j of chosen) targets[base + j + 1] = 1;
+          queries.push(r * len + i);
+        }
         before.push(i);
       } else seen.set(row[i], [i]);
     }
@@ -97,7 +106,7 @@ export function inductionSupervisionLoss(attentions: Tensor[], ids: Int32Array, 
   const sub = new Float32Array(len * len);
   for (let i = 1; i < len; i++) sub[i * len + i - 1] = 1;
   const prev = prevProbs.mul(tensor(sub, [len, len]).to(prevProbs.dtype)).sum(-1).narrow(1, 1, len - 1).add(1e-6).log().mean().neg();
-  const { targets, queries } = inductionTargets(ids, rows, len, stride, s.match ?? 1);
+  const { targets, queries } = inductionTargets(ids, rows, len, stride, s.match ?? 1, s.minMatch ?? 1);
   const indProbs = attentions[s.inductionLayer].select(1, s.head);
   if (queries.length === 0) return { prev, induction: prev.mul(0) };
   const onTargets = indProbs.mul(tensor(targets, [rows, len, len]).to(indProbs.dtype)).sum(-1).reshape(rows * len);

@@ -1,0 +1,31 @@
+// How well does a model copy from its context? Mean loss on the copied tokens of 8 synthetic copy
+// rows of 256 ids (src/data/copy-task.ts; fixed seed) whose ids come from (a) the 1,024-id pool of
+// configs/base-induction.json ("copyPool": 1024, seed 0), (b) all 8,176 non-special ids.
+// Chance is ln of the pool size.
+//   node scripts/copy-loss.mjs MODEL_DIR        (after `npm run setup`)
+import { existsSync } from 'node:fs';
+import { loadModel } from '../dist/src/models/load.js';
+import { crossEntropy, noGrad, tensor, tidy } from '../dist/src/tensor/index.js';
+import { Rng } from '../dist/src/data/rng.js';
+import { makeCopyRows } from '../dist/src/data/copy-task.js';
+import { copyPoolIds } from '../dist/src/train/pretrain.js';
+
+const dir = process.argv[2];
+if (!dir || !existsSync(dir)) {
+  console.error('usage: node scripts/copy-loss.mjs MODEL_DIR');
+  process.exit(2);
+}
+const { model, tokenizer } = loadModel(dir, { dtype: 'float32' });
+const special = new Set(tokenizer?.special?.values?.() ?? []);
+const ids = Int32Array.from({ length: model.config.vocabSize }, (_, i) => i).filter((i) => !special.has(i));
+const rows = 8, len = 256;
+for (const [name, pool] of [['1,024-id pool', copyPoolIds(ids, 1024, 0)], ['all ids', ids]]) {
+  const loss = noGrad(() => tidy(() => {
+    const { ids: flat, copied } = makeCopyRows(new Rng('copy-loss'), { rows, len: len + 1, pool });
+    const x = tensor(flat, [rows, len + 1]).to('int64');
+    const { logits } = model.forward({ ids: x.narrow(1, 0, len) });
+    const at = tensor(copied, [copied.length]).to('int64');
+    return crossEntropy(logits.reshape(rows * len, -1).indexSelect(0, at), x.narrow(1, 1, len).reshape(rows * len).indexSelect(0, at)).item();
+  }));
+  console.log(`${name}: copy loss ${loss.toFixed(3)} (chance ${Math.log(pool.length).toFixed(2)})`);
+}
