@@ -7,7 +7,9 @@ import { join, resolve } from 'node:path';
 import { inductionSupervisionLoss, inductionTargets } from '../src/train/induction.js';
 import { copyPoolIds, pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { loadModel } from '../src/models/load.js';
-import { tensor, tidy } from '../src/tensor/index.js';
+import { manualSeed, tensor, tidy } from '../src/tensor/index.js';
+import { configFromHf } from '../src/models/config.js';
+import { LlamaModel } from '../src/models/llama.js';
 import { answerTargets } from '../src/data/qa.js';
 import { BpeTokenizer } from '../src/models/bpe.js';
 
@@ -53,6 +55,25 @@ test('induction supervision loss: -log of the weight on the previous token and o
     const wantPrev = -(Math.log(1 / 2) + Math.log(1 / 3) + Math.log(1 / 4)) / 3;
     assert.ok(Math.abs(prev.item() - wantPrev) < 1e-4, `prev ${prev.item()} vs ${wantPrev}`);
     assert.ok(Math.abs(induction.item() - -Math.log(1 / 3)) < 1e-4, `induction ${induction.item()}`);
+  });
+});
+
+test('forward returns the attention probabilities of every layer: causal rows that sum to one', () => {
+  tidy(() => {
+    manualSeed(3);
+    const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 64, vocab_size: 50, max_position_embeddings: 64 }));
+    const ids = tensor([1, 5, 7, 9, 11, 2, 4, 6], [2, 4]).to('int64');
+    const { attentions } = model.forward({ ids, outputAttentions: true });
+    assert.equal(attentions!.length, 2);
+    assert.deepEqual(attentions![1].shape, [2, 4, 4, 4]);
+    const p = attentions![1].toNumbers();
+    for (let row = 0; row < 2 * 4 * 4; row++) {
+      const i = row % 4;
+      const r = p.slice(row * 4, row * 4 + 4);
+      assert.ok(Math.abs(r.reduce((a, b) => a + b, 0) - 1) < 1e-5);
+      for (let j = i + 1; j < 4; j++) assert.equal(r[j], 0, 'no weight on future keys');
+    }
+    assert.equal(model.forward({ ids }).attentions, undefined);
   });
 });
 

@@ -135,7 +135,7 @@ export interface ForwardResult {
   hiddenStates?: Tensor[];
   /** One per layer run [batch, seq, dim]. */
   attnInputs?: Tensor[];
-  /** One per layer run, [batch, heads, seq, past + seq] (after masking and softmax). */
+  /** One per layer run, [batch, heads, seq, keys] (keys = memory prefix + past + seq), after masking and softmax. */
   attentions?: Tensor[];
 }
 

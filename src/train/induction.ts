@@ -10,7 +10,8 @@
  * only after a long plateau. Supervising the two attention patterns directly breaks the
  * deadlock: the previous-token pattern forms within tens of steps and the induction pattern within
  * a few hundred; the copy loss then teaches the induction head's values to carry the token on.
- * Everything else in the model stays free.
+ * Everything else in the model stays free. (On our base this gave copying of random-id spans, but
+ * little of it carried over to restating text or to QA: model card, "Session 4".)
  */
 import { tensor, type Tensor } from '../tensor/index.js';
 
@@ -50,7 +51,7 @@ export function checkInductionSupervision(s: InductionSupervision, numLayers: nu
 }
 
 export interface InductionTargets {
-  /** [rows, len, len]: 1 at (i, j + 1) for every j < i with ids[j] = ids[i], else 0. */
+  /** [rows, len, len]: 1 at (i, j + 1) for the targeted j < i with ids[j] = ids[i], else 0. */
   targets: Float32Array;
   /** Flat query positions (row * len + i) that have at least one target. */
   queries: Int32Array;
@@ -59,7 +60,8 @@ export interface InductionTargets {
 /**
  * Where an induction head at query position i should look: just after each earlier occurrence of
  * token ids[i] (with match > 1: only after those sharing the longest suffix with position i, up to
- * `match` tokens; queries whose longest is below `minMatch` get none). `ids` holds `rows` rows of `stride` ids of which the first `len` are the inputs.
+ * `match` tokens; queries whose longest is below `minMatch` get none). `ids` holds `rows` rows of
+ * `stride` ids of which the first `len` are the inputs.
  */
 export function inductionTargets(ids: Int32Array, rows: number, len: number, stride = len, match = 1, minMatch = 1): InductionTargets {
   if (!(len >= 2 && stride >= len && ids.length >= rows * stride)) throw new Error(`inductionTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} inputs`);
@@ -98,7 +100,7 @@ export function inductionTargets(ids: Int32Array, rows: number, len: number, str
  * The supervision loss from a forward pass's attentions ([B, heads, T, T] per layer) over input
  * ids [B, T] (given as rows of `stride`): mean -log of the previous-token head's weight on i - 1,
  * plus mean -log of the induction head's total weight on its targets (queries without an earlier
- * occurrence are skipped). Returns both terms (scalars) so they can be logged.
+ * occurrence, or without a long enough match, are skipped). Returns both terms (scalars) so they can be logged.
  */
 export function inductionSupervisionLoss(attentions: Tensor[], ids: Int32Array, rows: number, len: number, stride: number, s: InductionSupervision): { prev: Tensor; induction: Tensor } {
   const prevProbs = attentions[s.prevLayer].select(1, s.head); // [B, T, T]
