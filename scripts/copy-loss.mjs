@@ -5,10 +5,11 @@
 //   node scripts/copy-loss.mjs MODEL_DIR        (after `npm run setup`)
 import { existsSync } from 'node:fs';
 import { loadModel } from '../dist/src/models/load.js';
-import { crossEntropy, noGrad, tensor, tidy } from '../dist/src/tensor/index.js';
+import { noGrad, tidy } from '../dist/src/tensor/index.js';
 import { Rng } from '../dist/src/data/rng.js';
 import { makeCopyRows } from '../dist/src/data/copy-task.js';
 import { copyPoolIds } from '../dist/src/train/pretrain.js';
+import { copyRowsLoss } from '../dist/src/train/induction.js';
 
 const dir = process.argv[2];
 if (!dir || !existsSync(dir)) {
@@ -20,12 +21,6 @@ const special = new Set(tokenizer?.special?.values?.() ?? []);
 const ids = Int32Array.from({ length: model.config.vocabSize }, (_, i) => i).filter((i) => !special.has(i));
 const rows = 8, len = 256;
 for (const [name, pool] of [['1,024-id pool', copyPoolIds(ids, 1024, 0)], ['all ids', ids]]) {
-  const loss = noGrad(() => tidy(() => {
-    const { ids: flat, copied } = makeCopyRows(new Rng('copy-loss'), { rows, len: len + 1, pool });
-    const x = tensor(flat, [rows, len + 1]).to('int64');
-    const { logits } = model.forward({ ids: x.narrow(1, 0, len) });
-    const at = tensor(copied, [copied.length]).to('int64');
-    return crossEntropy(logits.reshape(rows * len, -1).indexSelect(0, at), x.narrow(1, 1, len).reshape(rows * len).indexSelect(0, at)).item();
-  }));
+  const loss = noGrad(() => tidy(() => copyRowsLoss(model, makeCopyRows(new Rng('copy-loss'), { rows, len: len + 1, pool }), rows, len).item()));
   console.log(`${name}: copy loss ${loss.toFixed(3)} (chance ${Math.log(pool.length).toFixed(2)})`);
 }

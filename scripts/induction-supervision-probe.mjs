@@ -11,7 +11,7 @@ import { crossEntropy, manualSeed, noGrad, tensor, tidy } from '../dist/src/tens
 import { AdamW } from '../dist/src/nn/index.js';
 import { Rng } from '../dist/src/data/rng.js';
 import { makeCopyRows } from '../dist/src/data/copy-task.js';
-import { inductionSupervisionLoss } from '../dist/src/train/induction.js';
+import { copyRowsLoss, inductionSupervisionLoss } from '../dist/src/train/induction.js';
 
 const steps = Number(process.argv[2] ?? 400);
 const weight = Number(process.argv[3] ?? 1);
@@ -60,7 +60,7 @@ for (let step = 0; step <= steps; step++) {
   });
   if (step % 25 === 0) {
     model.eval();
-    const wide = noGrad(() => tidy(() => losses(makeCopyRows(new Rng('eval'), { rows: 16, len: len + 1, pool: everyId })).copy.item()));
+    const wide = noGrad(() => tidy(() => copyRowsLoss(model, makeCopyRows(new Rng('eval'), { rows: 16, len: len + 1, pool: everyId }), 16, len).item()));
     console.log(`step ${step}: copy ${copy.toFixed(3)} (chance ${Math.log(poolSize).toFixed(2)})  prev-token attn ${prev.toFixed(3)}  induction attn ${induction.toFixed(3)}  copy over all ids ${wide.toFixed(3)}  ${((Date.now() - t0) / 1000).toFixed(0)}s`);
   }
 }

@@ -13,7 +13,9 @@
  * Everything else in the model stays free. (On our base this gave copying of random-id spans, but
  * little of it carried over to restating text or to QA: model card, "Session 4".)
  */
-import { tensor, type Tensor } from '../tensor/index.js';
+import { crossEntropy, tensor, type Tensor } from '../tensor/index.js';
+import type { LlamaModel } from '../models/llama.js';
+import type { CopyRows } from '../data/copy-task.js';
 
 export interface InductionSupervision {
   /** Layer whose head `head` is taught to attend to the previous token. */
@@ -104,14 +106,25 @@ export function inductionTargets(ids: Int32Array, rows: number, len: number, str
  */
 export function inductionSupervisionLoss(attentions: Tensor[], ids: Int32Array, rows: number, len: number, stride: number, s: InductionSupervision): { prev: Tensor; induction: Tensor } {
   const prevProbs = attentions[s.prevLayer].select(1, s.head); // [B, T, T]
-  // Weight on the key one to the left of each query: the first sub-diagonal.
-  const sub = new Float32Array(len * len);
-  for (let i = 1; i < len; i++) sub[i * len + i - 1] = 1;
-  const prev = prevProbs.mul(tensor(sub, [len, len]).to(prevProbs.dtype)).sum(-1).narrow(1, 1, len - 1).add(1e-6).log().mean().neg();
+  // Weight on the key one to the left of each query: the first sub-diagonal, (i, i - 1) for
+  // i >= 1, at flat offsets i * (T + 1) - 1 of each [T, T] map.
+  const sub = tensor(Array.from({ length: len - 1 }, (_, k) => (k + 1) * (len + 1) - 1), [len - 1]).to('int64');
+  const prev = prevProbs.reshape(rows, len * len).indexSelect(1, sub).add(1e-6).log().mean().neg();
   const { targets, queries } = inductionTargets(ids, rows, len, stride, s.match ?? 1, s.minMatch ?? 1);
   const indProbs = attentions[s.inductionLayer].select(1, s.head);
   if (queries.length === 0) return { prev, induction: prev.mul(0) };
   const onTargets = indProbs.mul(tensor(targets, [rows, len, len]).to(indProbs.dtype)).sum(-1).reshape(rows * len);
   const induction = onTargets.indexSelect(0, tensor(queries, [queries.length]).to('int64')).add(1e-6).log().mean().neg();
   return { prev, induction };
+}
+
+/**
+ * Mean loss of `model` on the copied tokens of synthetic copy rows (`n` rows of len + 1 ids, from
+ * makeCopyRows): how well it copies from its context (chance: ln of the id pool's size).
+ */
+export function copyRowsLoss(model: LlamaModel, rows: CopyRows, n: number, len: number): Tensor {
+  const x = tensor(rows.ids, [n, len + 1]).to('int64');
+  const { logits } = model.forward({ ids: x.narrow(1, 0, len) });
+  const at = tensor(rows.copied, [rows.copied.length]).to('int64');
+  return crossEntropy(logits!.reshape(n * len, -1).indexSelect(0, at), x.narrow(1, 1, len).reshape(n * len).indexSelect(0, at));
 }
