@@ -1,8 +1,8 @@
 // Attention supervision for an induction head (src/train/induction.ts) and its use in pretraining.
-import test, { type TestContext } from 'node:test';
+import test from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { withRunDir } from './helpers/run-dir.js';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { inductionSupervisionLoss, inductionTargets } from '../src/train/induction.js';
 import { copyPoolIds, pretrain, readPretrainConfig } from '../src/train/pretrain.js';
@@ -88,21 +88,9 @@ test('copy pool: a fixed random subset of the given ids', () => {
   assert.equal(copyPoolIds(ids, undefined, 0), ids);
 });
 
-async function withDir(t: TestContext, body: (dir: string) => Promise<void>): Promise<void> {
-  if (!existsSync('models/softpress-base/tokenizer.json')) {
-    t.skip('models/softpress-base/tokenizer.json is missing');
-    return;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'softpress-induction-'));
-  try {
-    await body(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 test('pretraining with induction supervision and answer weighting: the losses are logged, the attention losses fall; a phase can start from a model folder', { timeout: 180_000 }, (t) =>
-  withDir(t, async (dir) => {
+  withRunDir(t, async (dir) => {
     const lines = Array.from({ length: 40 }, (_, d) => JSON.stringify({ text: Array.from({ length: 30 }, (_, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`).join(' ') }));
     writeFileSync(join(dir, 'corpus.jsonl'), lines.join('\n') + '\n');
     const raw = {

@@ -3,10 +3,10 @@
  * run (same data order, same RNG), a stopped run can be exported as a model folder, and a continued
  * phase starts from another run's weights with its own mixture.
  */
-import test, { type TestContext } from 'node:test';
+import test from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { withRunDir } from './helpers/run-dir.js';
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { loadModel } from '../src/models/load.js';
@@ -55,19 +55,6 @@ function writeConfig(dir: string, data: string): string {
   return path;
 }
 
-/** Runs body in a fresh temporary folder (removed after), or skips when the tokenizer is missing. */
-async function withRunDir(t: TestContext, body: (dir: string) => Promise<void>): Promise<void> {
-  if (!existsSync('models/softpress-base/tokenizer.json')) {
-    t.skip('models/softpress-base/tokenizer.json is missing');
-    return;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'softpress-pretrain-'));
-  try {
-    await body(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 test('pretraining: interrupted + resumed equals uninterrupted, bit for bit', { timeout: 120_000 }, (t) =>
   withRunDir(t, async (dir) => {
