@@ -22,8 +22,10 @@ import { babiTaskFromFileName, loadBabiFile, parseBabi, splitBabi } from '../src
 import {
   formatQA,
   formatQAPrompt,
+  formatRecall,
   makeClozeExamples,
   makeNeedleExamples,
+  makeRecallExamples,
   qaTarget,
   samplePassage,
   splitSentences,
@@ -294,6 +296,37 @@ test('needles: deterministic by seed, answer planted in the context, length kept
   for (const ex of first) assert.ok(splitSentences(ex.context)[0]?.includes(ex.answer), ex.context.slice(0, 80));
   assert.throws(() => makeNeedleExamples(valid, { count: 1, tokens: 100 }), /countTokens/);
   assert.throws(() => makeNeedleExamples(valid, { count: 1, templates: ['nope'] }), /unknown needle template/);
+});
+
+test('recall: several distinct facts per passage, each asked back once, in the QA format', () => {
+  const { valid } = splitDocuments(loadCorpora(CORPUS_NAMES), { seed: 0 });
+  const a = makeRecallExamples(valid, { seed: 3, count: 30, chars: 1200, facts: 6 });
+  assert.deepEqual(a, makeRecallExamples(valid, { seed: 3, count: 30, chars: 1200, facts: 6 }));
+  assert.notDeepEqual(a, makeRecallExamples(valid, { seed: 4, count: 30, chars: 1200, facts: 6 }));
+  const validIds = new Set(valid.map((d) => d.id));
+  let shuffledOrder = 0;
+  for (const ex of a) {
+    assert.equal(ex.qas.length, 6);
+    assert.ok(ex.context.length <= 1200 && ex.context.length > 600, `${ex.id}: ${ex.context.length} chars`);
+    assert.equal(new Set(ex.qas.map((q) => q.question)).size, 6, 'questions are distinct');
+    const where: number[] = [];
+    for (const qa of ex.qas) {
+      // Each fact is in the context, its answer ending a sentence.
+      const at = ex.context.search(new RegExp(`(^|\\s)(The|Room|[A-Z][a-z]+'s|[A-Z][a-z]+ was) [^.?!]*\\b${qa.answer}\\.`));
+      assert.ok(at >= 0, `${ex.id}: fact for "${qa.question}" (${qa.answer}) not found`);
+      where.push(at);
+    }
+    if (where.some((w, i) => i > 0 && w < (where[i - 1] as number))) shuffledOrder++;
+    assert.ok(ex.docIds.length > 0 && ex.docIds.every((id) => validIds.has(id)));
+    const text = formatRecall(ex);
+    assert.ok(text.startsWith(ex.context));
+    assert.equal((text.match(/\nQuestion: /g) ?? []).length, 6);
+    // One fact asked alone is exactly the single-question format.
+    assert.equal(formatRecall({ ...ex, qas: ex.qas.slice(0, 1) }), formatQA({ context: ex.context, ...ex.qas[0]! }));
+  }
+  assert.ok(shuffledOrder > 20, `questions are not asked in the order of the facts (${shuffledOrder}/30)`);
+  assert.throws(() => makeRecallExamples(valid, { count: 1, chars: 120, facts: 8 }), /no room/);
+  assert.throws(() => makeRecallExamples(valid, { count: 1, facts: 0 }), /facts must be/);
 });
 
 test('cloze: deterministic by seed, blanked word present in the context', () => {

@@ -106,9 +106,16 @@ test('pretraining: a continued phase starts from another run, with restate docum
       assert.equal(a, b, 'a restate document repeats its passage');
     }
     // Shares are of all characters: restate ~0.3 of the total.
-    const total = mix.corpusChars + mix.qaChars + mix.restateChars;
+    const total = mix.corpusChars + mix.qaChars + mix.restateChars + mix.recallChars;
     assert.ok(Math.abs(mix.restateChars / total - 0.3) < 0.05, `restate share ${mix.restateChars / total}`);
     assert.throws(() => buildMixture({ corpora: [], data, qaShare: 0.5, restateShare: 0.5, seed: 0 }, 'train'), /below 0.9/);
+    // Recall documents: their own share, several questions each, and the mixture without them unchanged.
+    const recall = buildMixture({ corpora: [], data, qaShare: 0.1, restateShare: 0.3, recallShare: 0.2, seed: 0 }, 'train');
+    assert.ok((recall.counts.recall ?? 0) > 0 && mix.counts.recall === undefined);
+    const all = recall.corpusChars + recall.qaChars + recall.restateChars + recall.recallChars;
+    assert.ok(Math.abs(recall.recallChars / all - 0.2) < 0.05, `recall share ${recall.recallChars / all}`);
+    assert.ok(recall.texts.filter((x) => (x.match(/\nQuestion: /g) ?? []).length >= 2).length >= recall.counts.recall!);
+    assert.throws(() => buildMixture({ corpora: [], data, qaShare: 0.4, restateShare: 0.3, recallShare: 0.3, seed: 0 }, 'train'), /below 0.9/);
     // Shuffled restate documents: word lists, still repeated exactly; the plain mixture is unchanged by the option's default.
     const shuffled = buildMixture({ corpora: [], data, qaShare: 0.1, restateShare: 0.3, restateShuffled: 1, seed: 0 }, 'train');
     assert.equal(shuffled.counts.restateShuffled, shuffled.counts.restate);

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { loadCorpora, loadTextCorpus, type Doc } from './corpora.js';
 import { splitDocuments, type SplitName } from './splits.js';
 import { loadBabiFile } from './babi.js';
-import { formatQA, makeClozeExamples, makeNeedleExamples, samplePassage } from './qa.js';
+import { formatQA, formatRecall, makeClozeExamples, makeNeedleExamples, makeRecallExamples, samplePassage } from './qa.js';
 import { Rng } from './rng.js';
 
 export interface MixOptions {
@@ -23,6 +23,11 @@ export interface MixOptions {
   qaShare: number;
   /** Share of characters that are restate documents (default 0; qaShare + restateShare < 0.9). */
   restateShare?: number;
+  /**
+   * Share of characters that are recall documents (default 0): passages with 2–8 planted facts,
+   * all asked back, in the QA format (qaShare + restateShare + recallShare < 0.9).
+   */
+  recallShare?: number;
   /**
    * Fraction of restate documents whose passage has its words shuffled (default 0): a word list
    * cannot be predicted from language statistics, only copied, so the copying signal is clean.
@@ -37,6 +42,7 @@ export interface Mixture {
   corpusChars: number;
   qaChars: number;
   restateChars: number;
+  recallChars: number;
   counts: Record<string, number>;
 }
 
@@ -59,13 +65,17 @@ function babiFiles(dir: string): string[] {
 /** Documents of one split plus QA and restate documents generated from that split, shuffled by seed. */
 export function buildMixture(o: MixOptions, split: SplitName): Mixture {
   const restateShare = o.restateShare ?? 0;
-  if (!(o.qaShare >= 0 && restateShare >= 0 && o.qaShare + restateShare < 0.9)) throw new Error(`qaShare and restateShare must be >= 0 with a sum below 0.9, got ${o.qaShare} and ${restateShare}`);
+  const recallShare = o.recallShare ?? 0;
+  if (!(o.qaShare >= 0 && restateShare >= 0 && recallShare >= 0 && o.qaShare + restateShare + recallShare < 0.9)) {
+    throw new Error(`qaShare, restateShare and recallShare must be >= 0 with a sum below 0.9, got ${o.qaShare}, ${restateShare} and ${recallShare}`);
+  }
   if (!((o.restateShuffled ?? 0) >= 0 && (o.restateShuffled ?? 0) <= 1)) throw new Error(`restateShuffled must be in [0, 1], got ${o.restateShuffled}`);
   const docs = splitDocuments(loadDocs(o), { seed: o.seed })[split];
   const corpusChars = docs.reduce((a, d) => a + d.text.length, 0);
   const texts = docs.map((d) => d.text);
   const counts: Record<string, number> = { documents: docs.length, babi: 0, needle: 0, cloze: 0, restate: 0 };
-  const corpusShare = 1 - o.qaShare - restateShare;
+  if (recallShare > 0) counts.recall = 0;
+  const corpusShare = 1 - o.qaShare - restateShare - recallShare;
   const qaTarget = (o.qaShare / corpusShare) * corpusChars;
   let qaChars = 0;
   let restateChars = 0;
@@ -92,7 +102,19 @@ export function buildMixture(o: MixOptions, split: SplitName): Mixture {
       counts.restate++;
     }
   }
-  if (qaTarget > 0 || restateTarget > 0) {
+  const recallTarget = (recallShare / corpusShare) * corpusChars;
+  let recallChars = 0;
+  for (let round = 0; recallChars < recallTarget; round++) {
+    // 2–8 facts in 300–4,000 characters (about 65–900 tokens), so facts are asked back at many depths.
+    const chars = [300, 600, 1200, 2400, 4000][round % 5] as number;
+    const made = makeRecallExamples(docs, { seed: `${o.seed}:${split}:r${round}`, count: 8, chars, facts: Math.min(2 + (round % 7), Math.floor(chars / 120)) });
+    for (const ex of made) {
+      texts.push(formatRecall(ex));
+      recallChars += texts[texts.length - 1]!.length;
+      counts.recall!++;
+    }
+  }
+  if (qaTarget > 0 || restateTarget > 0 || recallTarget > 0) {
     const rng = new Rng(`mix:${o.seed}:${split}`);
     // bAbI: about 40% of the QA characters (when given), the rest planted facts and cloze.
     if (o.babiDir) {
@@ -138,5 +160,5 @@ export function buildMixture(o: MixOptions, split: SplitName): Mixture {
       [texts[i], texts[j]] = [texts[j], texts[i]];
     }
   }
-  return { texts, corpusChars, qaChars, restateChars, counts };
+  return { texts, corpusChars, qaChars, restateChars, recallChars, counts };
 }

@@ -506,3 +506,84 @@ export function makeClozeExamples(docs: readonly Doc[], opts: ClozeOptions): QAE
   }
   return out;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Recall: several planted facts per passage, all asked back
+
+/** A passage holding several planted facts, each asked back in turn. */
+export interface RecallExample {
+  id: string;
+  context: string;
+  /** Questions in random order (not the order of the facts). */
+  qas: { question: string; answer: string; template: string }[];
+  docIds: string[];
+}
+
+export interface RecallOptions extends PassageOptions {
+  seed?: number | string;
+  count: number;
+  /** Planted facts per passage (default 4). */
+  facts?: number;
+}
+
+/**
+ * `count` passages with `facts` planted facts each (distinct questions), at random depths. One
+ * passage gives `facts` answers to learn from instead of one, so retrieval from the context gets
+ * a denser training signal than single needles give it.
+ */
+export function makeRecallExamples(docs: readonly Doc[], opts: RecallOptions): RecallExample[] {
+  checkCount(opts.count);
+  const nFacts = opts.facts ?? 4;
+  if (!(Number.isInteger(nFacts) && nFacts >= 1 && nFacts <= 32)) throw new RangeError(`facts must be an integer in [1, 32], got ${nFacts}`);
+  const names = Object.keys(NEEDLE_TEMPLATES);
+  const budget = makeBudget(opts);
+  const sampler = new DocSampler(docs);
+  const base = new Rng(`recall:${String(opts.seed ?? 0)}`);
+  const out: RecallExample[] = [];
+  for (let i = 0; i < opts.count; i++) {
+    const rng = base.fork(i);
+    const facts: (Fact & { template: string })[] = [];
+    const asked = new Set<string>();
+    for (let tries = 0; facts.length < nFacts && tries < nFacts * 50; tries++) {
+      const template = rng.pick(names);
+      const fact = (NEEDLE_TEMPLATES[template] as (r: Rng) => Fact)(rng);
+      // Two facts about the same thing would make the question ambiguous.
+      if (asked.has(fact.question)) continue;
+      asked.add(fact.question);
+      facts.push({ ...fact, template });
+    }
+    const needles: Unit[] = facts.map((f) => ({ text: f.statement, para: false, docId: '' }));
+    const room = budget.limit - needles.reduce((a, u) => a + budget.measure(` ${u.text}`), 0);
+    if (room <= 0) throw new RangeError(`context length ${budget.limit} leaves no room for ${nFacts} planted facts`);
+    const units = samplePassageUnits(sampler, rng, budget, room);
+    const docIds = [...new Set(units.map((u) => u.docId))];
+    // Not after a sentence cut short at the end, so every fact reads as a sentence of its own.
+    const last = units.length > 0 && units[units.length - 1]!.cut ? units.length - 1 : units.length;
+    for (const needle of needles) units.splice(rng.int(last + 1), 0, needle);
+    // Fit the passage by cutting text sentences only: every fact must stay in the context.
+    let fitted = units;
+    while (budget.measure(joinUnits(fitted)) > budget.limit) {
+      let idx = fitted.length - 1;
+      while (idx >= 0 && needles.includes(fitted[idx] as Unit)) idx--;
+      if (idx < 0) break;
+      fitted = fitted.filter((_, k) => k !== idx);
+    }
+    const order = facts.map((_, k) => k);
+    for (let k = order.length - 1; k > 0; k--) {
+      const j = rng.int(k + 1);
+      [order[k], order[j]] = [order[j] as number, order[k] as number];
+    }
+    out.push({
+      id: `recall/${i}`,
+      context: joinUnits(fitted),
+      qas: order.map((k) => ({ question: (facts[k] as Fact).question, answer: (facts[k] as Fact).answer, template: (facts[k] as { template: string }).template })),
+      docIds,
+    });
+  }
+  return out;
+}
+
+/** A recall passage in the plain QA format, its questions one after another. */
+export function formatRecall(ex: RecallExample): string {
+  return ex.context + ex.qas.map((qa) => `\nQuestion: ${qa.question}\nAnswer: ${qa.answer}`).join('');
+}

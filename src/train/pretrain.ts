@@ -28,6 +28,8 @@ export interface PretrainConfig {
   data?: string;
   babiDir?: string;
   qaShare: number;
+  /** Share of recall documents (passages with 2–8 planted facts, all asked back); default 0. */
+  recallShare?: number;
   /** Share of restate documents (passage <|restate|> passage); default 0. */
   restateShare?: number;
   /** Fraction of restate documents with shuffled words (default 0). */
@@ -156,9 +158,9 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const tokenizer = BpeTokenizer.fromFile(cfg.tokenizer);
   const tokId = readFileSync(cfg.tokenizer, 'utf8');
   log('building the data mixture (train and valid splits)…');
-  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, restateShuffled: cfg.restateShuffled, seed: cfg.seed }, 'train');
+  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, restateShuffled: cfg.restateShuffled, recallShare: cfg.recallShare, seed: cfg.seed }, 'train');
   const validMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: 0, seed: cfg.seed }, 'valid');
-  log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze) + restate ${(trainMix.restateChars / 1e6).toFixed(1)} M chars (${trainMix.counts.restate})`);
+  log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze) + restate ${(trainMix.restateChars / 1e6).toFixed(1)} M chars (${trainMix.counts.restate})${trainMix.counts.recall !== undefined ? ` + recall ${(trainMix.recallChars / 1e6).toFixed(1)} M chars (${trainMix.counts.recall})` : ''}`);
   const tick = (label: string) => (done: number, total: number) => {
     if (!opts.quiet && (done % 500 === 0 || done === total)) process.stderr.write(`\rtokenizing ${label}: ${done}/${total}`);
     if (!opts.quiet && done === total) process.stderr.write('\n');
