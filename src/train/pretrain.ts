@@ -17,6 +17,7 @@ import { makeCopyRows } from '../data/copy-task.js';
 import { answerTargets } from '../data/qa.js';
 import { Rng } from '../data/rng.js';
 import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
+import { answerPointerLoss, answerPointerTargets, checkAnswerPointer, type AnswerPointer } from './answer-pointer.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
@@ -68,6 +69,12 @@ export interface PretrainConfig {
    * learn to answer from its context rather than mostly to predict the stories.
    */
   answerWeight?: number;
+  /**
+   * Supervise one head to attend, at each answer token of a QA document, to where that token
+   * sequence stands earlier in the row (src/train/answer-pointer.ts); logged as
+   * `pointer_attn_loss`. Retrieval from the context, which plain training did not find.
+   */
+  answerPointer?: AnswerPointer;
   seed: number;
   seqLen: number;
   batchSize: number;
@@ -190,13 +197,16 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const answerStops = new Set([...tokenizer.encode('\n'), tokenizer.eos]);
   const sup = cfg.inductionSupervision;
   if (sup) checkInductionSupervision(sup, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
+  const pointer = cfg.answerPointer;
+  if (pointer) checkAnswerPointer(pointer, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
   /**
    * Next-token loss on n rows of rowLen + 1 ids (on `at` flat target positions only, if given);
    * `supervise` adds the training-only terms: attention supervision, and on text rows the answers' loss.
    */
   const lossOn = (flat: Int32Array, n: number, rowLen: number, at?: Int32Array, supervise = false) => {
     const all = tensor(flat, [n, rowLen + 1]).to('int64');
-    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && !!sup });
+    const pointerHere = supervise && !at && !!pointer;
+    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && (!!sup || pointerHere) });
     let logits = out.logits!.reshape(n * rowLen, -1);
     let targets = all.narrow(1, 1, rowLen).reshape(n * rowLen);
     if (at) {
@@ -214,7 +224,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
         answer = crossEntropy(logits.indexSelect(0, idx), targets.indexSelect(0, idx));
       }
     }
-    return { loss, attn, answer };
+    const pointed = pointerHere ? answerPointerLoss(out.attentions!, answerPointerTargets(flat, n, rowLen, rowLen + 1, answerMarker, answerStops), n, rowLen, pointer!) : undefined;
+    return { loss, attn, answer, pointed };
   };
   const lossOnChunks = (flat: Int32Array, n: number, supervise = false) => lossOn(flat, n, len, undefined, supervise);
   const specialIds = new Set(tokenizer.special.values());
@@ -257,6 +268,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
           l = l.add(r.answer.mul(answerWeight));
           parts.answer_loss = r.answer.item();
         }
+        if (r.pointed && pointer) {
+          l = l.add(r.pointed.mul(pointer.weight));
+          parts.pointer_attn_loss = r.pointed.item();
+        }
         loss = loss ? loss.add(l) : l;
       };
       if (copyRows > 0) add('copy_loss', copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows, true));
@@ -265,7 +280,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
       const tokens = rows * len + copyRows * copyLen;
       // A plain text step logs just its loss, as before.
-      return copyRows === 0 && !sup && answerWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
+      return copyRows === 0 && !sup && !pointer && answerWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
     },
     validate() {
       model.eval();

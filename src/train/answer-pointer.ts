@@ -1,0 +1,98 @@
+/**
+ * Answer-pointer supervision: teaches one attention head to look, when the model is about to
+ * write an answer, at where that answer stands in the context.
+ *
+ * Our small base does not learn retrieval from its context by next-token loss alone, not even
+ * from documents with several planted facts each (model card, "Session 5"): the answer loss falls
+ * only as far as priors take it. Retrieval needs a head whose query at "Answer:" matches the
+ * question's key against the context, and the gradient reaching that head through the answer's
+ * logit is weak until the head already attends roughly right. Supervising its attention pattern
+ * directly gives its query and key projections (and the earlier layers that feed them) a signal
+ * from the first step; the language-modelling loss then teaches its values to carry the token.
+ *
+ * Targets: for each answer in a training row (the tokens after "\nAnswer:" up to the line's end,
+ * as answerTargets finds them), every earlier place in the row where the same token sequence
+ * occurs. The query that predicts the answer's k-th token should attend to the k-th token of such
+ * an occurrence (any of them: copying any gives the right token). Answers that do not occur
+ * earlier in the row (yes/no, counts, a story cut off by packing) are not supervised.
+ */
+import { tensor, type Tensor } from '../tensor/index.js';
+import { answerTargets } from '../data/qa.js';
+
+export interface AnswerPointer {
+  /** Layer of the supervised head (a late one: its query and key need the earlier layers' work). */
+  layer: number;
+  /** Query head index. */
+  head: number;
+  /** Weight of the pointer loss next to the language-modelling loss. */
+  weight: number;
+}
+
+/** Validates a pointer config against a model shape; throws with the offending field. */
+export function checkAnswerPointer(p: AnswerPointer, numLayers: number, numHeads: number, where: string): void {
+  const int = (v: unknown, lo: number, hi: number) => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+  if (!int(p.layer, 0, numLayers - 1)) throw new Error(`${where}: answerPointer.layer must be an integer in [0, ${numLayers - 1}], got ${JSON.stringify(p.layer)}`);
+  if (!int(p.head, 0, numHeads - 1)) throw new Error(`${where}: answerPointer.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(p.head)}`);
+  if (!(typeof p.weight === 'number' && p.weight >= 0)) throw new Error(`${where}: answerPointer.weight must be a number >= 0, got ${JSON.stringify(p.weight)}`);
+}
+
+export interface PointerTargets {
+  /** Flat query positions (row * len + i), each predicting an answer token found earlier in its row. */
+  queries: Int32Array;
+  /** [queries.length, len]: 1 on the keys the query should attend to, else 0. */
+  targets: Float32Array;
+}
+
+/**
+ * Where each answer-writing query should look. `ids` holds `rows` rows of `stride` ids whose
+ * first `len` + 1 are inputs and targets; `marker` is the encoding of "\nAnswer:" and `stops` the
+ * ids that end an answer (newline, EOS).
+ */
+export function answerPointerTargets(ids: Int32Array, rows: number, len: number, stride: number, marker: ArrayLike<number>, stops: ReadonlySet<number>): PointerTargets {
+  const at = answerTargets(ids, rows, len, stride, marker, stops);
+  const queries: number[] = [];
+  const keys: number[][] = [];
+  // Group the flat target positions into answers: runs of consecutive positions in one row.
+  for (let a = 0; a < at.length; ) {
+    let b = a + 1;
+    while (b < at.length && at[b] === (at[b - 1] as number) + 1 && Math.floor((at[b] as number) / len) === Math.floor((at[a] as number) / len)) b++;
+    const r = Math.floor((at[a] as number) / len);
+    const q0 = (at[a] as number) - r * len;
+    const row = ids.subarray(r * stride, r * stride + len + 1);
+    // The answer's tokens are the targets row[q + 1]; the stop id that ends it is not copied.
+    let m = b - a;
+    if (m > 0 && stops.has(row[q0 + m] as number)) m--;
+    if (m > 0) {
+      const starts: number[] = [];
+      // Occurrences wholly before the query that predicts the first answer token.
+      for (let s = 0; s + m <= q0; s++) {
+        let k = 0;
+        while (k < m && row[s + k] === row[q0 + 1 + k]) k++;
+        if (k === m) starts.push(s);
+      }
+      if (starts.length > 0) {
+        for (let k = 0; k < m; k++) {
+          queries.push(r * len + q0 + k);
+          keys.push(starts.map((s) => s + k));
+        }
+      }
+    }
+    a = b;
+  }
+  const targets = new Float32Array(queries.length * len);
+  keys.forEach((ks, i) => ks.forEach((k) => (targets[i * len + k] = 1)));
+  return { queries: Int32Array.from(queries), targets };
+}
+
+/**
+ * Mean -log of the supervised head's total attention on its targets, from a forward pass's
+ * attentions ([B, heads, T, T] per layer) over `rows` rows of input ids; undefined when no answer
+ * in the batch occurs in its context.
+ */
+export function answerPointerLoss(attentions: Tensor[], t: PointerTargets, rows: number, len: number, p: AnswerPointer): Tensor | undefined {
+  if (t.queries.length === 0) return undefined;
+  const probs = attentions[p.layer]!.select(1, p.head).reshape(rows * len, len);
+  const picked = probs.indexSelect(0, tensor(t.queries, [t.queries.length]).to('int64'));
+  const onTargets = picked.mul(tensor(t.targets, [t.queries.length, len]).to(picked.dtype)).sum(-1);
+  return onTargets.add(1e-6).log().mean().neg();
+}

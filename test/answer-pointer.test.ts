@@ -1,0 +1,173 @@
+// Answer-pointer supervision (src/train/answer-pointer.ts) and its use in pretraining.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { withRunDir } from './helpers/run-dir.js';
+import { answerPointerLoss, answerPointerTargets } from '../src/train/answer-pointer.js';
+import { inductionSupervisionLoss } from '../src/train/induction.js';
+import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
+import { BpeTokenizer } from '../src/models/bpe.js';
+import { manualSeed, tensor, tidy } from '../src/tensor/index.js';
+import { AdamW } from '../src/nn/index.js';
+import { configFromHf } from '../src/models/config.js';
+import { LlamaModel } from '../src/models/llama.js';
+
+/** The keys (target positions) of each query, as [query, keys] pairs. */
+function pairs(t: ReturnType<typeof answerPointerTargets>, len: number): [number, number[]][] {
+  return Array.from(t.queries, (q, i) => [q, Array.from(t.targets.subarray(i * len, (i + 1) * len)).flatMap((v, k) => (v ? [k] : []))]);
+}
+
+test('pointer targets: each answer token points at the same token of every earlier occurrence of the answer', () => {
+  // marker [7, 8], stop 9; rows of 12 inputs + 1 target (stride 13).
+  // Row 0: answer "5 6" occurs at 0-1 and 3-4; then an answer "4" that occurs nowhere before.
+  // Row 1: answer "5 6" runs off the row's end (no stop): still supervised, on its first token only
+  // as the second is beyond the row.
+  const ids = Int32Array.from([
+    5, 6, 1, 5, 6, 7, 8, 5, 6, 9, 7, 8, 4,
+    3, 5, 6, 2, 2, 2, 2, 2, 2, 2, 7, 8, 5,
+  ]);
+  const t = answerPointerTargets(ids, 2, 12, 13, [7, 8], new Set([9]));
+  assert.deepEqual(pairs(t, 12), [
+    [6, [0, 3]], // ":" (8) predicts 5: look at the 5s of both occurrences
+    [7, [1, 4]], // 5 predicts 6: look at the 6s
+    [12 + 11, [1]], // row 1: 8 at 11 predicts 5 (the row's target id); 5 occurs at 1
+  ]);
+  // Nothing to point at: no answers, or answers found nowhere earlier.
+  assert.equal(answerPointerTargets(Int32Array.from([1, 2, 3, 7, 8, 4, 9]), 1, 6, 7, [7, 8], new Set([9])).queries.length, 0);
+});
+
+test('pointer targets on real text: the answer\'s tokens in the planted fact, yes/no answers skipped', { skip: !existsSync('models/softpress-base/tokenizer.json') && 'no tokenizer' }, () => {
+  const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
+  const text = 'Rain fell. The secret code of the green folder is BF4H. Mary went to the garden.\nQuestion: Is Mary here?\nAnswer: no\nQuestion: What is the secret code of the green folder?\nAnswer: BF4H\nQuestion: Where is Mary?\nAnswer: garden';
+  const ids = Int32Array.from([tok.bos, ...tok.encode(text), tok.eos]);
+  const len = ids.length - 1;
+  const t = answerPointerTargets(ids, 1, len, len + 1, tok.encode('\nAnswer:'), new Set([...tok.encode('\n'), tok.eos]));
+  const got = pairs(t, len).map(([q, ks]) => {
+    assert.equal(ks.length, 1);
+    assert.equal(ids[ks[0]!], ids[q + 1], 'the key holds the token the query predicts');
+    return tok.decode([ids[q + 1]!]);
+  });
+  assert.equal(got.join(''), ' BF4H garden');
+  // Every key is in the passage, before the first question.
+  const passageEnd = 1 + tok.encode(text.slice(0, text.indexOf('\nQuestion'))).length;
+  for (const [, ks] of pairs(t, len)) assert.ok(ks[0]! < passageEnd, `key ${ks[0]} after the passage (${passageEnd})`);
+});
+
+test('pointer loss: -log of the supervised head\'s weight on its targets', () => {
+  tidy(() => {
+    const len = 4;
+    // Uniform causal attention in head 1 of layer 0; query 3 targets keys 0 and 2 -> weight 2/4.
+    const probs = new Float32Array(2 * len * len);
+    for (let h = 0; h < 2; h++) for (let i = 0; i < len; i++) for (let j = 0; j <= i; j++) probs[(h * len + i) * len + j] = 1 / (i + 1);
+    const attn = tensor(probs, [1, 2, len, len]);
+    const targets = new Float32Array(2 * len);
+    targets[0] = 1;
+    targets[2] = 1;
+    targets[len + 1] = 1; // query 2 targets key 1 -> weight 1/3
+    const loss = answerPointerLoss([attn], { queries: Int32Array.from([3, 2]), targets }, 1, len, { layer: 0, head: 1, weight: 1 });
+    const want = -(Math.log(2 / 4) + Math.log(1 / 3)) / 2;
+    assert.ok(Math.abs(loss!.item() - want) < 1e-4, `${loss!.item()} vs ${want}`);
+    assert.equal(answerPointerLoss([attn], { queries: new Int32Array(0), targets: new Float32Array(0) }, 1, len, { layer: 0, head: 1, weight: 1 }), undefined);
+  });
+});
+
+test('pointer loss trains the head: with a previous-token head, a tiny model learns to look up a key\'s value', () => {
+  // Rows of random facts "k v" (keys 10..41, values 50..81, 8 facts), filler, then "6 k 3 v 5":
+  // the question for key k, the marker 3, the answer v, the stop 5. The head must find the fact
+  // whose key is the asked one: attending to all values alone leaves the loss at ln 8 = 2.08.
+  // Matching the token before the query (k) with the token before each value needs a
+  // previous-token head in layer 0; without its supervision this model stays on that plateau
+  // (2.01 after 400 steps), with it the lookup forms (0.13 after 700).
+  manualSeed(0);
+  const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 128, vocab_size: 96, max_position_embeddings: 64, tie_word_embeddings: true }));
+  const rows = 16;
+  const len = 40;
+  const row = (seed: number): number[] => {
+    let x = seed * 7919 + 17;
+    const next = (n: number) => (x = (x * 48271) % 2147483647) % n;
+    const keys = Array.from({ length: 32 }, (_, k) => k + 10);
+    for (let i = keys.length - 1; i > 0; i--) {
+      const j = next(i + 1);
+      [keys[i], keys[j]] = [keys[j]!, keys[i]!];
+    }
+    const out = [1];
+    const values: number[] = [];
+    for (let f = 0; f < 8; f++) {
+      values.push(50 + next(32));
+      out.push(keys[f]!, values[f]!);
+    }
+    while (out.length < len + 1 - 5) out.push(90 + next(4)); // filler
+    const f = next(8);
+    out.push(6, keys[f]!, 3, values[f]!, 5);
+    return out;
+  };
+  const batch = (first: number) => {
+    const flat = Int32Array.from(Array.from({ length: rows }, (_, r) => row(first + r)).flat());
+    return { flat, t: answerPointerTargets(flat, rows, len, len + 1, [3], new Set([5])) };
+  };
+  assert.equal(batch(0).t.queries.length, rows, 'one pointed answer token per row');
+  const p = { layer: 1, head: 0, weight: 1 };
+  const params = model.namedParameters().filter(([, q]) => q.trainable).map(([, q]) => q);
+  const opt = new AdamW(params, { lr: 1e-2, weightDecay: 0 });
+  const pointerLoss = (first: number, learn: boolean) =>
+    tidy(() => {
+      const { flat, t } = batch(first);
+      const ids = tensor(flat, [rows, len + 1]).to('int64').narrow(1, 0, len);
+      const att = model.forward({ ids, outputAttentions: true }).attentions!;
+      const loss = answerPointerLoss(att, t, rows, len, p)!;
+      if (learn) {
+        loss.add(inductionSupervisionLoss(att, flat, rows, len, len + 1, { prevLayer: 0, inductionLayer: 1, head: 1, weight: 1 }).prev).backward();
+        opt.step();
+        opt.zeroGrad();
+      }
+      return loss.item();
+    });
+  model.train();
+  // Held-out rows (seeds never trained on) before and after training on fresh rows each step.
+  const before = pointerLoss(1e6, false);
+  for (let s = 0; s < 700; s++) pointerLoss(s * rows, true);
+  const after = pointerLoss(1e6, false);
+  opt.freeState();
+  // From spread attention (about -log(1/len)) to most weight on the right value, on unseen rows.
+  assert.ok(before > 2, `before ${before}`);
+  assert.ok(after < 0.7, `held-out pointer loss ${before} -> ${after}`);
+});
+
+test('pretraining with an answer pointer: the pointer loss is logged on steps with answers and adds up; bad configs are refused', { timeout: 180_000 }, (t) =>
+  withRunDir(t, async (dir) => {
+    const lines = Array.from({ length: 80 }, (_, d) => JSON.stringify({ text: Array.from({ length: 40 }, (_, i) => `The word${(d * 7 + i * 3) % 50} stood beside item${(d + i) % 11} near the river.`).join(' ') }));
+    writeFileSync(join(dir, 'corpus.jsonl'), lines.join('\n') + '\n');
+    const raw = {
+      model: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 128, tie_word_embeddings: true },
+      tokenizer: resolve('models/softpress-base/tokenizer.json'),
+      corpora: [],
+      data: join(dir, 'corpus.jsonl'),
+      qaShare: 0.1,
+      recallShare: 0.7,
+      answerWeight: 0.5,
+      answerPointer: { layer: 1, head: 0, weight: 1 },
+      seqLen: 256,
+      batchSize: 2,
+      steps: 30,
+      warmup: 5,
+      lr: 3e-3,
+      weightDecay: 0,
+      evalEvery: 30,
+      validChunks: 1,
+      checkpointEvery: 30,
+    };
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
+    await pretrain(readPretrainConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
+    const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
+    for (const r of log) {
+      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0);
+      assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
+    }
+    const pointed = log.filter((r) => r.pointer_attn_loss !== undefined);
+    assert.ok(pointed.length >= 10, `steps with a pointer target: ${pointed.length}`);
+    // Spread attention at the start (learning is tested above, on a task a tiny model can learn in a test's time).
+    assert.ok(pointed[0]!.pointer_attn_loss! > 2, `first pointer loss ${pointed[0]!.pointer_attn_loss}`);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 2, head: 0, weight: 1 } }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.layer/);
+  }));
