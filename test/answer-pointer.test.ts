@@ -3,7 +3,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { withRunDir } from './helpers/run-dir.js';
+import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
 import { answerPointerLoss, answerPointerTargets } from '../src/train/answer-pointer.js';
 import { inductionSupervisionLoss } from '../src/train/induction.js';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
@@ -136,13 +136,12 @@ test('pointer loss trains the head: with a previous-token head, a tiny model lea
 
 test('pretraining with an answer pointer: the pointer loss is logged on steps with answers and adds up; bad configs are refused', { timeout: 180_000 }, (t) =>
   withRunDir(t, async (dir) => {
-    const lines = Array.from({ length: 80 }, (_, d) => JSON.stringify({ text: Array.from({ length: 40 }, (_, i) => `The word${(d * 7 + i * 3) % 50} stood beside item${(d + i) % 11} near the river.`).join(' ') }));
-    writeFileSync(join(dir, 'corpus.jsonl'), lines.join('\n') + '\n');
+    const data = writeTinyCorpus(dir, 80, 40, (d, i) => `The word${(d * 7 + i * 3) % 50} stood beside item${(d + i) % 11} near the river.`);
     const raw = {
-      model: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 128, tie_word_embeddings: true },
+      model: TINY_MODEL,
       tokenizer: resolve('models/softpress-base/tokenizer.json'),
       corpora: [],
-      data: join(dir, 'corpus.jsonl'),
+      data,
       qaShare: 0.1,
       recallShare: 0.7,
       answerWeight: 0.5,

@@ -1,7 +1,7 @@
 // Attention supervision for an induction head (src/train/induction.ts) and its use in pretraining.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { withRunDir } from './helpers/run-dir.js';
+import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { inductionSupervisionLoss, inductionTargets } from '../src/train/induction.js';
@@ -91,13 +91,12 @@ test('copy pool: a fixed random subset of the given ids', () => {
 
 test('pretraining with induction supervision and answer weighting: the losses are logged, the attention losses fall; a phase can start from a model folder', { timeout: 180_000 }, (t) =>
   withRunDir(t, async (dir) => {
-    const lines = Array.from({ length: 40 }, (_, d) => JSON.stringify({ text: Array.from({ length: 30 }, (_, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`).join(' ') }));
-    writeFileSync(join(dir, 'corpus.jsonl'), lines.join('\n') + '\n');
+    const data = writeTinyCorpus(dir, 40, 30, (d, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`);
     const raw = {
-      model: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 128, tie_word_embeddings: true },
+      model: TINY_MODEL,
       tokenizer: resolve('models/softpress-base/tokenizer.json'),
       corpora: [],
-      data: join(dir, 'corpus.jsonl'),
+      data,
       qaShare: 0.3,
       answerWeight: 0.5,
       seqLen: 48,
