@@ -4,11 +4,11 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
-import { answerPointerLoss, answerPointerTargets } from '../src/train/answer-pointer.js';
+import { answerCopyLoss, answerPointerLoss, answerPointerTargets } from '../src/train/answer-pointer.js';
 import { inductionSupervisionLoss } from '../src/train/induction.js';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { BpeTokenizer } from '../src/models/bpe.js';
-import { manualSeed, tensor, tidy } from '../src/tensor/index.js';
+import { crossEntropy, manualSeed, noGrad, tensor, tidy, zeros } from '../src/tensor/index.js';
 import { AdamW } from '../src/nn/index.js';
 import { configFromHf } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
@@ -69,6 +69,38 @@ test('pointer loss: -log of the supervised head\'s weight on its targets', () =>
     const want = -(Math.log(2 / 4) + Math.log(1 / 3)) / 2;
     assert.ok(Math.abs(loss!.item() - want) < 1e-4, `${loss!.item()} vs ${want}`);
     assert.equal(answerPointerLoss([attn], { queries: new Int32Array(0), targets: new Float32Array(0) }, 1, len, { layer: 0, head: 1, weight: 1 }), undefined);
+  });
+});
+
+test('pointer copy loss: the supervised head\'s own output through the output embedding', () => {
+  // With layer 0's MLP switched off (down projection zeroed), layer 0's output minus its input is
+  // its attention output; with o_proj's columns of heads 1 and 2 zeroed too, it is head 0's
+  // alone (scaled up, so that its logits are far from uniform). Those vectors through the output
+  // embedding must give the loss answerCopyLoss computes.
+  manualSeed(1);
+  const d = 48;
+  const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: d, num_hidden_layers: 2, num_attention_heads: 3, num_key_value_heads: 3, intermediate_size: 64, vocab_size: 40, max_position_embeddings: 32, tie_word_embeddings: true }));
+  const layer = model.layers[0]!;
+  noGrad(() => {
+    layer.mlp.downProj.weight.load(zeros(layer.mlp.downProj.weight.value.shape));
+    const wo = layer.selfAttn.oProj.weight.value.toArray() as Float32Array;
+    layer.selfAttn.oProj.weight.load(tensor(wo.map((w, i) => (i % d < d / 3 ? 400 * w : 0)), [d, d]));
+  });
+  tidy(() => {
+    const len = 10;
+    const flat = Int32Array.from([4, 9, 12, 5, 3, 9, 12, 7, 1, 1, 1, /* row 1 */ 20, 21, 22, 23, 8, 20, 21, 24, 1, 1, 1]);
+    // Queries 3 (predicts 3) and row 1's 6 (predicts 24); their pointer targets play no part here.
+    const t = { queries: Int32Array.from([3, len + 6]), targets: new Float32Array(2 * len) };
+    const ids = tensor(flat, [2, len + 1]).to('int64').narrow(1, 0, len);
+    const out = noGrad(() => model.forward({ ids, outputAttentions: true, outputAttnInputs: true, outputHiddenStates: true }));
+    const got = noGrad(() => answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, t, flat, 2, len, len + 1, { layer: 0, head: 0, weight: 1 })!.item());
+    const headOut = out.hiddenStates![1]!.sub(out.hiddenStates![0]!).reshape(2 * len, d).indexSelect(0, tensor(t.queries, [2]).to('int64'));
+    const want = noGrad(() => crossEntropy(model.head(headOut), tensor([3, 24], [2]).to('int64')).item());
+    assert.ok(Math.abs(got - want) < 1e-3, `${got} vs ${want}`);
+    assert.ok(Math.abs(want - Math.log(40)) > 0.1, `logits far from uniform: ${want}`);
+    // Another head's output is not this one's.
+    const other = noGrad(() => answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, t, flat, 2, len, len + 1, { layer: 0, head: 1, weight: 1 })!.item());
+    assert.ok(Math.abs(other - want) > 0.05, `head 1: ${other}`);
   });
 });
 
@@ -145,7 +177,7 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
       qaShare: 0.1,
       recallShare: 0.7,
       answerWeight: 0.5,
-      answerPointer: { layer: 1, head: 0, weight: 1 },
+      answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: 0.25 },
       seqLen: 256,
       batchSize: 2,
       steps: 30,
@@ -160,13 +192,16 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     await pretrain(readPretrainConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
     const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
     for (const r of log) {
-      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0);
+      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0) + 0.25 * (r.pointer_copy_loss ?? 0);
       assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     const pointed = log.filter((r) => r.pointer_attn_loss !== undefined);
     assert.ok(pointed.length >= 10, `steps with a pointer target: ${pointed.length}`);
+    assert.ok(pointed.every((r) => r.pointer_copy_loss! > 0), 'the copy loss is logged with the pointer loss');
     // Spread attention at the start (learning is tested above, on a task a tiny model can learn in a test's time).
     assert.ok(pointed[0]!.pointer_attn_loss! > 2, `first pointer loss ${pointed[0]!.pointer_attn_loss}`);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 2, head: 0, weight: 1 } }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.layer/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: -1 } }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.copyWeight/);
   }));

@@ -16,8 +16,9 @@
  * an occurrence (any of them: copying any gives the right token). Answers that do not occur
  * earlier in the row (yes/no, counts, a story cut off by packing) are not supervised.
  */
-import { tensor, type Tensor } from '../tensor/index.js';
+import { crossEntropy, linear, tensor, type Tensor } from '../tensor/index.js';
 import { answerTargets } from '../data/qa.js';
+import type { LlamaModel } from '../models/llama.js';
 
 export interface AnswerPointer {
   /** Layer of the supervised head (a late one: its query and key need the earlier layers' work). */
@@ -26,6 +27,13 @@ export interface AnswerPointer {
   head: number;
   /** Weight of the pointer loss next to the language-modelling loss. */
   weight: number;
+  /**
+   * Weight of a second loss (default 0): the head's own output, read through the output
+   * embedding, should predict the answer token it points at — its values and output projection
+   * learn to copy, which the answer's loss alone teaches slowly (the head points right long
+   * before the model writes what it points at). Logged as `pointer_copy_loss`.
+   */
+  copyWeight?: number;
 }
 
 /** Validates a pointer config against a model shape; throws with the offending field. */
@@ -34,6 +42,7 @@ export function checkAnswerPointer(p: AnswerPointer, numLayers: number, numHeads
   if (!int(p.layer, 0, numLayers - 1)) throw new Error(`${where}: answerPointer.layer must be an integer in [0, ${numLayers - 1}], got ${JSON.stringify(p.layer)}`);
   if (!int(p.head, 0, numHeads - 1)) throw new Error(`${where}: answerPointer.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(p.head)}`);
   if (!(typeof p.weight === 'number' && p.weight >= 0)) throw new Error(`${where}: answerPointer.weight must be a number >= 0, got ${JSON.stringify(p.weight)}`);
+  if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0)) throw new Error(`${where}: answerPointer.copyWeight must be a number >= 0, got ${JSON.stringify(p.copyWeight)}`);
 }
 
 export interface PointerTargets {
@@ -95,4 +104,29 @@ export function answerPointerLoss(attentions: Tensor[], t: PointerTargets, rows:
   const picked = probs.indexSelect(0, tensor(t.queries, [t.queries.length]).to('int64'));
   const onTargets = picked.mul(tensor(t.targets, [t.queries.length, len]).to(picked.dtype)).sum(-1);
   return onTargets.add(1e-6).log().mean().neg();
+}
+
+/**
+ * Cross-entropy of the supervised head's direct logits at the pointer queries against the
+ * answer tokens they predict: its output alone (attention-weighted values of its kv head
+ * through its slice of the output projection, [Q, dim]) times the output embedding. Needs the
+ * layer's normalised attention input ([B, T, dim], forward's outputAttnInputs).
+ */
+export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions: Tensor[], t: PointerTargets, ids: Int32Array, rows: number, len: number, stride: number, p: AnswerPointer): Tensor | undefined {
+  if (t.queries.length === 0) return undefined;
+  const { numHeads: h, numKvHeads: kv, headDim: hd, hiddenSize: d } = model.config;
+  const attn = model.layers[p.layer]!.selfAttn;
+  const kvHead = Math.floor(p.head / (h / kv));
+  // Values of the head's kv group: [B, T, hd] -> [B*T... ] picked per query below.
+  const wv = attn.vProj.weight.value.narrow(0, kvHead * hd, hd); // [hd, dim]
+  const values = linear(attnInput, wv); // [B, T, hd]
+  const q = tensor(t.queries, [t.queries.length]).to('int64');
+  const probs = attentions[p.layer]!.select(1, p.head).reshape(rows * len, len).indexSelect(0, q); // [Q, T]
+  const rowOf = tensor(Int32Array.from(t.queries, (x) => Math.floor(x / len)), [t.queries.length]).to('int64');
+  const mixed = probs.unsqueeze(1).matmul(values.indexSelect(0, rowOf)).reshape(t.queries.length, hd); // [Q, hd]
+  const wo = attn.oProj.weight.value.narrow(1, p.head * hd, hd); // [dim, hd]
+  const out = linear(mixed, wo); // [Q, dim]
+  if (out.size(1) !== d) throw new Error(`answerCopyLoss: head output has ${out.size(1)} features, expected ${d}`);
+  const targets = tensor(Int32Array.from(t.queries, (x) => ids[Math.floor(x / len) * stride + (x % len) + 1] as number), [t.queries.length]).to('int64');
+  return crossEntropy(model.head(out), targets);
 }

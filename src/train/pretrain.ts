@@ -17,7 +17,7 @@ import { makeCopyRows } from '../data/copy-task.js';
 import { answerTargets } from '../data/qa.js';
 import { Rng } from '../data/rng.js';
 import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
-import { answerPointerLoss, answerPointerTargets, checkAnswerPointer, type AnswerPointer } from './answer-pointer.js';
+import { answerCopyLoss, answerPointerLoss, answerPointerTargets, checkAnswerPointer, type AnswerPointer } from './answer-pointer.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
@@ -206,7 +206,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const lossOn = (flat: Int32Array, n: number, rowLen: number, at?: Int32Array, supervise = false) => {
     const all = tensor(flat, [n, rowLen + 1]).to('int64');
     const pointerHere = supervise && !at && !!pointer;
-    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && (!!sup || pointerHere) });
+    const copyHere = pointerHere && (pointer!.copyWeight ?? 0) > 0;
+    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && (!!sup || pointerHere), outputAttnInputs: copyHere });
     let logits = out.logits!.reshape(n * rowLen, -1);
     let targets = all.narrow(1, 1, rowLen).reshape(n * rowLen);
     if (at) {
@@ -224,8 +225,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
         answer = crossEntropy(logits.indexSelect(0, idx), targets.indexSelect(0, idx));
       }
     }
-    const pointed = pointerHere ? answerPointerLoss(out.attentions!, answerPointerTargets(flat, n, rowLen, rowLen + 1, answerMarker, answerStops), n, rowLen, pointer!) : undefined;
-    return { loss, attn, answer, pointed };
+    const pointerTargets = pointerHere ? answerPointerTargets(flat, n, rowLen, rowLen + 1, answerMarker, answerStops) : undefined;
+    const pointed = pointerTargets ? answerPointerLoss(out.attentions!, pointerTargets, n, rowLen, pointer!) : undefined;
+    const copied = pointerTargets && copyHere ? answerCopyLoss(model, out.attnInputs![pointer!.layer]!, out.attentions!, pointerTargets, flat, n, rowLen, rowLen + 1, pointer!) : undefined;
+    return { loss, attn, answer, pointed, copied };
   };
   const lossOnChunks = (flat: Int32Array, n: number, supervise = false) => lossOn(flat, n, len, undefined, supervise);
   const specialIds = new Set(tokenizer.special.values());
@@ -271,6 +274,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
         if (r.pointed && pointer) {
           l = l.add(r.pointed.mul(pointer.weight));
           parts.pointer_attn_loss = r.pointed.item();
+        }
+        if (r.copied && pointer) {
+          l = l.add(r.copied.mul(pointer.copyWeight ?? 0));
+          parts.pointer_copy_loss = r.copied.item();
         }
         loss = loss ? loss.add(l) : l;
       };
