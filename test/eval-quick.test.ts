@@ -80,6 +80,8 @@ test('softpress eval --suite quick writes report.md, results.json and plots (< 3
   assert.match(md, /## Summary/);
   assert.match(md, /## Latency and memory/);
   assert.match(md, /\| truncate \| 4 \|/);
+  assert.match(md, /Passages come only from the test split/);
+  assert.equal(rep.meta.split, 'test');
 });
 
 test('softpress eval --task babi --data <file> --methods full,none --json prints EM per task', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {

@@ -221,7 +221,7 @@ export async function run(argv: string[]): Promise<void> {
   }
 
   let report: Omit<EvalReport, 'plots'>;
-  const metaBase = { base, fingerprint, parameters: model.numParameters(), dtype: model.dtype, maxPositions: model.config.maxPositions, suite, seed, threads: getNumThreads(), date: new Date().toISOString(), notes };
+  const metaBase = { base, fingerprint, parameters: model.numParameters(), dtype: model.dtype, maxPositions: model.config.maxPositions, suite, seed, split, threads: getNumThreads(), date: new Date().toISOString(), notes };
   let predictions: Parameters<typeof writeReport>[2] = [];
   if (tasks.length) {
     const specs = values.methods ? list(values.methods) : ['full', 'none', 'truncate', ...discoverCompressors(base, fingerprint)];

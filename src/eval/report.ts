@@ -19,6 +19,8 @@ export interface RunMeta {
   maxPositions: number;
   suite: string;
   seed: number;
+  /** Split the passages were drawn from (reports written before this field: test). */
+  split?: string;
   tasks: { name: TaskName; examples: number; about: string; groupOrder?: Record<string, string[]> }[];
   methods: { label: string; method: string; ratios: (number | null)[]; source?: string }[];
   threads: number;
@@ -114,7 +116,7 @@ export function reportMarkdown(rep: EvalReport): string {
   if (hasTasks) {
     out.push(`- Methods: ${meta.methods.map((m) => `${m.label}${m.ratios.some((r) => r !== null) ? ` (ratios ${m.ratios.join(', ')})` : ''}${m.source ? ` from \`${m.source}\`` : ''}`).join('; ') || '–'}`);
     out.push('- Ratio = context tokens / soft tokens. Retention = (score − none) / (full − none) on the same examples.');
-    out.push('- Passages come only from the test split of sotu, moby-dick and brown (splitDocuments seed 0); bAbI from the file given (the held-out stories of a train file, all of any other file).');
+    out.push(`- Passages come only from the ${meta.split ?? 'test'} split of sotu, moby-dick and brown (splitDocuments seed 0); bAbI from the file given (the held-out stories of a train file, all of any other file).`);
     out.push('');
     for (const t of meta.tasks) out.push(`- **${t.name}** (${t.examples} examples): ${t.about}`);
   }
