@@ -117,9 +117,9 @@ export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions:
   const { numHeads: h, numKvHeads: kv, headDim: hd, hiddenSize: d } = model.config;
   const attn = model.layers[p.layer]!.selfAttn;
   const kvHead = Math.floor(p.head / (h / kv));
-  // Values of the head's kv group: [B, T, hd] -> [B*T... ] picked per query below.
+  // Values of the head's kv group, [B, T, hd]; each query mixes its own row's.
   const wv = attn.vProj.weight.value.narrow(0, kvHead * hd, hd); // [hd, dim]
-  const values = linear(attnInput, wv); // [B, T, hd]
+  const values = linear(attnInput, wv, attn.vProj.bias?.value.narrow(0, kvHead * hd, hd)); // [B, T, hd]
   const q = tensor(t.queries, [t.queries.length]).to('int64');
   const probs = attentions[p.layer]!.select(1, p.head).reshape(rows * len, len).indexSelect(0, q); // [Q, T]
   const rowOf = tensor(Int32Array.from(t.queries, (x) => Math.floor(x / len)), [t.queries.length]).to('int64');

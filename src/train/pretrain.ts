@@ -201,7 +201,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   if (pointer) checkAnswerPointer(pointer, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
   /**
    * Next-token loss on n rows of rowLen + 1 ids (on `at` flat target positions only, if given);
-   * `supervise` adds the training-only terms: attention supervision, and on text rows the answers' loss.
+   * `supervise` adds the training-only terms: attention supervision, and on text rows the answers'
+   * loss and the answer pointer's losses.
    */
   const lossOn = (flat: Int32Array, n: number, rowLen: number, at?: Int32Array, supervise = false) => {
     const all = tensor(flat, [n, rowLen + 1]).to('int64');
