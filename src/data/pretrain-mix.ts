@@ -1,9 +1,10 @@
 /**
  * The pretraining mixture: corpus documents of a split, plus a share of
- * context–question–answer documents (bAbI stories, planted facts, cloze) and a share of restate
- * documents (a passage, <|restate|>, the same passage again), all built from the same split
- * only, so that no test document is ever trained on. Restate documents teach the decoder to copy
- * from its context, which reconstruction (the compressors' autoencoding target) measures.
+ * context–question–answer documents (bAbI stories, planted facts, cloze), of recall documents
+ * (several planted facts, all asked back) and of restate documents (a passage, <|restate|>, the
+ * same passage again), all built from the same split only, so that no test document is ever
+ * trained on. Restate documents are meant to teach the decoder to copy from its context, which
+ * reconstruction (the compressors' autoencoding target) measures.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -62,7 +63,7 @@ function babiFiles(dir: string): string[] {
     .map((f) => join(dir, f));
 }
 
-/** Documents of one split plus QA and restate documents generated from that split, shuffled by seed. */
+/** Documents of one split plus QA, recall and restate documents generated from that split, shuffled by seed. */
 export function buildMixture(o: MixOptions, split: SplitName): Mixture {
   const restateShare = o.restateShare ?? 0;
   const recallShare = o.recallShare ?? 0;
