@@ -343,6 +343,12 @@ export const NEEDLE_TEMPLATES: Readonly<Record<string, (rng: Rng) => Fact>> = {
   },
 };
 
+/** A fact from one of the named templates, drawn by rng (template first, then its slots). */
+function drawFact(rng: Rng, names: readonly string[]): Fact & { template: string } {
+  const template = rng.pick(names);
+  return { ...(NEEDLE_TEMPLATES[template] as (r: Rng) => Fact)(rng), template };
+}
+
 export interface NeedleOptions extends PassageOptions {
   seed?: number | string;
   count: number;
@@ -373,8 +379,8 @@ export function makeNeedleExamples(docs: readonly Doc[], opts: NeedleOptions): Q
   const out: QAExample[] = [];
   for (let i = 0; i < opts.count; i++) {
     const rng = base.fork(i);
-    const template = rng.pick(names);
-    const fact = (NEEDLE_TEMPLATES[template] as (r: Rng) => Fact)(rng);
+    const fact = drawFact(rng, names);
+    const template = fact.template;
     const needle: Unit = { text: fact.statement, para: false, docId: '' };
     const room = budget.limit - budget.measure(` ${fact.statement}`);
     if (room <= 0) throw new RangeError(`context length ${budget.limit} leaves no room for the needle "${fact.statement}"`);
@@ -545,12 +551,11 @@ export function makeRecallExamples(docs: readonly Doc[], opts: RecallOptions): R
     const facts: (Fact & { template: string })[] = [];
     const asked = new Set<string>();
     for (let tries = 0; facts.length < nFacts && tries < nFacts * 50; tries++) {
-      const template = rng.pick(names);
-      const fact = (NEEDLE_TEMPLATES[template] as (r: Rng) => Fact)(rng);
+      const fact = drawFact(rng, names);
       // Two facts about the same thing would make the question ambiguous.
       if (asked.has(fact.question)) continue;
       asked.add(fact.question);
-      facts.push({ ...fact, template });
+      facts.push(fact);
     }
     const needles: Unit[] = facts.map((f) => ({ text: f.statement, para: false, docId: '' }));
     const room = budget.limit - needles.reduce((a, u) => a + budget.measure(` ${u.text}`), 0);
@@ -568,17 +573,13 @@ export function makeRecallExamples(docs: readonly Doc[], opts: RecallOptions): R
       if (idx < 0) break;
       fitted = fitted.filter((_, k) => k !== idx);
     }
-    const order = facts.map((_, k) => k);
-    for (let k = order.length - 1; k > 0; k--) {
+    // Asked in a random order, not the order of the facts.
+    const qas = facts.map(({ question, answer, template }) => ({ question, answer, template }));
+    for (let k = qas.length - 1; k > 0; k--) {
       const j = rng.int(k + 1);
-      [order[k], order[j]] = [order[j] as number, order[k] as number];
+      [qas[k], qas[j]] = [qas[j]!, qas[k]!];
     }
-    out.push({
-      id: `recall/${i}`,
-      context: joinUnits(fitted),
-      qas: order.map((k) => ({ question: (facts[k] as Fact).question, answer: (facts[k] as Fact).answer, template: (facts[k] as { template: string }).template })),
-      docIds,
-    });
+    out.push({ id: `recall/${i}`, context: joinUnits(fitted), qas, docIds });
   }
   return out;
 }
