@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
-import { answerCopyLoss, answerPointerLoss, answerPointerTargets } from '../src/train/answer-pointer.js';
+import { answerCopyLoss, answerPointerLoss, answerPointerTargets, restatePointerTargets } from '../src/train/answer-pointer.js';
 import { inductionSupervisionLoss } from '../src/train/induction.js';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { BpeTokenizer } from '../src/models/bpe.js';
@@ -52,6 +52,46 @@ test('pointer targets on real text: the answer\'s tokens in the planted fact, ye
   // Every key is in the passage, before the first question.
   const passageEnd = 1 + tok.encode(text.slice(0, text.indexOf('\nQuestion'))).length;
   for (const [, ks] of pairs(t, len)) assert.ok(ks[0]! < passageEnd, `key ${ks[0]} after the passage (${passageEnd})`);
+});
+
+test('restate pointer targets: the k-th restated token\'s query points at the k-th token of the passage', () => {
+  // BOS 1, <|restate|> 9; rows of 12 inputs + 1 target (stride 13).
+  // Row 0: passage "5 6 5" (positions 2-4) restated at 6-8, then EOS 2. The query at the marker
+  // (5) predicts the first restated 5 and must look at position 2, not the other 5 at 4.
+  // Row 1: a passage whose BOS is before the row (skipped), then one restated up to the row's
+  // end: the last query's target (the row's extra target id) is still supervised.
+  const ids = Int32Array.from([
+    2, 1, 5, 6, 5, 9, 5, 6, 5, 2, 1, 7, 8,
+    4, 4, 9, 4, 4, 2, 1, 6, 7, 8, 9, 6, 7,
+  ]);
+  const t = restatePointerTargets(ids, 2, 12, 13, 9, 1);
+  assert.deepEqual(pairs(t, 12), [
+    [5, [2]],
+    [6, [3]],
+    [7, [4]],
+    [12 + 10, [7]],
+    [12 + 11, [8]],
+  ]);
+  // A restated token that differs from its source is not supervised.
+  const off = restatePointerTargets(Int32Array.from([1, 5, 6, 9, 5, 7, 2]), 1, 6, 7, 9, 1);
+  assert.deepEqual(pairs(off, 6), [[3, [1]]]);
+});
+
+test('restate pointer targets on real text: every restated token, each pointing at its own source token', { skip: !existsSync('models/softpress-base/tokenizer.json') && 'no tokenizer' }, () => {
+  const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
+  const passage = 'The the cat sat on the mat, and the mat sat under the cat.';
+  const ids = Int32Array.from([...tok.encode(`Before.`, { bos: true, eos: true }), ...tok.encode(`${passage}<|restate|>${passage}`, { bos: true, eos: true, allowSpecial: true })]);
+  const len = ids.length - 1;
+  const restate = tok.special.get('<|restate|>')!;
+  const t = restatePointerTargets(ids, 1, len, len + 1, restate, tok.bos);
+  const n = tok.encode(passage).length;
+  assert.equal(t.queries.length, n, 'one query per restated token');
+  const m = ids.indexOf(restate);
+  pairs(t, len).forEach(([q, ks], k) => {
+    assert.equal(q, m + k);
+    assert.deepEqual(ks, [m - n + k]);
+    assert.equal(ids[ks[0]!], ids[q + 1], 'the key holds the token the query predicts');
+  });
 });
 
 test('pointer loss: -log of the supervised head\'s weight on its targets', () => {
@@ -174,10 +214,12 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
       tokenizer: resolve('models/softpress-base/tokenizer.json'),
       corpora: [],
       data,
-      qaShare: 0.1,
-      recallShare: 0.7,
+      qaShare: 0.05,
+      recallShare: 0.4,
       answerWeight: 0.5,
       answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: 0.25 },
+      restateShare: 0.4,
+      restatePointer: { layer: 1, head: 1, weight: 0.5, copyWeight: 0.75 },
       seqLen: 256,
       batchSize: 2,
       steps: 30,
@@ -192,16 +234,23 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     await pretrain(readPretrainConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
     const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
     for (const r of log) {
-      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0) + 0.25 * (r.pointer_copy_loss ?? 0);
+      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0) + 0.25 * (r.pointer_copy_loss ?? 0) + 0.5 * (r.restate_attn_loss ?? 0) + 0.75 * (r.restate_copy_loss ?? 0);
       assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     const pointed = log.filter((r) => r.pointer_attn_loss !== undefined);
     assert.ok(pointed.length >= 10, `steps with a pointer target: ${pointed.length}`);
     assert.ok(pointed.every((r) => r.pointer_copy_loss! > 0), 'the copy loss is logged with the pointer loss');
+    const restated = log.filter((r) => r.restate_attn_loss !== undefined);
+    assert.ok(restated.length >= 3, `steps with a restate target: ${restated.length}`);
+    assert.ok(restated.every((r) => r.restate_copy_loss! > 0), 'the restate copy loss is logged with its pointer loss');
     // Spread attention at the start (learning is tested above, on a task a tiny model can learn in a test's time).
     assert.ok(pointed[0]!.pointer_attn_loss! > 2, `first pointer loss ${pointed[0]!.pointer_attn_loss}`);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 2, head: 0, weight: 1 } }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.layer/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: -1 } }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.copyWeight/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restatePointer: { layer: 1, head: 9, weight: 1 } }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer.head/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateShare: 0 }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer needs restate documents/);
   }));

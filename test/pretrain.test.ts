@@ -125,6 +125,12 @@ test('pretraining: a continued phase starts from another run, with restate docum
     assert.ok(pairs.some(([a]) => !plainPassages.includes(a)), 'passages are shuffled');
     assert.ok(pairs.every(([a]) => a.split(/\s+/).length > 1));
     assert.deepEqual(buildMixture({ corpora: [], data, qaShare: 0.1, restateShare: 0.3, restateShuffled: 0, seed: 0 }, 'train').texts, mix.texts);
+    // bAbI's share of the QA characters follows babiFraction (0.4 by default).
+    const babiDir = resolve('../shared/fixtures/babi/en-10k');
+    const qa4 = buildMixture({ corpora: [], data, babiDir, qaShare: 0.3, seed: 0 }, 'train');
+    const qa8 = buildMixture({ corpora: [], data, babiDir, qaShare: 0.3, babiFraction: 0.8, seed: 0 }, 'train');
+    assert.ok(qa8.counts.babi > 1.5 * qa4.counts.babi, `bAbI stories ${qa4.counts.babi} -> ${qa8.counts.babi}`);
+    assert.throws(() => buildMixture({ corpora: [], data, babiDir, qaShare: 0.3, babiFraction: 1.5, seed: 0 }, 'train'), /babiFraction must be in \[0, 1\]/);
 
     // The phase's first validation (step 0 weights = run a's) and its data stream with the <|restate|> id.
     const cont = { ...cfg, init: join(dir, 'a'), restateShare: 0.3, steps: 2, evalEvery: 1 };

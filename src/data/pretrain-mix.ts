@@ -34,6 +34,11 @@ export interface MixOptions {
    * cannot be predicted from language statistics, only copied, so the copying signal is clean.
    */
   restateShuffled?: number;
+  /**
+   * Share of the QA characters that are bAbI stories, when babiDir is given (default 0.4); the
+   * rest are planted facts and masked words.
+   */
+  babiFraction?: number;
   seed: number;
 }
 
@@ -71,6 +76,8 @@ export function buildMixture(o: MixOptions, split: SplitName): Mixture {
     throw new Error(`qaShare, restateShare and recallShare must be >= 0 with a sum below 0.9, got ${o.qaShare}, ${restateShare} and ${recallShare}`);
   }
   if (!((o.restateShuffled ?? 0) >= 0 && (o.restateShuffled ?? 0) <= 1)) throw new Error(`restateShuffled must be in [0, 1], got ${o.restateShuffled}`);
+  const babiFraction = o.babiFraction ?? 0.4;
+  if (!(babiFraction >= 0 && babiFraction <= 1)) throw new Error(`babiFraction must be in [0, 1], got ${o.babiFraction}`);
   const docs = splitDocuments(loadDocs(o), { seed: o.seed })[split];
   const corpusChars = docs.reduce((a, d) => a + d.text.length, 0);
   const texts = docs.map((d) => d.text);
@@ -117,11 +124,11 @@ export function buildMixture(o: MixOptions, split: SplitName): Mixture {
   }
   if (qaTarget > 0 || restateTarget > 0 || recallTarget > 0) {
     const rng = new Rng(`mix:${o.seed}:${split}`);
-    // bAbI: about 40% of the QA characters (when given), the rest planted facts and cloze.
+    // bAbI: babiFraction of the QA characters (when given), the rest planted facts and cloze.
     if (o.babiDir) {
       const files = babiFiles(o.babiDir);
       const perFile = files.map((f) => loadBabiFile(f, { split: split === 'train' ? 'train' : 'valid' }));
-      const budget = qaTarget * 0.4;
+      const budget = qaTarget * babiFraction;
       let used = 0;
       for (let k = 0; used < budget && k < 200000; k++) {
         const pool = perFile[rng.int(perFile.length)];

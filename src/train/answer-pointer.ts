@@ -37,12 +37,12 @@ export interface AnswerPointer {
 }
 
 /** Validates a pointer config against a model shape; throws with the offending field. */
-export function checkAnswerPointer(p: AnswerPointer, numLayers: number, numHeads: number, where: string): void {
+export function checkAnswerPointer(p: AnswerPointer, numLayers: number, numHeads: number, where: string, name = 'answerPointer'): void {
   const int = (v: unknown, lo: number, hi: number) => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
-  if (!int(p.layer, 0, numLayers - 1)) throw new Error(`${where}: answerPointer.layer must be an integer in [0, ${numLayers - 1}], got ${JSON.stringify(p.layer)}`);
-  if (!int(p.head, 0, numHeads - 1)) throw new Error(`${where}: answerPointer.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(p.head)}`);
-  if (!(typeof p.weight === 'number' && p.weight >= 0)) throw new Error(`${where}: answerPointer.weight must be a number >= 0, got ${JSON.stringify(p.weight)}`);
-  if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0)) throw new Error(`${where}: answerPointer.copyWeight must be a number >= 0, got ${JSON.stringify(p.copyWeight)}`);
+  if (!int(p.layer, 0, numLayers - 1)) throw new Error(`${where}: ${name}.layer must be an integer in [0, ${numLayers - 1}], got ${JSON.stringify(p.layer)}`);
+  if (!int(p.head, 0, numHeads - 1)) throw new Error(`${where}: ${name}.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(p.head)}`);
+  if (!(typeof p.weight === 'number' && p.weight >= 0)) throw new Error(`${where}: ${name}.weight must be a number >= 0, got ${JSON.stringify(p.weight)}`);
+  if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0)) throw new Error(`${where}: ${name}.copyWeight must be a number >= 0, got ${JSON.stringify(p.copyWeight)}`);
 }
 
 export interface PointerTargets {
@@ -121,12 +121,43 @@ export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions:
   const wv = attn.vProj.weight.value.narrow(0, kvHead * hd, hd); // [hd, dim]
   const values = linear(attnInput, wv, attn.vProj.bias?.value.narrow(0, kvHead * hd, hd)); // [B, T, hd]
   const q = tensor(t.queries, [t.queries.length]).to('int64');
-  const probs = attentions[p.layer]!.select(1, p.head).reshape(rows * len, len).indexSelect(0, q); // [Q, T]
-  const rowOf = tensor(Int32Array.from(t.queries, (x) => Math.floor(x / len)), [t.queries.length]).to('int64');
-  const mixed = probs.unsqueeze(1).matmul(values.indexSelect(0, rowOf)).reshape(t.queries.length, hd); // [Q, hd]
+  // The head's mix of values at every position, [B * T, hd], then the supervised queries' rows:
+  // a restate batch has thousands of queries, too many to gather a [T, hd] value block for each.
+  const mixed = attentions[p.layer]!.select(1, p.head).matmul(values).reshape(rows * len, hd).indexSelect(0, q); // [Q, hd]
   const wo = attn.oProj.weight.value.narrow(1, p.head * hd, hd); // [dim, hd]
   const out = linear(mixed, wo); // [Q, dim]
   if (out.size(1) !== d) throw new Error(`answerCopyLoss: head output has ${out.size(1)} features, expected ${d}`);
   const targets = tensor(Int32Array.from(t.queries, (x) => ids[Math.floor(x / len) * stride + (x % len) + 1] as number), [t.queries.length]).to('int64');
   return crossEntropy(model.head(out), targets);
+}
+
+/**
+ * Where each restating query should look, in restate documents ("<BOS>passage<|restate|>passage
+ * <EOS>"): the query that predicts the k-th restated token (at the marker's position + k) should
+ * attend to the k-th token of the passage, its source. Positional, not by content: a passage
+ * repeats words, and copying the aligned occurrence is what restating in order means. Passages
+ * whose start (the BOS before the marker) is not in the row are skipped, and so is any query
+ * whose target token differs from its source token (never, when both copies tokenise alike).
+ */
+export function restatePointerTargets(ids: Int32Array, rows: number, len: number, stride: number, restateId: number, bos: number): PointerTargets {
+  const queries: number[] = [];
+  const keys: number[] = [];
+  for (let r = 0; r < rows; r++) {
+    const row = ids.subarray(r * stride, r * stride + len + 1);
+    for (let m = 1; m < len; m++) {
+      if (row[m] !== restateId) continue;
+      let s = m;
+      while (s > 0 && row[s - 1] !== bos) s--;
+      if (s === 0) continue; // the passage began in an earlier row
+      const n = m - s;
+      for (let k = 0; k < n && m + k < len; k++) {
+        if (row[m + 1 + k] !== row[s + k]) continue;
+        queries.push(r * len + m + k);
+        keys.push(s + k);
+      }
+    }
+  }
+  const targets = new Float32Array(queries.length * len);
+  keys.forEach((k, i) => (targets[i * len + k] = 1));
+  return { queries: Int32Array.from(queries), targets };
 }

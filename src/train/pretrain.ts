@@ -17,7 +17,7 @@ import { makeCopyRows } from '../data/copy-task.js';
 import { answerTargets } from '../data/qa.js';
 import { Rng } from '../data/rng.js';
 import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
-import { answerCopyLoss, answerPointerLoss, answerPointerTargets, checkAnswerPointer, type AnswerPointer } from './answer-pointer.js';
+import { answerCopyLoss, answerPointerLoss, answerPointerTargets, checkAnswerPointer, restatePointerTargets, type AnswerPointer } from './answer-pointer.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
@@ -75,6 +75,15 @@ export interface PretrainConfig {
    * `pointer_attn_loss`. Retrieval from the context, which plain training did not find.
    */
   answerPointer?: AnswerPointer;
+  /**
+   * The same supervision on restate documents (needs restateShare > 0): the query that predicts
+   * the k-th restated token attends to the k-th token of the passage (restatePointerTargets);
+   * logged as `restate_attn_loss` and, with copyWeight, `restate_copy_loss`. Teaches the
+   * decoder to restate its context, which next-token loss on restate documents alone did not.
+   */
+  restatePointer?: AnswerPointer;
+  /** Share of the QA characters that are bAbI stories when babiDir is given (default 0.4). */
+  babiFraction?: number;
   seed: number;
   seqLen: number;
   batchSize: number;
@@ -165,7 +174,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const tokenizer = BpeTokenizer.fromFile(cfg.tokenizer);
   const tokId = readFileSync(cfg.tokenizer, 'utf8');
   log('building the data mixture (train and valid splits)…');
-  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, restateShuffled: cfg.restateShuffled, recallShare: cfg.recallShare, seed: cfg.seed }, 'train');
+  const trainMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: cfg.qaShare, restateShare: cfg.restateShare, restateShuffled: cfg.restateShuffled, recallShare: cfg.recallShare, babiFraction: cfg.babiFraction, seed: cfg.seed }, 'train');
   const validMix = buildMixture({ corpora: cfg.corpora, data: cfg.data, babiDir: cfg.babiDir, qaShare: 0, seed: cfg.seed }, 'valid');
   log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze) + restate ${(trainMix.restateChars / 1e6).toFixed(1)} M chars (${trainMix.counts.restate})${trainMix.counts.recall !== undefined ? ` + recall ${(trainMix.recallChars / 1e6).toFixed(1)} M chars (${trainMix.counts.recall})` : ''}`);
   const tick = (label: string) => (done: number, total: number) => {
@@ -199,6 +208,13 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   if (sup) checkInductionSupervision(sup, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
   const pointer = cfg.answerPointer;
   if (pointer) checkAnswerPointer(pointer, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config');
+  const restatePointer = cfg.restatePointer;
+  if (restatePointer) {
+    checkAnswerPointer(restatePointer, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config', 'restatePointer');
+    if (!((cfg.restateShare ?? 0) > 0)) throw new Error('pretrain config: restatePointer needs restate documents (restateShare > 0)');
+  }
+  const restateId = tokenizer.special.get('<|restate|>');
+  if (restatePointer && restateId === undefined) throw new Error(`pretrain config: restatePointer needs a tokenizer with <|restate|> (${cfg.tokenizer})`);
   /**
    * Next-token loss on n rows of rowLen + 1 ids (on `at` flat target positions only, if given);
    * `supervise` adds the training-only terms: attention supervision, and on text rows the answers'
@@ -208,7 +224,9 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const all = tensor(flat, [n, rowLen + 1]).to('int64');
     const pointerHere = supervise && !at && !!pointer;
     const copyHere = pointerHere && (pointer!.copyWeight ?? 0) > 0;
-    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && (!!sup || pointerHere), outputAttnInputs: copyHere });
+    const restateHere = supervise && !at && !!restatePointer;
+    const restateCopyHere = restateHere && (restatePointer!.copyWeight ?? 0) > 0;
+    const out = model.forward({ ids: all.narrow(1, 0, rowLen), outputAttentions: supervise && (!!sup || pointerHere || restateHere), outputAttnInputs: copyHere || restateCopyHere });
     let logits = out.logits!.reshape(n * rowLen, -1);
     let targets = all.narrow(1, 1, rowLen).reshape(n * rowLen);
     if (at) {
@@ -229,7 +247,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const pointerTargets = pointerHere ? answerPointerTargets(flat, n, rowLen, rowLen + 1, answerMarker, answerStops) : undefined;
     const pointed = pointerTargets ? answerPointerLoss(out.attentions!, pointerTargets, n, rowLen, pointer!) : undefined;
     const copied = pointerTargets && copyHere ? answerCopyLoss(model, out.attnInputs![pointer!.layer]!, out.attentions!, pointerTargets, flat, n, rowLen, rowLen + 1, pointer!) : undefined;
-    return { loss, attn, answer, pointed, copied };
+    const restateTargets = restateHere ? restatePointerTargets(flat, n, rowLen, rowLen + 1, restateId!, tokenizer.bos) : undefined;
+    const restatePointed = restateTargets ? answerPointerLoss(out.attentions!, restateTargets, n, rowLen, restatePointer!) : undefined;
+    const restateCopied = restateTargets && restateCopyHere ? answerCopyLoss(model, out.attnInputs![restatePointer!.layer]!, out.attentions!, restateTargets, flat, n, rowLen, rowLen + 1, restatePointer!) : undefined;
+    return { loss, attn, answer, pointed, copied, restatePointed, restateCopied };
   };
   const lossOnChunks = (flat: Int32Array, n: number, supervise = false) => lossOn(flat, n, len, undefined, supervise);
   const specialIds = new Set(tokenizer.special.values());
@@ -268,18 +289,17 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
           prevAttn += r.attn.prev.item();
           inductionAttn += r.attn.induction.item();
         }
-        if (r.answer) {
-          l = l.add(r.answer.mul(answerWeight));
-          parts.answer_loss = r.answer.item();
-        }
-        if (r.pointed && pointer) {
-          l = l.add(r.pointed.mul(pointer.weight));
-          parts.pointer_attn_loss = r.pointed.item();
-        }
-        if (r.copied && pointer) {
-          l = l.add(r.copied.mul(pointer.copyWeight ?? 0));
-          parts.pointer_copy_loss = r.copied.item();
-        }
+        // Weighted extra terms, each logged under its name when the batch had targets for it.
+        const term = (logName: string, v: Tensor | undefined, weight: number) => {
+          if (!v) return;
+          l = l.add(v.mul(weight));
+          parts[logName] = v.item();
+        };
+        term('answer_loss', r.answer, answerWeight);
+        term('pointer_attn_loss', r.pointed, pointer?.weight ?? 0);
+        term('pointer_copy_loss', r.copied, pointer?.copyWeight ?? 0);
+        term('restate_attn_loss', r.restatePointed, restatePointer?.weight ?? 0);
+        term('restate_copy_loss', r.restateCopied, restatePointer?.copyWeight ?? 0);
         loss = loss ? loss.add(l) : l;
       };
       if (copyRows > 0) add('copy_loss', copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows, true));
@@ -288,7 +308,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
       const tokens = rows * len + copyRows * copyLen;
       // A plain text step logs just its loss, as before.
-      return copyRows === 0 && !sup && !pointer && answerWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
+      return copyRows === 0 && !sup && !pointer && !restatePointer && answerWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
     },
     validate() {
       model.eval();
