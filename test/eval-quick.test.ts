@@ -152,6 +152,9 @@ test('tasks: deterministic by seed, test split only, lengths as asked', { skip }
   const small = makeBabiTask(bd, tok, { n: 10 });
   assert.deepEqual(small.examples.map((e) => [e.groups.task, e.answer]).sort(), [['qa1', 'bathroom'], ['qa1', 'cellar'], ['qa2', 'kitchen']]);
   assert.equal(tok.decode(small.examples.find((e) => e.answer === 'kitchen')!.context), 'Daniel moved to the kitchen.\nJohn went to the hallway.');
+  // Model-free references: qa1's test file knows its own two answers (1/2 each; 'bathroom', the
+  // first most frequent, is right once); qa2's held-out 'kitchen' is no training answer (0, 0).
+  assert.match(small.about, /uniform guess among each task's answers scores 0\.333, its most frequent answer 0\.333/);
   if (existsSync(BABI_FILE)) {
     const babi = makeBabiTask(BABI_FILE, tok, { n: 5, seed: 0 });
     assert.equal(babi.examples.length, 5);

@@ -237,6 +237,10 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
   const examples: EvalExample[] = [];
   const tasks: number[] = [];
   const parts = new Set<string>();
+  // Model-free references on the picked questions: a uniform guess among the task's answers, and
+  // always its most frequent answer (both from the training part when the valid part is asked).
+  let uniform = 0;
+  let majority = 0;
   for (const file of babiFiles(path)) {
     const split = babiSplitFor(file, o.split);
     parts.add(split);
@@ -245,12 +249,17 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
     const task = all[0]!.task;
     if (!tasks.includes(task)) tasks.push(task);
     const picked = new Rng(`eval:babi:${o.seed ?? 0}:${task}:${basename(file)}`).sample(all, o.n);
+    const known = new Map<string, number>();
+    for (const ex of split === 'valid' ? loadBabiFile(file, { split: 'train' }) : all) known.set(ex.answer, (known.get(ex.answer) ?? 0) + 1);
+    const top = [...known.entries()].reduce((a, b) => (b[1] > a[1] ? b : a))[0];
     for (const ex of picked) {
+      uniform += known.has(ex.answer) ? 1 / known.size : 0;
+      majority += ex.answer === top ? 1 : 0;
       examples.push({ id: `babi/${ex.id}`, context: tok.encode(ex.story), tail: qaPrompt(tok, ex.question), maxTokens: 8, answer: ex.answer, groups: { task: `qa${task}` } });
     }
   }
   if (examples.length === 0) throw new Error(`no bAbI questions in ${path}`);
-  return { name: 'babi', mode: 'generate', stopAtNewline: true, examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task` };
+  return { name: 'babi', mode: 'generate', stopAtNewline: true, examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}` };
 }
 
 export interface NeedleTaskOptions {
