@@ -24,7 +24,7 @@ import type { Tokenizer } from '../models/tokenizer.js';
 import type { Doc } from '../data/corpora.js';
 import { loadDocs } from '../data/pretrain-mix.js';
 import { splitDocuments, type SplitName } from '../data/splits.js';
-import { babiTaskFromFileName, loadBabiFile } from '../data/babi.js';
+import { babiTaskFromFileName, loadBabiFile, splitBabi } from '../data/babi.js';
 import { formatQAPrompt, makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
 import { Rng, indexOfCumulative } from '../data/rng.js';
 
@@ -244,13 +244,16 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
   for (const file of babiFiles(path)) {
     const split = babiSplitFor(file, o.split);
     parts.add(split);
-    const all = loadBabiFile(file, { split });
+    // One parse per file: the asked part, and the training part for the references below.
+    const whole = loadBabiFile(file, { split: 'all' });
+    const halves = split === 'all' ? undefined : splitBabi(whole);
+    const all = halves ? halves[split as 'train' | 'valid'] : whole;
     if (all.length === 0) continue;
     const task = all[0]!.task;
     if (!tasks.includes(task)) tasks.push(task);
     const picked = new Rng(`eval:babi:${o.seed ?? 0}:${task}:${basename(file)}`).sample(all, o.n);
     const known = new Map<string, number>();
-    for (const ex of split === 'valid' ? loadBabiFile(file, { split: 'train' }) : all) known.set(ex.answer, (known.get(ex.answer) ?? 0) + 1);
+    for (const ex of split === 'valid' ? halves!.train : all) known.set(ex.answer, (known.get(ex.answer) ?? 0) + 1);
     const top = [...known.entries()].reduce((a, b) => (b[1] > a[1] ? b : a))[0];
     for (const ex of picked) {
       uniform += known.has(ex.answer) ? 1 / known.size : 0;
