@@ -112,20 +112,32 @@ test('pointer loss: -log of the supervised head\'s weight on its targets', () =>
   });
 });
 
+/**
+ * A 2-layer model (3 heads of 16 features) whose layer 0 outputs head 0's attention alone: its MLP
+ * and the other heads' output columns zeroed, head 0's scaled up so that its logits are far from
+ * uniform; with `uniform`, its query projection zeroed too, so every head attends evenly to its
+ * causal prefix.
+ */
+function headZeroModel(seed: number, d: number, uniform: boolean): LlamaModel {
+  manualSeed(seed);
+  const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: d, num_hidden_layers: 2, num_attention_heads: 3, num_key_value_heads: 3, intermediate_size: 64, vocab_size: 40, max_position_embeddings: 32, tie_word_embeddings: true }));
+  const layer = model.layers[0]!;
+  noGrad(() => {
+    layer.mlp.downProj.weight.load(zeros(layer.mlp.downProj.weight.value.shape));
+    if (uniform) layer.selfAttn.qProj.weight.load(zeros(layer.selfAttn.qProj.weight.value.shape));
+    const wo = layer.selfAttn.oProj.weight.value.toArray() as Float32Array;
+    layer.selfAttn.oProj.weight.load(tensor(wo.map((w, i) => (i % d < d / 3 ? 400 * w : 0)), [d, d]));
+  });
+  return model;
+}
+
 test('pointer copy loss: the supervised head\'s own output through the output embedding', () => {
   // With layer 0's MLP switched off (down projection zeroed), layer 0's output minus its input is
   // its attention output; with o_proj's columns of heads 1 and 2 zeroed too, it is head 0's
   // alone (scaled up, so that its logits are far from uniform). Those vectors through the output
   // embedding must give the loss answerCopyLoss computes.
-  manualSeed(1);
   const d = 48;
-  const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: d, num_hidden_layers: 2, num_attention_heads: 3, num_key_value_heads: 3, intermediate_size: 64, vocab_size: 40, max_position_embeddings: 32, tie_word_embeddings: true }));
-  const layer = model.layers[0]!;
-  noGrad(() => {
-    layer.mlp.downProj.weight.load(zeros(layer.mlp.downProj.weight.value.shape));
-    const wo = layer.selfAttn.oProj.weight.value.toArray() as Float32Array;
-    layer.selfAttn.oProj.weight.load(tensor(wo.map((w, i) => (i % d < d / 3 ? 400 * w : 0)), [d, d]));
-  });
+  const model = headZeroModel(1, d, false);
   tidy(() => {
     const len = 10;
     const flat = Int32Array.from([4, 9, 12, 5, 3, 9, 12, 7, 1, 1, 1, /* row 1 */ 20, 21, 22, 23, 8, 20, 21, 24, 1, 1, 1]);
@@ -141,6 +153,36 @@ test('pointer copy loss: the supervised head\'s own output through the output em
     // Another head's output is not this one's.
     const other = noGrad(() => answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, t, flat, 2, len, len + 1, { layer: 0, head: 1, weight: 1 })!.item());
     assert.ok(Math.abs(other - want) > 0.05, `head 1: ${other}`);
+  });
+});
+
+test('pointer copy loss with copyAttention "targets": the head\'s output as if it attended exactly to its targets', () => {
+  // With layer 0's query projection zeroed, every head attends uniformly to its causal prefix. A
+  // query whose targets are its whole prefix then mixes its values exactly as the head does, so
+  // both copy losses equal the loss of head 0's real output (layer 0's output minus its input,
+  // with the MLP and the other heads switched off as above); targets elsewhere give another loss.
+  const d = 48;
+  const model = headZeroModel(2, d, true);
+  tidy(() => {
+    const len = 10;
+    const flat = Int32Array.from([4, 9, 12, 5, 3, 9, 12, 7, 1, 1, 1, /* row 1 */ 20, 21, 22, 23, 8, 20, 21, 24, 1, 1, 1]);
+    const prefix = new Float32Array(2 * len);
+    prefix.fill(1, 0, 4); // query 3: keys 0-3
+    prefix.fill(1, len, len + 7); // row 1's query 6: keys 0-6
+    const t = { queries: Int32Array.from([3, len + 6]), targets: prefix };
+    const ids = tensor(flat, [2, len + 1]).to('int64').narrow(1, 0, len);
+    const out = noGrad(() => model.forward({ ids, outputAttentions: true, outputAttnInputs: true, outputHiddenStates: true }));
+    const loss = (targets: Float32Array, copyAttention: 'head' | 'targets') =>
+      noGrad(() => answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, { ...t, targets }, flat, 2, len, len + 1, { layer: 0, head: 0, weight: 1, copyAttention })!.item());
+    const headOut = out.hiddenStates![1]!.sub(out.hiddenStates![0]!).reshape(2 * len, d).indexSelect(0, tensor(t.queries, [2]).to('int64'));
+    const want = noGrad(() => crossEntropy(model.head(headOut), tensor([3, 24], [2]).to('int64')).item());
+    assert.ok(Math.abs(loss(prefix, 'head') - want) < 1e-3, `head: ${loss(prefix, 'head')} vs ${want}`);
+    assert.ok(Math.abs(loss(prefix, 'targets') - want) < 1e-3, `targets: ${loss(prefix, 'targets')} vs ${want}`);
+    const first = new Float32Array(2 * len);
+    first[0] = 1;
+    first[len] = 1; // both queries: key 0 only
+    assert.ok(Math.abs(loss(first, 'targets') - want) > 0.05, `key 0 only: ${loss(first, 'targets')} vs ${want}`);
+    assert.ok(Math.abs(loss(first, 'head') - want) < 1e-3, 'the head\'s own attention ignores the targets');
   });
 });
 
@@ -219,7 +261,7 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
       answerWeight: 0.5,
       answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: 0.25 },
       restateShare: 0.4,
-      restatePointer: { layer: 1, head: 1, weight: 0.5, copyWeight: 0.75 },
+      restatePointer: { layer: 1, head: 1, weight: 0.5, copyWeight: 0.75, copyAttention: 'targets' },
       seqLen: 256,
       batchSize: 2,
       steps: 30,
@@ -249,6 +291,8 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.layer/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: -1 } }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.copyWeight/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restatePointer: { layer: 1, head: 1, weight: 1, copyWeight: 1, copyAttention: 'oracle' } }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer.copyAttention must be "head" or "targets"/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restatePointer: { layer: 1, head: 9, weight: 1 } }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer.head/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateShare: 0 }));

@@ -16,7 +16,7 @@
  * an occurrence (any of them: copying any gives the right token). Answers that do not occur
  * earlier in the row (yes/no, counts, a story cut off by packing) are not supervised.
  */
-import { crossEntropy, linear, tensor, type Tensor } from '../tensor/index.js';
+import { cat, crossEntropy, linear, tensor, type Tensor } from '../tensor/index.js';
 import { answerTargets } from '../data/qa.js';
 import type { LlamaModel } from '../models/llama.js';
 
@@ -34,6 +34,15 @@ export interface AnswerPointer {
    * before the model writes what it points at). Logged as `pointer_copy_loss`.
    */
   copyWeight?: number;
+  /**
+   * Which attention the copy loss mixes the values with (default "head"): the head's own, or the
+   * pointer's targets ("targets", each query's target keys weighted equally). With "targets" the
+   * values and output projection learn to copy before the head points right: a head that puts a
+   * third of its attention on the source sees a blurred, weak copy signal, and our base's restate
+   * head learnt no copying from it in 1,400 steps (its output, given exact attention, still cost
+   * 4.96 nats per token; `scripts/ov-ceiling.mjs` fits the same projections down to 1.4).
+   */
+  copyAttention?: 'head' | 'targets';
 }
 
 /** Validates a pointer config against a model shape; throws with the offending field. */
@@ -43,6 +52,7 @@ export function checkAnswerPointer(p: AnswerPointer, numLayers: number, numHeads
   if (!int(p.head, 0, numHeads - 1)) throw new Error(`${where}: ${name}.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(p.head)}`);
   if (!(typeof p.weight === 'number' && p.weight >= 0)) throw new Error(`${where}: ${name}.weight must be a number >= 0, got ${JSON.stringify(p.weight)}`);
   if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0)) throw new Error(`${where}: ${name}.copyWeight must be a number >= 0, got ${JSON.stringify(p.copyWeight)}`);
+  if (p.copyAttention !== undefined && p.copyAttention !== 'head' && p.copyAttention !== 'targets') throw new Error(`${where}: ${name}.copyAttention must be "head" or "targets", got ${JSON.stringify(p.copyAttention)}`);
 }
 
 export interface PointerTargets {
@@ -121,14 +131,37 @@ export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions:
   const wv = attn.vProj.weight.value.narrow(0, kvHead * hd, hd); // [hd, dim]
   const values = linear(attnInput, wv, attn.vProj.bias?.value.narrow(0, kvHead * hd, hd)); // [B, T, hd]
   const q = tensor(t.queries, [t.queries.length]).to('int64');
-  // The head's mix of values at every position, [B * T, hd], then the supervised queries' rows:
-  // a restate batch has thousands of queries, too many to gather a [T, hd] value block for each.
-  const mixed = attentions[p.layer]!.select(1, p.head).matmul(values).reshape(rows * len, hd).indexSelect(0, q); // [Q, hd]
+  const mixed = p.copyAttention === 'targets' ? targetMix(values, t, len) : attentions[p.layer]!.select(1, p.head).matmul(values).reshape(rows * len, hd).indexSelect(0, q); // [Q, hd]
   const wo = attn.oProj.weight.value.narrow(1, p.head * hd, hd); // [dim, hd]
   const out = linear(mixed, wo); // [Q, dim]
   if (out.size(1) !== d) throw new Error(`answerCopyLoss: head output has ${out.size(1)} features, expected ${d}`);
   const targets = tensor(Int32Array.from(t.queries, (x) => ids[Math.floor(x / len) * stride + (x % len) + 1] as number), [t.queries.length]).to('int64');
   return crossEntropy(model.head(out), targets);
+}
+
+/**
+ * The supervised queries' values as the pointer's targets mix them, [Q, hd]: each query's
+ * target keys weighted equally. Queries come in row order, so each row's block of the targets
+ * ([Q_r, len]) multiplies that row's values ([len, hd]) once.
+ */
+function targetMix(values: Tensor, t: PointerTargets, len: number): Tensor {
+  const q = t.queries.length;
+  const weights = new Float32Array(t.targets.length);
+  for (let i = 0; i < q; i++) {
+    let total = 0;
+    for (let k = 0; k < len; k++) total += t.targets[i * len + k] as number;
+    for (let k = 0; k < len; k++) weights[i * len + k] = (t.targets[i * len + k] as number) / total;
+  }
+  const w = tensor(weights, [q, len]).to(values.dtype);
+  const blocks: Tensor[] = [];
+  for (let a = 0; a < q; ) {
+    const r = Math.floor((t.queries[a] as number) / len);
+    let b = a + 1;
+    while (b < q && Math.floor((t.queries[b] as number) / len) === r) b++;
+    blocks.push(w.narrow(0, a, b - a).matmul(values.select(0, r)));
+    a = b;
+  }
+  return blocks.length === 1 ? blocks[0]! : cat(blocks, 0);
 }
 
 /**
