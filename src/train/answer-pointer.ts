@@ -146,13 +146,8 @@ export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions:
  */
 function targetMix(values: Tensor, t: PointerTargets, len: number): Tensor {
   const q = t.queries.length;
-  const weights = new Float32Array(t.targets.length);
-  for (let i = 0; i < q; i++) {
-    let total = 0;
-    for (let k = 0; k < len; k++) total += t.targets[i * len + k] as number;
-    for (let k = 0; k < len; k++) weights[i * len + k] = (t.targets[i * len + k] as number) / total;
-  }
-  const w = tensor(weights, [q, len]).to(values.dtype);
+  const targets = tensor(t.targets, [q, len]).to(values.dtype);
+  const w = targets.div(targets.sum(-1, true)); // every query has at least one target
   const blocks: Tensor[] = [];
   for (let a = 0; a < q; ) {
     const r = Math.floor((t.queries[a] as number) / len);
