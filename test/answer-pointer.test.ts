@@ -262,6 +262,7 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
       answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: 0.25 },
       restateShare: 0.4,
       restatePointer: { layer: 1, head: 1, weight: 0.5, copyWeight: 0.75, copyAttention: 'targets' },
+      restateWeight: 1.5,
       seqLen: 256,
       batchSize: 2,
       steps: 30,
@@ -276,7 +277,7 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     await pretrain(readPretrainConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
     const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
     for (const r of log) {
-      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0) + 0.25 * (r.pointer_copy_loss ?? 0) + 0.5 * (r.restate_attn_loss ?? 0) + 0.75 * (r.restate_copy_loss ?? 0);
+      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0) + 0.25 * (r.pointer_copy_loss ?? 0) + 0.5 * (r.restate_attn_loss ?? 0) + 0.75 * (r.restate_copy_loss ?? 0) + 1.5 * (r.restate_loss ?? 0);
       assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     const pointed = log.filter((r) => r.pointer_attn_loss !== undefined);
@@ -285,6 +286,7 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     const restated = log.filter((r) => r.restate_attn_loss !== undefined);
     assert.ok(restated.length >= 3, `steps with a restate target: ${restated.length}`);
     assert.ok(restated.every((r) => r.restate_copy_loss! > 0), 'the restate copy loss is logged with its pointer loss');
+    assert.ok(restated.every((r) => r.restate_loss! > 0), 'the restated tokens\' loss is logged with the restate pointer loss');
     // Spread attention at the start (learning is tested above, on a task a tiny model can learn in a test's time).
     assert.ok(pointed[0]!.pointer_attn_loss! > 2, `first pointer loss ${pointed[0]!.pointer_attn_loss}`);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 2, head: 0, weight: 1 } }));
@@ -296,5 +298,9 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restatePointer: { layer: 1, head: 9, weight: 1 } }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer.head/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateShare: 0 }));
+    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restateWeight' needs restate documents/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateShare: 0, restateWeight: 0 }));
     await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer needs restate documents/);
+    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateWeight: -2 }));
+    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /'restateWeight' must be a number >= 0/);
   }));

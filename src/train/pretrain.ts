@@ -82,6 +82,13 @@ export interface PretrainConfig {
    * decoder to restate its context, which next-token loss on restate documents alone did not.
    */
   restatePointer?: AnswerPointer;
+  /**
+   * Extra weight on the restated tokens of restate documents (those restatePointerTargets
+   * aligns with their source), added as weight x their mean next-token loss and logged as
+   * `restate_loss` (default 0). The pointer's copy loss reads the head alone; this makes the
+   * copied token win in the model's own logits, against everything else in the residual.
+   */
+  restateWeight?: number;
   /** Share of the QA characters that are bAbI stories when babiDir is given (default 0.4). */
   babiFraction?: number;
   seed: number;
@@ -139,6 +146,8 @@ export function readPretrainConfig(path: string): PretrainConfig {
   if (cfg.copyRows !== undefined && !(Number.isInteger(cfg.copyRows) && cfg.copyRows >= 0)) throw new Error(`${path}: 'copyRows' must be an integer >= 0, got ${JSON.stringify(cfg.copyRows)}`);
   if (cfg.copyLen !== undefined && !(Number.isInteger(cfg.copyLen) && cfg.copyLen >= 16 && cfg.copyLen <= cfg.seqLen)) throw new Error(`${path}: 'copyLen' must be an integer in [16, seqLen], got ${JSON.stringify(cfg.copyLen)}`);
   if (cfg.answerWeight !== undefined && !(typeof cfg.answerWeight === 'number' && cfg.answerWeight >= 0)) throw new Error(`${path}: 'answerWeight' must be a number >= 0, got ${JSON.stringify(cfg.answerWeight)}`);
+  if (cfg.restateWeight !== undefined && !(typeof cfg.restateWeight === 'number' && cfg.restateWeight >= 0)) throw new Error(`${path}: 'restateWeight' must be a number >= 0, got ${JSON.stringify(cfg.restateWeight)}`);
+  if ((cfg.restateWeight ?? 0) > 0 && !((cfg.restateShare ?? 0) > 0)) throw new Error(`${path}: 'restateWeight' needs restate documents (restateShare > 0)`);
   if (cfg.copyPool !== undefined && !(Number.isInteger(cfg.copyPool) && cfg.copyPool >= 2)) throw new Error(`${path}: 'copyPool' must be an integer >= 2, got ${JSON.stringify(cfg.copyPool)}`);
   if (cfg.batchSize + (cfg.copyRows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
   for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
@@ -213,8 +222,9 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     checkAnswerPointer(restatePointer, modelCfg.numLayers, modelCfg.numHeads, 'pretrain config', 'restatePointer');
     if (!((cfg.restateShare ?? 0) > 0)) throw new Error('pretrain config: restatePointer needs restate documents (restateShare > 0)');
   }
+  const restateWeight = cfg.restateWeight ?? 0;
   const restateId = tokenizer.special.get('<|restate|>');
-  if (restatePointer && restateId === undefined) throw new Error(`pretrain config: restatePointer needs a tokenizer with <|restate|> (${cfg.tokenizer})`);
+  if ((restatePointer || restateWeight > 0) && restateId === undefined) throw new Error(`pretrain config: ${restatePointer ? 'restatePointer' : 'restateWeight'} needs a tokenizer with <|restate|> (${cfg.tokenizer})`);
   /**
    * Next-token loss on n rows of rowLen + 1 ids (on `at` flat target positions only, if given);
    * `supervise` adds the training-only terms: attention supervision, and on text rows the answers'
@@ -247,10 +257,15 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const pointerTargets = pointerHere ? answerPointerTargets(flat, n, rowLen, rowLen + 1, answerMarker, answerStops) : undefined;
     const pointed = pointerTargets ? answerPointerLoss(out.attentions!, pointerTargets, n, rowLen, pointer!) : undefined;
     const copied = pointerTargets && copyHere ? answerCopyLoss(model, out.attnInputs![pointer!.layer]!, out.attentions!, pointerTargets, flat, n, rowLen, rowLen + 1, pointer!) : undefined;
-    const restateTargets = restateHere ? restatePointerTargets(flat, n, rowLen, rowLen + 1, restateId!, tokenizer.bos) : undefined;
-    const restatePointed = restateTargets ? answerPointerLoss(out.attentions!, restateTargets, n, rowLen, restatePointer!) : undefined;
+    const restateTargets = restateHere || (supervise && !at && restateWeight > 0) ? restatePointerTargets(flat, n, rowLen, rowLen + 1, restateId!, tokenizer.bos) : undefined;
+    let restated: Tensor | undefined;
+    if (restateTargets && restateWeight > 0 && restateTargets.queries.length > 0) {
+      const idx = tensor(restateTargets.queries, [restateTargets.queries.length]).to('int64');
+      restated = crossEntropy(logits.indexSelect(0, idx), targets.indexSelect(0, idx));
+    }
+    const restatePointed = restateHere && restateTargets ? answerPointerLoss(out.attentions!, restateTargets, n, rowLen, restatePointer!) : undefined;
     const restateCopied = restateTargets && restateCopyHere ? answerCopyLoss(model, out.attnInputs![restatePointer!.layer]!, out.attentions!, restateTargets, flat, n, rowLen, rowLen + 1, restatePointer!) : undefined;
-    return { loss, attn, answer, pointed, copied, restatePointed, restateCopied };
+    return { loss, attn, answer, pointed, copied, restated, restatePointed, restateCopied };
   };
   const lossOnChunks = (flat: Int32Array, n: number, supervise = false) => lossOn(flat, n, len, undefined, supervise);
   const specialIds = new Set(tokenizer.special.values());
@@ -298,6 +313,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
         term('answer_loss', r.answer, answerWeight);
         term('pointer_attn_loss', r.pointed, pointer?.weight ?? 0);
         term('pointer_copy_loss', r.copied, pointer?.copyWeight ?? 0);
+        term('restate_loss', r.restated, restateWeight);
         term('restate_attn_loss', r.restatePointed, restatePointer?.weight ?? 0);
         term('restate_copy_loss', r.restateCopied, restatePointer?.copyWeight ?? 0);
         loss = loss ? loss.add(l) : l;
@@ -308,7 +324,7 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
       const tokens = rows * len + copyRows * copyLen;
       // A plain text step logs just its loss, as before.
-      return copyRows === 0 && !sup && !pointer && !restatePointer && answerWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
+      return copyRows === 0 && !sup && !pointer && !restatePointer && answerWeight === 0 && restateWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
     },
     validate() {
       model.eval();
