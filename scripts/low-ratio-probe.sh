@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Where does reconstruction break? GMSA and ICAE trained at ratio 1 (no compression: GMSA without
+# merging) and ratio 2, stage 1 only, on 128-token passages, 200 steps of batch 4, lr 5e-4 (the
+# GMSA study's stage-1 budget). Separates what the encoder + LSA path can carry from what the
+# frozen decoder can read back out of merged soft tokens.
+#   bash scripts/low-ratio-probe.sh
+# Results: results/gmsa-study/low-ratio/ (reconstruct report, ae-loss-128.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASE=${BASE:-models/softpress-base}
+RUNS=${RUNS:-runs/low-ratio}
+OUT=${OUT:-results/gmsa-study/low-ratio}
+sp() { node bin/softpress.js "$@"; }
+common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --stage ae --ae-lengths 128 --steps 200 --lr 5e-4 --clip 2 --eval-every 1000000 --valid-batches 2 --checkpoint-every 50 --quiet)
+mkdir -p "$RUNS" "$OUT"
+for method in gmsa icae; do
+  for ratio in 1 2; do
+    name=$method-r$ratio
+    [ -f "$RUNS/$name/compressor.json" ] && continue
+    echo "== $name"
+    sp train "${common[@]}" --method "$method" --ratio "$ratio" --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+    tail -n 1 "$RUNS/$name.log"
+  done
+done
+methods="full,none,$RUNS/gmsa-r1,$RUNS/gmsa-r2,$RUNS/icae-r1,$RUNS/icae-r2"
+# Each compressor at the ratio it was trained for (ratio 1 for the -r1 runs, 2 for the -r2 runs).
+sp eval --base "$BASE" --task reconstruct --ratios 1 --n 16 --out "$OUT/reconstruct-r1" --quiet --methods "full,none,$RUNS/gmsa-r1,$RUNS/icae-r1" || true
+sp eval --base "$BASE" --task reconstruct --ratios 2 --n 16 --out "$OUT/reconstruct-r2" --quiet --methods "$RUNS/gmsa-r2,$RUNS/icae-r2" || true
+{
+  sp losses --base "$BASE" --stage ae --ratio 1 --context-len 128 --batches 8 --batch 4 --methods "full,none,$RUNS/gmsa-r1,$RUNS/icae-r1"
+  echo
+  sp losses --base "$BASE" --stage ae --ratio 2 --context-len 128 --batches 8 --batch 4 --methods "$RUNS/gmsa-r2,$RUNS/icae-r2"
+} > "$OUT/ae-loss-128.md"
+cat "$OUT/ae-loss-128.md"
