@@ -22,7 +22,6 @@ for method in gmsa icae; do
     tail -n 1 "$RUNS/$name.log"
   done
 done
-methods="full,none,$RUNS/gmsa-r1,$RUNS/gmsa-r2,$RUNS/icae-r1,$RUNS/icae-r2"
 # Each compressor at the ratio it was trained for (ratio 1 for the -r1 runs, 2 for the -r2 runs).
 sp eval --base "$BASE" --task reconstruct --ratios 1 --n 16 --out "$OUT/reconstruct-r1" --quiet --methods "full,none,$RUNS/gmsa-r1,$RUNS/icae-r1" || true
 sp eval --base "$BASE" --task reconstruct --ratios 2 --n 16 --out "$OUT/reconstruct-r2" --quiet --methods "$RUNS/gmsa-r2,$RUNS/icae-r2" || true
