@@ -18,6 +18,7 @@ import { answerTargets } from '../data/qa.js';
 import { Rng } from '../data/rng.js';
 import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
 import { answerCopyLoss, answerPointerLoss, answerPointerTargets, checkAnswerPointer, restatePointerTargets, type AnswerPointer } from './answer-pointer.js';
+import { checkSoftRestate, drawSoftRestateShape, softRestateLoss, type SoftRestate } from './soft-restate.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
@@ -89,6 +90,14 @@ export interface PretrainConfig {
    * copied token win in the model's own logits, against everything else in the residual.
    */
   restateWeight?: number;
+  /**
+   * Soft-prefix restate rows added to every micro-batch (src/train/soft-restate.ts): a passage's
+   * group means of embeddings as soft tokens, then <|restate|> and the passage. Teaches the base
+   * to read several tokens out of one vector, the skill a frozen decoder needs for group-merged
+   * soft tokens (GMSA's autoencoding stage); logged as `soft_restate_loss`, validated as
+   * `soft_restate_loss` on fixed 128-token valid passages at ratio 4.
+   */
+  softRestate?: SoftRestate;
   /** Share of the QA characters that are bAbI stories when babiDir is given (default 0.4). */
   babiFraction?: number;
   seed: number;
@@ -149,7 +158,7 @@ export function readPretrainConfig(path: string): PretrainConfig {
   if (cfg.restateWeight !== undefined && !(typeof cfg.restateWeight === 'number' && cfg.restateWeight >= 0)) throw new Error(`${path}: 'restateWeight' must be a number >= 0, got ${JSON.stringify(cfg.restateWeight)}`);
   if ((cfg.restateWeight ?? 0) > 0 && !((cfg.restateShare ?? 0) > 0)) throw new Error(`${path}: 'restateWeight' needs restate documents (restateShare > 0)`);
   if (cfg.copyPool !== undefined && !(Number.isInteger(cfg.copyPool) && cfg.copyPool >= 2)) throw new Error(`${path}: 'copyPool' must be an integer >= 2, got ${JSON.stringify(cfg.copyPool)}`);
-  if (cfg.batchSize + (cfg.copyRows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
+  if (cfg.batchSize + (cfg.copyRows ?? 0) + (cfg.softRestate?.rows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
   for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
     if (typeof cfg[k] !== 'number' || !(cfg[k] >= 0)) throw new Error(`${path}: '${k}' must be a number >= 0`);
   }
@@ -225,6 +234,11 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
   const restateWeight = cfg.restateWeight ?? 0;
   const restateId = tokenizer.special.get('<|restate|>');
   if ((restatePointer || restateWeight > 0) && restateId === undefined) throw new Error(`pretrain config: ${restatePointer ? 'restatePointer' : 'restateWeight'} needs a tokenizer with <|restate|> (${cfg.tokenizer})`);
+  const softRestate = cfg.softRestate;
+  if (softRestate) {
+    checkSoftRestate(softRestate, modelCfg.numLayers, modelCfg.numHeads, modelCfg.maxPositions, 'pretrain config');
+    if (restateId === undefined) throw new Error(`pretrain config: softRestate needs a tokenizer with <|restate|> (${cfg.tokenizer})`);
+  }
   /**
    * Next-token loss on n rows of rowLen + 1 ids (on `at` flat target positions only, if given);
    * `supervise` adds the training-only terms: attention supervision, and on text rows the answers'
@@ -277,6 +291,22 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
     const { ids, copied } = makeCopyRows(new Rng(seed), { rows: n, len: copyLen + 1, pool: copyPool });
     return lossOn(ids, n, copyLen, copied, supervise);
   };
+  /** Passages without special ids (document breaks, <|restate|>) from a stream, for soft restate rows. */
+  const passageSamplers = new Map<string, ChunkSampler>();
+  const passages = (stream: Int32Array, name: string, first: number, rows: number, n: number): Int32Array => {
+    const key = `${name}:${n}`;
+    let s = passageSamplers.get(key);
+    if (!s) passageSamplers.set(key, (s = new ChunkSampler(stream, n, cfg.seed + 1)));
+    const out = new Int32Array(rows * n);
+    // Up to 8 draws per row are reserved (first * 8 …), so rows stay fixed by the step on resume.
+    for (let r = 0; r < rows; r++) {
+      let chunk = s.chunk((first + r) * 8);
+      for (let t = 1; t < 8 && chunk.subarray(0, n).some((id) => specialIds.has(id)); t++) chunk = s.chunk((first + r) * 8 + t);
+      out.set(chunk.subarray(0, n), r * n);
+    }
+    return out;
+  };
+  const softIds = { bos: tokenizer.bos, eos: tokenizer.eos, restate: restateId ?? -1 };
   const params = model.namedParameters().filter(([, p]) => p.trainable);
   if (cfg.init && !opts.resume && !opts.exportOnly) {
     if (existsSync(join(cfg.init, 'model.safetensors')) || existsSync(join(cfg.init, 'model.safetensors.index.json'))) {
@@ -320,11 +350,24 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       };
       if (copyRows > 0) add('copy_loss', copyLoss(`copy:${cfg.seed}:${step}:${micro}`, copyRows, true));
       if (rows > 0) add('text_loss', lossOnChunks(sampler.batch(step * cfg.gradAccum + micro, rows), rows, true));
+      let softTokens = 0;
+      if (softRestate) {
+        const { length, ratio } = drawSoftRestateShape(softRestate, `soft-restate:${cfg.seed}:${step}:${micro}`);
+        const r = softRestateLoss(model, passages(trainStream, 'train', (step * cfg.gradAccum + micro) * softRestate.rows, softRestate.rows, length), softRestate.rows, length, ratio, softIds, softRestate);
+        parts.soft_restate_loss = r.loss.item();
+        let l = r.loss.mul(softRestate.weight ?? 1);
+        if (r.pointed) {
+          parts.soft_restate_attn_loss = r.pointed.item();
+          l = l.add(r.pointed.mul(softRestate.pointer!.weight));
+        }
+        loss = loss ? loss.add(l) : l;
+        softTokens = softRestate.rows * length;
+      }
       const n = (copyRows > 0 ? 1 : 0) + (rows > 0 ? 1 : 0);
       if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
-      const tokens = rows * len + copyRows * copyLen;
+      const tokens = rows * len + copyRows * copyLen + softTokens;
       // A plain text step logs just its loss, as before.
-      return copyRows === 0 && !sup && !pointer && !restatePointer && answerWeight === 0 && restateWeight === 0 ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
+      return copyRows === 0 && !sup && !pointer && !restatePointer && answerWeight === 0 && restateWeight === 0 && !softRestate ? { loss: loss!, tokens } : { loss: loss!, tokens, parts };
     },
     validate() {
       model.eval();
@@ -336,6 +379,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       const figures: Record<string, number> = { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
       // Copying from context, measured on fixed rows (chance: ln of the id range).
       if (copyRows > 0) figures.copy_loss = noGrad(() => tidy(() => copyLoss(`copy-valid:${cfg.seed}`, 4).loss.item()));
+      // Reading group means of embeddings back out: 8 fixed 128-token valid passages at ratio 4.
+      if (softRestate) figures.soft_restate_loss = noGrad(() => tidy(() => softRestateLoss(model, passages(validStream, 'valid', 0, 8, 128), 8, 128, 4, softIds, { ...softRestate, pointer: undefined }).loss.item()));
       return figures;
     },
   };

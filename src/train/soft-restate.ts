@@ -1,0 +1,102 @@
+/**
+ * Soft-prefix restate rows for pretraining: teach the base model to read multi-token vectors.
+ *
+ * A row is   [BOS] m_1 … m_k <|restate|> t_1 … t_n   → targets t_1 … t_n EOS,
+ * where m_g is the mean of the input embeddings of the g-th group of r consecutive passage tokens
+ * (the last group may be shorter), k = ceil(n / r). It is the decoder layout every soft compressor
+ * uses (compress/decode.ts: [BOS] [soft tokens] [tail]) with the autoencoding tail
+ * (train/objectives.ts, stage 'ae'), fed the simplest soft tokens there are: group means of
+ * embeddings. A small base that has only learnt to copy tokens cannot read r tokens back out of
+ * one vector, and in GMSA's autoencoding stage the decoder is frozen by design; this gives it
+ * that skill before any compressor is trained, as a large pretrained LLM has it to some degree.
+ *
+ * Optional attention supervision: one head, at the query that predicts passage token j, should
+ * attend to the soft token of j's group (1 + floor(j / r) in the row), −log of its weight there.
+ */
+import { Tensor, cat, crossEntropy, tensor } from '../tensor/index.js';
+import type { LlamaModel } from '../models/llama.js';
+import { Rng } from '../data/rng.js';
+
+export interface SoftRestate {
+  /** Rows per micro-batch (all of one passage length and ratio, drawn per micro-batch). */
+  rows: number;
+  /** Passage lengths in tokens to draw from. */
+  lengths: number[];
+  /** Group sizes (compression ratios) to draw from; 1 means one soft token per token. */
+  ratios: number[];
+  /** Weight of the mean loss on the restated tokens (default 1). */
+  weight?: number;
+  /** Attention supervision toward the group's soft token (weight 0 or absent: none). */
+  pointer?: { layer: number; head: number; weight: number };
+}
+
+export function checkSoftRestate(s: SoftRestate, numLayers: number, numHeads: number, maxLen: number, where: string): void {
+  const bad = (m: string) => new Error(`${where}: softRestate ${m}, got ${JSON.stringify(s)}`);
+  if (!s || typeof s !== 'object') throw bad('must be an object');
+  if (!(Number.isInteger(s.rows) && s.rows >= 1)) throw bad("'rows' must be an integer >= 1");
+  if (!Array.isArray(s.lengths) || s.lengths.length === 0 || s.lengths.some((n) => !(Number.isInteger(n) && n >= 2))) throw bad("'lengths' must be a non-empty list of integers >= 2");
+  if (!Array.isArray(s.ratios) || s.ratios.length === 0 || s.ratios.some((r) => !(Number.isInteger(r) && r >= 1))) throw bad("'ratios' must be a non-empty list of integers >= 1");
+  const longest = Math.max(...s.lengths);
+  if (2 + Math.ceil(longest / Math.min(...s.ratios)) + longest > maxLen) throw bad(`rows of ${longest} tokens at ratio ${Math.min(...s.ratios)} exceed the model's ${maxLen} positions`);
+  if (s.weight !== undefined && !(typeof s.weight === 'number' && s.weight >= 0)) throw bad("'weight' must be a number >= 0");
+  const p = s.pointer;
+  if (p !== undefined) {
+    if (!(Number.isInteger(p.layer) && p.layer >= 0 && p.layer < numLayers)) throw bad(`'pointer.layer' must be in 0..${numLayers - 1}`);
+    if (!(Number.isInteger(p.head) && p.head >= 0 && p.head < numHeads)) throw bad(`'pointer.head' must be in 0..${numHeads - 1}`);
+    if (!(typeof p.weight === 'number' && p.weight >= 0)) throw bad("'pointer.weight' must be a number >= 0");
+  }
+}
+
+/** The (length, ratio) of one micro-batch, fixed by the seed string. */
+export function drawSoftRestateShape(s: SoftRestate, seed: string): { length: number; ratio: number } {
+  const rng = new Rng(seed);
+  return { length: s.lengths[rng.int(s.lengths.length)], ratio: s.ratios[rng.int(s.ratios.length)] };
+}
+
+/** [k, n] group-mean weights: row g is 1/|g| on the tokens of group g ([g r, min((g+1) r, n))). */
+export function groupMeanWeights(n: number, ratio: number): Tensor {
+  const k = Math.ceil(n / ratio);
+  const w = new Float32Array(k * n);
+  for (let g = 0; g < k; g++) {
+    const end = Math.min((g + 1) * ratio, n);
+    for (let i = g * ratio; i < end; i++) w[g * n + i] = 1 / (end - g * ratio);
+  }
+  return tensor(w, [k, n]);
+}
+
+export interface SoftRestateLoss {
+  /** Mean next-token loss on the restated tokens and EOS. */
+  loss: Tensor;
+  /** Attention supervision loss, when a pointer is configured with weight > 0. */
+  pointed?: Tensor;
+}
+
+/**
+ * Loss of `rows` soft-restate rows. passages: rows x n ids (flat). The group means are of the
+ * embeddings as they stand, without gradient: the model learns to read them, the embedding
+ * table is not pushed toward what is easy to average.
+ */
+export function softRestateLoss(model: LlamaModel, passages: Int32Array, rows: number, n: number, ratio: number, ids: { bos: number; eos: number; restate: number }, s: SoftRestate): SoftRestateLoss {
+  if (passages.length !== rows * n) throw new Error(`softRestateLoss: ${passages.length} ids for ${rows} rows of ${n}`);
+  const k = Math.ceil(n / ratio);
+  const passage = tensor(passages, [rows, n], { dtype: 'int64' });
+  const passageEmb = model.embed(passage); // [rows, n, dim]
+  const soft = groupMeanWeights(n, ratio).to(passageEmb.dtype).matmul(passageEmb.detach()); // [rows, k, dim]
+  const marks = model.embed(tensor([ids.bos, ids.restate], [1, 2], { dtype: 'int64' })).expand(rows, 2, model.dim);
+  // [BOS] soft <|restate|> t_1 … t_n ; the last position's target is EOS.
+  const embeds = cat([marks.narrow(1, 0, 1), soft, marks.narrow(1, 1, 1), passageEmb], 1); // [rows, 2 + k + n, dim]
+  const wantAttn = !!s.pointer && s.pointer.weight > 0;
+  const out = model.forward({ inputsEmbeds: embeds, outputAttentions: wantAttn });
+  const total = 2 + k + n;
+  const from = 1 + k; // the <|restate|> position predicts t_1
+  const logits = out.logits!.narrow(1, from, n + 1).reshape(rows * (n + 1), -1);
+  const targets = cat([passage, tensor(new Array(rows).fill(ids.eos), [rows, 1], { dtype: 'int64' })], 1).reshape(rows * (n + 1));
+  const loss = crossEntropy(logits, targets);
+  if (!wantAttn) return { loss };
+  // The query predicting token j (at from + j) should attend to its group's soft token 1 + floor(j / r).
+  const target = new Float32Array(n * total);
+  for (let j = 0; j < n; j++) target[j * total + 1 + Math.floor(j / ratio)] = 1;
+  const probs = out.attentions![s.pointer!.layer]!.select(1, s.pointer!.head).narrow(1, from, n); // [rows, n, total]
+  const onTarget = probs.mul(tensor(target, [1, n, total]).to(probs.dtype)).sum(-1);
+  return { loss, pointed: onTarget.add(1e-6).log().mean().neg() };
+}
