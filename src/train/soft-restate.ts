@@ -3,7 +3,7 @@
  *
  * A row is   [BOS] m_1 … m_k <|restate|> t_1 … t_n   → targets t_1 … t_n EOS,
  * where m_g is the mean of the input embeddings of the g-th group of r consecutive passage tokens
- * (the last group may be shorter), k = ceil(n / r). It is the decoder layout every soft compressor
+ * (the last group may be shorter), k = ceil(n / r), by default through the final norm (`norm`). It is the decoder layout every soft compressor
  * uses (compress/decode.ts: [BOS] [soft tokens] [tail]) with the autoencoding tail
  * (train/objectives.ts, stage 'ae'), fed the simplest soft tokens there are: group means of
  * embeddings. A small base that has only learnt to copy tokens cannot read r tokens back out of
@@ -24,6 +24,13 @@ export interface SoftRestate {
   lengths: number[];
   /** Group sizes (compression ratios) to draw from; 1 means one soft token per token. */
   ratios: number[];
+  /**
+   * What the soft tokens are: 'final' (default) the group means through the model's final norm,
+   * i.e. in the space where GMSA (LSA + frozen final-norm copy) and ICAE (final hidden states)
+   * put their soft tokens, RMS ~ the norm's weights (1.6 on our base, 25x an embedding's);
+   * 'none' the raw means, where mean pooling of embeddings puts them.
+   */
+  norm?: 'final' | 'none';
   /** Weight of the mean loss on the restated tokens (default 1). */
   weight?: number;
   /** Attention supervision toward the group's soft token (weight 0 or absent: none). */
@@ -38,6 +45,7 @@ export function checkSoftRestate(s: SoftRestate, numLayers: number, numHeads: nu
   if (!Array.isArray(s.ratios) || s.ratios.length === 0 || s.ratios.some((r) => !(Number.isInteger(r) && r >= 1))) throw bad("'ratios' must be a non-empty list of integers >= 1");
   const longest = Math.max(...s.lengths);
   if (2 + Math.ceil(longest / Math.min(...s.ratios)) + longest > maxLen) throw bad(`rows of ${longest} tokens at ratio ${Math.min(...s.ratios)} exceed the model's ${maxLen} positions`);
+  if (s.norm !== undefined && s.norm !== 'final' && s.norm !== 'none') throw bad("'norm' must be 'final' or 'none'");
   if (s.weight !== undefined && !(typeof s.weight === 'number' && s.weight >= 0)) throw bad("'weight' must be a number >= 0");
   const p = s.pointer;
   if (p !== undefined) {
@@ -72,16 +80,17 @@ export interface SoftRestateLoss {
 }
 
 /**
- * Loss of `rows` soft-restate rows. passages: rows x n ids (flat). The group means are of the
- * embeddings as they stand, without gradient: the model learns to read them, the embedding
- * table is not pushed toward what is easy to average.
+ * Loss of `rows` soft-restate rows. passages: rows x n ids (flat). The soft tokens carry no
+ * gradient: the model learns to read them; the embedding table and final norm are not pushed
+ * toward what is easy to average.
  */
 export function softRestateLoss(model: LlamaModel, passages: Int32Array, rows: number, n: number, ratio: number, ids: { bos: number; eos: number; restate: number }, s: SoftRestate): SoftRestateLoss {
   if (passages.length !== rows * n) throw new Error(`softRestateLoss: ${passages.length} ids for ${rows} rows of ${n}`);
   const k = Math.ceil(n / ratio);
   const passage = tensor(passages, [rows, n], { dtype: 'int64' });
   const passageEmb = model.embed(passage); // [rows, n, dim]
-  const soft = groupMeanWeights(n, ratio).to(passageEmb.dtype).matmul(passageEmb.detach()); // [rows, k, dim]
+  let soft = groupMeanWeights(n, ratio).to(passageEmb.dtype).matmul(passageEmb.detach()); // [rows, k, dim]
+  if ((s.norm ?? 'final') === 'final') soft = model.model.norm.forward(soft).detach();
   const marks = model.embed(tensor([ids.bos, ids.restate], [1, 2], { dtype: 'int64' })).expand(rows, 2, model.dim);
   // [BOS] soft <|restate|> t_1 … t_n ; the last position's target is EOS.
   const embeds = cat([marks.narrow(1, 0, 1), soft, marks.narrow(1, 1, 1), passageEmb], 1); // [rows, 2 + k + n, dim]
