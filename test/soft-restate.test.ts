@@ -34,7 +34,7 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
   const ids = { bos: 1, eos: 2, restate: 3 };
   const passages = Int32Array.from([10, 11, 12, 13, 14, 20, 21, 22, 23, 24]); // 2 rows of 5
   for (const norm of ['none', 'final'] as const) {
-    const s: SoftRestate = { rows: 2, lengths: [5], ratios: [2], norm, pointer: { layer: 1, head: 1, weight: 1 } };
+    const s: SoftRestate = { rows: 2, lengths: [5], ratios: [2], norm, pointer: { layer: 1, head: 1, weight: 1, copyWeight: 1 } };
     noGrad(() =>
       tidy(() => {
         const got = softRestateLoss(model, passages, 2, 5, 2, ids, s);
@@ -46,7 +46,7 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
         };
         const row = (p: number[]) => cat([emb(1), mean([p[0]!, p[1]!]), mean([p[2]!, p[3]!]), mean([p[4]!]), emb(3), ...p.map(emb)], 1);
         const embeds = cat([row([10, 11, 12, 13, 14]), row([20, 21, 22, 23, 24])], 0); // [2, 10, dim]
-        const out = model.forward({ inputsEmbeds: embeds, outputAttentions: true });
+        const out = model.forward({ inputsEmbeds: embeds, outputAttentions: true, outputAttnInputs: true });
         const logits = out.logits!.narrow(1, 4, 6).reshape(12, -1); // <|restate|> at 4 predicts t_1
         const targets = tensor([10, 11, 12, 13, 14, 2, 20, 21, 22, 23, 24, 2], [12], { dtype: 'int64' });
         assert.ok(Math.abs(got.loss.item() - crossEntropy(logits, targets).item()) < 1e-5, `${norm}: loss`);
@@ -55,6 +55,18 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
         let nll = 0;
         for (let r = 0; r < 2; r++) for (let j = 0; j < 5; j++) nll -= Math.log(probs.select(0, r).select(0, 4 + j).select(0, 1 + Math.floor(j / 2)).item() + 1e-6);
         assert.ok(Math.abs(got.pointed!.item() - nll / 10) < 1e-4, `${norm}: pointer ${got.pointed!.item()} vs ${nll / 10}`);
+        // Copy loss: head 1's output with all attention on token j's soft token, through the output
+        // embedding, against token j.
+        const { numHeads: h, numKvHeads: kv, headDim: hd } = model.config;
+        const attn = model.layers[1]!.selfAttn;
+        const kvHead = Math.floor(1 / (h / kv));
+        const values = out.attnInputs![1]!.matmul(attn.vProj.weight.value.narrow(0, kvHead * hd, hd).T); // [2, 10, hd]
+        const heads = model.head(values.matmul(attn.oProj.weight.value.narrow(1, hd, hd).T)); // [2, 10, vocab]
+        const picked = tensor([0, 1, 2, 0, 1, 2].map((g, i) => g + 1 + (i >= 3 ? 10 : 0)), [6], { dtype: 'int64' });
+        const perGroup = heads.reshape(20, -1).indexSelect(0, picked); // the 3 soft tokens of each row
+        const rowsOfJ = tensor([0, 0, 1, 1, 2, 3, 3, 4, 4, 5], [10], { dtype: 'int64' }); // token j -> its group's soft token
+        const copyWant = crossEntropy(perGroup.indexSelect(0, rowsOfJ), tensor([10, 11, 12, 13, 14, 20, 21, 22, 23, 24], [10], { dtype: 'int64' })).item();
+        assert.ok(Math.abs(got.copied!.item() - copyWant) < 1e-4, `${norm}: copy ${got.copied!.item()} vs ${copyWant}`);
       }),
     );
   }
@@ -110,7 +122,7 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
       data,
       qaShare: 0,
       restateShare: 0.2,
-      softRestate: { rows: 3, lengths: [16, 32], ratios: [2, 4], weight: 0.5, pointer: { layer: 1, head: 1, weight: 0.25 } },
+      softRestate: { rows: 3, lengths: [16, 32], ratios: [2, 4], weight: 0.5, pointer: { layer: 1, head: 1, weight: 0.25, copyWeight: 2 } },
       seqLen: 128,
       batchSize: 2,
       steps: 12,
@@ -127,8 +139,8 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
     const steps = rows.filter((r) => r.loss !== undefined);
     assert.equal(steps.length, 12);
     for (const r of steps) {
-      assert.ok(r.soft_restate_loss! > 0 && r.soft_restate_attn_loss! > 0, `step ${r.step}: soft restate terms logged`);
-      const want = r.text_loss! + 0.5 * r.soft_restate_loss! + 0.25 * r.soft_restate_attn_loss!;
+      assert.ok(r.soft_restate_loss! > 0 && r.soft_restate_attn_loss! > 0 && r.soft_restate_copy_loss! > 0, `step ${r.step}: soft restate terms logged`);
+      const want = r.text_loss! + 0.5 * r.soft_restate_loss! + 0.25 * r.soft_restate_attn_loss! + 2 * r.soft_restate_copy_loss!;
       assert.ok(Math.abs(want - r.loss!) < 1e-3 * Math.max(1, r.loss!), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     const valid = rows.find((r) => r.valid_soft_restate_loss !== undefined);
@@ -141,4 +153,5 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, head: 5, weight: 1 } } }), /'pointer.head' must be in 0..1/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, lengths: [200] } }), /exceed the model's 128 positions/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, norm: 'layer' } }), /'norm' must be 'final' or 'none'/);
+    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, head: 1, weight: 1, copyWeight: -1 } } }), /'pointer.copyWeight' must be a number >= 0/);
   }));

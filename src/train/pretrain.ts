@@ -360,6 +360,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
           parts.soft_restate_attn_loss = r.pointed.item();
           l = l.add(r.pointed.mul(softRestate.pointer!.weight));
         }
+        if (r.copied) {
+          parts.soft_restate_copy_loss = r.copied.item();
+          l = l.add(r.copied.mul(softRestate.pointer!.copyWeight!));
+        }
         loss = loss ? loss.add(l) : l;
         softTokens = softRestate.rows * length;
       }
