@@ -34,7 +34,7 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
   const ids = { bos: 1, eos: 2, restate: 3 };
   const passages = Int32Array.from([10, 11, 12, 13, 14, 20, 21, 22, 23, 24]); // 2 rows of 5
   for (const norm of ['none', 'final'] as const) {
-    const s: SoftRestate = { rows: 2, lengths: [5], ratios: [2], norm, pointer: { layer: 1, head: 1, weight: 1, copyWeight: 1 } };
+    const s: SoftRestate = { rows: 2, lengths: [5], ratios: [2], norm, pointer: { layer: 1, heads: [0, 1], weight: 1, copyWeight: 1 } };
     noGrad(() =>
       tidy(() => {
         const got = softRestateLoss(model, passages, 2, 5, 2, ids, s);
@@ -50,18 +50,23 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
         const logits = out.logits!.narrow(1, 4, 6).reshape(12, -1); // <|restate|> at 4 predicts t_1
         const targets = tensor([10, 11, 12, 13, 14, 2, 20, 21, 22, 23, 24, 2], [12], { dtype: 'int64' });
         assert.ok(Math.abs(got.loss.item() - crossEntropy(logits, targets).item()) < 1e-5, `${norm}: loss`);
-        // Query 4 + j predicts token j, whose soft token is 1 + floor(j / 2).
-        const probs = out.attentions![1]!.select(1, 1); // [2, 10, 10]
+        // Query 4 + j predicts token j, whose soft token is 1 + floor(j / 2); both heads, mean.
         let nll = 0;
-        for (let r = 0; r < 2; r++) for (let j = 0; j < 5; j++) nll -= Math.log(probs.select(0, r).select(0, 4 + j).select(0, 1 + Math.floor(j / 2)).item() + 1e-6);
-        assert.ok(Math.abs(got.pointed!.item() - nll / 10) < 1e-4, `${norm}: pointer ${got.pointed!.item()} vs ${nll / 10}`);
-        // Copy loss: head 1's output with all attention on token j's soft token, through the output
-        // embedding, against token j.
+        for (const head of [0, 1]) {
+          const probs = out.attentions![1]!.select(1, head); // [2, 10, 10]
+          for (let r = 0; r < 2; r++) for (let j = 0; j < 5; j++) nll -= Math.log(probs.select(0, r).select(0, 4 + j).select(0, 1 + Math.floor(j / 2)).item() + 1e-6);
+        }
+        assert.ok(Math.abs(got.pointed!.item() - nll / 20) < 1e-4, `${norm}: pointer ${got.pointed!.item()} vs ${nll / 20}`);
+        // Copy loss: the two heads' summed output with all attention on token j's soft token,
+        // through the output embedding, against token j.
         const { numHeads: h, numKvHeads: kv, headDim: hd } = model.config;
         const attn = model.layers[1]!.selfAttn;
-        const kvHead = Math.floor(1 / (h / kv));
-        const values = out.attnInputs![1]!.matmul(attn.vProj.weight.value.narrow(0, kvHead * hd, hd).T); // [2, 10, hd]
-        const heads = model.head(values.matmul(attn.oProj.weight.value.narrow(1, hd, hd).T)); // [2, 10, vocab]
+        const headOut = (head: number) => {
+          const kvHead = Math.floor(head / (h / kv));
+          const values = out.attnInputs![1]!.matmul(attn.vProj.weight.value.narrow(0, kvHead * hd, hd).T); // [2, 10, hd]
+          return values.matmul(attn.oProj.weight.value.narrow(1, head * hd, hd).T); // [2, 10, dim]
+        };
+        const heads = model.head(headOut(0).add(headOut(1))); // [2, 10, vocab]
         const picked = tensor([0, 1, 2, 0, 1, 2].map((g, i) => g + 1 + (i >= 3 ? 10 : 0)), [6], { dtype: 'int64' });
         const perGroup = heads.reshape(20, -1).indexSelect(0, picked); // the 3 soft tokens of each row
         const rowsOfJ = tensor([0, 0, 1, 1, 2, 3, 3, 4, 4, 5], [10], { dtype: 'int64' }); // token j -> its group's soft token
@@ -85,7 +90,7 @@ test('a tiny model learns to read pairs of tokens back out of their mean embeddi
   // mean of two embeddings. Held-out rows before and after training on fresh rows each step.
   const model = tinyModel(24, 1);
   const ids = { bos: 1, eos: 2, restate: 3 };
-  const s: SoftRestate = { rows: 16, lengths: [8], ratios: [2], norm: 'final', pointer: { layer: 1, head: 0, weight: 1 } };
+  const s: SoftRestate = { rows: 16, lengths: [8], ratios: [2], norm: 'final', pointer: { layer: 1, heads: [0], weight: 1 } };
   const rowsOf = (seed: string) => {
     const rng = new Rng(seed);
     return Int32Array.from({ length: 16 * 8 }, () => 8 + rng.int(16));
@@ -122,7 +127,7 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
       data,
       qaShare: 0,
       restateShare: 0.2,
-      softRestate: { rows: 3, lengths: [16, 32], ratios: [2, 4], weight: 0.5, pointer: { layer: 1, head: 1, weight: 0.25, copyWeight: 2 } },
+      softRestate: { rows: 3, lengths: [16, 32], ratios: [2, 4], weight: 0.5, pointer: { layer: 1, heads: [1], weight: 0.25, copyWeight: 2 } },
       seqLen: 128,
       batchSize: 2,
       steps: 12,
@@ -150,8 +155,8 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
       return pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true });
     };
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, ratios: [0] } }), /'ratios' must be a non-empty list of integers >= 1/);
-    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, head: 5, weight: 1 } } }), /'pointer.head' must be in 0..1/);
+    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1, 5], weight: 1 } } }), /'pointer.heads' must be distinct heads in 0..1/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, lengths: [200] } }), /exceed the model's 128 positions/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, norm: 'layer' } }), /'norm' must be 'final' or 'none'/);
-    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, head: 1, weight: 1, copyWeight: -1 } } }), /'pointer.copyWeight' must be a number >= 0/);
+    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1], weight: 1, copyWeight: -1 } } }), /'pointer.copyWeight' must be a number >= 0/);
   }));
