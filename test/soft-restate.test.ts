@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
-import { drawSoftRestateShape, groupMeanWeights, softRestateLoss, type SoftRestate } from '../src/train/soft-restate.js';
+import { drawSoftRestateShape, groupMeanWeights, plainRestateLoss, softRestateLoss, type SoftRestate } from '../src/train/soft-restate.js';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { cat, crossEntropy, manualSeed, noGrad, tensor, tidy } from '../src/tensor/index.js';
 import { AdamW } from '../src/nn/index.js';
@@ -85,6 +85,23 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
   assert.equal(new Set(shapes.map((x) => `${x.length}/${x.ratio}`)).size, 6);
 });
 
+test('plain restate rows: [BOS] passage <|restate|> passage, scored on the restated part and EOS', () => {
+  const model = tinyModel(40);
+  model.eval();
+  const ids = { bos: 1, eos: 2, restate: 3 };
+  const passages = Int32Array.from([10, 11, 12, 20, 21, 22, 30, 31, 32]); // 3 rows of 3; the third is unused
+  noGrad(() =>
+    tidy(() => {
+      const got = plainRestateLoss(model, passages, 2, 3, ids).item();
+      const rows = tensor([1, 10, 11, 12, 3, 10, 11, 12, 1, 20, 21, 22, 3, 20, 21, 22], [2, 8], { dtype: 'int64' });
+      const logits = model.forward({ ids: rows }).logits!.narrow(1, 4, 4).reshape(8, -1); // <|restate|> at 4 predicts t_1
+      const want = crossEntropy(logits, tensor([10, 11, 12, 2, 20, 21, 22, 2], [8], { dtype: 'int64' })).item();
+      assert.ok(Math.abs(got - want) < 1e-5, `${got} vs ${want}`);
+    }),
+  );
+  assert.throws(() => plainRestateLoss(model, passages, 4, 3, ids), /9 ids for 4 rows of 3/);
+});
+
 test('a tiny model learns to read pairs of tokens back out of their mean embeddings', { timeout: 180_000 }, () => {
   // Passages of 8 ids from a pool of 16 (chance: ln 16 = 2.77 nats), ratio 2: each soft token is the
   // mean of two embeddings. Held-out rows before and after training on fresh rows each step.
@@ -127,7 +144,7 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
       data,
       qaShare: 0,
       restateShare: 0.2,
-      softRestate: { rows: 3, lengths: [16, 32], ratios: [2, 4], weight: 0.5, pointer: { layer: 1, heads: [1], weight: 0.25, copyWeight: 2 } },
+      softRestate: { rows: 3, lengths: [16, 32], ratios: [2, 4], weight: 0.5, pointer: { layer: 1, heads: [1], weight: 0.25, copyWeight: 2 }, plainRows: 2 },
       seqLen: 128,
       batchSize: 2,
       steps: 12,
@@ -144,12 +161,12 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
     const steps = rows.filter((r) => r.loss !== undefined);
     assert.equal(steps.length, 12);
     for (const r of steps) {
-      assert.ok(r.soft_restate_loss! > 0 && r.soft_restate_attn_loss! > 0 && r.soft_restate_copy_loss! > 0, `step ${r.step}: soft restate terms logged`);
-      const want = r.text_loss! + 0.5 * r.soft_restate_loss! + 0.25 * r.soft_restate_attn_loss! + 2 * r.soft_restate_copy_loss!;
+      assert.ok(r.soft_restate_loss! > 0 && r.soft_restate_attn_loss! > 0 && r.soft_restate_copy_loss! > 0 && r.plain_restate_loss! > 0, `step ${r.step}: soft restate terms logged`);
+      const want = r.text_loss! + 0.5 * (r.soft_restate_loss! + r.plain_restate_loss!) + 0.25 * r.soft_restate_attn_loss! + 2 * r.soft_restate_copy_loss!;
       assert.ok(Math.abs(want - r.loss!) < 1e-3 * Math.max(1, r.loss!), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     const valid = rows.find((r) => r.valid_soft_restate_loss !== undefined);
-    assert.ok(valid && valid.valid_soft_restate_loss! > 0, 'validation measures soft restating');
+    assert.ok(valid && valid.valid_soft_restate_loss! > 0 && valid.valid_plain_restate_loss! > 0, 'validation measures soft and plain restating');
     const bad = (extra: Record<string, unknown>) => {
       writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, ...extra }));
       return pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true });
@@ -157,6 +174,8 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, ratios: [0] } }), /'ratios' must be a non-empty list of integers >= 1/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1, 5], weight: 1 } } }), /'pointer.heads' must be distinct heads in 0..1/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, lengths: [200] } }), /exceed the model's 128 positions/);
+    await assert.rejects(bad({ softRestate: { ...raw.softRestate, plainRows: 4 } }), /'plainRows' must be an integer in 0..rows/);
+    await assert.rejects(bad({ softRestate: { ...raw.softRestate, lengths: [64] } }), /plain rows of 64 tokens need 129 positions, the model has 128/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, norm: 'layer' } }), /'norm' must be 'final' or 'none'/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1], weight: 1, copyWeight: -1 } } }), /'pointer.copyWeight' must be a number >= 0/);
   }));

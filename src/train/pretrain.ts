@@ -18,7 +18,7 @@ import { answerTargets } from '../data/qa.js';
 import { Rng } from '../data/rng.js';
 import { checkInductionSupervision, inductionSupervisionLoss, type InductionSupervision } from './induction.js';
 import { answerCopyLoss, answerPointerLoss, answerPointerTargets, checkAnswerPointer, restatePointerTargets, type AnswerPointer } from './answer-pointer.js';
-import { checkSoftRestate, drawSoftRestateShape, softRestateLoss, type SoftRestate } from './soft-restate.js';
+import { checkSoftRestate, drawSoftRestateShape, plainRestateLoss, softRestateLoss, type SoftRestate } from './soft-restate.js';
 import { loadCheckpointParams, train, writeLossPlot, type MicroBatchLoss, type TrainSummary, type TrainTask } from './trainer.js';
 
 export interface PretrainConfig {
@@ -353,7 +353,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       let softTokens = 0;
       if (softRestate) {
         const { length, ratio } = drawSoftRestateShape(softRestate, `soft-restate:${cfg.seed}:${step}:${micro}`);
-        const r = softRestateLoss(model, passages(trainStream, 'train', (step * cfg.gradAccum + micro) * softRestate.rows, softRestate.rows, length), softRestate.rows, length, ratio, softIds, softRestate);
+        const drawn = passages(trainStream, 'train', (step * cfg.gradAccum + micro) * softRestate.rows, softRestate.rows, length);
+        const r = softRestateLoss(model, drawn, softRestate.rows, length, ratio, softIds, softRestate);
         parts.soft_restate_loss = r.loss.item();
         let l = r.loss.mul(softRestate.weight ?? 1);
         if (r.pointed) {
@@ -364,8 +365,14 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
           parts.soft_restate_copy_loss = r.copied.item();
           l = l.add(r.copied.mul(softRestate.pointer!.copyWeight!));
         }
+        const plainRows = softRestate.plainRows ?? 0;
+        if (plainRows > 0) {
+          const plain = plainRestateLoss(model, drawn, plainRows, length, softIds);
+          parts.plain_restate_loss = plain.item();
+          l = l.add(plain.mul(softRestate.weight ?? 1));
+        }
         loss = loss ? loss.add(l) : l;
-        softTokens = softRestate.rows * length;
+        softTokens = (softRestate.rows + 2 * plainRows) * length;
       }
       const n = (copyRows > 0 ? 1 : 0) + (rows > 0 ? 1 : 0);
       if (sup) Object.assign(parts, { prev_attn_loss: prevAttn / n, induction_attn_loss: inductionAttn / n });
@@ -384,7 +391,11 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       // Copying from context, measured on fixed rows (chance: ln of the id range).
       if (copyRows > 0) figures.copy_loss = noGrad(() => tidy(() => copyLoss(`copy-valid:${cfg.seed}`, 4).loss.item()));
       // Reading group means of embeddings back out: 8 fixed 128-token valid passages at ratio 4.
-      if (softRestate) figures.soft_restate_loss = noGrad(() => tidy(() => softRestateLoss(model, passages(validStream, 'valid', 0, 8, 128), 8, 128, 4, softIds, { ...softRestate, pointer: undefined }).loss.item()));
+      if (softRestate) {
+        figures.soft_restate_loss = noGrad(() => tidy(() => softRestateLoss(model, passages(validStream, 'valid', 0, 8, 128), 8, 128, 4, softIds, { ...softRestate, pointer: undefined }).loss.item()));
+        // The same passages restated from themselves: what soft rows must not break.
+        figures.plain_restate_loss = noGrad(() => tidy(() => plainRestateLoss(model, passages(validStream, 'valid', 0, 8, 128), 8, 128, softIds).item()));
+      }
       return figures;
     },
   };
