@@ -94,8 +94,9 @@ export interface PretrainConfig {
    * Soft-prefix restate rows added to every micro-batch (src/train/soft-restate.ts): a passage's
    * group means of embeddings as soft tokens, then <|restate|> and the passage. Teaches the base
    * to read several tokens out of one vector, the skill a frozen decoder needs for group-merged
-   * soft tokens (GMSA's autoencoding stage); logged as `soft_restate_loss`, validated as
-   * `soft_restate_loss` on fixed 128-token valid passages at ratio 4.
+   * soft tokens (GMSA's autoencoding stage); logged as `soft_restate_loss` (and its pointer's
+   * and plain rows' terms), validated as `soft_restate_loss` and `plain_restate_loss` on fixed
+   * 128-token valid passages at ratio 4.
    */
   softRestate?: SoftRestate;
   /** Share of the QA characters that are bAbI stories when babiDir is given (default 0.4). */
@@ -392,9 +393,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: { resu
       if (copyRows > 0) figures.copy_loss = noGrad(() => tidy(() => copyLoss(`copy-valid:${cfg.seed}`, 4).loss.item()));
       // Reading group means of embeddings back out: 8 fixed 128-token valid passages at ratio 4.
       if (softRestate) {
-        figures.soft_restate_loss = noGrad(() => tidy(() => softRestateLoss(model, passages(validStream, 'valid', 0, 8, 128), 8, 128, 4, softIds, { ...softRestate, pointer: undefined }).loss.item()));
+        const fixed = passages(validStream, 'valid', 0, 8, 128);
+        figures.soft_restate_loss = noGrad(() => tidy(() => softRestateLoss(model, fixed, 8, 128, 4, softIds, { ...softRestate, pointer: undefined }).loss.item()));
         // The same passages restated from themselves: what soft rows must not break.
-        figures.plain_restate_loss = noGrad(() => tidy(() => plainRestateLoss(model, passages(validStream, 'valid', 0, 8, 128), 8, 128, softIds).item()));
+        figures.plain_restate_loss = noGrad(() => tidy(() => plainRestateLoss(model, fixed, 8, 128, softIds).item()));
       }
       return figures;
     },

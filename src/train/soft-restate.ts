@@ -10,12 +10,15 @@
  * one vector, and in GMSA's autoencoding stage the decoder is frozen by design; this gives it
  * that skill before any compressor is trained, as a large pretrained LLM has it to some degree.
  *
- * Optional attention supervision: one head, at the query that predicts passage token j, should
- * attend to the soft token of j's group (1 + floor(j / r) in the row), −log of its weight there.
+ * Optional attention supervision: chosen heads of one layer, at the query that predicts passage
+ * token j, should attend to the soft token of j's group (1 + floor(j / r) in the row), −log of
+ * their weight there, and a copy loss through their output. Optional plain restate rows of the
+ * same passages keep the model able to restate a plain context in the same place.
  */
 import { Tensor, cat, crossEntropy, tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import { Rng } from '../data/rng.js';
+import { groupStarts } from '../compress/gmsa.js';
 
 export interface SoftRestate {
   /** Rows per micro-batch (all of one passage length and ratio, drawn per micro-batch). */
@@ -82,13 +85,18 @@ export function drawSoftRestateShape(s: SoftRestate, seed: string): { length: nu
   return { length: s.lengths[rng.int(s.lengths.length)], ratio: s.ratios[rng.int(s.ratios.length)] };
 }
 
-/** [k, n] group-mean weights: row g is 1/|g| on the tokens of group g ([g r, min((g+1) r, n))). */
+/**
+ * [k, n] group-mean weights: row g is 1/|g| on the tokens of group g, the groups of GMSA's merging
+ * (groupStarts: [g r, min((g+1) r, n)) for an integer ratio), so the means are the ones it forms.
+ */
 export function groupMeanWeights(n: number, ratio: number): Tensor {
-  const k = Math.ceil(n / ratio);
+  const starts = groupStarts(n, { ratio });
+  const k = starts.length;
   const w = new Float32Array(k * n);
   for (let g = 0; g < k; g++) {
-    const end = Math.min((g + 1) * ratio, n);
-    for (let i = g * ratio; i < end; i++) w[g * n + i] = 1 / (end - g * ratio);
+    const start = starts[g]!;
+    const end = g + 1 < k ? starts[g + 1]! : n;
+    for (let i = start; i < end; i++) w[g * n + i] = 1 / (end - start);
   }
   return tensor(w, [k, n]);
 }
@@ -98,7 +106,7 @@ export interface SoftRestateLoss {
   loss: Tensor;
   /** Attention supervision loss, when a pointer is configured with weight > 0. */
   pointed?: Tensor;
-  /** The pointer head's copy loss, when its copyWeight > 0. */
+  /** The pointer heads' copy loss, when its copyWeight > 0. */
   copied?: Tensor;
 }
 
