@@ -9,7 +9,7 @@ import { inductionSupervisionLoss } from '../src/train/induction.js';
 import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
 import { BpeTokenizer } from '../src/models/bpe.js';
 import { crossEntropy, manualSeed, noGrad, tensor, tidy, zeros } from '../src/tensor/index.js';
-import { AdamW } from '../src/nn/index.js';
+import { AdamW, warmupLinear } from '../src/nn/index.js';
 import { configFromHf } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
 
@@ -244,8 +244,9 @@ test('pointer loss trains the head: with a previous-token head, a tiny model lea
   // Held-out rows (seeds never trained on) before and after training on fresh rows each step.
   const heldOut = () => [0, 1, 2, 3].reduce((sum, k) => sum + pointerLoss(1e6 + k * 1000, false), 0) / 4;
   const before = heldOut();
+  const decay = warmupLinear({ peakLr: 1e-2, totalSteps: 500, minLr: 1e-3 });
   for (let s = 0; s < 900; s++) {
-    opt.lr = s < 400 ? 1e-2 : 1e-2 - 9e-3 * Math.min(1, (s - 400) / 500);
+    opt.lr = s < 400 ? 1e-2 : decay(s - 400);
     pointerLoss(s * rows, true);
   }
   const after = heldOut();
