@@ -186,11 +186,18 @@ describe('serve: contexts and answers', () => {
   test('reads are answered while a long generation decodes', async () => {
     const ctx = await call(app, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio: 8 });
     let generationDone = false;
-    const long = call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: 'The', max_tokens: 120, temperature: 0, context_id: ctx.body.id }).then((r) => {
+    const long = call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: 'The', max_tokens: 200, temperature: 0, context_id: ctx.body.id }).then((r) => {
       generationDone = true;
       return r;
     });
-    await new Promise((r) => setTimeout(r, 30)); // the batch has started
+    // Wait until the batch is decoding: a fixed sleep was too short on a loaded machine (the
+    // request was still queued) and could be too long on a fast one.
+    const waitStart = performance.now();
+    while (!generationDone && (await call(app, 'GET', '/health')).body.engine.activeBatches !== 1) {
+      assert.ok(performance.now() - waitStart < 10_000, 'the generation never started decoding');
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.equal(generationDone, false, 'the generation finished before it was seen decoding');
     const t0 = performance.now();
     const read = await call(app, 'GET', `/v1/contexts/${ctx.body.id}`);
     const health = await call(app, 'GET', '/health');
