@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Re-runs every result in the repository that depends on the default base model, after a new
+# base has been shipped to models/softpress-base and scripts/train-compressors.sh has retrained
+# the compressors against it. Each step writes its own files; a failed step is reported and the
+# rest go on (exit status 1 at the end).
+#   bash scripts/rerun-base-results.sh                      # all steps
+#   STEPS="base,suite" bash scripts/rerun-base-results.sh   # some of them
+# Steps (in this order; about 70 min on this 2-core machine in all):
+#   study   bash scripts/gmsa-study.sh: GMSA vs ICAE and its ablations -> results/gmsa-study/
+#   base    the base alone -> results/base/: perplexity (test, valid), restate and pointer probes,
+#           teacher-forced restate loss with and without the passage, a sample
+#   qa      QA with the context in full or not at all -> results/base-qa/, results/base-babi50/
+#   suite   softpress eval --suite default -> results/ (report.md, results.json, plots)
+#   stream  softpress stream-eval (CCF and mean-pool memory vs sliding window) -> results/stream.md
+#   lowratio bash scripts/low-ratio-probe.sh: GMSA and ICAE at ratios 1 and 2 -> results/gmsa-study/low-ratio/
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BASE=${BASE:-models/softpress-base}
+STEPS=${STEPS:-study,base,qa,suite,stream,lowratio}
+sp() { node bin/softpress.js "$@"; }
+status=0
+step() { # name, then a command; times it and keeps going on failure
+  local name=$1
+  shift
+  [[ ,$STEPS, == *,$name,* ]] || return 0
+  echo "== $name: $* ($(date -u +%H:%M:%S))"
+  local t0=$SECONDS
+  if "$@"; then echo "== $name: done in $((SECONDS - t0)) s"; else echo "== $name: FAILED after $((SECONDS - t0)) s" >&2; status=1; fi
+}
+
+base_alone() {
+  mkdir -p results/base
+  sp eval --task perplexity --split test --base "$BASE" --out results/base/perplexity-test --quiet &&
+    sp eval --task perplexity --split valid --base "$BASE" --out results/base/perplexity-valid --quiet &&
+    node scripts/restate-probe.mjs "$BASE" 16 1200 > results/base/restate-probe.txt &&
+    node scripts/pointer-probe.mjs "$BASE" 5 0 64 > results/base/pointer-probe.txt &&
+    sp losses --base "$BASE" --methods full,none --ratio 4 --stage ae --batches 8 --batch 4 > results/base/restate-loss-256.md &&
+    sp generate --model "$BASE" --prompt "Fellow citizens" --max-tokens 60 > results/base/sample.txt
+}
+
+qa() {
+  sp eval --base "$BASE" --task babi,needle,cloze --methods full,none --split valid --out results/base-qa --quiet &&
+    sp eval --base "$BASE" --task babi --n 50 --methods full,none --split valid --out results/base-babi50 --quiet
+}
+
+step study bash scripts/gmsa-study.sh
+step base base_alone
+step qa qa
+step suite sp eval --base "$BASE" --suite default --out results --quiet
+step stream sp stream-eval --base "$BASE" --ccf models/ccf --meanpool models/meanpool-r4 --lengths 1024,2048,4096,8192 --docs 3 --ratios 8,32 --out results/stream.md
+step lowratio bash scripts/low-ratio-probe.sh
+exit $status
