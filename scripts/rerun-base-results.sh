@@ -5,10 +5,11 @@
 # rest go on (exit status 1 at the end).
 #   bash scripts/rerun-base-results.sh                      # all steps
 #   STEPS="base,suite" bash scripts/rerun-base-results.sh   # some of them
-# Steps (in this order; about 70 min on this 2-core machine in all):
+# Steps, in this order (session 12, on this 2-core machine: study 63 min, base 13, qa 2, suite 26,
+# stream 11; lowratio about 20):
 #   study   bash scripts/gmsa-study.sh: GMSA vs ICAE and its ablations -> results/gmsa-study/
 #   base    the base alone -> results/base/: perplexity (test, valid), restate and pointer probes,
-#           teacher-forced restate loss with and without the passage, a sample
+#           teacher-forced restate loss with and without the passage, samples (seeds 0-8)
 #   qa      QA with the context in full or not at all -> results/base-qa/, results/base-babi50/
 #   suite   softpress eval --suite default -> results/ (report.md, results.json, plots)
 #   stream  softpress stream-eval (CCF and mean-pool memory vs sliding window) -> results/stream.md
@@ -35,7 +36,12 @@ base_alone() {
     node scripts/restate-probe.mjs "$BASE" 16 1200 > results/base/restate-probe.txt &&
     node scripts/pointer-probe.mjs "$BASE" 5 0 64 > results/base/pointer-probe.txt &&
     sp losses --base "$BASE" --methods full,none --ratio 4 --stage ae --batches 8 --batch 4 > results/base/restate-loss-256.md &&
-    sp generate --model "$BASE" --prompt "Fellow citizens" --max-tokens 60 > results/base/sample.txt
+    sp generate --model "$BASE" --prompt "Fellow citizens" --max-tokens 60 > results/base/sample.txt &&
+    for seed in 0 1 2 3 4 5 6 7 8; do
+      echo "--- seed $seed"
+      sp generate --model "$BASE" --prompt "Fellow citizens" --max-tokens 60 --seed "$seed" || return 1
+      echo
+    done > results/base/samples-seeds-0-8.txt
 }
 
 qa() {
