@@ -36,7 +36,6 @@ base_alone() {
     node scripts/restate-probe.mjs "$BASE" 16 1200 > results/base/restate-probe.txt &&
     node scripts/pointer-probe.mjs "$BASE" 5 0 64 > results/base/pointer-probe.txt &&
     sp losses --base "$BASE" --methods full,none --ratio 4 --stage ae --batches 8 --batch 4 > results/base/restate-loss-256.md &&
-    sp generate --model "$BASE" --prompt "Fellow citizens" --max-tokens 60 > results/base/sample.txt &&
     for seed in 0 1 2 3 4 5 6 7 8; do
       echo "--- seed $seed"
       sp generate --model "$BASE" --prompt "Fellow citizens" --max-tokens 60 --seed "$seed" || return 1
