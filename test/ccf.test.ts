@@ -28,6 +28,7 @@ import { CcfCompressor, CcfStream, memoryWindowEnd, segmentPlan } from '../src/c
 import { createCompressor, loadCompressor, saveCompressor, tailLoss } from '../src/compress/index.js';
 import { ccfDocumentGradients, trainCcf, type CcfProbe } from '../src/train/ccf-trainer.js';
 import { Rng } from '../src/data/rng.js';
+import { collectGarbage } from './helpers/gc.js';
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ unit('(c) reservoir k >= segments gives the gradients of full backpropagation; s
     }
   }));
 
-unit('the procedure and the stream leave no native handle behind', () => {
+unit('the procedure and the stream leave no native handle behind', async () => {
   const model = tinyModel();
   const ccf = tinyCcf(model, 8);
   const doc = [tokens(41, 51)];
@@ -340,6 +341,7 @@ unit('the procedure and the stream leave no native handle behind', () => {
     stream.free();
   };
   once(); // builds the cached encoder layouts
+  await collectGarbage();
   const before = memoryStats().liveHandles;
   once();
   assert.equal(memoryStats().liveHandles, before);

@@ -5,6 +5,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, TensorError, tensor, randn, ones, zeros, cat, crossEntropy, tidy, memoryStats } from '../src/tensor/index.js';
+import { collectGarbage } from './helpers/gc.js';
 
 /** Asserts fn throws a TensorError whose message matches every pattern. */
 function throwsTensorError(fn: () => unknown, ...patterns: RegExp[]): TensorError {
@@ -101,7 +102,8 @@ test('other argument errors name the operator', () =>
     throwsTensorError(() => randn([2, 2]).size(5), /size\(5\)/, /float32\[2, 2\]/);
   }));
 
-test('the process and libtorch keep working after errors, without leaking handles', () => {
+test('the process and libtorch keep working after errors, without leaking handles', async () => {
+  await collectGarbage();
   const before = memoryStats().liveHandles;
   for (let i = 0; i < 50; i++) {
     tidy(() => {

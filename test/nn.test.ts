@@ -15,6 +15,7 @@ import {
   warmupLinear,
   constant,
 } from '../src/nn/index.js';
+import { collectGarbage } from './helpers/gc.js';
 
 function near(a: number, b: number, tol = 1e-9, what = ''): void {
   assert.ok(Math.abs(a - b) <= tol * (1 + Math.abs(b)), `${what} ${a} vs ${b}`);
@@ -369,7 +370,8 @@ test('Embedding, RMSNorm, LayerNorm layers', () =>
     assert.deepEqual(l.weight.value.shape, [3, 4]);
   }));
 
-test('module toDtype converts parameters and keeps trainability', () => {
+test('module toDtype converts parameters and keeps trainability; free() releases them', async () => {
+  await collectGarbage();
   const live = memoryStats().liveHandles;
   const m = new MLP(2, 3, 1);
   m.l2.freeze();
@@ -377,6 +379,7 @@ test('module toDtype converts parameters and keeps trainability', () => {
   assert.ok(m.parameters().every((p) => p.value.dtype === 'float64'));
   assert.ok(m.l1.weight.trainable);
   assert.ok(!m.l2.weight.trainable);
-  for (const p of m.parameters()) p.value.free();
+  m.free();
+  assert.ok(m.parameters().every((p) => p.value.freed));
   assert.equal(memoryStats().liveHandles, live);
 });

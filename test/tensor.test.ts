@@ -35,6 +35,7 @@ import {
   memoryStats,
   type AnyTypedArray,
 } from '../src/tensor/index.js';
+import { collectGarbage } from './helpers/gc.js';
 
 function close(actual: ArrayLike<number> | AnyTypedArray | Tensor, expected: number[], tol = 1e-5): void {
   const a = actual instanceof Tensor ? actual.toNumbers() : Array.from(actual as ArrayLike<number>, Number);
@@ -511,7 +512,8 @@ test('autograd basics: requiresGrad, isLeaf, noGrad, enableGrad, grad getter/set
     assert.ok(isGradEnabled());
   }));
 
-test('tidy frees everything not returned; returned tensors move to the parent scope', () => {
+test('tidy frees everything not returned; returned tensors move to the parent scope', async () => {
+  await collectGarbage();
   const before = memoryStats().liveHandles;
   const kept = tidy(() => {
     const inner = tidy(() => {

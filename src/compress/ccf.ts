@@ -340,7 +340,7 @@ export class CcfCompressor implements Compressor {
     });
   }
 
-  /** Frees cached encoder layouts (parameters are freed with the garbage collector). */
+  /** Frees cached encoder layouts (freeCompressor also frees the parameters). */
   dispose(): void {
     this.freeLayouts();
   }

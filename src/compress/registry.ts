@@ -106,3 +106,13 @@ export function loadCompressor(dir: string, base: LlamaModel): Compressor {
   c.setTraining(false);
   return c;
 }
+
+/**
+ * Frees a compressor's parameters, decoder delta and caches now (not at garbage collection).
+ * The compressor cannot be used afterwards; the base model is not touched.
+ */
+export function freeCompressor(c: Compressor): void {
+  c.dispose?.();
+  c.module?.free();
+  c.decoderLora?.free();
+}

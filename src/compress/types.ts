@@ -64,6 +64,8 @@ export interface Compressor {
   readonly decoderLora?: LoraAdapters;
   /** Train/eval mode of the compressor's own modules (dropout). */
   setTraining(on: boolean): void;
+  /** Frees native caches kept besides the parameters (freeCompressor frees those too). */
+  dispose?(): void;
 }
 
 /** Soft tokens for a context of T tokens under a budget. */

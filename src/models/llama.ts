@@ -315,6 +315,16 @@ export class LlamaModel extends Module {
   }
 
   private cachedFingerprint?: string;
+  /** Frees the weights and the cached rope tables and masks (the model cannot be used afterwards). */
+  override free(): void {
+    super.free();
+    this.cosTable?.free();
+    this.sinTable?.free();
+    this.cosTable = this.sinTable = undefined;
+    for (const m of this.maskCache.values()) m.free();
+    this.maskCache.clear();
+  }
+
   /**
    * A short hash of the configuration and weights (names, shapes and the first 64 KiB of each
    * tensor), so stored soft contexts and compressors can refuse a different base model.

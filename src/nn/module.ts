@@ -122,6 +122,13 @@ export abstract class Module {
     }
     return { missing, unexpected };
   }
+  /**
+   * Frees every parameter's native tensor now instead of at garbage collection (the module
+   * cannot be used afterwards). A server that closes should give its memory back at once.
+   */
+  free(): void {
+    for (const p of new Set(this.parameters())) p.value.free();
+  }
   /** Converts every floating parameter to a dtype (e.g. float16 for storage). */
   toDtype(dtype: DType): this {
     for (const p of this.parameters()) {

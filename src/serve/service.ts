@@ -20,6 +20,7 @@ import {
   compressorNames,
   contextPrefix,
   createCompressor,
+  freeCompressor,
   freeSoftContext,
   isLearned,
   loadCompressor,
@@ -73,6 +74,8 @@ export interface ServiceConfig {
   cacheBytes?: number;
   /** Positions a stored context must leave free in the window for a question and answer (16). */
   minRoom?: number;
+  /** close() also frees the model and the learned compressors (openService loaded them, so it sets this). */
+  ownsModel?: boolean;
   /**
    * Keep each context's prefix ([BOS][soft tokens], or memory + BOS) as decoder keys/values
    * after its first use, so later requests prefill only their own prompt (default true).
@@ -212,9 +215,11 @@ export class SoftpressService {
   private waitingForPrefix = 0;
   private readonly eosStops: Set<number>;
   private closed = false;
+  private readonly ownsModel: boolean;
 
   constructor(cfg: ServiceConfig) {
     this.model = cfg.model;
+    this.ownsModel = cfg.ownsModel ?? false;
     this.tokenizer = cfg.tokenizer;
     this.modelName = cfg.modelName;
     this.store = cfg.store;
@@ -767,7 +772,10 @@ export class SoftpressService {
     };
   }
 
-  /** Stops the engine, frees loaded contexts and closes the store. */
+  /**
+   * Stops the engine, frees loaded contexts and closes the store; a service that owns its model
+   * (openService) then frees the model and compressors too, so closing gives the memory back.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -777,6 +785,10 @@ export class SoftpressService {
     freeKv(this.plainSlot.kv);
     this.plainSlot.kv = undefined;
     await this.store.close();
+    if (this.ownsModel) {
+      for (const c of this.compressors.values()) freeCompressor(c);
+      this.model.free();
+    }
   }
 }
 
@@ -847,9 +859,11 @@ export function openService(o: OpenServiceOptions): SoftpressService {
   }
   const store = ContextStore.open(o.storePath, { maxBytes: o.storeMaxBytes, fingerprint: model.fingerprint() });
   try {
-    return new SoftpressService({ ...o, model, tokenizer, modelName: basename(resolve(o.base)), store, compressors });
+    return new SoftpressService({ ...o, model, tokenizer, modelName: basename(resolve(o.base)), store, compressors, ownsModel: true });
   } catch (e) {
     void store.close();
+    for (const c of compressors) freeCompressor(c);
+    model.free();
     throw e;
   }
 }
