@@ -51,6 +51,15 @@ async function call(app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', url
   return { status: r.statusCode, body, headers: r.headers, raw: r.body };
 }
 
+/** Polls (every millisecond, for at most 10 s) until `done` holds. */
+async function waitFor(done: () => boolean, what: string): Promise<void> {
+  const start = performance.now();
+  while (!done()) {
+    assert.ok(performance.now() - start < 10_000, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 /** Asserts an error response: status, code, a non-empty message that mentions `mention`. */
 function assertError(r: { status: number; body: Json }, status: number, code: string, mention?: RegExp): void {
   assert.equal(r.status, status, JSON.stringify(r.body));
@@ -456,8 +465,10 @@ describe('serve: continuous batching', () => {
       const id = (await call(app, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio: 2 })).body.id as string;
       const reqs: Promise<{ status: number; body: Json }>[] = [];
       for (let i = 0; i < 4; i++) {
-        reqs.push(call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: `Entry ${i}:`, max_tokens: 40, temperature: 0, context_id: id }));
-        await new Promise((r) => setTimeout(r, 15)); // each arrives while the earlier ones decode
+        reqs.push(call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: `Entry ${i}:`, max_tokens: 120, temperature: 0, context_id: id }));
+        // the next arrives once this one is in a batch, while the earlier ones decode (a fixed
+        // sleep depends on the machine's speed and load)
+        await waitFor(() => service.engine.stats().rows > i, `request ${i} to enter a batch`);
       }
       const rs = await Promise.all(reqs);
       for (const r of rs) assert.equal(r.status, 200);
@@ -673,13 +684,17 @@ describe('serve: load', () => {
 
       // a client that goes away mid-stream cancels its row
       const abort = new AbortController();
+      const decodedBefore = service.engine.stats().decodeRows;
       const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: service.modelName, prompt: 'x', max_tokens: 200, stream: true }), signal: abort.signal });
       const reader = res.body!.getReader();
       await reader.read();
       abort.abort();
-      await new Promise((r) => setTimeout(r, 100));
-      const h = service.health() as { engine: { activeBatches: number; pendingRows: number } };
-      assert.equal(h.engine.activeBatches + h.engine.pendingRows, 0, 'the cancelled row was dropped');
+      await waitFor(() => {
+        const h = service.health() as { engine: { activeBatches: number; pendingRows: number } };
+        return h.engine.activeBatches + h.engine.pendingRows === 0;
+      }, 'the cancelled row to be dropped');
+      const decoded = service.engine.stats().decodeRows - decodedBefore;
+      assert.ok(decoded < 150, `the row decoded ${decoded} of its 200 tokens: not cancelled`);
     } finally {
       app.server.closeAllConnections(); // undici keeps a spare keep-alive socket open for seconds
       await app.close();
