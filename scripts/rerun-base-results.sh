@@ -6,7 +6,7 @@
 #   bash scripts/rerun-base-results.sh                      # all steps
 #   STEPS="base,suite" bash scripts/rerun-base-results.sh   # some of them
 # Steps, in this order (session 12, on this 2-core machine: study 63 min, base 13, qa 2, suite 26,
-# stream 11; lowratio about 20):
+# stream 11; session 13: lowratio 21, budget 46):
 #   study   bash scripts/gmsa-study.sh: GMSA vs ICAE and its ablations -> results/gmsa-study/
 #   base    the base alone -> results/base/: perplexity (test, valid), restate and pointer probes,
 #           teacher-forced restate loss with and without the passage, samples (seeds 0-8)
@@ -14,10 +14,11 @@
 #   suite   softpress eval --suite default -> results/ (report.md, results.json, plots)
 #   stream  softpress stream-eval (CCF and mean-pool memory vs sliding window) -> results/stream.md
 #   lowratio bash scripts/low-ratio-probe.sh: GMSA and ICAE at ratios 1 and 2 -> results/gmsa-study/low-ratio/
+#   budget  bash scripts/stage1-budget.sh: GMSA and ICAE at 600 stage-1 steps -> results/gmsa-study/stage1-600/
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE=${BASE:-models/softpress-base}
-STEPS=${STEPS:-study,base,qa,suite,stream,lowratio}
+STEPS=${STEPS:-study,base,qa,suite,stream,lowratio,budget}
 sp() { node bin/softpress.js "$@"; }
 status=0
 step() { # name, then a command; times it and keeps going on failure
@@ -54,4 +55,5 @@ step qa qa
 step suite sp eval --base "$BASE" --suite default --out results --quiet
 step stream sp stream-eval --base "$BASE" --ccf models/ccf --meanpool models/meanpool-r4 --lengths 1024,2048,4096,8192 --docs 3 --ratios 8,32 --out results/stream.md
 step lowratio bash scripts/low-ratio-probe.sh
+step budget bash scripts/stage1-budget.sh
 exit $status
