@@ -25,7 +25,7 @@ STEPS_DIV=${STEPS_DIV:-1}
 N_RECON=${N_RECON:-16}
 N_QA=${N_QA:-}
 PHASES=${PHASES:-train,eval}
-sp() { node bin/softpress.js "$@"; }
+source scripts/lib.sh
 steps() { local n=$(( $1 / STEPS_DIV )); echo $(( n > 2 ? n : 2 )); }
 common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --ratio 4,8 --eval-every 1000000 --valid-batches 2 --checkpoint-every 25 --quiet)
 ae=(--stage ae --ae-lengths 128,256,512 --steps "$(steps 200)" --lr 5e-4 --clip 2)
@@ -38,12 +38,7 @@ done
 run() { # name, then train arguments
   local name=$1
   shift
-  [ -f "$STUDY/$name/compressor.json" ] && { echo "== $name: done"; return 0; }
-  local resume=()
-  [ -f "$STUDY/$name/checkpoint/state.json" ] && resume=(--resume)
-  echo "== $name: softpress train $*"
-  sp train "${common[@]}" --out "$STUDY/$name" "${resume[@]}" "$@" > "$STUDY/$name.log" 2>&1 || { echo "== $name: FAILED (see $STUDY/$name.log)"; tail -n 5 "$STUDY/$name.log"; return 1; }
-  tail -n 1 "$STUDY/$name.log"
+  train_once "$STUDY/$name" "${common[@]}" "$@"
 }
 
 lane_a() {

@@ -10,18 +10,12 @@ cd "$(dirname "$0")/.."
 BASE=${BASE:-models/softpress-base}
 RUNS=${RUNS:-runs/low-ratio}
 OUT=${OUT:-results/gmsa-study/low-ratio}
-sp() { node bin/softpress.js "$@"; }
+source scripts/lib.sh
 common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --stage ae --ae-lengths 128 --steps 200 --lr 5e-4 --clip 2 --eval-every 1000000 --valid-batches 2 --checkpoint-every 50 --quiet)
 mkdir -p "$RUNS" "$OUT"
 for method in gmsa icae; do
   for ratio in 1 2; do
-    name=$method-r$ratio
-    [ -f "$RUNS/$name/compressor.json" ] && continue
-    resume=()
-    [ -f "$RUNS/$name/checkpoint/state.json" ] && resume=(--resume)
-    echo "== $name"
-    sp train "${common[@]}" --method "$method" --ratio "$ratio" --out "$RUNS/$name" "${resume[@]}" > "$RUNS/$name.log" 2>&1
-    tail -n 1 "$RUNS/$name.log"
+    train_once "$RUNS/$method-r$ratio" "${common[@]}" --method "$method" --ratio "$ratio"
   done
 done
 # Each compressor at the ratio it was trained for. ICAE at ratio 1 has too few slots (256) for the

@@ -19,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE=${BASE:-models/softpress-base}
 STEPS=${STEPS:-study,base,qa,suite,stream,lowratio,budget}
-sp() { node bin/softpress.js "$@"; }
+source scripts/lib.sh
 status=0
 step() { # name, then a command; times it and keeps going on failure
   local name=$1

@@ -11,16 +11,11 @@ cd "$(dirname "$0")/.."
 BASE=${BASE:?set BASE to the model folder to probe}
 RUNS=${RUNS:-runs/soft-base}
 OUT=${OUT:-results/gmsa-study/soft-base}
-sp() { node bin/softpress.js "$@"; }
+source scripts/lib.sh
 common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --stage ae --ae-lengths 128 --ratio 4 --steps 200 --lr 5e-4 --clip 2 --eval-every 1000000 --valid-batches 2 --checkpoint-every 50 --quiet)
 mkdir -p "$RUNS" "$OUT"
 lane() { # method
-  local name=$1-r4
-  [ -f "$RUNS/$name/compressor.json" ] && return 0
-  local resume=()
-  [ -f "$RUNS/$name/checkpoint/state.json" ] && resume=(--resume)
-  sp train "${common[@]}" --method "$1" --out "$RUNS/$name" "${resume[@]}" > "$RUNS/$name.log" 2>&1
-  tail -n 1 "$RUNS/$name.log"
+  train_once "$RUNS/$1-r4" "${common[@]}" --method "$1"
 }
 export SOFTPRESS_THREADS=1
 lane gmsa & pa=$!

@@ -15,26 +15,16 @@ OUT=${OUT:-results/gmsa-study/stage1-600}
 STEPS=${STEPS:-600}
 N_RECON=${N_RECON:-16}
 PHASES=${PHASES:-train,eval}
-sp() { node bin/softpress.js "$@"; }
+source scripts/lib.sh
 common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --ratio 4,8 --eval-every 1000000 --valid-batches 2 --checkpoint-every 25 --quiet
   --stage ae --ae-lengths 128,256,512 --steps "$STEPS" --lr 5e-4 --clip 2)
-
-run() { # name, method
-  local name=$1 method=$2
-  [ -f "$RUNS/$name/compressor.json" ] && { echo "== $name: done"; return 0; }
-  local resume=()
-  [ -f "$RUNS/$name/checkpoint/state.json" ] && resume=(--resume)
-  echo "== $name: softpress train --method $method, $STEPS steps"
-  sp train "${common[@]}" --method "$method" --out "$RUNS/$name" "${resume[@]}" > "$RUNS/$name.log" 2>&1 || { echo "== $name: FAILED (see $RUNS/$name.log)"; tail -n 5 "$RUNS/$name.log"; return 1; }
-  tail -n 1 "$RUNS/$name.log"
-}
 
 if [[ $PHASES == *train* ]]; then
   mkdir -p "$RUNS"
   export SOFTPRESS_THREADS=1
-  run gmsa gmsa &
+  train_once "$RUNS/gmsa" "${common[@]}" --method gmsa &
   pa=$!
-  run icae icae &
+  train_once "$RUNS/icae" "${common[@]}" --method icae &
   pb=$!
   status=0
   wait $pa || status=1

@@ -11,7 +11,7 @@ BABI=${BABI:-../shared/fixtures/babi/en-10k}
 RUNS=${RUNS:-runs}
 MODELS=${MODELS:-models}
 STEPS_DIV=${STEPS_DIV:-1}   # e.g. 50 for a smoke test
-sp() { node bin/softpress.js "$@"; }
+source scripts/lib.sh
 steps() { local n=$(( $1 / STEPS_DIV )); echo $(( n > 2 ? n : 2 )); }
 common=(--base "$BASE" --batch 4 --context-len 256 --continuation-len 64 --eval-every 1000000 --valid-batches 2 --checkpoint-every 25 --quiet)
 
