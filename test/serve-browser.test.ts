@@ -15,6 +15,7 @@ import { chromium, type Page } from 'playwright-core';
 import { openService } from '../src/serve/service.js';
 import { buildServer } from '../src/serve/server.js';
 import { writeRandomBase } from '../src/serve/testing.js';
+import { waitFor } from './helpers/wait.js';
 
 const CHROMIUM = process.env.SOFTPRESS_CHROMIUM ?? '/usr/bin/chromium';
 const skip =
@@ -29,19 +30,12 @@ const DOC =
   'and the keeper hid the box under the third stair. Ships passed in the fog, and the bell rang twice an hour.';
 
 const LATENCY = /^\d+(\.\d+)? m?s$/;
-
-/** Polls until cond() holds (the page updates asynchronously). */
-async function waitFor(cond: () => Promise<boolean>, what: string | (() => string), timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** The page updates asynchronously: polled every 50 ms for up to 30 s. */
+const BROWSER_WAIT = { timeoutMs: 30_000, everyMs: 50 };
 
 async function waitText(page: Page, selector: string, re: RegExp): Promise<void> {
   let last = '';
-  await waitFor(async () => re.test((last = (await page.textContent(selector)) ?? '')), () => `${selector} to match ${re} (last: '${last}')`);
+  await waitFor(async () => re.test((last = (await page.textContent(selector)) ?? '')), () => `${selector} to match ${re} (last: '${last}')`, BROWSER_WAIT);
 }
 
 test('playground: compress, ask, compare with the full context (headless Chromium)', { skip, timeout: 120_000 }, async () => {
@@ -99,7 +93,7 @@ test('playground: compress, ask, compare with the full context (headless Chromiu
 
     // 2. an uploaded document longer than the window: the full context is n/a, the soft one works
     await page.setInputFiles('#file', { name: 'long.txt', mimeType: 'text/plain', buffer: Buffer.from(`${DOC} `.repeat(12)) });
-    await waitFor(async () => (await page.inputValue('#doc')).length > 1000, 'the uploaded file in the text area');
+    await waitFor(async () => (await page.inputValue('#doc')).length > 1000, 'the uploaded file in the text area', BROWSER_WAIT);
     assert.match((await page.textContent('#doc-chars')) ?? '', /long\.txt/);
     await page.selectOption('#ratio', '8');
     await page.click('#compress');

@@ -25,6 +25,7 @@ import * as S from '../src/serve/schemas.js';
 import { TextStream, encodeYielding } from '../src/serve/text.js';
 import { loadCorpus } from '../src/data/corpora.js';
 import { collectGarbage } from './helpers/gc.js';
+import { waitFor } from './helpers/wait.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'softpress-serve-'));
 const baseDir = writeRandomBase(join(tmp, 'base'), { window: 256, sharp: true, seed: 7 });
@@ -49,15 +50,6 @@ async function call(app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', url
     // not JSON (html, sse)
   }
   return { status: r.statusCode, body, headers: r.headers, raw: r.body };
-}
-
-/** Polls (every millisecond, for at most 10 s) until `done` holds. */
-async function waitFor(done: () => boolean, what: string): Promise<void> {
-  const start = performance.now();
-  while (!done()) {
-    assert.ok(performance.now() - start < 10_000, `timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
 }
 
 /** Asserts an error response: status, code, a non-empty message that mentions `mention`. */
@@ -202,11 +194,7 @@ describe('serve: contexts and answers', () => {
     });
     // Wait until the batch is decoding: a fixed sleep was too short on a loaded machine (the
     // request was still queued) and could be too long on a fast one.
-    const waitStart = performance.now();
-    while (!generationDone && (await call(app, 'GET', '/health')).body.engine.activeBatches !== 1) {
-      assert.ok(performance.now() - waitStart < 10_000, 'the generation never started decoding');
-      await new Promise((r) => setTimeout(r, 1));
-    }
+    await waitFor(async () => generationDone || (await call(app, 'GET', '/health')).body.engine.activeBatches === 1, 'the generation to start decoding');
     assert.equal(generationDone, false, 'the generation finished before it was seen decoding');
     const t0 = performance.now();
     const read = await call(app, 'GET', `/v1/contexts/${ctx.body.id}`);
