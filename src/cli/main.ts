@@ -4,6 +4,21 @@
  */
 type Runner = (argv: string[]) => Promise<void>;
 
+/** Options whose value may name a model of the cache (pulled before the command runs). */
+const MODEL_OPTIONS = new Set(['--base', '--model']);
+
+/** Pulls the named models that argv refers to and are not in the cache yet. */
+async function pullNamedModels(argv: string[]): Promise<void> {
+  const refs = argv.flatMap((a, i) => (MODEL_OPTIONS.has(a) && i + 1 < argv.length ? [argv[i + 1]] : a.includes('=') && MODEL_OPTIONS.has(a.split('=')[0]) ? [a.slice(a.indexOf('=') + 1)] : []));
+  if (refs.length === 0) return;
+  const { cachedModelPath, namedModel, pullModel } = await import('../io/model-source.js');
+  const { existsSync } = await import('node:fs');
+  for (const ref of refs) {
+    const model = existsSync(ref) ? undefined : namedModel(ref);
+    if (model && !cachedModelPath(model)) await pullModel(ref, { log: (line) => process.stderr.write(`softpress: ${line}\n`) });
+  }
+}
+
 const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runner }> }> = {
   bench: { about: 'benchmarks: bench engine | bench model --config S|M | bench serve [--json]', load: () => import('./bench.js') },
   eval: { about: 'evaluate methods x ratios x tasks: [--suite default|quick] [--out DIR] [--task T,..] [--methods full,none,truncate,DIR,..] [--json]; --task perplexity [--split test|valid]', load: () => import('./eval.js') },
@@ -18,6 +33,7 @@ const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runne
   train: { about: 'train a compressor: --base DIR --method NAME (--ratio R[,R..] | --budget K) --stage ae|lm|qa|ae+lm --out DIR [--resume] [--steps N] [--init DIR] (--help)', load: () => import('./train.js') },
   compress: { about: 'compress a text: --base DIR (--compressor DIR | --method full|none|truncate) [--ratio R | --budget K] --in FILE --out FILE.softctx', load: () => import('./compress.js') },
   ask: { about: 'answer questions over a context: --base DIR (--compressor DIR | --method NAME) --context FILE.txt|.softctx --question TEXT [...]', load: () => import('./ask.js') },
+  pull: { about: 'put a named model into the cache and print its path: pull smollm2-135m-instruct (pull --list)', load: () => import('./pull.js') },
   serve: { about: 'HTTP server: [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR] [--compressor DIR ...] (playground at /)', load: () => import('./serve.js') },
 };
 
@@ -40,6 +56,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   try {
     const mod = await cmd.load();
+    await pullNamedModels(rest);
     await mod.run(rest);
   } catch (e) {
     const err = e as Error;

@@ -471,7 +471,8 @@ export class BpeTokenizer implements Tokenizer {
       eos_token: name(this.eos),
       pad_token: name(this.pad),
       unk_token: null,
-      add_bos_token: false,
+      // Our models read [BOS] text: softpress's HfTokenizer adds BOS at a sequence start when true.
+      add_bos_token: true,
       add_eos_token: false,
       clean_up_tokenization_spaces: false,
       model_max_length: 1_000_000_000,

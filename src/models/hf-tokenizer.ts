@@ -21,6 +21,8 @@ export class HfTokenizer implements Tokenizer {
   readonly eos: number;
   readonly pad: number;
   readonly special: ReadonlyMap<string, number>;
+  readonly addsBos: boolean;
+  readonly chatTemplate?: string;
   private readonly lib: HfLib;
 
   constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown> = {}, ids: { bos?: number; eos?: number } = {}) {
@@ -41,6 +43,10 @@ export class HfTokenizer implements Tokenizer {
     this.bos = ids.bos ?? (bosName ? this.special.get(bosName) : undefined) ?? find('<s>', '<|begin_of_text|>', '<|bos|>', '<|endoftext|>') ?? 0;
     this.eos = ids.eos ?? (eosName ? this.special.get(eosName) : undefined) ?? find('</s>', '<|end_of_text|>', '<|eos|>', '<|endoftext|>', '<|im_end|>') ?? this.bos;
     this.pad = (padName ? this.special.get(padName) : undefined) ?? find('<pad>', '<|pad|>') ?? this.eos;
+    // Without a tokenizer_config.json saying otherwise, sequences start with BOS (softpress-base).
+    this.addsBos = tokenizerConfig.add_bos_token !== false;
+    const template = tokenizerConfig.chat_template;
+    if (typeof template === 'string' && template.trim() !== '') this.chatTemplate = template;
   }
 
   /** Loads DIR/tokenizer.json (+ tokenizer_config.json when present). */
@@ -50,9 +56,10 @@ export class HfTokenizer implements Tokenizer {
     return new HfTokenizer(json, existsSync(cfgPath) ? readJson(cfgPath) : {}, ids);
   }
 
+  /** Special-token strings in the text are always read as those tokens (as transformers does). */
   encode(text: string, opts: { bos?: boolean; eos?: boolean } = {}): number[] {
     const ids = this.lib.encode(text, { add_special_tokens: false }).ids.map(Number);
-    if (opts.bos) ids.unshift(this.bos);
+    if (opts.bos && this.addsBos) ids.unshift(this.bos);
     if (opts.eos) ids.push(this.eos);
     return ids;
   }
