@@ -1,6 +1,7 @@
 /**
  * Loading and saving decoders: Hugging Face folders (config.json + model.safetensors, single or
- * sharded, + tokenizer.json) and llama2.c checkpoints (+ their tokenizer .bin).
+ * sharded, + tokenizer.json), GGUF files (llama.cpp's format, tokenizer included), llama2.c
+ * checkpoints (+ their tokenizer .bin), and named models from the cache (src/io/model-source.ts).
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -11,6 +12,8 @@ import { configFromHf, configToHf, type LlamaConfig } from './config.js';
 import { LlamaModel } from './llama.js';
 import { HfTokenizer } from './hf-tokenizer.js';
 import type { Tokenizer } from './tokenizer.js';
+import { isGgufPath, readGgufModel } from './gguf.js';
+import { resolveModelRef } from '../io/model-source.js';
 
 export interface LoadedModel {
   model: LlamaModel;
@@ -104,14 +107,22 @@ export function loadTokenizerFromDir(dir: string, cfg: LlamaConfig): Tokenizer |
 }
 
 /**
- * Loads a decoder from a Hugging Face folder or a llama2.c .bin checkpoint, with its tokenizer
- * when one is found (opts.tokenizer names one explicitly). dtype converts the weights.
+ * Loads a decoder from a Hugging Face folder, a GGUF file (dequantized to float32) or a llama2.c
+ * .bin checkpoint, with its tokenizer when one is found (opts.tokenizer names one explicitly);
+ * `ref` may also name a model of the cache (e.g. smollm2-135m-instruct). dtype converts the
+ * weights.
  */
-export function loadModel(path: string, opts: { tokenizer?: string; dtype?: DType } = {}): LoadedModel {
+export function loadModel(ref: string, opts: { tokenizer?: string; dtype?: DType } = {}): LoadedModel {
+  const path = resolveModelRef(ref);
   if (!existsSync(path)) throw new Error(`model not found: ${path}`);
   let model: LlamaModel;
   let tokenizer: Tokenizer | undefined;
-  if (statSync(path).isDirectory()) {
+  if (isGgufPath(path)) {
+    const parts = readGgufModel(path);
+    model = noGrad(() => new LlamaModel(parts.config));
+    loadWeights(model, parts.weights, path);
+    tokenizer = opts.tokenizer ? openTokenizer(opts.tokenizer, parts.config) : parts.tokenizer;
+  } else if (statSync(path).isDirectory()) {
     const cfg = configFromHf(readJson(join(path, 'config.json')), join(path, 'config.json'));
     model = noGrad(() => new LlamaModel(cfg));
     loadWeights(model, readHfWeights(path), path);
