@@ -1,6 +1,7 @@
 /**
  * How the decoder reads any SoftContext, the same way for every method:
- *   [BOS] [soft tokens] [tail tokens]   (memory KV, when present, sits inside attention)
+ *   [lead] [soft tokens] [tail tokens]   (memory KV, when present, sits inside attention)
+ * The lead is BOS, or the tokens a chat template puts before the user's text (models/chat.ts).
  * Items with fewer soft tokens than the batch's k are padded on the left of their soft tokens
  * and masked, so the last prefix position is always real and positions stay contiguous.
  */
@@ -10,12 +11,19 @@ import type { LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
 import type { SoftContext } from './types.js';
 
-/** [BOS] + soft tokens as input embeddings [B, 1+k, dim] and their mask [B, 1+k]. */
-export function contextPrefix(model: LlamaModel, ctx: SoftContext, bos: number): { embeds: Tensor; mask: Tensor } {
+/**
+ * The lead (BOS, or a chat head: at least one token) + soft tokens as input embeddings
+ * [B, L+k, dim] and their mask [B, L+k].
+ */
+export function contextPrefix(model: LlamaModel, ctx: SoftContext, lead: number | readonly number[]): { embeds: Tensor; mask: Tensor } {
   const b = ctx.meta.sourceTokens.length;
-  const bosEmb = model.embed(tensor(new Array(b).fill(bos), [b, 1], { dtype: 'int64' }));
+  const leadIds = typeof lead === 'number' ? [lead] : [...lead];
+  if (leadIds.length === 0) throw new Error('contextPrefix: the lead needs at least one token (BOS or a chat head)');
+  const l = leadIds.length;
+  const bosEmb = model.embed(tensor(Array.from({ length: b }, () => leadIds).flat(), [b, l], { dtype: 'int64' }));
+  const leadMask = () => tensor(new Array(b * l).fill(1), [b, l], { dtype: 'bool' });
   const soft = ctx.softTokens;
-  if (!soft || soft.size(1) === 0) return { embeds: bosEmb, mask: tensor(new Array(b).fill(1), [b, 1], { dtype: 'bool' }) };
+  if (!soft || soft.size(1) === 0) return { embeds: bosEmb, mask: leadMask() };
   const k = soft.size(1);
   const counts = ctx.meta.softTokens;
   const ragged = counts.some((n) => n !== k);
@@ -38,7 +46,7 @@ export function contextPrefix(model: LlamaModel, ctx: SoftContext, bos: number):
   }
   return {
     embeds: cat([bosEmb, softOut], 1),
-    mask: cat([tensor(new Array(b).fill(1), [b, 1], { dtype: 'bool' }), softMask], 1),
+    mask: cat([leadMask(), softMask], 1),
   };
 }
 
@@ -54,7 +62,7 @@ export interface TailLossResult {
  * j >= lossFrom[b] count (e.g. the answer after a question). Runs with gradients, so it is
  * the training loss of every objective, and (under noGrad) the evaluation loss.
  */
-export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][], lossFrom: number[], opts: { bos: number; pad: number; lora?: LoraAdapters }): TailLossResult {
+export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][], lossFrom: number[], opts: { bos: number | readonly number[]; pad: number; lora?: LoraAdapters }): TailLossResult {
   const b = tails.length;
   if (b !== ctx.meta.sourceTokens.length) throw new Error(`tailLoss: ${b} tails for ${ctx.meta.sourceTokens.length} contexts`);
   const len = Math.max(1, ...tails.map((t) => t.length));
@@ -86,7 +94,7 @@ export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][],
 }
 
 /** Generates answers to prompts (token ids) read after a soft context, one prompt per item. */
-export function generateWithContext(model: LlamaModel, ctx: SoftContext, prompts: number[][], bos: number, opts: Omit<GenerateOptions, 'prefixEmbeds' | 'prefixMask' | 'kvPrefix'>): GenerateResult {
+export function generateWithContext(model: LlamaModel, ctx: SoftContext, prompts: number[][], bos: number | readonly number[], opts: Omit<GenerateOptions, 'prefixEmbeds' | 'prefixMask' | 'kvPrefix'>): GenerateResult {
   const prefix = contextPrefix(model, ctx, bos);
   return generate(model, prompts, { ...opts, prefixEmbeds: prefix.embeds, prefixMask: prefix.mask, kvPrefix: ctx.memoryKv });
 }

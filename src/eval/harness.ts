@@ -321,7 +321,7 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
             ctx,
             items.map((ex) => ex.tail),
             items.map(() => 0),
-            { bos: tok.bos, pad: tok.pad, lora: c.decoderLora },
+            { bos: task.lead ?? tok.bos, pad: tok.pad, lora: c.decoderLora },
           );
           const nats = loss.item() * tokens;
           const forwardMs = performance.now() - t1;
@@ -333,7 +333,7 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
           model,
           ctx,
           items.map((ex) => ex.tail),
-          tok.bos,
+          task.lead ?? tok.bos,
           { maxTokens, stopTokens: stops, lora: c.decoderLora },
         );
         // Items with a smaller budget than the batch's are cut to their own maxTokens.
@@ -499,7 +499,7 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
   for (const p of plans) {
     const { method: m, ratio, task } = p;
     o.onNote?.(`${methodKey(m.label, ratio)} · ${task.name} (${task.examples.length} examples, ${p.batches.length} batches)`);
-    const stops = [tok.eos, ...(task.stopAtNewline ? newline : [])];
+    const stops = [...new Set([tok.eos, ...(task.stopIds ?? []), ...(task.stopAtNewline ? newline : [])])];
     const scored: ExampleScore[] = [];
     const costs: { ex: EvalExample; c: Costs }[] = [];
     const perGroup = new Map<string, { nats: number; tokens: number; n: number }>();

@@ -14,9 +14,9 @@
  * from what the base model or the compressors trained on. bAbI reads any bAbI file: the
  * held-out 'valid' part of a *_train.txt file, or all of any other file (e.g. official tests).
  *
- * QA prompts: the context goes through the compressor; the decoder's tail is the tokens of
- * formatQAPrompt({context: '', question}) = "\nQuestion: q\nAnswer:", so for `full` the decoder
- * reads exactly the pretraining format "context\nQuestion: q\nAnswer:".
+ * QA prompts (models/chat.ts, qaPromptFormat): the context goes through the compressor; for a
+ * base model the decoder reads [BOS] context "\nQuestion: q\nAnswer:", exactly the pretraining
+ * format; for a chat model the context and question are one user turn of its chat template.
  */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -25,7 +25,8 @@ import type { Doc } from '../data/corpora.js';
 import { loadDocs } from '../data/pretrain-mix.js';
 import { splitDocuments, type SplitName } from '../data/splits.js';
 import { babiTaskFromFileName, loadBabiFile, splitBabi } from '../data/babi.js';
-import { formatQAPrompt, makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
+import { makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
+import { qaPromptFormat } from '../models/chat.js';
 import { Rng, indexOfCumulative } from '../data/rng.js';
 
 export const TASK_NAMES = ['reconstruct', 'continue', 'babi', 'needle', 'cloze'] as const;
@@ -62,6 +63,10 @@ export interface EvalTask {
   mode: 'generate' | 'loss';
   /** Generation stops at a newline (QA) or only at EOS (reconstruct). */
   stopAtNewline: boolean;
+  /** Tokens before the context (default [BOS]; a chat head for QA with chat models). */
+  lead?: number[];
+  /** More ids that end generation (a chat model's end of turn). */
+  stopIds?: number[];
   examples: EvalExample[];
   /** Order of group values in reports (e.g. lengths ascending). */
   groupOrder?: Record<string, string[]>;
@@ -137,9 +142,6 @@ class WindowSampler {
   }
 }
 
-function qaPrompt(tok: Tokenizer, question: string): number[] {
-  return tok.encode(formatQAPrompt({ context: '', question }));
-}
 
 function checkN(n: number, what: string): void {
   if (!(Number.isInteger(n) && n >= 1)) throw new RangeError(`${what}: n must be a positive integer, got ${n}`);
@@ -241,6 +243,7 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
   // always its most frequent answer (both from the training part when the valid part is asked).
   let uniform = 0;
   let majority = 0;
+  const qa = qaPromptFormat(tok);
   for (const file of babiFiles(path)) {
     const split = babiSplitFor(file, o.split);
     parts.add(split);
@@ -258,11 +261,11 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
     for (const ex of picked) {
       uniform += known.has(ex.answer) ? 1 / known.size : 0;
       majority += ex.answer === top ? 1 : 0;
-      examples.push({ id: `babi/${ex.id}`, context: tok.encode(ex.story), tail: qaPrompt(tok, ex.question), maxTokens: 8, answer: ex.answer, groups: { task: `qa${task}` } });
+      examples.push({ id: `babi/${ex.id}`, context: tok.encode(ex.story), tail: qa.tail(ex.question), maxTokens: 8, answer: ex.answer, groups: { task: `qa${task}` } });
     }
   }
   if (examples.length === 0) throw new Error(`no bAbI questions in ${path}`);
-  return { name: 'babi', mode: 'generate', stopAtNewline: true, examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}` };
+  return { name: 'babi', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}` };
 }
 
 export interface NeedleTaskOptions {
@@ -285,19 +288,22 @@ export function makeNeedleTask(docs: readonly Doc[], tok: Tokenizer, o: NeedleTa
   const buckets = o.depthBuckets ?? 4;
   const countTokens = tokenCounter(tok);
   const examples: EvalExample[] = [];
+  const qa = qaPromptFormat(tok);
   for (const len of lengths) {
     const base = new Rng(`eval:needle:${o.seed ?? 0}:${len}`);
     for (let i = 0; i < o.n; i++) {
       const b = i % buckets;
       const depth = Math.min(1, (b + base.fork(i).next()) / buckets);
       const [ex] = makeNeedleExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}:${i}`, count: 1, tokens: len, countTokens, depth });
-      examples.push({ id: `needle/${len}/${i}`, context: tok.encode(ex!.context), tail: qaPrompt(tok, ex!.question), maxTokens: 8, answer: ex!.answer, docIds: ex!.docIds, groups: { len: String(len), depth: bucketLabel(b, buckets) } });
+      examples.push({ id: `needle/${len}/${i}`, context: tok.encode(ex!.context), tail: qa.tail(ex!.question), maxTokens: 8, answer: ex!.answer, docIds: ex!.docIds, groups: { len: String(len), depth: bucketLabel(b, buckets) } });
     }
   }
   return {
     name: 'needle',
     mode: 'generate',
     stopAtNewline: true,
+    lead: qa.lead,
+    stopIds: qa.stopIds,
     examples,
     groupOrder: { len: lengths.map(String), depth: Array.from({ length: buckets }, (_, b) => bucketLabel(b, buckets)) },
     about: `planted fact in held-out passages of ${lengths.join('/')} tokens at ${buckets} depth buckets, EM`,
@@ -316,8 +322,9 @@ export function makeClozeTask(docs: readonly Doc[], tok: Tokenizer, o: ClozeTask
   checkN(o.n, 'cloze');
   const len = o.tokens ?? 256;
   const made = makeClozeExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}`, count: o.n, tokens: len, countTokens: tokenCounter(tok) });
-  const examples = made.map((ex, i) => ({ id: `cloze/${i}`, context: tok.encode(ex.context), tail: qaPrompt(tok, ex.question), maxTokens: 8, answer: ex.answer, docIds: ex.docIds, groups: {} }));
-  return { name: 'cloze', mode: 'generate', stopAtNewline: true, examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
+  const qa = qaPromptFormat(tok);
+  const examples = made.map((ex, i) => ({ id: `cloze/${i}`, context: tok.encode(ex.context), tail: qa.tail(ex.question), maxTokens: 8, answer: ex.answer, docIds: ex.docIds, groups: {} }));
+  return { name: 'cloze', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
 }
 
 // ---------------------------------------------------------------------------------------------
