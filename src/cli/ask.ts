@@ -2,15 +2,15 @@
  * softpress ask --base DIR (--compressor DIR | --method NAME) --context FILE.txt|FILE.softctx
  *   --question TEXT [--question TEXT ...] [--ratio R | --budget K] [--max-tokens 32] [--json]
  * Compresses the context once (or loads a stored .softctx), then answers every question in one
- * batched greedy generation over the soft context: the prompt is formatQAPrompt with an empty
- * context ("\nQuestion: ...\nAnswer:"), generation stops at EOS or a newline. Answers go to
- * stdout (one per line, or JSON), timings to stderr.
+ * batched greedy generation over the soft context, in the model's QA format (models/chat.ts:
+ * [lead][context]"\nQuestion: ...\nAnswer:"); generation stops at EOS, the end of a turn or a
+ * newline. Answers go to stdout (one per line, or JSON), timings to stderr.
  */
 import { parseArgs } from 'node:util';
 import { noGrad, tidy } from '../tensor/index.js';
 import { loadModel } from '../models/load.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { formatQAPrompt } from '../data/qa.js';
+import { qaPromptFormat } from '../models/chat.js';
 import { generateWithContext, loadSoftContext, repeatSoftContext, type SoftContext } from '../compress/index.js';
 import { budgetOpt, numberOpt } from './args.js';
 import { openCompressor, readText } from './compress.js';
@@ -84,9 +84,10 @@ export async function run(argv: string[]): Promise<void> {
     timing(`compress: ${ids.length} tokens -> ${ctx.meta.softTokens[0]} soft tokens (${compressor.method}), ${(performance.now() - t).toFixed(0)} ms`);
   }
 
-  const prompts = questions.map((question) => tokenizer.encode(formatQAPrompt({ context: '', question })));
-  const stopTokens = answerStopIds(tokenizer);
-  const result = tidy(() => generateWithContext(model, repeatSoftContext(ctx, questions.length), prompts, tokenizer.bos, { maxTokens, temperature: 0, stopTokens, lora: decoderLora }));
+  const format = qaPromptFormat(tokenizer);
+  const prompts = questions.map((question) => format.tail(question));
+  const stopTokens = [...new Set([...answerStopIds(tokenizer), ...format.stopIds])];
+  const result = tidy(() => generateWithContext(model, repeatSoftContext(ctx, questions.length), prompts, format.lead, { maxTokens, temperature: 0, stopTokens, lora: decoderLora }));
   timing(`answer ${questions.length} question(s): prefill ${result.prefillMs.toFixed(0)} ms, decode ${result.decodeMs.toFixed(0)} ms`);
   const answers = result.tokens.map((ids) => tokenizer.decode(ids).split('\n')[0].trim());
   if (values.json) {
