@@ -10,6 +10,7 @@ import { readSafetensors, writeSafetensors, type RawTensor, type SafeDType } fro
 import { Llama2cTokenizer, llama2cToHfConfig, readLlama2cCheckpoint } from '../io/llama2c.js';
 import { configFromHf, configToHf, type LlamaConfig } from './config.js';
 import { LlamaModel } from './llama.js';
+import { withoutInit } from '../nn/layers.js';
 import { HfTokenizer } from './hf-tokenizer.js';
 import type { Tokenizer } from './tokenizer.js';
 import { isGgufPath, readGgufModel } from './gguf.js';
@@ -119,18 +120,18 @@ export function loadModel(ref: string, opts: { tokenizer?: string; dtype?: DType
   let tokenizer: Tokenizer | undefined;
   if (isGgufPath(path)) {
     const parts = readGgufModel(path);
-    model = noGrad(() => new LlamaModel(parts.config));
+    model = noGrad(() => withoutInit(() => new LlamaModel(parts.config)));
     loadWeights(model, parts.weights, path);
     tokenizer = opts.tokenizer ? openTokenizer(opts.tokenizer, parts.config) : parts.tokenizer;
   } else if (statSync(path).isDirectory()) {
     const cfg = configFromHf(readJson(join(path, 'config.json')), join(path, 'config.json'));
-    model = noGrad(() => new LlamaModel(cfg));
+    model = noGrad(() => withoutInit(() => new LlamaModel(cfg)));
     loadWeights(model, readHfWeights(path), path);
     tokenizer = opts.tokenizer ? openTokenizer(opts.tokenizer, cfg) : loadTokenizerFromDir(path, cfg);
   } else {
     const { config, weights } = readLlama2cCheckpoint(path);
     const cfg = configFromHf(llama2cToHfConfig(config) as unknown as Record<string, unknown>, path);
-    model = noGrad(() => new LlamaModel(cfg));
+    model = noGrad(() => withoutInit(() => new LlamaModel(cfg)));
     loadWeights(model, weights, path);
     const tokPath = opts.tokenizer ?? findLlama2cTokenizer(path);
     tokenizer = tokPath ? openTokenizer(tokPath, cfg) : undefined;
