@@ -1,20 +1,22 @@
 /**
- * softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR]
+ * softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME]
  *                 [--compressor DIR ...] [--store-mb N] [--cache-mb N] [--body-limit-mb N]
  *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--method NAME] [--no-discover]
  *                 [--no-prefix-cache] [--log]
  *
  * Starts the HTTP server (src/serve/): the context API, OpenAI-compatible completions, the
- * OpenAPI document at /openapi.json and the playground at /. With no --compressor, learned
- * compressors saved beside the base model (folders with compressor.json made for this base
- * model) are loaded; the strategies full, none and truncate are always available.
+ * OpenAPI document at /openapi.json and the playground at /. The base model is a folder, a GGUF
+ * file or a model name of the cache (`--base smollm2-135m-instruct`; main pulls it first when
+ * missing). Learned compressors saved in or beside the base model's folder (for a GGUF file, the
+ * folder holding it; folders with compressor.json made for this base model) are loaded too,
+ * besides any --compressor; the strategies full, none and truncate are always available.
  */
 import { parseArgs } from 'node:util';
 import { openService, type SoftpressService } from '../serve/service.js';
 import { buildServer } from '../serve/server.js';
 
 export const SERVE_USAGE =
-  'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR] [--compressor DIR ...]\n' +
+  'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME] [--compressor DIR ...]\n' +
   '                       [--store-mb 1024] [--cache-mb 256] [--body-limit-mb 4] [--max-batch 16] [--batch-window-ms 3]\n' +
   '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache] [--log]';
 
@@ -91,6 +93,7 @@ export async function run(argv: string[]): Promise<void> {
   const address = await app.listen({ port, host });
   const methods = service.methods().map((m) => m.name);
   log(`base ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window}); methods ${methods.join(', ')} (default ${service.defaultMethod})`);
+  log(`chat: ${service.tokenizer.chatTemplate ? "the model's chat template" : 'plain "User:" lines'}; questions: ${service.qaFormat.oneShot ? 'after a one-shot demonstration' : 'after BOS'}`);
   log(`store ${service.store.path}: ${service.store.count} contexts, ${(service.store.totalBytes / 2 ** 20).toFixed(1)} of ${(service.store.maxBytes / 2 ** 20).toFixed(0)} MiB`);
   log(`listening on ${address} (playground ${address}/, API ${address}/openapi.json) after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }

@@ -4,8 +4,9 @@
  * compression). It computes what generateWithContext / generate compute — the same forwards,
  * the same KV cache, the same greedy and sampling rules (sampleFromLogits, mulberry32) — with
  * what a server needs besides:
- *  - rows are independent requests: each has its own prefix ([BOS][soft tokens], or just
- *    [BOS]), prompt, maxTokens, temperature/top-p, seed (its own random stream), stop tokens;
+ *  - rows are independent requests: each has its own prefix ([lead][soft tokens], or just the
+ *    start of a sequence: [BOS], or a prompt's first token), at least one position, then its
+ *    prompt, maxTokens, temperature/top-p, seed (its own random stream), stop tokens;
  *  - each row is laid out as [left padding][prefix][prompt], so contexts of different lengths
  *    share one forward (positions come from the padding mask, as in generate);
  *  - a row's prefix can come as cached keys/values (prefixKeysValues, computed once per
@@ -26,7 +27,7 @@ import type { LoraAdapters } from '../nn/layers.js';
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
 export interface DecodeRow {
-  /** Prefix embeddings [P, dim] (BOS and soft tokens, real positions only), run through the prefill... */
+  /** Prefix embeddings [P >= 1, dim] (lead and soft tokens, real positions only), run through the prefill... */
   prefix?: Tensor;
   /**
    * ...or the prefix already run: its keys/values per layer [1, kvH, P, hd] (computed with the

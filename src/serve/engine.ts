@@ -69,7 +69,7 @@ export class ShutdownError extends Error {}
 export interface RowRequest extends Omit<DecodeRow, 'prefix' | 'memory' | 'onDone' | 'onError'> {
   /** Rows with equal groups may share a forward. */
   group: string;
-  /** Prefix positions (BOS + soft tokens) and memory slots, for planning the batch. */
+  /** Prefix positions (lead + soft tokens, or the plain start) and memory slots, for planning the batch. */
   prefixLen: number;
   memoryLen: number;
   /**

@@ -229,7 +229,7 @@ export const chatBody: Schema = {
       type: 'array',
       minItems: 1,
       maxItems: 256,
-      description: 'Rendered as plain text lines ("User: ...\\nAssistant: ...") ending with "Assistant:".',
+      description: 'Rendered with the base model\'s own chat template; for a model without one, as plain text lines ("User: ...\\nAssistant: ...") ending with "Assistant:".',
       items: {
         type: 'object',
         required: ['role', 'content'],

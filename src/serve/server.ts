@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { HttpError, type CompletionResult, type SoftpressService } from './service.js';
 import * as S from './schemas.js';
-import type { ChatMessage } from './text.js';
+import type { ChatMessage } from '../models/chat.js';
 
 type Schema = Record<string, unknown>;
 
@@ -400,7 +400,10 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       method: 'POST',
       url: '/v1/contexts/:id/ask',
       summary: 'Answer questions about a stored context.',
-      description: 'Each question is read as "Question: ...\\nAnswer:" after the soft context; simultaneous questions (of this and other requests) share decoder forwards.',
+      description:
+        'Each question is read in the base model\'s QA format: [lead][soft context]"\\nQuestion: ...\\nAnswer:", where the lead is BOS for a base model and a one-shot ' +
+        `demonstration (a story, a question, a one-word answer) for an instruct model (this server: ${service.qaFormat.oneShot ? 'the demonstration' : 'BOS'}). ` +
+        'The answer is the first line generated. Simultaneous questions (of this and other requests) share decoder forwards.',
       tag: 'contexts',
       params: S.idParams,
       body: S.askBody,
@@ -434,6 +437,9 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       method: 'POST',
       url: '/v1/completions',
       summary: 'Text completions (OpenAI-compatible), optionally after a stored soft context (context_id).',
+      description:
+        'The prompt is read as it is: after the stored context\'s prefix ([lead][soft context], as asking reads it) with context_id; without one, after BOS only when the ' +
+        'tokenizer starts sequences with it (a model trained without BOS, like SmolLM2, reads the prompt alone). The completion ends at EOS or an end-of-turn token, or a stop string.',
       tag: 'openai',
       body: S.completionsBody,
       response: S.completionsResponse,
@@ -484,7 +490,11 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       method: 'POST',
       url: '/v1/chat/completions',
       summary: 'Chat completions (OpenAI-compatible), optionally after a stored soft context (context_id).',
-      description: 'Messages are rendered as plain text lines ("System: ...", "User: ...", "Assistant: ...") ending with "Assistant:"; the reply ends at a new "User:" line.',
+      description:
+        "Messages are rendered with the base model's own chat template (its Jinja chat_template) and the reply ends at the template's end-of-turn token; " +
+        'a model without a template gets plain text lines ("System: ...", "User: ...", "Assistant: ...") ending with "Assistant:", and the reply ends at a new "User:" or "System:" line. ' +
+        `The request's stop strings end it too. This server's base model ${service.tokenizer.chatTemplate ? 'has a chat template' : 'has none (plain lines)'}. ` +
+        'With context_id, the rendered chat follows the stored context, read as for asking ([lead][soft context]).',
       tag: 'openai',
       body: S.chatBody,
       response: S.chatResponse,
@@ -493,19 +503,19 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       handler: async (req, reply) => {
         const b = req.body as OpenAiCommon & { messages: ChatMessage[] };
         const c = common(b);
-        const { prompt, stop } = service.chatPrompt(b.messages, stopList(b.stop));
-        const request = { ...c, prompts: [prompt], maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined, stop };
+        const chat = service.chatPrompt(b.messages, stopList(b.stop));
+        const request = { ...c, prompts: [chat.prompt], maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined, stop: chat.stop, stopIds: chat.stopIds, special: chat.templated };
         const id = newId('chatcmpl');
         const created = Math.floor(Date.now() / 1000);
         const model = service.modelName;
         if (b.stream) {
           const base = { id, object: 'chat.completion.chunk', created, model };
-          let leading = true;
+          let leading = chat.trimLead;
           await stream(
             reply,
             (onDelta) =>
               service.startCompletion(request, (i, d) => {
-                // the reply starts after "Assistant:"; its first delta loses the leading space
+                // a plain chat's reply starts after "Assistant:": its first delta loses the leading space
                 if (leading) {
                   d = d.replace(/^\s+/, '');
                   if (!d) return;
@@ -532,7 +542,8 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
           object: 'chat.completion',
           created,
           model,
-          choices: r.choices.map((ch) => ({ index: ch.index, message: { role: 'assistant', content: ch.text.trim() }, logprobs: null, finish_reason: ch.finishReason })),
+          // the same text as the streamed deltas: a plain chat's reply without its leading space
+          choices: r.choices.map((ch) => ({ index: ch.index, message: { role: 'assistant', content: chat.trimLead ? ch.text.replace(/^\s+/, '') : ch.text }, logprobs: null, finish_reason: ch.finishReason })),
           usage: usage(r),
           softpress: softpressExt(r),
         };

@@ -5,6 +5,17 @@
  *
  * Stored contexts live in the ContextStore (LMDB); the ones in use are also kept parsed in
  * memory (tensors), least recently used first out beyond `cacheBytes`.
+ *
+ * What the decoder reads (the prompt formats are the model's own, src/models/chat.ts):
+ * - a stored context, for asking and for completions and chats with a `context_id`:
+ *   [lead][soft tokens][prompt], where lead is qaPromptFormat's: [BOS] for a base model, a
+ *   one-shot QA demonstration for an instruct model (one with a chat template). One prefix per
+ *   context, so its keys/values are computed once and shared by every kind of request;
+ * - no context: [start][prompt], where start is [BOS] when the tokenizer adds one (softpress-base)
+ *   and nothing when the model is trained without it (SmolLM2: its BOS id is <|im_start|>);
+ * - asking puts qaPromptFormat's tail ("\nQuestion: q\nAnswer:") after the context;
+ * - a chat is rendered by renderChat with the model's chat template (plain "User: ..." lines for
+ *   a model without one) and ends at its end-of-turn ids and the request's stop strings.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
@@ -13,6 +24,8 @@ import { cat, noGrad, tensor, tidy, type Tensor } from '../tensor/index.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { loadModel } from '../models/load.js';
+import { qaPromptFormat, renderChat, type ChatMessage, type QaPromptFormat } from '../models/chat.js';
+import { MODELS, cachedModelPath, namedModel, resolveModelRef } from '../io/model-source.js';
 import type { LoraAdapters } from '../nn/layers.js';
 import {
   checkBudget,
@@ -34,7 +47,7 @@ import {
 import { ContextStore, StoreError, type StoredContext } from './store.js';
 import { Engine, QueueFullError, ShutdownError, type EngineOptions, type RowOutcome, type RowRequest } from './engine.js';
 import { prefixKeysValues } from './decoder.js';
-import { CHAT_STOPS, TextStream, answerText, encodeYielding, qaPrompt, renderChat, vocabularyFacts, type ChatMessage } from './text.js';
+import { TextStream, answerText, encodeYielding, vocabularyFacts } from './text.js';
 
 export class HttpError extends Error {
   constructor(
@@ -77,8 +90,9 @@ export interface ServiceConfig {
   /** close() also frees the model and the learned compressors (openService loaded them, so it sets this). */
   ownsModel?: boolean;
   /**
-   * Keep each context's prefix ([BOS][soft tokens], or memory + BOS) as decoder keys/values
-   * after its first use, so later requests prefill only their own prompt (default true).
+   * Keep each context's prefix ([lead][soft tokens], with its memory) and the plain [BOS] start
+   * as decoder keys/values after their first use, so later requests prefill only their own
+   * prompt (default true).
    */
   prefixCache?: boolean;
 }
@@ -91,7 +105,7 @@ interface Loaded {
   refs: number;
   dead: boolean;
   lastUsed: number;
-  /** Soft tokens of the (single) context. */
+  /** Soft tokens of the (single) context (its prefix is [lead][soft tokens]). */
   soft: number;
   memoryLen: number;
   lora?: LoraAdapters;
@@ -101,7 +115,7 @@ interface Loaded {
   kvPending?: Promise<LayerKv[]>;
 }
 
-/** Where a prefix's keys/values are cached: a stored context's entry, or the plain BOS prefix. */
+/** Where a prefix's keys/values are cached: a stored context's entry, or the plain [BOS] start. */
 interface KvSlot {
   kv?: LayerKv[];
   kvPending?: Promise<LayerKv[]>;
@@ -145,6 +159,26 @@ export interface CompletionRequest {
   topP?: number;
   seed?: number;
   stop: string[];
+  /** Ids that end a completion (default: EOS and the vocabulary's end-of-turn ids). */
+  stopIds?: number[];
+  /** The prompts hold special tokens written as text (a rendered chat template). */
+  special?: boolean;
+}
+
+/** A chat rendered for the decoder (SoftpressService.chatPrompt). */
+export interface ChatPrompt {
+  prompt: string;
+  /** The request's stop strings, plus the plain-lines format's ("\nUser:", ...) for a plain chat. */
+  stop: string[];
+  /** The template's end-of-turn ids (EOS for a plain chat). */
+  stopIds: number[];
+  /** Rendered with the model's own template (its special tokens are text in `prompt`). */
+  templated: boolean;
+  /**
+   * The reply starts after "Assistant:", so its leading space is not part of the message
+   * (plain chats only: after a template's assistant header the reply starts right away).
+   */
+  trimLead: boolean;
 }
 
 export interface CompletionChoice {
@@ -206,6 +240,12 @@ export class SoftpressService {
   private readonly cacheBytes: number;
   private readonly maxInputTokens: number;
   private readonly minRoom: number;
+  /** How questions are put to the model (lead before a context, tail after it). */
+  readonly qaFormat: QaPromptFormat;
+  /** The lead before every stored context's soft tokens (qaFormat.lead: at least one token). */
+  private readonly lead: number[];
+  /** What a sequence without a context starts with: [BOS] when the tokenizer adds one, else nothing. */
+  private readonly start: number[];
   private readonly qaStops: Set<number>;
   readonly prefixCache: boolean;
   /** The longest token in characters: a text of n characters has at least n / this tokens. */
@@ -213,7 +253,8 @@ export class SoftpressService {
   private readonly plainSlot: KvSlot = {};
   /** Rows waiting for their context's prefix keys/values before they can be queued. */
   private waitingForPrefix = 0;
-  private readonly eosStops: Set<number>;
+  /** EOS and the vocabulary's end-of-turn / end-of-text ids: where a completion ends. */
+  private readonly endIds: Set<number>;
   private closed = false;
   private readonly ownsModel: boolean;
 
@@ -241,9 +282,13 @@ export class SoftpressService {
     this.cacheBytes = cfg.cacheBytes ?? 256 * 2 ** 20;
     this.minRoom = cfg.minRoom ?? 16;
     this.prefixCache = cfg.prefixCache ?? true;
-    this.eosStops = new Set([this.tokenizer.eos]);
+    this.qaFormat = qaPromptFormat(this.tokenizer);
+    this.lead = [...this.qaFormat.lead];
+    if (this.lead.length === 0) throw new Error('the QA format has an empty lead; a context prefix needs at least one token');
+    this.start = this.tokenizer.addsBos === false ? [] : [this.tokenizer.bos];
+    this.endIds = new Set(this.qaFormat.stopIds);
     const facts = vocabularyFacts(this.tokenizer);
-    this.qaStops = new Set([this.tokenizer.eos, ...facts.newlineIds]);
+    this.qaStops = new Set([...this.qaFormat.stopIds, ...facts.newlineIds]);
     this.maxTokenChars = facts.maxTokenChars;
   }
 
@@ -358,11 +403,11 @@ export class SoftpressService {
   }
 
   private checkFits(soft: number, memoryLen: number, sourceTokens: number, method: string): void {
-    const need = 1 + soft + memoryLen + this.minRoom;
+    const need = this.lead.length + soft + memoryLen + this.minRoom;
     if (need <= this.window) return;
     const what = method === 'full' ? `the full context of ${sourceTokens} tokens` : `the context of ${sourceTokens} tokens becomes ${memoryLen ? `${memoryLen} memory slots and ${soft} soft tokens` : `${soft} soft tokens`}, which`;
     const hint = method === 'full' ? 'Compress it (e.g. method truncate or a learned method) or send a shorter text.' : 'Use a higher ratio (or a smaller budget).';
-    throw new HttpError(413, 'context_too_long', `${what} with BOS and room for a question (${this.minRoom} positions) needs ${need} positions, but the base model's window is ${this.window} tokens. ${hint}`, 'text');
+    throw new HttpError(413, 'context_too_long', `${what} with its lead (${this.lead.length === 1 ? 'BOS' : `${this.lead.length} tokens: the QA demonstration`}) and room for a question (${this.minRoom} positions) needs ${need} positions, but the base model's window is ${this.window} tokens. ${hint}`, 'text');
   }
 
   view(m: StoredContext): ContextView {
@@ -500,16 +545,34 @@ export class SoftpressService {
     else this.shrinkCache();
   }
 
-  /** [BOS][soft tokens] as [P, dim] for one stored context (or just BOS). */
+  /** Token ids as embeddings [n, dim]. */
+  private embedIds(ids: readonly number[]): Tensor {
+    return this.model.embed(tensor([...ids], [1, ids.length], { dtype: 'int64' })).reshape(ids.length, this.model.dim);
+  }
+
+  /**
+   * A prefix as [P, dim]: [lead][soft tokens] for a stored context (its soft tokens without the
+   * left padding contextPrefix masks, so P = lead + soft), or the plain start ([BOS]) without one.
+   */
   private prefixEmbeds(e: Loaded | null): { prefix: Tensor; memory?: LayerKv[] } {
-    const bos = this.tokenizer.bos;
-    if (!e) return { prefix: this.model.embed(tensor([bos], [1, 1], { dtype: 'int64' })).reshape(1, this.model.dim) };
-    const { embeds } = contextPrefix(this.model, e.ctx, bos); // [1, 1+k, dim]
-    const k = embeds.size(1) - 1;
-    const flat = embeds.reshape(1 + k, this.model.dim);
+    if (!e) return { prefix: this.embedIds(this.start) };
+    const l = this.lead.length;
+    const { embeds } = contextPrefix(this.model, e.ctx, this.lead); // [1, l+k, dim]
+    const k = embeds.size(1) - l;
+    const flat = embeds.reshape(l + k, this.model.dim);
     const n = e.soft;
-    const prefix = n === k ? flat : cat([flat.narrow(0, 0, 1), flat.narrow(0, 1 + k - n, n)], 0);
+    const prefix = n === k ? flat : cat([flat.narrow(0, 0, l), flat.narrow(0, l + k - n, n)], 0);
     return { prefix, memory: e.ctx.memoryKv };
+  }
+
+  /** Positions of a row's prefix before its prompt (memory slots aside). */
+  private prefixLen(e: Loaded | null): number {
+    return e ? this.lead.length + e.soft : this.start.length;
+  }
+
+  /** Whether rows of this context share a prefix whose keys/values can be cached. */
+  private cacheable(e: Loaded | null): boolean {
+    return this.prefixCache && (e !== null || this.start.length > 0);
   }
 
   /**
@@ -554,11 +617,20 @@ export class SoftpressService {
   }
 
   private row(e: Loaded | null, prompt: number[], o: { maxTokens: number; temperature: number; topP?: number; seed: number; stopTokens: Set<number>; onToken?: (id: number) => boolean | void }): RowRequest {
-    const cached = this.prefixCache && prompt.length > 0;
+    if (!e && this.start.length === 0) {
+      // No context and no start token (a model trained without BOS, e.g. SmolLM2). The batch
+      // decoder reads every row as [prefix][prompt] with at least one prefix position, so the
+      // prompt's own first token is the prefix: the model reads exactly the prompt's tokens, and
+      // no stray BOS. Nothing is shared between such rows, so nothing is cached for them.
+      // (startCompletion refuses an empty prompt here: there is no token to start from.)
+      const [first, ...rest] = prompt;
+      return { group: 'base|mem:0|embeds', prefixLen: 1, memoryLen: 0, buildPrefix: () => ({ prefix: this.embedIds([first]) }), prompt: rest, ...o };
+    }
+    const cached = this.cacheable(e) && prompt.length > 0;
     const slot: KvSlot = e ?? this.plainSlot;
     return {
       group: `${e ? e.group : 'base|mem:0'}|${cached ? 'kv' : 'embeds'}`,
-      prefixLen: 1 + (e?.soft ?? 0),
+      prefixLen: this.prefixLen(e),
       memoryLen: e?.memoryLen ?? 0,
       buildPrefix: () => {
         if (cached && slot.kv) return { prefixKv: slot.kv, memory: e?.ctx.memoryKv };
@@ -582,7 +654,7 @@ export class SoftpressService {
     }
     return (async () => {
       let prefixMs = 0;
-      if (this.prefixCache && rows.some((r) => r.prompt.length > 0) && !(e ?? this.plainSlot).kv) {
+      if (this.cacheable(e) && rows.some((r) => r.prompt.length > 0) && !(e ?? this.plainSlot).kv) {
         const t = performance.now();
         this.waitingForPrefix += rows.length; // they count against the queue bound meanwhile
         try {
@@ -600,7 +672,7 @@ export class SoftpressService {
   }
 
   private checkWindow(e: Loaded | null, promptLen: number, maxTokens: number, param: string): void {
-    const prefix = 1 + (e?.soft ?? 0) + (e?.memoryLen ?? 0);
+    const prefix = this.prefixLen(e) + (e?.memoryLen ?? 0);
     const need = prefix + promptLen + maxTokens;
     if (need > this.window) {
       throw new HttpError(
@@ -635,7 +707,7 @@ export class SoftpressService {
     const temperature = body.temperature ?? 0;
     const { entry, loadMs } = this.acquire(id);
     try {
-      const prompts = body.questions.map((q) => this.tokenizer.encode(qaPrompt(q)));
+      const prompts = body.questions.map((q) => this.qaFormat.tail(q));
       prompts.forEach((p) => this.checkWindow(entry, p.length, maxTokens, 'questions'));
       const seed = body.seed ?? 0;
       const rows = prompts.map((p, i) => this.row(entry, p, { maxTokens, temperature, seed: seed + i, stopTokens: this.qaStops }));
@@ -680,9 +752,13 @@ export class SoftpressService {
     let loadMs = 0;
     if (req.contextId !== undefined) ({ entry, loadMs } = this.acquire(req.contextId));
     try {
-      const prefix = 1 + (entry?.soft ?? 0) + (entry?.memoryLen ?? 0);
+      const prefix = this.prefixLen(entry) + (entry?.memoryLen ?? 0);
       for (const p of req.prompts) if (p.length > this.window * this.maxTokenChars) this.checkWindow(entry, Math.ceil(p.length / this.maxTokenChars), req.maxTokens ?? 1, 'prompt');
-      const prompts = req.prompts.map((p) => this.tokenizer.encode(p));
+      const prompts = req.prompts.map((p) => this.tokenizer.encode(p, req.special ? { allowSpecial: true } : undefined));
+      if (!entry && this.start.length === 0 && prompts.some((p) => p.length === 0)) {
+        throw new HttpError(400, 'empty_prompt', `the prompt is empty and ${this.modelName} is trained without a BOS token, so there is nothing to continue; send at least one token of text (or a context_id)`, 'prompt');
+      }
+      const stopIds = req.stopIds ? new Set(req.stopIds) : this.endIds;
       const longest = Math.max(...prompts.map((p) => p.length));
       const maxTokens = req.maxTokens ?? Math.max(1, Math.min(256, this.window - prefix - longest));
       prompts.forEach((p) => this.checkWindow(entry, p.length, maxTokens, 'max_tokens'));
@@ -694,7 +770,7 @@ export class SoftpressService {
           temperature: req.temperature,
           topP: req.topP,
           seed: seed + i,
-          stopTokens: this.eosStops,
+          stopTokens: stopIds,
           onToken: (id) => {
             const { delta, stopped } = streams[i].push(id);
             if (delta && onDelta) onDelta(i, delta);
@@ -746,15 +822,20 @@ export class SoftpressService {
     }
   }
 
-  /** A chat's plain-text prompt and its stop strings. */
-  chatPrompt(messages: ChatMessage[], stop: string[]): { prompt: string; stop: string[] } {
-    let prompt: string;
+  /**
+   * A chat as a prompt: rendered with the model's own chat template (renderChat; plain
+   * "User: ..." lines for a model without one), ending at the template's end-of-turn ids and the
+   * request's stop strings (plus the plain lines' "\nUser:" / "\nSystem:" for a plain chat).
+   */
+  chatPrompt(messages: ChatMessage[], stop: string[]): ChatPrompt {
     try {
-      prompt = renderChat(messages);
+      const r = renderChat(this.tokenizer, messages);
+      return { prompt: r.text, stop: [...stop, ...r.stops], stopIds: r.stopIds, templated: r.templated, trimLead: !r.templated };
     } catch (e) {
-      throw new HttpError(400, 'unsupported_content', (e as Error).message, 'messages');
+      const msg = (e as Error).message;
+      // a template may refuse a conversation (e.g. roles that do not alternate): also the client's to fix
+      throw new HttpError(400, msg.startsWith('chat template') ? 'chat_template_error' : 'unsupported_content', msg, 'messages');
     }
-    return { prompt, stop: [...stop, ...CHAT_STOPS] };
   }
 
   // ------------------------------------------------------------------------------------------
@@ -765,6 +846,9 @@ export class SoftpressService {
       model: this.modelName,
       baseFingerprint: this.fingerprint,
       window: this.window,
+      defaultMethod: this.defaultMethod,
+      chat: this.tokenizer.chatTemplate ? 'template' : 'plain lines',
+      ask: this.qaFormat.oneShot ? 'one-shot demonstration' : 'plain',
       uptimeS: Math.round((Date.now() - this.startedAt) / 1000),
       engine: this.engine.stats(),
       store: { path: this.store.path, contexts: this.store.count, bytes: this.store.totalBytes, maxBytes: this.store.maxBytes },
@@ -796,7 +880,10 @@ export class SoftpressService {
 // Opening a service from folders
 
 export interface OpenServiceOptions extends Omit<ServiceConfig, 'model' | 'tokenizer' | 'modelName' | 'store' | 'compressors'> {
-  /** Base model folder (Hugging Face layout with tokenizer.json). */
+  /**
+   * The base model: a Hugging Face folder (with tokenizer.json), a GGUF file, or the name of a
+   * model in the cache (e.g. smollm2-135m-instruct; the CLI pulls it first).
+   */
   base: string;
   /** Compressor folders to load (each fails loudly). */
   compressorDirs?: string[];
@@ -807,8 +894,12 @@ export interface OpenServiceOptions extends Omit<ServiceConfig, 'model' | 'token
   log?: (line: string) => void;
 }
 
-/** Compressor folders in and beside the base folder (those holding compressor.json). */
-export function findCompressorDirs(baseDir: string): string[] {
+/**
+ * Compressor folders in and beside the base folder (those holding compressor.json). For a base
+ * model that is a file (a GGUF, e.g. a cached model), the base folder is the one holding it.
+ */
+export function findCompressorDirs(base: string): string[] {
+  const baseDir = existsSync(base) && !statSync(base).isDirectory() ? dirname(resolve(base)) : base;
   const out: string[] = [];
   const scan = (dir: string) => {
     if (!existsSync(dir)) return;
@@ -826,12 +917,30 @@ export function findCompressorDirs(baseDir: string): string[] {
   return [...new Set(out.map((p) => resolve(p)))].sort();
 }
 
+/**
+ * The id clients pass as `model` for a base model: a model name as given (or a cached named
+ * model's file, by its name), else the file name without its extension, or the folder name.
+ */
+export function baseModelName(ref: string, path: string): string {
+  if (!existsSync(ref) && namedModel(ref)) return ref;
+  const abs = resolve(path);
+  for (const m of MODELS) {
+    const cached = cachedModelPath(m);
+    if (cached && resolve(cached) === abs) return m.name;
+  }
+  const name = basename(abs);
+  return existsSync(abs) && statSync(abs).isDirectory() ? name : name.replace(/\.(gguf|bin)$/i, '');
+}
+
 export function openService(o: OpenServiceOptions): SoftpressService {
   const log = o.log ?? (() => {});
-  if (!existsSync(join(o.base, 'config.json'))) {
-    throw new Error(`no base model at ${o.base} (a folder with config.json, model.safetensors and tokenizer.json; pretraining writes models/softpress-base) — pass --base DIR`);
+  const path = resolveModelRef(o.base); // a name not in the cache: an error that says to pull it
+  if (!existsSync(path) || (statSync(path).isDirectory() && !existsSync(join(path, 'config.json')))) {
+    throw new Error(
+      `no base model at ${o.base} (a folder with config.json, model.safetensors and tokenizer.json, a .gguf file, or a model name such as smollm2-135m-instruct; pretraining writes models/softpress-base) — pass --base`,
+    );
   }
-  const { model, tokenizer } = loadModel(o.base);
+  const { model, tokenizer } = loadModel(path);
   if (!tokenizer) throw new Error(`${o.base}: no tokenizer.json or tokenizer.bin beside the model`);
   const compressors: Compressor[] = [];
   for (const dir of o.compressorDirs ?? []) {
@@ -842,7 +951,7 @@ export function openService(o: OpenServiceOptions): SoftpressService {
   if (o.discover ?? true) {
     const explicit = new Set((o.compressorDirs ?? []).map((d) => resolve(d)));
     const have = new Set(compressors.map((c) => c.method));
-    for (const dir of findCompressorDirs(o.base)) {
+    for (const dir of findCompressorDirs(path)) {
       if (explicit.has(dir)) continue;
       try {
         const cfg = JSON.parse(readFileSync(join(dir, 'compressor.json'), 'utf8')) as { method?: string; baseFingerprint?: string };
@@ -859,7 +968,7 @@ export function openService(o: OpenServiceOptions): SoftpressService {
   }
   const store = ContextStore.open(o.storePath, { maxBytes: o.storeMaxBytes, fingerprint: model.fingerprint() });
   try {
-    return new SoftpressService({ ...o, model, tokenizer, modelName: basename(resolve(o.base)), store, compressors, ownsModel: true });
+    return new SoftpressService({ ...o, model, tokenizer, modelName: baseModelName(o.base, path), store, compressors, ownsModel: true });
   } catch (e) {
     void store.close();
     for (const c of compressors) freeCompressor(c);

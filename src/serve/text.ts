@@ -1,6 +1,7 @@
 /**
- * Text around generation: incremental detokenization with stop strings (for streaming), the
- * QA prompt and the chat transcript formats the server uses.
+ * Text around generation: incremental detokenization with stop strings (for streaming), answer
+ * lines, vocabulary facts and tokenizing long texts without blocking. The chat and QA prompt
+ * formats are the model's own (src/models/chat.ts: renderChat, qaPromptFormat).
  */
 import type { Tokenizer } from '../models/tokenizer.js';
 import { formatQAPrompt } from '../data/qa.js';
@@ -67,7 +68,11 @@ export class TextStream {
   }
 }
 
-/** The QA prompt read after a soft context: formatQAPrompt with an empty context. */
+/**
+ * A base model's QA prompt read after a soft context: formatQAPrompt with an empty context (the
+ * same text as qaPromptFormat's tail). The server itself asks through qaPromptFormat, whose lead
+ * depends on the model; this stays for callers that only need the prompt's length.
+ */
 export function qaPrompt(question: string): string {
   return formatQAPrompt({ context: '', question });
 }
@@ -76,35 +81,6 @@ export function qaPrompt(question: string): string {
 export function answerText(generated: string): string {
   return generated.split('\n')[0].trim();
 }
-
-export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant' | 'developer' | 'tool';
-  content: string | null | { type: string; text?: string }[];
-}
-
-const ROLE_LABEL: Record<ChatMessage['role'], string> = { system: 'System', developer: 'System', user: 'User', assistant: 'Assistant', tool: 'Tool' };
-
-/** Plain-text content of a message; throws on non-text parts. */
-export function messageText(m: ChatMessage): string {
-  if (m.content === null || m.content === undefined) return '';
-  if (typeof m.content === 'string') return m.content;
-  return m.content
-    .map((p, i) => {
-      if (p.type !== 'text' || typeof p.text !== 'string') throw new Error(`messages: content part ${i} has type '${p.type}'; only text parts are supported`);
-      return p.text;
-    })
-    .join('');
-}
-
-/** Renders a chat as plain text lines ("User: ...\nAssistant: ...") ending with "Assistant:". */
-export function renderChat(messages: readonly ChatMessage[]): string {
-  const lines = messages.map((m) => `${ROLE_LABEL[m.role]}: ${messageText(m).trim()}`);
-  lines.push('Assistant:');
-  return lines.join('\n');
-}
-
-/** Where a rendered chat's assistant turn ends. */
-export const CHAT_STOPS = ['\nUser:', '\nSystem:'];
 
 /**
  * Facts about a vocabulary: ids whose text contains a newline (a QA answer ends at the first),
