@@ -65,6 +65,7 @@ export class HfTokenizer implements Tokenizer {
   }
 
   decode(ids: readonly number[], opts: { keepSpecial?: boolean } = {}): string {
+    if (ids.length === 0) return ''; // the library refuses an empty list
     return this.lib.decode([...ids], { skip_special_tokens: !opts.keepSpecial, clean_up_tokenization_spaces: false });
   }
 }
