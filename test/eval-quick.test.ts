@@ -65,7 +65,7 @@ test('softpress eval --suite quick writes report.md, results.json and plots (< 3
   assert.deepEqual(rep.errors, []);
   for (const row of rep.results) assert.deepEqual(Object.keys(row).sort(), [...RESULT_KEYS].sort());
   const tasks = new Set(rep.results.map((x: { task: string }) => x.task));
-  for (const t of ['reconstruct', 'continue', 'needle', 'cloze', ...(existsSync(BABI_FILE) ? ['babi'] : [])]) assert.ok(tasks.has(t), `no results for ${t}`);
+  for (const t of ['reconstruct', 'continue', 'needle', 'cloze', ...(existsSync(BABI_FILE) ? ['babi'] : []), ...(existsSync('data/qa/prose-test.json') ? ['qa'] : [])]) assert.ok(tasks.has(t), `no results for ${t}`);
   const methods = new Set(rep.results.map((x: { method: string; ratio: number | null }) => `${x.method}@${x.ratio}`));
   assert.deepEqual([...methods].sort(), ['full@null', 'none@null', 'truncate@4', 'truncate@8']);
   // Retention is 1 for full and 0 for none wherever it is defined.

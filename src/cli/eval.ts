@@ -8,9 +8,12 @@
  * --split chooses the documents passages are drawn from (perplexity, reconstruct, continue,
  * needle, cloze; default test); babi always uses the stories held out of its training files.
  *
- * Tasks: reconstruct, continue, babi, needle, cloze (the suite's default: all five; babi needs
- * bAbI data: --data FILE|FOLDER, else the repository's fixtures when present) and perplexity (the
- * base model's document-level perplexity and bits per byte on a split). Methods: the strategies
+ * Tasks: reconstruct, continue, babi, needle, cloze, qa (the suite's default: all six; babi needs
+ * bAbI data: --data FILE|FOLDER, else the repository's fixtures when present; qa reads a SQuAD
+ * v1.1 / v2.0 .json or a JSONL file: --data FILE, else the committed data/qa/prose-test.json) and
+ * perplexity (the base model's document-level perplexity and bits per byte on a split). With
+ * both babi and qa asked for, --data goes to qa when it is a .json / .jsonl / .ndjson file, else
+ * to babi. Methods: the strategies
  * by name and trained compressors by folder; by default full, none, truncate and every
  * compressor folder beside the base model made for it.
  */
@@ -24,8 +27,10 @@ import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import { compressorNames, createCompressor, loadCompressor } from '../compress/index.js';
 import { isSplitName } from '../data/splits.js';
+import { isQaFileName } from '../data/squad.js';
 import { Progress } from '../train/progress.js';
 import {
+  DEFAULT_QA_SET,
   DEFAULT_RATIOS,
   buildTasks,
   documentPerplexity,
@@ -47,7 +52,9 @@ const USAGE = `usage: softpress eval [--suite default|quick] [--out DIR] [--task
                      [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--split test|valid] [--json] [--seed S] [--batch 4]
                      [--threads T] [--no-png] [--quiet]
        softpress eval --task perplexity [--split test|valid] [--base DIR] [--json]
-tasks: ${TASK_NAMES.join(', ')}, perplexity`;
+       softpress eval --task qa --data FILE.json|FILE.jsonl [--methods ...] [--ratios ...] [--base DIR] [--n N] [--json]
+tasks: ${TASK_NAMES.join(', ')}, perplexity
+--data: bAbI file or folder (babi); SQuAD v1.1/v2.0 JSON or JSONL {"context", "question", "answers"} (qa)`;
 
 /** The bAbI fixtures of the repository, when present (used when --data is not given). */
 const FIXTURE_BABI = resolve('../shared/fixtures/babi/en-10k');
@@ -181,7 +188,19 @@ export async function run(argv: string[]): Promise<void> {
   for (const t of requested ?? []) if (!isTaskName(t) && t !== 'perplexity') throw new Error(`--task: unknown task '${t}' (${TASK_NAMES.join(', ')}, perplexity)`);
   const wantPerplexity = requested?.includes('perplexity') ?? false;
   let tasks: TaskName[] = requested ? requested.filter(isTaskName) : [...TASK_NAMES];
-  let babiPath = values.data;
+  // --data: for qa when qa alone of the two is asked, or when both are and it names a QA file.
+  const data = values.data;
+  const bothData = tasks.includes('qa') && tasks.includes('babi');
+  const dataIsQa = data !== undefined && tasks.includes('qa') && (!tasks.includes('babi') || isQaFileName(data));
+  const qaPath = dataIsQa ? data : undefined;
+  let babiPath = data !== undefined && tasks.includes('babi') && !dataIsQa ? data : undefined;
+  if (data !== undefined && !tasks.includes('qa') && !tasks.includes('babi')) throw new Error(`--data is for the babi and qa tasks; the tasks asked for (${tasks.join(', ') || 'perplexity'}) read the corpora`);
+  if (tasks.includes('qa') && !qaPath && !existsSync(DEFAULT_QA_SET)) {
+    if (requested) throw new Error(`the qa task needs a SQuAD or JSONL file: --data FILE (the default set ${DEFAULT_QA_SET} is missing)`);
+    tasks = tasks.filter((t) => t !== 'qa');
+    notes.push(`qa skipped: no QA data (pass --data FILE.json|FILE.jsonl; the default set ${DEFAULT_QA_SET} is missing)`);
+  }
+  if (bothData && qaPath) notes.push(`qa read ${qaPath}; babi its default data`);
   if (tasks.includes('babi') && !babiPath) {
     if (existsSync(FIXTURE_BABI)) babiPath = FIXTURE_BABI;
     else if (requested) throw new Error('the babi task needs bAbI data: --data FILE|FOLDER');
@@ -230,10 +249,13 @@ export async function run(argv: string[]): Promise<void> {
     const tt = performance.now();
     log(`building tasks ${tasks.join(', ')} (suite ${suite}${n ? `, n ${n}` : ''})…`);
     // Passages from the chosen split (default test); bAbI always uses the stories held out of its training files.
-    const built = buildTasks(tok, { suite, tasks, seed, n, babiPath, docs: tasks.some((t) => t !== 'babi') ? evalDocuments(split) : undefined });
+    const built = buildTasks(tok, { suite, tasks, seed, n, babiPath, qaPath, docs: tasks.some((t) => t !== 'babi' && t !== 'qa') ? evalDocuments(split) : undefined });
     log(`tasks ready in ${((performance.now() - tt) / 1000).toFixed(1)} s: ${built.map((t) => `${t.name} ${t.examples.length}`).join(', ')}; methods ${methods.map((m) => `${m.label}${m.ratios[0] === null ? '' : ` @${m.ratios.join('/')}`}`).join(', ')}`);
     const needleLong = built.find((t) => t.name === 'needle')?.examples.some((e) => e.context.length + 16 > model.config.maxPositions);
     if (needleLong) notes.push(`needle contexts longer than the base model's ${model.config.maxPositions} positions: full (and any method decoding them as tokens) runs past its trained positions there`);
+    const qaTask = built.find((t) => t.name === 'qa');
+    const qaLong = qaTask?.examples.filter((e) => e.context.length + e.tail.length + (qaTask.lead?.length ?? 1) + (e.maxTokens ?? 0) > model.config.maxPositions).length;
+    if (qaLong) notes.push(`${qaLong} qa questions have contexts (with prompt and answer) longer than the base model's ${model.config.maxPositions} positions: full runs past its trained positions there`);
     let bar: Progress | undefined;
     const run = runEvaluation({
       model,
@@ -250,7 +272,7 @@ export async function run(argv: string[]): Promise<void> {
     });
     bar?.done();
     predictions = run.predictions;
-    notes.push(`Latency is measured on this machine with the whole batch (up to ${batchSize} contexts, fewer for long sequences) and shared equally by its contexts; the first batch of each run includes warm-up.`);
+    notes.push(`Latency is measured on this machine with the whole batch (up to ${batchSize} contexts, fewer for long sequences) and shared equally by its examples (examples sharing a context share its one compression); the first batch of each run includes warm-up.`);
     report = {
       meta: { ...metaBase, tasks: taskInfo(built), methods: methods.map((m) => ({ label: m.label, method: m.compressor.method, ratios: m.ratios, source: m.source })), seconds: (performance.now() - t0) / 1000 },
       results: run.rows,

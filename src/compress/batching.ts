@@ -1,9 +1,10 @@
 /**
  * Reshaping soft contexts across a batch: one stored context repeated for several prompts
- * (asking several questions about one compressed text), and one item picked out of a batch.
+ * (asking several questions about one compressed text), items of a batch picked (with repeats:
+ * several questions on each of several compressed contexts), and one item picked out of a batch.
  */
 import type { SoftContext } from './types.js';
-import type { Tensor } from '../tensor/index.js';
+import { tensor, type Tensor } from '../tensor/index.js';
 
 function repeatRows(t: Tensor, n: number): Tensor {
   const shape = t.shape;
@@ -21,6 +22,25 @@ export function repeatSoftContext(ctx: SoftContext, n: number): SoftContext {
     memoryKv: ctx.memoryKv?.map((kv) => ({ k: repeatRows(kv.k, n), v: repeatRows(kv.v, n) })),
     memoryMask: ctx.memoryMask && repeatRows(ctx.memoryMask, n),
     meta: { ...ctx.meta, sourceTokens: new Array(n).fill(ctx.meta.sourceTokens[0]), softTokens: new Array(n).fill(ctx.meta.softTokens[0]) },
+  };
+}
+
+/**
+ * A batch of rows.length items, item j being item rows[j] of ctx (an index may repeat): e.g. the
+ * contexts of a batch compressed once each, laid out along the questions asked about them.
+ */
+export function indexSoftContext(ctx: SoftContext, rows: readonly number[]): SoftContext {
+  const b = ctx.meta.sourceTokens.length;
+  for (const r of rows) if (!Number.isInteger(r) || r < 0 || r >= b) throw new Error(`indexSoftContext: item ${r} outside 0..${b - 1}`);
+  if (rows.length === 0) throw new Error('indexSoftContext: no rows');
+  const index = tensor([...rows], [rows.length], { dtype: 'int64' });
+  const pick = (t: Tensor) => t.indexSelect(0, index);
+  return {
+    softTokens: ctx.softTokens && pick(ctx.softTokens),
+    mask: ctx.mask && pick(ctx.mask),
+    memoryKv: ctx.memoryKv?.map((kv) => ({ k: pick(kv.k), v: pick(kv.v) })),
+    memoryMask: ctx.memoryMask && pick(ctx.memoryMask),
+    meta: { ...ctx.meta, sourceTokens: rows.map((r) => ctx.meta.sourceTokens[r]!), softTokens: rows.map((r) => ctx.meta.softTokens[r]!) },
   };
 }
 

@@ -588,3 +588,274 @@ export function makeRecallExamples(docs: readonly Doc[], opts: RecallOptions): R
 export function formatRecall(ex: RecallExample): string {
   return ex.context + ex.qas.map((qa) => `\nQuestion: ${qa.question}\nAnswer: ${qa.answer}`).join('');
 }
+
+// ---------------------------------------------------------------------------------------------
+// Span questions: wh-questions whose answers are spans of a real passage
+
+/**
+ * One wh-question made from a sentence: the sentence itself with a span replaced by a wh-phrase
+ * (an echo question: "The tax rose in 1932." -> "The tax rose in what year?"), so the answer is
+ * that span of the passage and only the passage tells it.
+ */
+export interface SpanQuestion {
+  question: string;
+  /** The span (SQuAD's answer text). */
+  answer: string;
+  /** Other spans that answer it too (e.g. "5" besides "5 percent"), with their offsets. */
+  alternatives: { text: string; offset: number }[];
+  /** Character offset of the answer in the sentence. */
+  offset: number;
+  /** Which pattern made it: year, month, percent, count, title, named. */
+  pattern: string;
+}
+
+const MONTHS = 'January|February|March|April|May|June|July|August|September|October|November|December';
+const NUMBER_WORDS = 'two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty';
+/** Titles before a name that make a "which <title>" question (not General / Secretary: "General Assembly"). */
+const TITLES = 'President|Captain|Senator|Governor|Judge|Admiral|King|Queen|Colonel|Commodore|Professor|Bishop|Chairman';
+/** Plural-looking words after a number that are not nouns counted. */
+/** Words before a span after which the wh-phrase reads badly ("the how many years", "a which colonel"). */
+const AWKWARD_BEFORE = new Set(['the', 'a', 'an', 'first', 'last', 'past', 'next', 'only', 'all', 'these', 'those', 'other', 'several', 'its', 'his', 'her', 'their', 'our', 'one', 'some', 'every', 'each']);
+
+/** The word before offset `at` of a text (lower-case; '' at the start). */
+function wordBefore(text: string, at: number): string {
+  return (/(\S+)\s+$/.exec(text.slice(0, at))?.[1] ?? '').toLowerCase();
+}
+
+const NOT_COUNTED = new Set(['is', 'was', 'has', 'this', 'thus', 'us', 'its', 'as', 'yes', 'his', 'hers', 'ours', 'yours', 'theirs', 'whereas', 'unless', 'less', 'across', 'always', 'perhaps', 'besides', 'towards', 'afterwards', 'news', 'ones', 'others', 'sometimes']);
+
+interface PatternSpec {
+  name: string;
+  re: RegExp;
+  /** From a match: the replaced span (index into the match and length), the wh-phrase, the answer span and alternatives. */
+  make(m: RegExpExecArray): { from: number; to: number; wh: string; answer: [number, number]; alternatives?: [number, number][] } | undefined;
+}
+
+const SPAN_PATTERNS: PatternSpec[] = [
+  {
+    // "in 1932", "since 1960": the year -> "what year" (not decades, ranges or parts of numbers).
+    name: 'year',
+    re: /\b(?:in|In|since|Since|until|till|by|before|after|during|of)\s(1[5-9]\d\d|20\d\d)\b(?![-\u2013\d]|'?s\b|,\d)/g,
+    make: (m) => {
+      const at = m.index + m[0].length - m[1]!.length;
+      return { from: at, to: at + m[1]!.length, wh: 'what year', answer: [at, at + m[1]!.length] };
+    },
+  },
+  {
+    // "in March" (not a date "March 4"): the month -> "what month".
+    name: 'month',
+    re: new RegExp(`\\b(?:in|In|during|During|since|Since|until|last|next|early|late)\\s(${MONTHS})\\b(?!\\s\\d)`, 'g'),
+    make: (m) => {
+      const at = m.index + m[0].length - m[1]!.length;
+      return { from: at, to: at + m[1]!.length, wh: 'what month', answer: [at, at + m[1]!.length] };
+    },
+  },
+  {
+    // "5 percent", "12.5 per cent", "40%": -> "what percent"; answers "5 percent" and "5".
+    name: 'percent',
+    re: /(?<![\d.,$])(\d+(?:\.\d+)?)(\s?%|\sper\s?cent\b|\spercent\b)/g,
+    make: (m) => {
+      const n = m[1]!.length;
+      return { from: m.index, to: m.index + m[0].length, wh: 'what percent', answer: [m.index, m.index + m[0].length], alternatives: [[m.index, m.index + n]] };
+    },
+  },
+  {
+    // "12 ships", "three boats", "4 million people": the number -> "how many".
+    name: 'count',
+    re: new RegExp(`(?<![\\d.,$\\-\\w])(\\d{1,3}(?:,\\d{3})+|\\d+|${NUMBER_WORDS})(\\s(?:million|billion|thousand|hundred))?\\s([a-z]{3,}s)\\b(?!['\\u2019-])`, 'g'),
+    make: (m) => {
+      const num = m[1]!;
+      if (/^(1[5-9]\d\d|20\d\d)$/.test(num)) return undefined; // a year, not a count
+      if (NOT_COUNTED.has(m[3]!) || m[3]!.endsWith('ss') || AWKWARD_BEFORE.has(wordBefore(m.input, m.index))) return undefined;
+      const len = num.length + (m[2]?.length ?? 0);
+      return { from: m.index, to: m.index + len, wh: 'how many', answer: [m.index, m.index + len] };
+    },
+  },
+  {
+    // "Captain Ahab", "President Truman": -> "which captain"; the name is the answer.
+    name: 'title',
+    re: new RegExp(`\\b(${TITLES})\\s([A-Z][a-z]+(?:\\s[A-Z][a-z]+)?)\\b(?!['\\u2019])`, 'g'),
+    make: (m) => {
+      const name = m[2]!;
+      if (name.split(' ').some((w) => BUILTIN_STOPWORDS.has(w.toLowerCase()) || new RegExp(`^(?:${MONTHS}|${TITLES})$`).test(w))) return undefined;
+      // Not part of a longer title ("Vice President X") nor after an article ("a Colonel X").
+      const before = /(\S+)\s+$/.exec(m.input.slice(0, m.index))?.[1] ?? '';
+      if (/^[A-Z]/.test(before) || AWKWARD_BEFORE.has(before.toLowerCase())) return undefined;
+      const at = m.index + m[1]!.length + 1;
+      return { from: m.index, to: m.index + m[0].length, wh: `which ${m[1]!.toLowerCase()}`, answer: [at, at + name.length] };
+    },
+  },
+  {
+    // "a ship called the Pequod", "a man named Smith": the name -> "what".
+    name: 'named',
+    re: /\b(?:named|called)\s(?:the\s)?([A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2})\b(?!['\u2019])/g,
+    make: (m) => {
+      const name = m[1]!;
+      if (name.split(' ').some((w) => BUILTIN_STOPWORDS.has(w.toLowerCase()))) return undefined;
+      const at = m.index + m[0].length - name.length;
+      const from = m.index + m[0].indexOf(' ') + 1;
+      return { from, to: at + name.length, wh: 'what', answer: [at, at + name.length] };
+    },
+  },
+];
+
+/**
+ * The span questions one sentence gives (at most one per pattern and answer; none for sentences
+ * with quotation marks, questions, or fewer than 8 or more than 45 words). Answers occur once in
+ * the sentence, so the echo question points at one span.
+ */
+export function spanQuestions(sentence: string): SpanQuestion[] {
+  const words = sentence.split(' ').length;
+  // Whole sentences of prose only: not dialogue, questions, headings in capitals or fragments.
+  if (words < 8 || words > 45 || /["\u201c\u201d]/.test(sentence) || /\?["'\u2019)]*$/.test(sentence) || /\b[A-Z]{4,}\b/.test(sentence) || !/^[A-Z0-9]/.test(sentence)) return [];
+  const end = /[.!;:]*["'\u2019)\]]*$/.exec(sentence)!;
+  const body = sentence.slice(0, end.index);
+  if (!/[.!]/.test(end[0]) && end[0] !== '') return [];
+  const out: SpanQuestion[] = [];
+  const seen = new Set<string>();
+  for (const p of SPAN_PATTERNS) {
+    p.re.lastIndex = 0;
+    for (let m = p.re.exec(body); m !== null; m = p.re.exec(body)) {
+      const made = p.make(m);
+      if (!made) continue;
+      const answer = body.slice(made.answer[0], made.answer[1]);
+      // The answer must stand once in the sentence, and the question must keep some of it.
+      if (seen.has(answer) || body.indexOf(answer) !== body.lastIndexOf(answer)) continue;
+      const head = body.slice(0, made.from);
+      const wh = made.from === 0 ? made.wh[0]!.toUpperCase() + made.wh.slice(1) : made.wh;
+      const question = `${head}${wh}${body.slice(made.to)}?`;
+      if (question.split(' ').length < 6) continue;
+      seen.add(answer);
+      out.push({
+        question,
+        answer,
+        offset: made.answer[0],
+        alternatives: (made.alternatives ?? []).map(([a, b]) => ({ text: body.slice(a, b), offset: a })),
+        pattern: p.name,
+      });
+      break;
+    }
+  }
+  return out;
+}
+
+export interface SpanQaQuestion {
+  id: string;
+  question: string;
+  /** Gold spans with their character offsets in the passage; empty when unanswerable. */
+  answers: { text: string; start: number }[];
+  unanswerable: boolean;
+  pattern: string;
+}
+
+export interface SpanQaPassage {
+  id: string;
+  context: string;
+  docIds: string[];
+  qas: SpanQaQuestion[];
+}
+
+export interface SpanQaOptions {
+  seed?: number | string;
+  /** Answerable questions in all (default 42). */
+  questions?: number;
+  /** Questions per passage at most (default 3) and at least (default 2). */
+  perPassage?: number;
+  minPerPassage?: number;
+  /** Passage length in characters (default 1200). */
+  chars?: number;
+  /** One unanswerable question per this many answerable ones (default 7; 0 for none). */
+  unanswerableEvery?: number;
+}
+
+/**
+ * A small extractive QA set over real passages, deterministic by seed: passages of whole
+ * sentences (as needle and cloze use), each with 2-3 span questions from different sentences
+ * (spanQuestions; at most two of a pattern per passage), passages starting in different documents
+ * while the documents allow; then SQuAD 2.0 style unanswerable
+ * questions: a question made from another passage, asked of one whose text does not hold its
+ * answer.
+ */
+export function makeSpanQaSet(docs: readonly Doc[], opts: SpanQaOptions = {}): SpanQaPassage[] {
+  const total = opts.questions ?? 42;
+  checkCount(total);
+  const per = opts.perPassage ?? 3;
+  const minPer = Math.min(per, opts.minPerPassage ?? 2);
+  const every = opts.unanswerableEvery ?? 7;
+  const budget = makeBudget({ chars: opts.chars ?? 1200 });
+  const sampler = new DocSampler(docs);
+  const base = new Rng(`span-qa:${String(opts.seed ?? 0)}`);
+  const passages: SpanQaPassage[] = [];
+  /** Candidates not asked, of every passage drawn (the unanswerable questions come from them). */
+  const spare: { q: SpanQuestion; docId: string; sentence: string }[] = [];
+  const usedSentences = new Set<string>();
+  const usedDocs = new Set<string>();
+  let made = 0;
+  for (let p = 0; made < total; p++) {
+    if (p >= total * 50) throw new Error(`span QA: found only ${made} of ${total} questions in ${p} passages; are the documents English prose?`);
+    const rng = base.fork(p);
+    const units = fitExactly(samplePassageUnits(sampler, rng, budget, budget.limit), budget);
+    const context = joinUnits(units);
+    const cands: { unit: number; q: SpanQuestion }[] = [];
+    units.forEach((u, i) => {
+      if (u.cut || usedSentences.has(u.text)) return;
+      for (const q of spanQuestions(u.text)) cands.push({ unit: i, q });
+    });
+    rng.shuffle(cands);
+    // Passages from different documents while there are enough to draw from.
+    if (units.length === 0 || (usedDocs.has(units[0]!.docId) && p < total * 10)) {
+      spare.push(...cands.map((c) => ({ q: c.q, docId: units[c.unit]!.docId, sentence: units[c.unit]!.text })));
+      continue;
+    }
+    const picked: { unit: number; q: SpanQuestion }[] = [];
+    const perPattern = new Map<string, number>();
+    for (const c of cands) {
+      if (picked.length >= Math.min(per, total - made)) break;
+      if (picked.some((x) => x.unit === c.unit || x.q.answer.toLowerCase() === c.q.answer.toLowerCase())) continue;
+      if ((perPattern.get(c.q.pattern) ?? 0) >= 2) continue;
+      picked.push(c);
+      perPattern.set(c.q.pattern, (perPattern.get(c.q.pattern) ?? 0) + 1);
+    }
+    if (picked.length < Math.min(minPer, total - made)) {
+      spare.push(...cands.map((c) => ({ q: c.q, docId: units[c.unit]!.docId, sentence: units[c.unit]!.text })));
+      continue;
+    }
+    // Offsets in the passage: where each unit starts in the joined text.
+    const starts: number[] = [];
+    let at = 0;
+    units.forEach((u, i) => {
+      starts.push(at + (i === 0 ? 0 : 1));
+      at += (i === 0 ? 0 : 1) + u.text.length;
+    });
+    const id = `p${passages.length}`;
+    const qas = picked
+      .sort((a, b) => a.unit - b.unit)
+      .map(({ unit, q }, k): SpanQaQuestion => {
+        const spans = [{ text: q.answer, offset: q.offset }, ...q.alternatives].map((s) => ({ text: s.text, start: starts[unit]! + s.offset }));
+        for (const s of spans) if (context.slice(s.start, s.start + s.text.length) !== s.text) throw new Error(`span QA: internal error, answer "${s.text}" not at ${s.start}`);
+        return { id: `${id}/q${k}`, question: q.question, answers: spans, unanswerable: false, pattern: q.pattern };
+      });
+    for (const { unit } of picked) usedSentences.add(units[unit]!.text);
+    usedDocs.add(units[0]!.docId);
+    passages.push({ id, context, docIds: [...new Set(units.map((u) => u.docId))], qas });
+    spare.push(...cands.filter((c) => !picked.includes(c)).map((c) => ({ q: c.q, docId: units[c.unit]!.docId, sentence: units[c.unit]!.text })));
+    made += qas.length;
+  }
+  if (every > 0) {
+    const wanted = Math.floor(made / every);
+    const asked = new Set(passages.flatMap((x) => x.qas.map((y) => y.question)));
+    // Passage i (spread over the set) gets the first spare question of another document whose
+    // answer its text does not hold (and that no passage asks).
+    for (let u = 0; u < wanted; u++) {
+      const target = passages[Math.floor(((u + 0.5) * passages.length) / wanted)]!;
+      const lower = target.context.toLowerCase();
+      const k = spare.findIndex(({ q, docId, sentence }) => !target.docIds.includes(docId) && !lower.includes(q.answer.toLowerCase()) && !asked.has(q.question) && !usedSentences.has(sentence));
+      if (k < 0) continue;
+      const { q, sentence } = spare.splice(k, 1)[0]!;
+      asked.add(q.question);
+      usedSentences.add(sentence);
+      target.qas.push({ id: `${target.id}/q${target.qas.length}`, question: q.question, answers: [], unanswerable: true, pattern: q.pattern });
+    }
+  }
+  return passages;
+}

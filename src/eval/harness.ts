@@ -4,14 +4,20 @@
  * A method is a Compressor (the strategies full / none / truncate by name, or a trained
  * compressor loaded from its folder) with the ratios it is evaluated at; full and none have no
  * budget (ratio null). Every (method, ratio, task) runs its examples in batches (default up to
- * 16, sorted by length, fewer for long sequences so attention memory stays bounded), through the one decoder
+ * 16 contexts, sorted by length, fewer for long sequences so attention memory stays bounded), through the one decoder
  * interface (src/compress/decode.ts): greedy generation after the soft context for generation
  * tasks, tailLoss under noGrad for the continuation task.
+ *
+ * Compress once, ask many: examples with the same context tokens (the questions of one QA
+ * context) go into one batch, where the context is compressed once and its soft context laid
+ * out along its questions (indexSoftContext); a batch holds up to batchSize distinct contexts and
+ * up to 4 x batchSize questions (within the attention budget). Latency rows then give
+ * compression per question (compressMs) and per distinct context compressed (compressMsPerContext).
  *
  * Scores come out as flat rows (task, method, ratio, metric, group, value, n, retention), where
  * retention = (score - none) / (full - none) for the same task, metric and group. Latency and
  * memory come out per (method, ratio, task, length): compression, decoder prefill, generation
- * and end-to-end milliseconds per context (batch time shared equally by its contexts), and the
+ * and end-to-end milliseconds per example (batch time shared equally by its examples), and the
  * KV-cache bytes a context occupies in the decoder:
  *   soft tokens: 2 * layers * kvHeads * headDim * bytes * (1 + k)   ([BOS] + k soft tokens)
  *   memory KV:   the bytes of the memory's keys and values (+ the [BOS] row)
@@ -20,8 +26,8 @@
 import { DTYPE_SIZE, noGrad, tidy, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { freeSoftContext, generateWithContext, tailLoss, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
-import { corpusBleu, exactMatch, exactPrefixLength, f1Score, mean, retention, rougeL } from './metrics.js';
+import { freeSoftContext, generateWithContext, indexSoftContext, tailLoss, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
+import { corpusBleu, exactMatch, exactPrefixLength, f1Score, mean, retention, rougeL, squadScores } from './metrics.js';
 import type { EvalExample, EvalTask, TaskName } from './tasks.js';
 
 export interface EvalMethod {
@@ -59,8 +65,12 @@ export interface LatencyRow {
   /** Mean context tokens and soft tokens (or memory slots) per context. */
   contextTokens: number;
   softTokens: number;
-  /** Milliseconds per context (batch time / batch size). */
+  /** Milliseconds per example (batch time / batch size); for QA, compression per question. */
   compressMs: number;
+  /** Distinct contexts compressed (examples sharing a context in a batch are compressed once). */
+  contexts: number;
+  /** Compression milliseconds per distinct context compressed. */
+  compressMsPerContext: number;
   prefillMs: number;
   generateMs: number;
   endToEndMs: number;
@@ -107,6 +117,7 @@ export const PRIMARY_METRIC: Readonly<Record<TaskName, { metric: string; higherI
   babi: { metric: 'em', higherIsBetter: true },
   needle: { metric: 'em', higherIsBetter: true },
   cloze: { metric: 'f1', higherIsBetter: true },
+  qa: { metric: 'f1', higherIsBetter: true },
 };
 
 export interface HarnessOptions {
@@ -198,6 +209,11 @@ function latencyGroup(ex: EvalExample): string {
   return ex.groups.len !== undefined ? `len=${ex.groups.len}` : 'all';
 }
 
+/** Examples with equal keys have the same context tokens: compressed once in a batch. */
+function contextKey(ex: EvalExample): string {
+  return ex.context.join(',');
+}
+
 /**
  * The longest sequence a full forward pass of this example runs: the decoder's prefill
  * ([BOS] + soft tokens + prompt; decoding steps then attend from one position only) and, for
@@ -224,39 +240,80 @@ interface Plan {
 function batchWork(m: EvalMethod, ratio: number | null, task: EvalTask, batch: number[]): number {
   const items = batch.map((i) => task.examples[i]!);
   const steps = Math.max(0, ...items.map((ex) => ex.maxTokens ?? 0));
-  const tokens = items.reduce((a, ex) => a + seqLength(m.compressor, ratio, ex) + (m.compressor.module ? ex.context.length : 0), 0);
+  // The compressor's pass runs once per distinct context.
+  const distinct = new Map(items.map((ex) => [contextKey(ex), ex.context.length]));
+  const tokens = items.reduce((a, ex) => a + seqLength(m.compressor, ratio, ex), 0) + (m.compressor.module ? [...distinct.values()].reduce((a, n) => a + n, 0) : 0);
   return tokens + 40 * steps;
 }
 
 /** Attention memory budget of a batch, in (sequence length)^2 x batch: 8 sequences of 1,024. */
 export const BATCH_BUDGET = 8 * 1024 * 1024;
 
+/** Questions per batch at most, as a multiple of the batch size in contexts. */
+export const QUESTIONS_PER_CONTEXT_SLOT = 4;
+
 /**
  * Batches of a (method, ratio, task): examples of one length group together (so per-length
- * latency is not averaged across lengths), longest first, at most batchSize and within the
- * attention budget.
+ * latency is not averaged across lengths), the questions of one context together (compressed
+ * once), longest first; at most batchSize distinct contexts and QUESTIONS_PER_CONTEXT_SLOT x
+ * batchSize examples, within the attention budget. A context with more questions than a batch
+ * holds is split over batches (and compressed once in each).
  */
 function planBatches(m: EvalMethod, ratio: number | null, task: EvalTask, batchSize: number, budget: number): number[][] {
-  const groups = new Map<string, { i: number; len: number }[]>();
+  const groups = new Map<string, Map<string, { idx: number[]; len: number }>>();
   task.examples.forEach((ex, i) => {
     const g = latencyGroup(ex);
-    groups.set(g, [...(groups.get(g) ?? []), { i, len: seqLength(m.compressor, ratio, ex) }]);
+    let units = groups.get(g);
+    if (!units) groups.set(g, (units = new Map()));
+    const key = contextKey(ex);
+    const len = seqLength(m.compressor, ratio, ex);
+    const u = units.get(key);
+    if (u) {
+      u.idx.push(i);
+      u.len = Math.max(u.len, len);
+    } else units.set(key, { idx: [i], len });
   });
   const out: number[][] = [];
-  for (const list of groups.values()) {
-    const order = list.sort((a, b) => b.len - a.len || a.i - b.i);
-    for (let j = 0; j < order.length; ) {
-      const len = order[j]!.len;
-      const b = Math.max(1, Math.min(batchSize, Math.floor(budget / (len * len))));
-      out.push(order.slice(j, j + b).map((x) => x.i));
-      j += b;
+  for (const units of groups.values()) {
+    const order = [...units.values()].sort((a, b) => b.len - a.len || a.idx[0]! - b.idx[0]!);
+    let batch: number[] = [];
+    let contexts = 0;
+    // Limits set by a batch's first (longest) context.
+    let maxContexts = 0;
+    let maxExamples = 0;
+    const flush = () => {
+      if (batch.length) out.push(batch);
+      batch = [];
+      contexts = 0;
+    };
+    for (const u of order) {
+      let rest = u.idx;
+      while (rest.length) {
+        if (batch.length === 0) {
+          const fit = Math.floor(budget / (u.len * u.len));
+          maxContexts = Math.max(1, Math.min(batchSize, fit));
+          maxExamples = Math.max(1, Math.min(QUESTIONS_PER_CONTEXT_SLOT * batchSize, fit));
+        }
+        if (batch.length > 0 && (contexts >= maxContexts || batch.length + rest.length > maxExamples)) {
+          flush();
+          continue;
+        }
+        const take = rest.slice(0, maxExamples - batch.length);
+        batch.push(...take);
+        contexts++;
+        rest = rest.slice(take.length);
+        if (rest.length) flush();
+      }
     }
+    flush();
   }
   return out;
 }
 
 interface Costs {
   compressMs: number;
+  /** 1 for the example whose context was compressed (the first of those sharing it), else 0. */
+  compressions: number;
   prefillMs: number;
   generateMs: number;
   generated: number;
@@ -305,11 +362,19 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
   return tidy(() =>
     noGrad(() => {
       const b = items.length;
+      // Each distinct context once; row[i] is item i's context among them.
+      const first = new Map<string, number>();
+      const row = items.map((ex) => {
+        const key = contextKey(ex);
+        let r = first.get(key);
+        if (r === undefined) first.set(key, (r = first.size));
+        return r;
+      });
+      const distinct = [...first.values()].map((r) => items[row.indexOf(r)]!.context);
+      const compressions = items.map((_, i) => (row.indexOf(row[i]!) === i ? 1 : 0));
       const t0 = performance.now();
-      const ctx = c.compress(
-        items.map((ex) => ex.context),
-        budgetOf(ratio),
-      );
+      const once = c.compress(distinct, budgetOf(ratio));
+      const ctx = distinct.length === b ? once : indexSoftContext(once, row);
       try {
         const compressMs = performance.now() - t0;
         const { soft, kv } = contextCosts(model, ctx);
@@ -325,7 +390,7 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
           );
           const nats = loss.item() * tokens;
           const forwardMs = performance.now() - t1;
-          const costs = items.map((ex, i) => ({ compressMs: compressMs / b, prefillMs: forwardMs / b, generateMs: 0, generated: 0, softTokens: soft[i] as number, contextKvBytes: kv[i] as number, kvBytes: (kv[i] as number) + perTok * ex.tail.length }));
+          const costs = items.map((ex, i) => ({ compressMs: compressMs / b, compressions: compressions[i]!, prefillMs: forwardMs / b, generateMs: 0, generated: 0, softTokens: soft[i] as number, contextKvBytes: kv[i] as number, kvBytes: (kv[i] as number) + perTok * ex.tail.length }));
           return { nats, tokens, costs };
         }
         const maxTokens = Math.max(...items.map((ex) => ex.maxTokens ?? 8));
@@ -340,6 +405,7 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
         const generated = res.tokens.map((ids, i) => ids.slice(0, items[i]!.maxTokens ?? maxTokens));
         const costs = items.map((ex, i) => ({
           compressMs: compressMs / b,
+          compressions: compressions[i]!,
           prefillMs: res.prefillMs / b,
           generateMs: res.decodeMs / b,
           generated: generated[i]!.length,
@@ -349,6 +415,7 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
         }));
         return { generated, costs };
       } finally {
+        if (ctx !== once) freeSoftContext(once);
         freeSoftContext(ctx);
       }
     }),
@@ -443,6 +510,7 @@ function summariseLatency(task: EvalTask, method: string, ratio: number | null, 
   for (const [group, list] of groups) {
     const avg = (f: (e: { ex: EvalExample; c: Costs }) => number) => mean(list.map(f));
     const compressMs = avg((e) => e.c.compressMs);
+    const contexts = list.reduce((a, e) => a + e.c.compressions, 0);
     const prefillMs = avg((e) => e.c.prefillMs);
     const generateMs = avg((e) => e.c.generateMs);
     out.push({
@@ -454,6 +522,8 @@ function summariseLatency(task: EvalTask, method: string, ratio: number | null, 
       contextTokens: avg((e) => e.ex.context.length),
       softTokens: avg((e) => e.c.softTokens),
       compressMs,
+      contexts,
+      compressMsPerContext: contexts ? list.reduce((a, e) => a + e.c.compressMs, 0) / contexts : NaN,
       prefillMs,
       generateMs,
       endToEndMs: compressMs + prefillMs + generateMs,
@@ -531,6 +601,12 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
               const text = tok.decode(clean);
               scored.push({ ex, hyp: clean, text });
               predictions.push({ task: task.name, method: m.label, ratio, id: ex.id, prediction: text, score: { exact_prefix: exactPrefixLength(clean, ex.reference) } });
+            } else if (ex.answers) {
+              // SQuAD's official scoring (several gold answers; none: unanswerable).
+              const text = answerText(tok, hyp);
+              const { em, f1 } = squadScores(text, ex.answers);
+              scored.push({ ex, text, em, f1 });
+              predictions.push({ task: task.name, method: m.label, ratio, id: ex.id, prediction: text, gold: ex.answers.join(' | '), score: { em, f1 } });
             } else {
               const text = answerText(tok, hyp);
               const em = exactMatch(text, ex.answer ?? '');

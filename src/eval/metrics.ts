@@ -2,6 +2,9 @@
  * Evaluation metrics, pure and dependency-free:
  * - SQuAD-style normalised exact match and token F1 (lower-case, punctuation and the articles
  *   a/an/the removed, whitespace collapsed);
+ * - SQuAD's official scoring exactly as evaluate-v2.0.py does it (squadScores: ASCII punctuation,
+ *   the best over several gold answers, an unanswerable question right iff the prediction is
+ *   empty), with the no-answer phrases a model may say instead of nothing;
  * - corpus-level BLEU-4 over token lists (uniform weights, brevity penalty, optional +1
  *   smoothing of the n > 1 precisions as in Lin & Och 2004);
  * - exact-prefix length (leading tokens equal) and ROUGE-L (LCS-based F-measure);
@@ -33,9 +36,9 @@ export function exactMatch(prediction: string, gold: string | readonly string[])
   return golds(gold).some((g) => normalizeAnswer(g) === p) ? 1 : 0;
 }
 
-function tokenF1(prediction: string, gold: string): number {
-  const p = normalizeAnswer(prediction).split(' ').filter(Boolean);
-  const g = normalizeAnswer(gold).split(' ').filter(Boolean);
+function tokenF1(prediction: string, gold: string, normalize: (s: string) => string = normalizeAnswer): number {
+  const p = normalize(prediction).split(' ').filter(Boolean);
+  const g = normalize(gold).split(' ').filter(Boolean);
   // SQuAD 2.0: when either side is empty, F1 is 1 if both are, else 0.
   if (p.length === 0 || g.length === 0) return p.length === g.length ? 1 : 0;
   const counts = new Map<string, number>();
@@ -57,6 +60,76 @@ function tokenF1(prediction: string, gold: string): number {
 /** Token F1 of the normalised answers (bag of words), the best over several gold answers. */
 export function f1Score(prediction: string, gold: string | readonly string[]): number {
   return Math.max(...golds(gold).map((g) => tokenF1(prediction, g)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQuAD, as the official script scores it
+
+/** Python's string.punctuation, which the official script removes (ASCII only, unlike normalizeAnswer). */
+const SQUAD_PUNCTUATION = /[!"#$%&'()*+,\-./:;<=>?@[\\\]^_`{|}~]/g;
+/** re.compile(r'\b(a|an|the)\b', re.UNICODE): word boundaries between Unicode word characters. */
+const SQUAD_ARTICLES = /(?<![\p{L}\p{N}_])(?:a|an|the)(?![\p{L}\p{N}_])/gu;
+
+/** evaluate-v2.0.py's normalize_answer: lower, remove_punc, remove_articles, white_space_fix. */
+export function squadNormalize(s: string): string {
+  return s.toLowerCase().replace(SQUAD_PUNCTUATION, '').replace(SQUAD_ARTICLES, ' ').split(/\s+/).filter(Boolean).join(' ');
+}
+
+/**
+ * What a model may say for "the context does not answer this" instead of an empty answer (the
+ * QA prompt does not teach either; both count as abstaining). Compared after normalisation, as
+ * the whole answer: "Unanswerable.", "No answer", "Not mentioned in the passage" abstain; "no",
+ * "none" and "unknown" do not (they answer real questions).
+ */
+export const NO_ANSWER_PHRASES: readonly string[] = [
+  'unanswerable',
+  'no answer',
+  'there is no answer',
+  'not answerable',
+  'cannot be answered',
+  'can not be answered',
+  'cannot answer',
+  'not mentioned',
+  'not mentioned in the passage',
+  'not mentioned in the context',
+  'not mentioned in the text',
+  'not in the passage',
+  'not in the context',
+  'not in the text',
+  'not stated',
+  'not given',
+];
+const NO_ANSWER = new Set(NO_ANSWER_PHRASES.map(squadNormalize));
+
+/** The prediction as SQuAD 2.0 scores it: '' when it is a no-answer phrase, else as given. */
+export function squadPrediction(prediction: string): string {
+  return NO_ANSWER.has(squadNormalize(prediction)) ? '' : prediction;
+}
+
+export interface SquadScore {
+  em: number;
+  f1: number;
+  /** The prediction abstained (empty or a no-answer phrase). */
+  abstained: boolean;
+}
+
+/**
+ * EM and F1 of a prediction as the official SQuAD 2.0 script computes them: gold answers that
+ * normalise to nothing are dropped, and none left means unanswerable (gold ['']); the best over
+ * the gold answers; F1 = 1 when both sides are empty and 0 when one is. So an unanswerable
+ * question scores 1 iff the prediction abstains, and an abstention on an answerable one scores 0.
+ * (v1.1 files score the same: every question has an answer.)
+ */
+export function squadScores(prediction: string, answers: readonly string[]): SquadScore {
+  const pred = squadPrediction(prediction);
+  let golds = answers.filter((a) => squadNormalize(a) !== '');
+  if (golds.length === 0) golds = [''];
+  const p = squadNormalize(pred);
+  return {
+    em: golds.some((g) => squadNormalize(g) === p) ? 1 : 0,
+    f1: Math.max(...golds.map((g) => tokenF1(pred, g, squadNormalize))),
+    abstained: p === '',
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ export function reportMarkdown(rep: EvalReport): string {
   if (hasTasks) {
     out.push(`- Methods: ${meta.methods.map((m) => `${m.label}${m.ratios.some((r) => r !== null) ? ` (ratios ${m.ratios.join(', ')})` : ''}${m.source ? ` from \`${m.source}\`` : ''}`).join('; ') || '–'}`);
     out.push('- Ratio = context tokens / soft tokens. Retention = (score − none) / (full − none) on the same examples.');
-    out.push(`- Passages come only from the ${meta.split ?? 'test'} split of sotu, moby-dick and brown (splitDocuments seed 0); bAbI from the file given (the held-out stories of a train file, all of any other file).`);
+    out.push(`- Passages come only from the ${meta.split ?? 'test'} split of sotu, moby-dick and brown (splitDocuments seed 0); bAbI from the file given (the held-out stories of a train file, all of any other file); qa from its SQuAD / JSONL file (by default span questions over test-split passages).`);
     out.push('');
     for (const t of meta.tasks) out.push(`- **${t.name}** (${t.examples} examples): ${t.about}`);
   }
@@ -165,15 +165,33 @@ export function reportMarkdown(rep: EvalReport): string {
 
   if (rep.latency.length) {
     out.push('## Latency and memory', '');
-    out.push('Milliseconds per context (batch time shared by its contexts; greedy decoding on CPU). KV bytes: the decoder cache of [BOS] + the compressed context (soft tokens: 2 × layers × kvHeads × headDim × bytes × (1 + k); memory KV: its keys and values), and with the tail (prompt + generated tokens).', '');
+    out.push('Milliseconds per example (batch time shared by its examples; greedy decoding on CPU). KV bytes: the decoder cache of [BOS] + the compressed context (soft tokens: 2 × layers × kvHeads × headDim × bytes × (1 + k); memory KV: its keys and values), and with the tail (prompt + generated tokens).', '');
     const lat = rep.latency.filter((l) => l.group === 'all');
+    // Reports written before contexts were counted have one context per example.
+    const contextsOf = (l: LatencyRow) => l.contexts ?? l.examples;
+    const shared = lat.some((l) => contextsOf(l) < l.examples);
+    if (shared) out.push('Examples sharing a context (the questions of one QA context) are compressed once: "compress ms" is per example (question), "compress ms / context" per distinct context compressed, "contexts" how many were compressed for the examples.', '');
     out.push(
       table(
-        ['method', 'ratio', 'task', 'context tokens', 'soft tokens', 'compress ms', 'prefill ms', 'generate ms', 'end-to-end ms', 'new tokens', 'KV / context', 'KV with tail'],
+        ['method', 'ratio', 'task', 'context tokens', 'soft tokens', ...(shared ? ['examples', 'contexts', 'compress ms / context'] : []), 'compress ms', 'prefill ms', 'generate ms', 'end-to-end ms', 'new tokens', 'KV / context', 'KV with tail'],
         methodOrder(lat).flatMap(({ method, ratio }) =>
           lat
             .filter((l) => l.method === method && l.ratio === ratio)
-            .map((l) => [method, ratioLabel(ratio), l.task, fmt(l.contextTokens, 0), fmt(l.softTokens, 1), fmt(l.compressMs, 2), fmt(l.prefillMs, 2), fmt(l.generateMs, 2), fmt(l.endToEndMs, 2), fmt(l.generatedTokens, 1), bytes(l.contextKvBytes), bytes(l.kvBytes)]),
+            .map((l) => [
+              method,
+              ratioLabel(ratio),
+              l.task,
+              fmt(l.contextTokens, 0),
+              fmt(l.softTokens, 1),
+              ...(shared ? [String(l.examples), String(contextsOf(l)), fmt(l.compressMsPerContext ?? l.compressMs, 2)] : []),
+              fmt(l.compressMs, 2),
+              fmt(l.prefillMs, 2),
+              fmt(l.generateMs, 2),
+              fmt(l.endToEndMs, 2),
+              fmt(l.generatedTokens, 1),
+              bytes(l.contextKvBytes),
+              bytes(l.kvBytes),
+            ]),
         ),
         3,
       ),

@@ -9,27 +9,38 @@
  * - needle: a planted fact at a (stratified) random depth of a 256..2,048-token passage;
  *   EM by depth bucket and length.
  * - cloze: a blanked content word asked back; EM and F1.
+ * - qa: extractive questions of a SQuAD (v1.1 / v2.0) or JSONL file (default: data/qa/prose-test.json,
+ *   span questions over test-split passages, `softpress data qa-set`); SQuAD's official EM and F1,
+ *   v2.0's unanswerable questions right iff the answer abstains (empty, or a no-answer phrase:
+ *   metrics.ts, NO_ANSWER_PHRASES). Questions on one context share one compression (the harness
+ *   compresses each distinct context of a batch once and asks all its questions in that batch).
  *
  * Passages come from the TEST split of the corpora (splitDocuments(..., {seed: 0}).test), never
  * from what the base model or the compressors trained on. bAbI reads any bAbI file: the
  * held-out 'valid' part of a *_train.txt file, or all of any other file (e.g. official tests).
  *
- * QA prompts (models/chat.ts, qaPromptFormat): the context goes through the compressor; for a
- * base model the decoder reads [BOS] context "\nQuestion: q\nAnswer:", exactly the pretraining
- * format; for a chat model the context and question are one user turn of its chat template.
+ * QA prompts (models/chat.ts, qaPromptFormat), one format for babi, needle, cloze and qa: the
+ * context goes through the compressor; a base model's decoder reads [BOS] context
+ * "\nQuestion: q\nAnswer:", exactly the pretraining format; an instruct model reads the same
+ * plain format after a one-shot demonstration, not its chat template (measured on 48 held-out
+ * bAbI questions: SmolLM2-135M-Instruct answers 0.646 EM this way and 0.000 as a ChatML turn,
+ * where it answers in full sentences). Answers are greedy and end at the end of turn (EOS, the chat's end-of-turn ids) or
+ * at a newline.
  */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Tokenizer } from '../models/tokenizer.js';
 import type { Doc } from '../data/corpora.js';
 import { loadDocs } from '../data/pretrain-mix.js';
 import { splitDocuments, type SplitName } from '../data/splits.js';
 import { babiTaskFromFileName, loadBabiFile, splitBabi } from '../data/babi.js';
 import { makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
+import { loadQaFile } from '../data/squad.js';
 import { qaPromptFormat } from '../models/chat.js';
 import { Rng, indexOfCumulative } from '../data/rng.js';
 
-export const TASK_NAMES = ['reconstruct', 'continue', 'babi', 'needle', 'cloze'] as const;
+export const TASK_NAMES = ['reconstruct', 'continue', 'babi', 'needle', 'cloze', 'qa'] as const;
 export type TaskName = (typeof TASK_NAMES)[number];
 
 export function isTaskName(s: string): s is TaskName {
@@ -49,6 +60,8 @@ export interface EvalExample {
   maxTokens?: number;
   /** QA: the gold answer. */
   answer?: string;
+  /** qa: every gold answer (SQuAD: the best counts); empty for an unanswerable question. */
+  answers?: string[];
   /** reconstruct: the gold tokens (the passage). */
   reference?: number[];
   /** Documents the passage came from (provenance; bAbI: none). */
@@ -327,6 +340,78 @@ export function makeClozeTask(docs: readonly Doc[], tok: Tokenizer, o: ClozeTask
   return { name: 'cloze', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
 }
 
+/** The QA set of the suite: span questions over test-split passages (SQuAD v2.0; `softpress data qa-set`). */
+export const DEFAULT_QA_SET = fileURLToPath(new URL('../../../data/qa/prose-test.json', import.meta.url));
+
+/** New tokens an answer may take (SQuAD answers are a few words; generation stops at a newline). */
+export const QA_MAX_TOKENS = 32;
+
+export interface QaTaskOptions {
+  seed?: number;
+  /**
+   * Questions at most (default: all). Fewer than the file holds: whole contexts in an order drawn
+   * by seed, until n questions (the last context may give only some of its), so that questions
+   * still share their context's compression.
+   */
+  n?: number;
+}
+
+/** The questions of a SQuAD / JSONL file, their contexts as the compressor's input; SQuAD EM / F1. */
+export function makeQaTask(path: string, tok: Tokenizer, o: QaTaskOptions = {}): EvalTask {
+  if (o.n !== undefined) checkN(o.n, 'qa');
+  const set = loadQaFile(path);
+  // Questions by context, in file order.
+  const byContext = new Map<string, typeof set.records>();
+  for (const r of set.records) byContext.set(r.context, [...(byContext.get(r.context) ?? []), r]);
+  let groups = [...byContext.values()];
+  if (o.n !== undefined && o.n < set.records.length) {
+    const order = new Rng(`eval:qa:${o.seed ?? 0}:${basename(path)}`).shuffle(groups.slice());
+    groups = [];
+    let left = o.n;
+    for (const g of order) {
+      if (left <= 0) break;
+      groups.push(g.slice(0, left));
+      left -= g.length;
+    }
+    // Asked in file order.
+    groups.sort((a, b) => set.records.indexOf(a[0]!) - set.records.indexOf(b[0]!));
+  }
+  const qa = qaPromptFormat(tok);
+  const withUnanswerable = set.records.some((r) => r.unanswerable);
+  const examples: EvalExample[] = [];
+  let contextTokens = 0;
+  for (const g of groups) {
+    const context = tok.encode(g[0]!.context);
+    contextTokens += context.length;
+    for (const r of g) {
+      examples.push({
+        id: `qa/${r.id}`,
+        context,
+        tail: qa.tail(r.question),
+        maxTokens: QA_MAX_TOKENS,
+        answer: r.answers[0] ?? '',
+        answers: r.answers,
+        // SQuAD 2.0's HasAns / NoAns breakdown, when the file has unanswerable questions.
+        groups: withUnanswerable ? { gold: r.unanswerable ? 'no-answer' : 'has-answer' } : {},
+      });
+    }
+  }
+  const asked = examples.length;
+  const unanswerable = examples.filter((e) => e.answers!.length === 0).length;
+  const format = set.format === 'squad' ? `SQuAD${set.version ? ` ${set.version}` : ''}` : 'JSONL';
+  const of = asked < set.records.length ? ` (of ${set.records.length} on ${set.contexts}; --n to change)` : '';
+  return {
+    name: 'qa',
+    mode: 'generate',
+    stopAtNewline: true,
+    lead: qa.lead,
+    stopIds: qa.stopIds,
+    examples,
+    groupOrder: withUnanswerable ? { gold: ['has-answer', 'no-answer'] } : undefined,
+    about: `${basename(path)} (${format}): ${asked} questions on ${groups.length} contexts${of}, ${Math.round(contextTokens / groups.length)} tokens per context on average${unanswerable ? `, ${unanswerable} unanswerable` : ''}; each context compressed once for its questions; answers greedy <= ${QA_MAX_TOKENS} tokens, SQuAD's official EM / F1${withUnanswerable ? ' (an unanswerable question is right iff the answer is empty or a no-answer phrase such as "unanswerable")' : ''}`,
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Suites
 
@@ -338,6 +423,8 @@ export interface SuiteConfig {
   babi: { n: number };
   needle: { n: number; lengths: number[]; depthBuckets: number };
   cloze: { n: number; tokens: number };
+  /** Questions at most (the default set has 48). */
+  qa: { n: number };
 }
 
 export const SUITES: Readonly<Record<SuiteName, SuiteConfig>> = {
@@ -347,6 +434,7 @@ export const SUITES: Readonly<Record<SuiteName, SuiteConfig>> = {
     babi: { n: 10 },
     needle: { n: 16, lengths: [256, 512, 1024, 2048], depthBuckets: 4 },
     cloze: { n: 64, tokens: 256 },
+    qa: { n: 64 },
   },
   quick: {
     reconstruct: { n: 4, lengths: [128] },
@@ -354,6 +442,7 @@ export const SUITES: Readonly<Record<SuiteName, SuiteConfig>> = {
     babi: { n: 2 },
     needle: { n: 4, lengths: [256, 512], depthBuckets: 4 },
     cloze: { n: 8, tokens: 256 },
+    qa: { n: 8 },
   },
 };
 
@@ -366,6 +455,8 @@ export interface BuildTasksOptions {
   /** bAbI file or folder (needed for the babi task). */
   babiPath?: string;
   babiSplit?: BabiTaskOptions['split'];
+  /** SQuAD / JSONL file for the qa task (default DEFAULT_QA_SET). */
+  qaPath?: string;
   /** Documents to draw passages from (default: the test split of the corpora). */
   docs?: readonly Doc[];
 }
@@ -375,7 +466,7 @@ export function buildTasks(tok: Tokenizer, o: BuildTasksOptions): EvalTask[] {
   const s = SUITES[o.suite];
   if (!s) throw new Error(`unknown suite '${o.suite}' (default, quick)`);
   const seed = o.seed ?? 0;
-  const needDocs = o.tasks.some((t) => t !== 'babi');
+  const needDocs = o.tasks.some((t) => t !== 'babi' && t !== 'qa');
   const docs = needDocs ? (o.docs ?? evalDocuments('test')) : [];
   return o.tasks.map((t): EvalTask => {
     switch (t) {
@@ -390,6 +481,8 @@ export function buildTasks(tok: Tokenizer, o: BuildTasksOptions): EvalTask[] {
         return makeNeedleTask(docs, tok, { seed, n: o.n ?? s.needle.n, lengths: s.needle.lengths, depthBuckets: s.needle.depthBuckets });
       case 'cloze':
         return makeClozeTask(docs, tok, { seed, n: o.n ?? s.cloze.n, tokens: s.cloze.tokens });
+      case 'qa':
+        return makeQaTask(o.qaPath ?? DEFAULT_QA_SET, tok, { seed, n: o.n ?? s.qa.n });
     }
   });
 }
