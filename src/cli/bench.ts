@@ -2,6 +2,7 @@
  * softpress bench engine [--json] [--threads N] [--reps N]
  * softpress bench model --config S|M [--json] ...   (src/cli/bench-model.ts)
  * softpress bench serve [--json] ...                (src/cli/bench-serve.ts)
+ * softpress bench generate --model NAME|PATH [--json] ... (src/cli/bench-generate.ts)
  *
  * The engine benchmark (../shared/bench-spec.md): fp32 1024^3 matmul throughput and the per-op
  * cost of the binding (an add of two 8-element tensors called from TypeScript). Each figure is
@@ -13,7 +14,8 @@ import { getNumThreads, randn, setNumThreads, tidy } from '../tensor/index.js';
 
 const USAGE =
   'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M [--json] [--threads N] [--reps N]\n' +
-  '       softpress bench serve [--json] [--base DIR | --random-base] [--clients 1,8] [--seconds 5] [--lengths 512,1024,2048] [--ratios 4,8]';
+  '       softpress bench serve [--json] [--base DIR | --random-base] [--clients 1,8] [--seconds 5] [--lengths 512,1024,2048] [--ratios 4,8]\n' +
+  '       softpress bench generate --model NAME|PATH [--json] [--threads 2] [--prompt-tokens 512] [--gen-tokens 128] [--reps 3] [--profile]';
 const WARMUPS = 3;
 
 export function median(xs: number[]): number {
@@ -110,6 +112,10 @@ export async function run(argv: string[]): Promise<void> {
     }
     case 'serve': {
       const m = await import('./bench-serve.js');
+      return m.run(rest);
+    }
+    case 'generate': {
+      const m = await import('./bench-generate.js');
       return m.run(rest);
     }
     case undefined:
