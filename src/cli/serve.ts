@@ -3,6 +3,8 @@
  *                 [--compressor DIR ...] [--store-mb N] [--cache-mb N] [--body-limit-mb N]
  *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--method NAME] [--no-discover]
  *                 [--no-prefix-cache] [--log]
+ *                 [--api-key KEY ...] [--api-keys FILE] [--insecure-no-auth]
+ *                 [--quota-contexts N] [--quota-mb N] [--rate-limit N]
  *
  * Starts the HTTP server (src/serve/): the context API, OpenAI-compatible completions, the
  * OpenAPI document at /openapi.json and the playground at /. The base model is a folder, a GGUF
@@ -10,15 +12,56 @@
  * missing). Learned compressors saved in or beside the base model's folder (for a GGUF file, the
  * folder holding it; folders with compressor.json made for this base model) are loaded too,
  * besides any --compressor; the strategies full, none and truncate are always available.
+ *
+ * Access: API keys from --api-key, --api-keys FILE and SOFTPRESS_API_KEYS protect every /v1
+ * route (src/serve/auth.ts). Listening beyond loopback without a key is refused (before the
+ * model loads) unless --insecure-no-auth. Per-owner quotas (stored contexts, MiB, requests per
+ * minute) default to 1000 / 256 / 120 whenever keys are set or the server listens beyond
+ * loopback, and to none on a keyless loopback server (as before keys existed); 0 turns one off.
  */
 import { parseArgs } from 'node:util';
 import { openService, type SoftpressService } from '../serve/service.js';
-import { buildServer } from '../serve/server.js';
+import { buildServer, type Quotas } from '../serve/server.js';
+import { checkExposure, collectKeys, isLoopback, type KeyRing } from '../serve/auth.js';
 
 export const SERVE_USAGE =
   'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME] [--compressor DIR ...]\n' +
   '                       [--store-mb 1024] [--cache-mb 256] [--body-limit-mb 4] [--max-batch 16] [--batch-window-ms 3]\n' +
-  '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache] [--log]';
+  '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache] [--log]\n' +
+  '                       [--api-key KEY ...] [--api-keys FILE] [--insecure-no-auth] (or SOFTPRESS_API_KEYS=KEY,KEY)\n' +
+  '                       [--quota-contexts 1000] [--quota-mb 256] [--rate-limit 120 (requests/minute per key; 0: none)]';
+
+/** Per-owner limits that apply when keys are set or the server listens beyond loopback. */
+export const DEFAULT_QUOTAS = { contexts: 1000, mb: 256, requestsPerMinute: 120 } as const;
+
+export interface Access {
+  keys?: KeyRing;
+  quotas: Quotas;
+}
+
+/**
+ * Keys and quotas from the flags and the environment, and the refusal to listen beyond
+ * loopback without a key. Runs before the model loads, so a mistake is reported at once.
+ */
+export function accessFromArgs(
+  values: { 'api-key'?: string[]; 'api-keys'?: string; 'insecure-no-auth'?: boolean; 'quota-contexts'?: string; 'quota-mb'?: string; 'rate-limit'?: string },
+  host: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Access {
+  const keys = collectKeys({ flags: values['api-key'], file: values['api-keys'], env: env.SOFTPRESS_API_KEYS });
+  checkExposure(host, keys, values['insecure-no-auth'] ?? false);
+  const guarded = !!keys || !isLoopback(host);
+  const contexts = num('quota-contexts', values['quota-contexts'], guarded ? DEFAULT_QUOTAS.contexts : 0, { int: true });
+  const mb = num('quota-mb', values['quota-mb'], guarded ? DEFAULT_QUOTAS.mb : 0);
+  const requestsPerMinute = num('rate-limit', values['rate-limit'], guarded ? DEFAULT_QUOTAS.requestsPerMinute : 0, { int: true });
+  return { keys, quotas: { contexts, bytes: Math.round(mb * 2 ** 20), requestsPerMinute } };
+}
+
+function describeQuotas(q: Quotas, keyed: boolean): string {
+  const per = keyed ? 'per key' : 'for all clients together';
+  const parts = [q.contexts ? `${q.contexts} contexts` : null, q.bytes ? `${(q.bytes / 2 ** 20).toFixed(0)} MiB stored` : null, q.requestsPerMinute ? `${q.requestsPerMinute} requests/minute` : null].filter(Boolean);
+  return parts.length ? `${parts.join(', ')} ${per}` : 'none';
+}
 
 function num(name: string, v: string | undefined, dflt: number, opts: { int?: boolean; min?: number } = {}): number {
   if (v === undefined) return dflt;
@@ -46,6 +89,12 @@ export async function run(argv: string[]): Promise<void> {
       'no-discover': { type: 'boolean', default: false },
       'no-prefix-cache': { type: 'boolean', default: false },
       log: { type: 'boolean', default: false },
+      'api-key': { type: 'string', multiple: true },
+      'api-keys': { type: 'string' },
+      'insecure-no-auth': { type: 'boolean', default: false },
+      'quota-contexts': { type: 'string' },
+      'quota-mb': { type: 'string' },
+      'rate-limit': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -57,6 +106,7 @@ export async function run(argv: string[]): Promise<void> {
   const port = num('port', values.port, 8080, { int: true });
   if (port > 65535) throw new Error(`--port must be at most 65535, got ${port}`);
   const host = values.host ?? '127.0.0.1';
+  const access = accessFromArgs(values, host);
   const log = (line: string) => process.stderr.write(`softpress serve: ${line}\n`);
   const t0 = performance.now();
   const service: SoftpressService = openService({
@@ -75,7 +125,7 @@ export async function run(argv: string[]): Promise<void> {
     },
     log,
   });
-  const app = buildServer(service, { bodyLimit: num('body-limit-mb', values['body-limit-mb'], 4, { min: 0.001 }) * 2 ** 20, logger: values.log });
+  const app = buildServer(service, { bodyLimit: num('body-limit-mb', values['body-limit-mb'], 4, { min: 0.001 }) * 2 ** 20, logger: values.log, keys: access.keys, quotas: access.quotas });
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;
@@ -95,5 +145,8 @@ export async function run(argv: string[]): Promise<void> {
   log(`base ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window}); methods ${methods.join(', ')} (default ${service.defaultMethod})`);
   log(`chat: ${service.tokenizer.chatTemplate ? "the model's chat template" : 'plain "User:" lines'}; questions: ${service.qaFormat.oneShot ? 'after a one-shot demonstration' : 'after BOS'}`);
   log(`store ${service.store.path}: ${service.store.count} contexts, ${(service.store.totalBytes / 2 ** 20).toFixed(1)} of ${(service.store.maxBytes / 2 ** 20).toFixed(0)} MiB`);
+  if (access.keys) log(`API keys: ${access.keys.size} (${access.keys.names.join(', ')}); every /v1 route needs Authorization: Bearer KEY`);
+  else log(isLoopback(host) ? 'no API keys: open to every client of this machine' : `WARNING: no API keys (--insecure-no-auth): anyone who reaches ${host}:${port} can use the API and read contexts whose ids they learn`);
+  log(`quotas: ${describeQuotas(access.quotas, !!access.keys)}`);
   log(`listening on ${address} (playground ${address}/, API ${address}/openapi.json) after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }

@@ -20,7 +20,7 @@ export const errorSchema: Schema = {
       required: ['message', 'type', 'code'],
       properties: {
         message: str('What went wrong and what to do about it.'),
-        type: str('invalid_request_error, not_found_error, conflict_error, rate_limit_error or server_error.'),
+        type: str('invalid_request_error, not_found_error, conflict_error, rate_limit_error, insufficient_quota or server_error.'),
         code: str('A stable machine-readable code, e.g. context_not_found, context_too_long, queue_full.'),
         param: { type: ['string', 'null'], description: 'The request field at fault, when there is one.' },
       },
@@ -73,7 +73,7 @@ export const createContextBody: Schema = {
 
 export const createContextResponse: Schema = {
   ...contextView,
-  properties: { ...(contextView.properties as Schema), evicted: { type: 'array', items: { type: 'string' }, description: 'Ids evicted from the store to make room (least recently used first).' } },
+  properties: { ...(contextView.properties as Schema), evicted: { type: 'array', items: { type: 'string' }, description: 'Ids of your contexts evicted from the store to make room (least recently used first; other keys\' evicted contexts are not listed).' } },
 };
 
 export const listContextsQuery: Schema = {

@@ -6,22 +6,56 @@
  * against them (no type coercion, unknown fields refused on softpress's own bodies) and
  * /openapi.json is generated from the same table. Every error has the OpenAI shape
  * {error: {message, type, code, param}} and a 4xx/5xx status; none of them stops the server.
+ *
+ * Access (src/serve/auth.ts): with API keys, an onRequest hook requires `Authorization: Bearer
+ * KEY` on every /v1 route (401 otherwise; /health, /openapi.json and the playground page stay
+ * open) and marks the request with the key's owner id; without keys every request is the owner
+ * `anonymous`, as before keys existed. Contexts belong to their owner: another owner's are 404.
+ * Per-owner quotas: stored contexts and bytes (the service, counted in the store), and requests
+ * per minute on /v1 (@fastify/rate-limit, keyed by owner); both are 429.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import rateLimit from '@fastify/rate-limit';
 import { HttpError, type CompletionResult, type SoftpressService } from './service.js';
+import { ANONYMOUS, type KeyRing } from './auth.js';
 import * as S from './schemas.js';
 import type { ChatMessage } from '../models/chat.js';
 
 type Schema = Record<string, unknown>;
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Who sends the request: the API key's owner id, or `anonymous` on a server without keys. */
+    owner: string;
+  }
+}
+
+/** Per-owner limits; 0 or absent means none. */
+export interface Quotas {
+  /** Stored contexts per owner. */
+  contexts?: number;
+  /** Bytes of stored contexts per owner. */
+  bytes?: number;
+  /** Requests per minute per owner on the /v1 routes. */
+  requestsPerMinute?: number;
+  /** The rate limit's window in milliseconds (default 60,000: a minute; shorter in tests). */
+  rateWindowMs?: number;
+}
 
 export interface ServerOptions {
   /** Largest accepted request body in bytes (default 4 MiB). */
   bodyLimit?: number;
   /** Fastify's request logging (default off). */
   logger?: boolean;
+  /** Where the request log goes (default stdout). */
+  logStream?: NodeJS.WritableStream;
+  /** API keys: every /v1 route then needs `Authorization: Bearer KEY`. Without: open to all, one owner. */
+  keys?: KeyRing;
+  /** Per-owner quotas (default none). */
+  quotas?: Quotas;
 }
 
 interface RouteDef {
@@ -43,21 +77,33 @@ interface RouteDef {
   handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
 }
 
-const ERROR_TYPE: Record<number, string> = { 400: 'invalid_request_error', 404: 'not_found_error', 409: 'conflict_error', 413: 'invalid_request_error', 415: 'invalid_request_error', 429: 'rate_limit_error' };
+const ERROR_TYPE: Record<number, string> = { 400: 'invalid_request_error', 401: 'invalid_request_error', 404: 'not_found_error', 409: 'conflict_error', 413: 'invalid_request_error', 415: 'invalid_request_error', 429: 'rate_limit_error' };
 const ERROR_DOC: Record<number, string> = {
   400: 'Malformed JSON, wrong types, bad ratios or budgets, prompts longer than the window.',
+  401: 'No API key, or not one of this server\'s (missing_api_key, invalid_api_key): send Authorization: Bearer KEY.',
   404: 'Unknown context id or model.',
   409: 'The context was made for another base model (or by a method this server has not loaded).',
   413: 'Request body over the limit, or a context too long for the model window at this ratio.',
   415: 'Content-Type is not application/json.',
-  429: 'The generation or compression queue is full; retry after the Retry-After seconds.',
+  429:
+    'The generation or compression queue is full (queue_full), or the key used its requests of this minute (rate_limit_exceeded): retry after the Retry-After seconds. ' +
+    'Creating a context beyond the key\'s storage quota is insufficient_quota: delete contexts first (no Retry-After; waiting does not help).',
   500: 'Internal error (the server keeps running).',
   503: 'The server is shutting down.',
 };
 
 function errorBody(status: number, code: string, message: string, param?: string): Schema {
-  return { error: { message, type: ERROR_TYPE[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error'), code, param: param ?? null } };
+  const type = code === 'insufficient_quota' ? 'insufficient_quota' : (ERROR_TYPE[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error'));
+  return { error: { message, type, code, param: param ?? null } };
 }
+
+/** Whether a request is for the API (/v1...), which keys protect. */
+function isApiRequest(req: FastifyRequest): boolean {
+  const path = req.url.split('?')[0];
+  return path === '/v1' || path.startsWith('/v1/') || (req.routeOptions.url ?? '').startsWith('/v1/');
+}
+
+const isApiRoute = (url: string) => url.startsWith('/v1/');
 
 /** The playground page, read once (src/serve/playground.html, beside the sources). */
 function playgroundHtml(): string {
@@ -90,19 +136,24 @@ function parameters(def: RouteDef): Schema[] {
   return out;
 }
 
-/** The OpenAPI 3.1 document of the route table. */
-function openapiDocument(routes: RouteDef[], service: SoftpressService): Schema {
+/** The OpenAPI 3.1 document of the route table (with the bearer scheme when keys are set). */
+function openapiDocument(routes: RouteDef[], service: SoftpressService, access: { keys: boolean; rateLimited: boolean }): Schema {
   const paths: Record<string, Record<string, Schema>> = {};
   for (const r of routes) {
     const p = (paths[openapiPath(r.url)] ??= {});
     const status = String(r.status ?? 200);
+    const api = isApiRoute(r.url);
+    const errors = [...r.errors];
+    if (api && access.keys) errors.push(401);
+    if (api && access.rateLimited && !errors.includes(429)) errors.push(429);
+    errors.sort((a, b) => a - b);
     const success: Schema = { description: r.summary };
     if (r.response) {
       success.content = { 'application/json': { schema: r.response } };
       if (r.streams) (success.content as Schema)['text/event-stream'] = { schema: { type: 'string', description: 'With "stream": true: "data: {chunk JSON}" events, then "data: [DONE]".' } };
     } else if (r.contentType) success.content = { [r.contentType]: { schema: { type: 'string' } } };
     const responses: Schema = { [status]: success };
-    for (const code of r.errors) responses[String(code)] = { description: ERROR_DOC[code] ?? 'Error.', content: { 'application/json': { schema: S.errorSchema } } };
+    for (const code of errors) responses[String(code)] = { description: ERROR_DOC[code] ?? 'Error.', content: { 'application/json': { schema: S.errorSchema } } };
     const op: Schema = {
       operationId: `${r.method.toLowerCase()}${openapiPath(r.url).replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
       summary: r.summary,
@@ -113,7 +164,14 @@ function openapiDocument(routes: RouteDef[], service: SoftpressService): Schema 
     const params = parameters(r);
     if (params.length) op.parameters = params;
     if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: r.body } } };
+    if (api && access.keys) op.security = [{ apiKey: [] }];
     p[r.method.toLowerCase()] = op;
+  }
+  const components: Schema = { schemas: { Error: S.errorSchema, Context: S.contextView } };
+  if (access.keys) {
+    components.securitySchemes = {
+      apiKey: { type: 'http', scheme: 'bearer', description: "One of the server's API keys (--api-key, --api-keys, SOFTPRESS_API_KEYS), as Authorization: Bearer KEY. Contexts belong to the key that created them." },
+    };
   }
   return {
     openapi: '3.1.0',
@@ -127,7 +185,7 @@ function openapiDocument(routes: RouteDef[], service: SoftpressService): Schema 
     },
     servers: [{ url: '/' }],
     paths,
-    components: { schemas: { Error: S.errorSchema, Context: S.contextView } },
+    components,
   };
 }
 
@@ -176,9 +234,15 @@ interface OpenAiCommon {
 /** Builds the Fastify app over a service (not listening yet). */
 export function buildServer(service: SoftpressService, opts: ServerOptions = {}): FastifyInstance {
   const bodyLimit = opts.bodyLimit ?? 4 * 2 ** 20;
+  const keys = opts.keys;
+  const quotas = opts.quotas ?? {};
+  const storageQuota = quotas.contexts || quotas.bytes ? { contexts: quotas.contexts, bytes: quotas.bytes } : undefined;
+  const perMinute = quotas.requestsPerMinute ?? 0;
+  const window = quotas.rateWindowMs ?? 60_000;
   const app = Fastify({
     bodyLimit,
-    logger: opts.logger ?? false,
+    // the default request serializer logs no headers; the redaction keeps it so if that changes
+    logger: opts.logger ? { level: 'info', redact: ['req.headers.authorization', 'req.headers["x-api-key"]'], ...(opts.logStream ? { stream: opts.logStream } : {}) } : false,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
     schemaErrorFormatter: (errors, dataVar) => {
       // oneOf reports its branches' errors first; the oneOf itself says more
@@ -246,7 +310,35 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
     void reply.status(404).send(errorBody(404, 'route_not_found', `no route ${req.method} ${req.url.split('?')[0]} (see GET /openapi.json)`));
   });
 
-  const common = (b: OpenAiCommon) => {
+  // who is asking: the key's owner id, checked before anything else runs (rate limit, body parsing)
+  app.decorateRequest('owner', ANONYMOUS);
+  if (keys) {
+    app.addHook('onRequest', async (req, reply) => {
+      if (!isApiRequest(req)) return;
+      const who = keys.identify(req.headers.authorization);
+      if (!who.ok) throw new HttpError(401, who.code, who.message, undefined, { 'www-authenticate': 'Bearer realm="softpress"' });
+      req.owner = who.owner;
+      // the request log names the key (never the key itself)
+      if (opts.logger) req.log = reply.log = req.log.child({ key: who.name });
+    });
+  }
+  if (perMinute > 0) {
+    // one counter per owner across all /v1 routes (per-route settings would count each route apart)
+    void app.register(rateLimit, {
+      global: true,
+      max: perMinute,
+      timeWindow: window,
+      hook: 'onRequest',
+      keyGenerator: (req) => req.owner,
+      errorResponseBuilder: (_req, ctx) => {
+        const seconds = Math.max(1, Math.ceil(ctx.ttl / 1000));
+        const per = window === 60_000 ? 'minute' : `${window / 1000} s`;
+        return new HttpError(429, 'rate_limit_exceeded', `Rate limit reached: ${ctx.max} requests per ${per} ${keys ? 'per API key' : 'on this server'}. Retry in ${seconds} s.`, undefined, { 'retry-after': String(seconds) });
+      },
+    });
+  }
+
+  const common = (b: OpenAiCommon, owner: string) => {
     service.checkModel(b.model);
     if (b.n !== undefined && b.n !== null && b.n !== 1) throw new HttpError(400, 'unsupported_parameter', 'n > 1 is not supported', 'n');
     return {
@@ -254,6 +346,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       topP: b.top_p ?? undefined,
       seed: b.seed ?? undefined,
       contextId: b.context_id,
+      owner,
     };
   };
 
@@ -321,7 +414,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       tag: 'meta',
       response: { type: 'object', additionalProperties: true },
       errors: [],
-      handler: async () => openapiDocument(routes, service),
+      handler: async () => openapiDocument(routes, service, { keys: !!keys, rateLimited: perMinute > 0 }),
     },
     {
       method: 'GET',
@@ -330,7 +423,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       tag: 'meta',
       response: S.healthResponse,
       errors: [],
-      handler: async () => service.health(),
+      handler: async () => ({ ...service.health(), auth: keys ? 'api-key' : 'none' }),
     },
     {
       method: 'GET',
@@ -352,7 +445,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       response: S.createContextResponse,
       errors: [400, 413, 415, 429, 500],
       handler: async (req, reply) => {
-        const r = await service.createContext(req.body as { text: string; method?: string; ratio?: number; budget?: number });
+        const r = await service.createContext(req.body as { text: string; method?: string; ratio?: number; budget?: number }, { owner: req.owner, quota: storageQuota });
         void reply.status(201).header('location', `/v1/contexts/${r.id}`);
         return r;
       },
@@ -369,7 +462,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
         const q = req.query as { limit?: string };
         const limit = q.limit === undefined ? 100 : Number(q.limit);
         if (limit < 1 || limit > 1000) throw new HttpError(400, 'bad_limit', `limit must be between 1 and 1000, got ${q.limit}`, 'limit');
-        return { object: 'list', data: service.listContexts(limit) };
+        return { object: 'list', data: service.listContexts(limit, req.owner) };
       },
     },
     {
@@ -380,7 +473,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       params: S.idParams,
       response: S.contextView,
       errors: [400, 404, 409],
-      handler: async (req) => service.getContext((req.params as { id: string }).id),
+      handler: async (req) => service.getContext((req.params as { id: string }).id, req.owner),
     },
     {
       method: 'DELETE',
@@ -392,7 +485,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       errors: [400, 404],
       handler: async (req) => {
         const { id } = req.params as { id: string };
-        service.deleteContext(id);
+        service.deleteContext(id, req.owner);
         return { id, deleted: true };
       },
     },
@@ -409,7 +502,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       body: S.askBody,
       response: S.askResponse,
       errors: [400, 404, 409, 415, 429, 500],
-      handler: async (req) => service.ask((req.params as { id: string }).id, req.body as { questions: string[]; maxTokens?: number; temperature?: number; seed?: number }),
+      handler: async (req) => service.ask((req.params as { id: string }).id, req.body as { questions: string[]; maxTokens?: number; temperature?: number; seed?: number }, req.owner),
     },
     {
       method: 'GET',
@@ -447,7 +540,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       errors: [400, 404, 409, 413, 415, 429, 500],
       handler: async (req, reply) => {
         const b = req.body as OpenAiCommon & { prompt: string | string[]; echo?: boolean | null; logprobs?: number | null; best_of?: number | null; suffix?: string | null };
-        const c = common(b);
+        const c = common(b, req.owner);
         if (b.echo) throw new HttpError(400, 'unsupported_parameter', 'echo is not supported', 'echo');
         if (b.logprobs !== undefined && b.logprobs !== null) throw new HttpError(400, 'unsupported_parameter', 'logprobs are not supported', 'logprobs');
         if (b.best_of !== undefined && b.best_of !== null && b.best_of !== 1) throw new HttpError(400, 'unsupported_parameter', 'best_of > 1 is not supported', 'best_of');
@@ -502,7 +595,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       errors: [400, 404, 409, 413, 415, 429, 500],
       handler: async (req, reply) => {
         const b = req.body as OpenAiCommon & { messages: ChatMessage[] };
-        const c = common(b);
+        const c = common(b, req.owner);
         const chat = service.chatPrompt(b.messages, stopList(b.stop));
         const request = { ...c, prompts: [chat.prompt], maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined, stop: chat.stop, stopIds: chat.stopIds, special: chat.templated };
         const id = newId('chatcmpl');
@@ -551,13 +644,17 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
     },
   ];
 
-  for (const r of routes) {
-    const schema: Schema = {};
-    if (r.body) schema.body = r.body;
-    if (r.params) schema.params = r.params;
-    if (r.query) schema.querystring = r.query;
-    if (r.response) schema.response = { [r.status ?? 200]: r.response };
-    app.route({ method: r.method, url: r.url, schema, handler: r.handler });
-  }
+  // in a plugin registered after the rate limiter, so that its onRoute hook sees the routes
+  void app.register(async (scope) => {
+    for (const r of routes) {
+      const schema: Schema = {};
+      if (r.body) schema.body = r.body;
+      if (r.params) schema.params = r.params;
+      if (r.query) schema.querystring = r.query;
+      if (r.response) schema.response = { [r.status ?? 200]: r.response };
+      const config = perMinute > 0 && !isApiRoute(r.url) ? { rateLimit: false as const } : {};
+      scope.route({ method: r.method, url: r.url, schema, config, handler: r.handler });
+    }
+  });
   return app;
 }

@@ -4,7 +4,9 @@
  * soft context in front of the prompt. Errors meant for the client are HttpErrors.
  *
  * Stored contexts live in the ContextStore (LMDB); the ones in use are also kept parsed in
- * memory (tensors), least recently used first out beyond `cacheBytes`.
+ * memory (tensors), least recently used first out beyond `cacheBytes`. Each belongs to an owner
+ * (an API key's owner id, or `anonymous`): the context methods take the caller's owner, and
+ * another owner's context is not found (404), whether stored or in memory.
  *
  * What the decoder reads (the prompt formats are the model's own, src/models/chat.ts):
  * - a stored context, for asking and for completions and chats with a `context_id`:
@@ -44,7 +46,7 @@ import {
   type Compressor,
   type SoftContext,
 } from '../compress/index.js';
-import { ContextStore, StoreError, type StoredContext } from './store.js';
+import { ANONYMOUS, ContextStore, StoreError, ownerOfRecord, type OwnerQuota, type StoredContext } from './store.js';
 import { Engine, QueueFullError, ShutdownError, type EngineOptions, type RowOutcome, type RowRequest } from './engine.js';
 import { prefixKeysValues } from './decoder.js';
 import { TextStream, answerText, encodeYielding, vocabularyFacts } from './text.js';
@@ -99,6 +101,8 @@ export interface ServiceConfig {
 
 interface Loaded {
   id: string;
+  /** Who may use it (the store record's owner). */
+  owner: string;
   ctx: SoftContext;
   method: string;
   bytes: number;
@@ -154,6 +158,8 @@ export interface AskBody {
 export interface CompletionRequest {
   prompts: string[];
   contextId?: string;
+  /** Who asks: a context of another owner is not found (default anonymous). */
+  owner?: string;
   maxTokens?: number;
   temperature: number;
   topP?: number;
@@ -257,6 +263,8 @@ export class SoftpressService {
   private readonly endIds: Set<number>;
   private closed = false;
   private readonly ownsModel: boolean;
+  /** Contexts being compressed per owner (they count against its quota until stored). */
+  private readonly creating = new Map<string, number>();
 
   constructor(cfg: ServiceConfig) {
     this.model = cfg.model;
@@ -327,8 +335,44 @@ export class SoftpressService {
   // ------------------------------------------------------------------------------------------
   // Contexts
 
-  /** Compresses a text with a method at a budget and stores the result. */
-  async createContext(body: CreateContextBody): Promise<ContextView & { evicted: string[] }> {
+  /**
+   * Compresses a text with a method at a budget and stores the result for its owner. With a
+   * quota, an owner at its limit gets 429 insufficient_quota before any compression (contexts
+   * being compressed count), and the store checks the quota again in the insert's transaction.
+   * `evicted` lists only the owner's own contexts that made room (others' ids are not shown).
+   */
+  async createContext(body: CreateContextBody, opts: { owner?: string; quota?: OwnerQuota } = {}): Promise<ContextView & { evicted: string[] }> {
+    const owner = opts.owner ?? ANONYMOUS;
+    const quota = opts.quota;
+    if (quota && (quota.contexts || quota.bytes)) {
+      const u = this.store.usage(owner);
+      const inFlight = this.creating.get(owner) ?? 0;
+      if (quota.contexts && u.contexts + inFlight >= quota.contexts) {
+        throw this.quotaError(`you store ${u.contexts} contexts${inFlight ? ` and ${inFlight} more are being compressed` : ''}; your quota is ${quota.contexts}. Delete some (DELETE /v1/contexts/ID) before creating more`);
+      }
+      if (quota.bytes && u.bytes >= quota.bytes) {
+        throw this.quotaError(`your stored contexts take ${u.bytes} bytes, your quota is ${quota.bytes}. Delete some (DELETE /v1/contexts/ID) before creating more`);
+      }
+    }
+    this.creating.set(owner, (this.creating.get(owner) ?? 0) + 1);
+    try {
+      return await this.compressAndStore(body, owner, quota);
+    } finally {
+      const n = (this.creating.get(owner) ?? 1) - 1;
+      if (n > 0) this.creating.set(owner, n);
+      else this.creating.delete(owner);
+    }
+  }
+
+  /**
+   * A storage quota is not a rate: waiting does not help, deleting does. So no Retry-After, and
+   * `x-should-retry: false` tells the OpenAI clients not to retry.
+   */
+  private quotaError(message: string): HttpError {
+    return new HttpError(429, 'insufficient_quota', message, undefined, { 'x-should-retry': 'false' });
+  }
+
+  private async compressAndStore(body: CreateContextBody, owner: string, quota: OwnerQuota | undefined): Promise<ContextView & { evicted: string[] }> {
     const method = body.method ?? this.defaultMethod;
     const c = this.compressors.get(method);
     if (!c) throw new HttpError(400, 'unknown_method', `unknown method '${method}'; this server offers ${[...this.compressors.keys()].join(', ')}`, 'method');
@@ -372,7 +416,7 @@ export class SoftpressService {
         throw new HttpError(500, 'compression_failed', `compression with '${method}' failed: ${(e as Error).message}`);
       });
     let stored: StoredContext;
-    let evicted: string[];
+    let evicted: StoredContext[];
     try {
       const soft = ctx.meta.softTokens[0] ?? 0; // soft tokens, or memory slots for memory-KV methods
       const memoryLen = ctx.memoryKv?.[0]?.k.size(2) ?? 0;
@@ -390,16 +434,17 @@ export class SoftpressService {
         bytes: bytes.length,
         baseFingerprint: this.fingerprint,
         textChars: body.text.length,
+        owner,
       };
-      ({ evicted } = this.store.put(stored, bytes));
+      ({ evicted } = this.store.put(stored, bytes, { quota }));
     } catch (e) {
       freeSoftContext(ctx);
-      if (e instanceof StoreError) throw new HttpError(413, 'context_too_large_for_store', e.message);
+      if (e instanceof StoreError) throw e.code === 'too_large' ? new HttpError(413, 'context_too_large_for_store', e.message) : this.quotaError(e.message);
       throw e;
     }
-    for (const id of evicted) this.unload(id);
+    for (const m of evicted) this.unload(m.id);
     this.remember(stored, ctx);
-    return { ...this.view(stored), evicted };
+    return { ...this.view(stored), evicted: evicted.filter((m) => ownerOfRecord(m) === owner).map((m) => m.id) };
   }
 
   private checkFits(soft: number, memoryLen: number, sourceTokens: number, method: string): void {
@@ -435,23 +480,22 @@ export class SoftpressService {
     );
   }
 
-  /** A stored context's metadata (404 unknown, 409 another base model). */
-  getContext(id: string): ContextView {
+  /** A stored context's metadata (404 unknown or another owner's, 409 another base model). */
+  getContext(id: string, owner = ANONYMOUS): ContextView {
     const m = this.store.getMeta(id);
-    if (!m) throw this.notFound(id);
+    if (!m || ownerOfRecord(m) !== owner) throw this.notFound(id);
     if (m.baseFingerprint !== this.fingerprint) throw this.mismatch(m);
     return this.view(m);
   }
 
-  listContexts(limit = 100): ContextView[] {
-    return this.store
-      .list({ limit })
-      .filter((m) => m.baseFingerprint === this.fingerprint)
-      .map((m) => this.view(m));
+  /** The owner's contexts of this base model, most recently used first. */
+  listContexts(limit = 100, owner = ANONYMOUS): ContextView[] {
+    return this.store.list({ limit, filter: (m) => ownerOfRecord(m) === owner && m.baseFingerprint === this.fingerprint }).map((m) => this.view(m));
   }
 
-  deleteContext(id: string): void {
-    if (!this.store.delete(id)) throw this.notFound(id);
+  /** Deletes one of the owner's contexts (404 unknown or another owner's). */
+  deleteContext(id: string, owner = ANONYMOUS): void {
+    if (!this.store.delete(id, { owner })) throw this.notFound(id);
     this.unload(id);
   }
 
@@ -468,6 +512,7 @@ export class SoftpressService {
     const lora = c?.decoderLora;
     const e: Loaded = {
       id: m.id,
+      owner: ownerOfRecord(m),
       ctx,
       method: m.method,
       bytes: m.bytes,
@@ -509,13 +554,17 @@ export class SoftpressService {
     e.kv = undefined;
   }
 
-  /** Takes a reference to a stored context, loading it when needed. Release it with release(). */
-  private acquire(id: string): { entry: Loaded; loadMs: number } {
+  /**
+   * Takes a reference to one of the owner's stored contexts, loading it when needed (another
+   * owner's is not found). Release it with release().
+   */
+  private acquire(id: string, owner: string): { entry: Loaded; loadMs: number } {
     const t0 = performance.now();
     let e = this.loaded.get(id);
+    if (e && e.owner !== owner) throw this.notFound(id);
     if (!e) {
       const m = this.store.getMeta(id);
-      if (!m) throw this.notFound(id);
+      if (!m || ownerOfRecord(m) !== owner) throw this.notFound(id);
       if (m.baseFingerprint !== this.fingerprint) throw this.mismatch(m);
       const bytes = this.store.getBytes(id);
       if (!bytes) throw this.notFound(id);
@@ -688,7 +737,7 @@ export class SoftpressService {
   // Asking
 
   /** Answers questions about a stored context; all questions go to the micro-batcher at once. */
-  async ask(id: string, body: AskBody): Promise<{
+  async ask(id: string, body: AskBody, owner = ANONYMOUS): Promise<{
     id: string;
     method: string;
     softTokens: number;
@@ -705,7 +754,7 @@ export class SoftpressService {
     const t0 = performance.now();
     const maxTokens = body.maxTokens ?? 32;
     const temperature = body.temperature ?? 0;
-    const { entry, loadMs } = this.acquire(id);
+    const { entry, loadMs } = this.acquire(id, owner);
     try {
       const prompts = body.questions.map((q) => this.qaFormat.tail(q));
       prompts.forEach((p) => this.checkWindow(entry, p.length, maxTokens, 'questions'));
@@ -750,7 +799,7 @@ export class SoftpressService {
     const t0 = performance.now();
     let entry: Loaded | null = null;
     let loadMs = 0;
-    if (req.contextId !== undefined) ({ entry, loadMs } = this.acquire(req.contextId));
+    if (req.contextId !== undefined) ({ entry, loadMs } = this.acquire(req.contextId, req.owner ?? ANONYMOUS));
     try {
       const prefix = this.prefixLen(entry) + (entry?.memoryLen ?? 0);
       for (const p of req.prompts) if (p.length > this.window * this.maxTokenChars) this.checkWindow(entry, Math.ceil(p.length / this.maxTokenChars), req.maxTokens ?? 1, 'prompt');

@@ -21,6 +21,12 @@
  * for another base model go first: they cannot be served anyway). The file itself can be
  * larger than the bound by LMDB's page overhead, and it never shrinks (freed pages are
  * reused, not returned to the file system).
+ *
+ * Owners: each record names its owner (the short hash of the API key that created it, or
+ * `anonymous` on a server without keys; never the key). Records stored before owners existed
+ * have none and count as `anonymous`. Per-owner totals (contexts, bytes) are kept in the same
+ * transactions as the records and recounted from the metadata at open, so quotas count what is
+ * in the store, across restarts.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -45,12 +51,33 @@ export interface StoredContext {
   baseFingerprint: string;
   /** Length of the source text in characters. */
   textChars: number;
+  /** Who created it: a short hash of an API key, or `anonymous` (absent on records from before owners: `anonymous`). */
+  owner?: string;
+}
+
+/** The owner of every context on a server without keys (and of records from before owners). */
+export const ANONYMOUS = 'anonymous';
+
+/** The owner of a record (records from before owners belong to `anonymous`). */
+export function ownerOfRecord(m: StoredContext): string {
+  return m.owner ?? ANONYMOUS;
+}
+
+/** Limits on one owner's stored contexts, checked in the insert's transaction (0 or absent: none). */
+export interface OwnerQuota {
+  contexts?: number;
+  bytes?: number;
+}
+
+export interface OwnerUsage {
+  contexts: number;
+  bytes: number;
 }
 
 export class StoreError extends Error {
   constructor(
     message: string,
-    readonly code: 'too_large',
+    readonly code: 'too_large' | 'quota_contexts' | 'quota_bytes',
   ) {
     super(message);
   }
@@ -70,6 +97,8 @@ export class ContextStore {
   /** [lastUsed, id] -> true, ascending = least recently used first. */
   private readonly lru: Database<boolean, [number, string]>;
   private readonly sys: Database<SysRecord, string>;
+  /** owner -> its contexts and bytes (derived from meta: rebuilt at open). */
+  private readonly owners: Database<OwnerUsage, string>;
   private closed = false;
   private readonly touches = new Set<Promise<void>>();
 
@@ -85,6 +114,7 @@ export class ContextStore {
     this.blobs = this.root.openDB<Buffer, string>('blobs', { encoding: 'binary' });
     this.lru = this.root.openDB<boolean, [number, string]>('lru', { encoding: 'msgpack' });
     this.sys = this.root.openDB<SysRecord, string>('sys', { encoding: 'msgpack' });
+    this.owners = this.root.openDB<OwnerUsage, string>('owners', { encoding: 'msgpack' });
     this.recount();
   }
 
@@ -104,6 +134,7 @@ export class ContextStore {
       const sys = this.sys.get('sys');
       if (sys && sys.version !== SCHEMA_VERSION) throw new Error(`store schema version ${sys.version}, this build reads ${SCHEMA_VERSION}`);
       let total = 0;
+      const owners = new Map<string, OwnerUsage>();
       const indexed = new Set<string>();
       for (const key of this.lru.getKeys()) indexed.add(`${key[0]}\u0000${key[1]}`);
       for (const { key, value } of this.meta.getRange()) {
@@ -113,6 +144,10 @@ export class ContextStore {
           continue;
         }
         total += value.bytes;
+        const u = owners.get(ownerOfRecord(value)) ?? { contexts: 0, bytes: 0 };
+        u.contexts += 1;
+        u.bytes += value.bytes;
+        owners.set(ownerOfRecord(value), u);
         const k = `${value.lastUsed}\u0000${key}`;
         if (!indexed.has(k)) this.lru.putSync([value.lastUsed, key], true);
         indexed.delete(k);
@@ -122,7 +157,22 @@ export class ContextStore {
         this.lru.removeSync([Number(t), id]);
       }
       this.sys.putSync('sys', { version: SCHEMA_VERSION, totalBytes: total });
+      for (const key of [...this.owners.getKeys()]) if (!owners.has(key)) this.owners.removeSync(key);
+      for (const [owner, u] of owners) this.owners.putSync(owner, u);
     });
+  }
+
+  /** An owner's stored contexts and their bytes. */
+  usage(owner: string): OwnerUsage {
+    return this.owners.get(owner) ?? { contexts: 0, bytes: 0 };
+  }
+
+  /** Adds to an owner's totals inside the current transaction. */
+  private addUsage(owner: string, contexts: number, bytes: number): void {
+    const u = this.owners.get(owner) ?? { contexts: 0, bytes: 0 };
+    const next = { contexts: u.contexts + contexts, bytes: u.bytes + bytes };
+    if (next.contexts <= 0) this.owners.removeSync(owner);
+    else this.owners.putSync(owner, next);
   }
 
   get totalBytes(): number {
@@ -147,31 +197,47 @@ export class ContextStore {
     return b ? new Uint8Array(b) : undefined;
   }
 
-  /** Most recently used first. */
-  list(opts: { limit?: number } = {}): StoredContext[] {
+  /** Most recently used first; with a filter, the first `limit` records that pass it. */
+  list(opts: { limit?: number; filter?: (m: StoredContext) => boolean } = {}): StoredContext[] {
     const out: StoredContext[] = [];
-    for (const key of this.lru.getKeys({ reverse: true, limit: opts.limit })) {
+    const limit = opts.limit ?? Infinity;
+    if (limit <= 0) return out;
+    for (const key of this.lru.getKeys({ reverse: true, limit: opts.filter ? undefined : opts.limit })) {
       const m = this.meta.get(key[1]);
-      if (m) out.push(m);
+      if (!m || (opts.filter && !opts.filter(m))) continue;
+      out.push(m);
+      if (out.length >= limit) break;
     }
     return out;
   }
 
   /**
    * Stores a context durably (synchronous commit), evicting least-recently-used contexts in
-   * the same transaction until the bound holds. Returns the evicted ids.
+   * the same transaction until the bound holds. Returns the evicted records. With a quota, the
+   * record's owner must stay within it (checked in the same transaction, so concurrent inserts
+   * cannot both pass), else a StoreError with code quota_contexts or quota_bytes.
    */
-  put(meta: StoredContext, bytes: Uint8Array): { evicted: string[] } {
+  put(meta: StoredContext, bytes: Uint8Array, opts: { quota?: OwnerQuota } = {}): { evicted: StoredContext[] } {
     this.assertOpen();
     if (bytes.length > this.maxBytes) {
       throw new StoreError(`this soft context takes ${bytes.length} bytes, more than the whole context store (${this.maxBytes} bytes); use a higher ratio or start the server with a larger --store-mb`, 'too_large');
     }
     const record: StoredContext = { ...meta, bytes: bytes.length };
     return this.root.transactionSync(() => {
-      const evicted: string[] = [];
+      const evicted: StoredContext[] = [];
       let total = this.sys.get('sys')?.totalBytes ?? 0;
       const old = this.meta.get(record.id);
       if (old) total -= this.removeInTxn(old);
+      const quota = opts.quota;
+      if (quota) {
+        const u = this.usage(ownerOfRecord(record));
+        if (quota.contexts && u.contexts + 1 > quota.contexts) {
+          throw new StoreError(`you already store ${u.contexts} contexts, your quota is ${quota.contexts}; delete some (DELETE /v1/contexts/ID) before creating more`, 'quota_contexts');
+        }
+        if (quota.bytes && u.bytes + bytes.length > quota.bytes) {
+          throw new StoreError(`this soft context takes ${bytes.length} bytes and you already store ${u.bytes} bytes of your quota of ${quota.bytes}; delete some contexts or use a higher ratio`, 'quota_bytes');
+        }
+      }
       if (total + bytes.length > this.maxBytes) {
         // contexts of another base model first (they cannot be served), then least recently used
         const victims: StoredContext[] = [];
@@ -180,7 +246,7 @@ export class ContextStore {
         for (const v of victims) {
           if (total + bytes.length <= this.maxBytes) break;
           total -= this.removeInTxn(v);
-          evicted.push(v.id);
+          evicted.push(v);
         }
         for (const key of this.lru.getKeys()) {
           if (total + bytes.length <= this.maxBytes) break;
@@ -190,12 +256,13 @@ export class ContextStore {
             continue;
           }
           total -= this.removeInTxn(v);
-          evicted.push(v.id);
+          evicted.push(v);
         }
       }
       this.blobs.putSync(record.id, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length));
       this.meta.putSync(record.id, record);
       this.lru.putSync([record.lastUsed, record.id], true);
+      this.addUsage(ownerOfRecord(record), 1, bytes.length);
       this.sys.putSync('sys', { version: SCHEMA_VERSION, totalBytes: total + bytes.length });
       return { evicted };
     });
@@ -206,15 +273,17 @@ export class ContextStore {
     this.blobs.removeSync(m.id);
     this.meta.removeSync(m.id);
     this.lru.removeSync([m.lastUsed, m.id]);
+    this.addUsage(ownerOfRecord(m), -1, -m.bytes);
     return m.bytes;
   }
 
-  /** Deletes a context durably; false when it did not exist. */
-  delete(id: string): boolean {
+  /** Deletes a context durably; false when it did not exist (or, with an owner, is another owner's). */
+  delete(id: string, opts: { owner?: string } = {}): boolean {
     this.assertOpen();
     return this.root.transactionSync(() => {
       const m = this.meta.get(id);
       if (!m) return false;
+      if (opts.owner !== undefined && ownerOfRecord(m) !== opts.owner) return false;
       const total = (this.sys.get('sys')?.totalBytes ?? 0) - this.removeInTxn(m);
       this.sys.putSync('sys', { version: SCHEMA_VERSION, totalBytes: Math.max(0, total) });
       return true;
