@@ -508,10 +508,17 @@ export class LlamaModel extends Module {
     const hiddenStates: Tensor[] | undefined = opts.outputHiddenStates ? [x] : undefined;
     const attnInputs: Tensor[] | undefined = opts.outputAttnInputs ? [] : undefined;
     for (let i = 0; i < nLayers; i++) {
-      const { out, attnInput } = this.layers[i].forward(x, ctx);
-      x = out;
+      // One scope per layer: its intermediates (attention scores are [B, heads, T, T]) are freed
+      // when the layer ends, not when the caller's scope does — 30 layers' worth of 2,048-token
+      // scores would otherwise be held at once. Autograd keeps what backward needs by itself.
+      const layer = this.layers[i];
+      const r = tidy(() => {
+        const { out, attnInput } = layer.forward(x, ctx);
+        return { out, attnInput: attnInputs ? attnInput : undefined, attention: ctx.attentions?.[ctx.attentions.length - 1] };
+      });
+      x = r.out;
       hiddenStates?.push(x);
-      attnInputs?.push(attnInput);
+      if (r.attnInput) attnInputs?.push(r.attnInput);
     }
     if (opts.cache) opts.cache.length = past + t;
     const hidden = this.model.norm.forward(x);
