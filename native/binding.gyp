@@ -13,7 +13,7 @@
       "defines": ["NAPI_EXPERIMENTAL", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
-      "cflags_cc": ["-std=c++17", "-fexceptions", "-frtti", "-O2", "-Wno-unused-parameter"]
+      "cflags_cc": ["<!@(node torch-paths.cjs std)", "-fexceptions", "-frtti", "-O2", "-Wno-unused-parameter"]
     }
   ]
 }

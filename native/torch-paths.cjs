@@ -8,6 +8,12 @@ const path = require('path');
 const root = process.env.LIBTORCH;
 const what = process.argv[2];
 
+/** The C++ standard the headers ask for: libtorch 2.10+ requires C++20, 1.13 is built for C++17. */
+function cxxStandard(atenHeader) {
+  const text = fs.readFileSync(atenHeader, 'utf8');
+  return /C\+\+20 or later/.test(text) ? '-std=c++20' : '-std=c++17';
+}
+
 function fail(msg) {
   process.stderr.write(`softpress native build: ${msg}\n`);
   process.exit(1);
@@ -18,6 +24,7 @@ if (root) {
   const lib = path.join(root, 'lib');
   if (!fs.existsSync(path.join(inc, 'ATen', 'ATen.h'))) fail(`LIBTORCH=${root} has no include/ATen/ATen.h`);
   if (what === 'include') console.log([inc, path.join(inc, 'torch', 'csrc', 'api', 'include')].join(' '));
+  else if (what === 'std') console.log(cxxStandard(path.join(inc, 'ATen', 'ATen.h')));
   else if (what === 'libs') console.log(`-L${lib} -Wl,-rpath,${lib} -ltorch -ltorch_cpu -lc10`);
   else fail(`unknown query ${what}`);
 } else {
@@ -25,6 +32,7 @@ if (root) {
     fail('libtorch headers not found (/usr/include/ATen/ATen.h). Install libtorch-dev (scripts/setup.sh does) or set LIBTORCH.');
   }
   if (what === 'include') console.log('/usr/include/torch/csrc/api/include');
+  else if (what === 'std') console.log(cxxStandard('/usr/include/ATen/ATen.h'));
   else if (what === 'libs') console.log('-ltorch -ltorch_cpu -lc10');
   else fail(`unknown query ${what}`);
 }

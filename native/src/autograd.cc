@@ -1,6 +1,7 @@
 // Autograd: backward from one or several roots, gradients, grad mode.
 #include "common.h"
 
+#include <ATen/core/grad_mode.h>  // at::GradMode (libtorch 2.x no longer pulls it in through autograd.h)
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
