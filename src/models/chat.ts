@@ -106,10 +106,12 @@ export function renderUserPrompt(tokenizer: Tokenizer, content: string): Rendere
  * - A base model (no chat template) reads its pretraining format: lead = [BOS].
  * - An instruct model (one with a chat template) gets the same plain format after a one-shot
  *   demonstration (lead = QA_DEMO), not its chat template. Measured on SmolLM2-135M-Instruct,
- *   48 held-out bAbI questions (tasks 1, 5, 6, 12), greedy: one-shot plain 0.646 exact match;
- *   the question as a ChatML user turn 0.000 (0.229 of answers contain the gold word: it answers
- *   in sentences), with "Answer in one word." 0.000, with the demonstration inside the user turn
- *   0.042 (0.417 contain it); plain without the demonstration 0.063.
+ *   greedy, 48 held-out bAbI questions drawn as the evaluation draws them (tasks 1, 2, 6, 11):
+ *   one-shot plain 0.292 exact match (0.333 with a demonstration whose names are not bAbI's);
+ *   plain without the demonstration 0.021; the question as a ChatML user turn 0.000 (0.229 of
+ *   answers contain the gold word: it answers in sentences), with a system prompt asking for
+ *   one word 0.000 (0.333 contain it). On the first 12 questions of tasks 1, 5, 6, 12 (short
+ *   stories): one-shot plain 0.646, ChatML 0.000, the demonstration inside the user turn 0.042.
  */
 export interface QaPromptFormat {
   lead: number[];
