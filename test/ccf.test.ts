@@ -23,7 +23,6 @@ import { fileURLToPath } from 'node:url';
 import { Tensor, arange, cat, crossEntropy, linear, manualSeed, memoryStats, noGrad, randn, tensor, tidy, type DType } from '../src/tensor/index.js';
 import { configFromHf, ropeInvFreq } from '../src/models/config.js';
 import { LlamaModel, type LayerKv } from '../src/models/llama.js';
-import type { Tokenizer } from '../src/models/tokenizer.js';
 import { CcfCompressor, CcfStream, memoryWindowEnd, segmentPlan } from '../src/compress/ccf.js';
 import { createCompressor, loadCompressor, saveCompressor, tailLoss } from '../src/compress/index.js';
 import { ccfDocumentGradients, trainCcf, type CcfProbe } from '../src/train/ccf-trainer.js';
@@ -375,7 +374,7 @@ interface MemoryFigure {
 const PROBE_RATIO = 32;
 function memoryProbe(segments: number, k: number): MemoryFigure {
   const model = tinyModel({ dtype: 'float32', over: { vocab_size: 128, hidden_size: 256, intermediate_size: 512, num_attention_heads: 4, num_key_value_heads: 4, max_position_embeddings: 1024 } });
-  const ccf = new CcfCompressor(model, { segmentLen: 64 });
+  const ccf = new CcfCompressor(model, { segmentLen: 64, rank: 8, alpha: 16 });
   const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
   const doc = (n: number) => [0, 1].map((r) => tokens(n * 64 + 1, 100 + r, 128));
   // Warm-up on one segment: allocator arenas, RoPE tables, compiled code.
@@ -499,14 +498,19 @@ unit('(f) shapes for ratios 8 and 32 with l = 64; budgets and errors', scoped(()
   assert.throws(() => createCompressor('ccf', model, { memTokenId: 999 }), /outside the vocabulary/);
 }));
 
-unit('pi starts as the <|mem|> embedding when the tokenizer has one; save and load round trip', scoped(() => {
+unit('pi starts as a token every tokenizer has (EOS), or a given one, or the mean embedding; save and load round trip', scoped(() => {
   const model = tinyModel();
-  const tokenizer = { special: new Map([['<|mem|>', 6]]) } as unknown as Tokenizer;
-  const ccf = new CcfCompressor(model, { segmentLen: 8, tokenizer });
-  assertClose(ccf.net.pi.value, model.model.embedTokens.weight.value.select(0, 6), 0, 'pi from <|mem|>');
-  assert.equal(ccf.config.memTokenId, 6);
-  const mean = new CcfCompressor(model, { segmentLen: 8 });
-  assertClose(mean.net.pi.value, model.model.embedTokens.weight.value.mean(0), 1e-12, 'pi from the mean embedding');
+  const withEos = tinyModel({ over: { eos_token_id: 2 } });
+  const eos = new CcfCompressor(withEos, { segmentLen: 8 });
+  assertClose(eos.net.pi.value, withEos.model.embedTokens.weight.value.select(0, 2), 0, 'pi from EOS');
+  assert.equal(eos.config.memTokenId, 2);
+  const given = new CcfCompressor(model, { segmentLen: 8, memTokenId: 6 });
+  assertClose(given.net.pi.value, model.model.embedTokens.weight.value.select(0, 6), 0, 'pi from a given token');
+  // memTokenId null (how models/ccf was saved) and a base without EOS: the mean embedding.
+  for (const mean of [new CcfCompressor(withEos, { segmentLen: 8, memTokenId: null }), new CcfCompressor(model, { segmentLen: 8 })]) {
+    assertClose(mean.net.pi.value, mean.base.model.embedTokens.weight.value.mean(0), 1e-12, 'pi from the mean embedding');
+    assert.equal(mean.config.memTokenId, null);
+  }
 
   const trained = tinyCcf(model, 8);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-ccf-'));
@@ -557,4 +561,51 @@ unit('trainCcf: a short run logs, validates and saves; interrupted + resumed run
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// ---- positions, long documents (issue #28) ------------------------------------------------------
+
+unit('positions: memory + segment beyond the base window is a clear error, never a silent RoPE extension', scoped(() => {
+  const model = tinyModel({ dtype: 'float32' }); // 128 positions
+  assert.throws(() => new CcfCompressor(model, { segmentLen: 128 }), /segments of 128 tokens do not fit the base model's 128 positions/);
+  const ccf = new CcfCompressor(model, { segmentLen: 32, rank: 4, alpha: 8 });
+  assert.equal(new CcfCompressor(model, {}).segmentLen, 32, 'default: a quarter of the window (the paper\'s 1024 does not fit)');
+  // Ratio 2: 16 slots per segment. 7 segments of memory (112) + a segment of 32 = 144 > 128.
+  assert.equal(ccf.positionsNeeded(8 * 32, 2), 7 * 16 + 32);
+  const stream = new CcfStream(ccf, { ratio: 2 });
+  try {
+    for (let t = 0; t < 7; t++) stream.perplexityOf(tokens(32, 50 + t)); // the 7th reads 96 + 32 = 128: fits
+    assert.equal(stream.memoryLength, 112);
+    assert.throws(() => stream.perplexityOf(tokens(32, 60)), /112 memory slots and 32 tokens need positions up to 143, beyond the base model's window of 128 positions/);
+  } finally {
+    stream.free();
+  }
+  assert.throws(() => noGrad(() => ccfDocumentGradients(ccf, [tokens(8 * 32 + 1, 70)], { ratio: 2, rng: new Rng(0) })), /beyond the base model's window of 128 positions/);
+}));
+
+unit('long documents: chunks lie inside single documents; the default length fits the window', async () => {
+  const { DocumentChunkSampler } = await import('../src/data/lm.js');
+  const { defaultCcfDocLen } = await import('../src/train/ccf-trainer.js');
+  const EOS = 0;
+  // Documents of 50, 9 and 30 tokens (ids 1..), each ending with EOS.
+  const docs = [50, 9, 30].map((n, d) => Array.from({ length: n }, (_, i) => 1 + d * 100 + i));
+  const stream = Int32Array.from(docs.flatMap((d) => [...d, EOS]));
+  const s = new DocumentChunkSampler(stream, 8, 1, EOS);
+  assert.equal(s.numChunks, Math.floor(49 / 8) + Math.floor(8 / 8) + Math.floor(29 / 8));
+  assert.equal(s.documents, 3);
+  for (let g = 0; g < 2 * s.numChunks; g++) {
+    const c = Array.from(s.chunk(g));
+    assert.equal(c.length, 9);
+    assert.ok(!c.includes(EOS), 'no chunk crosses a document end');
+    assert.equal(new Set(c.map((id) => Math.floor((id - 1) / 100))).size, 1, 'one document per chunk');
+  }
+  assert.throws(() => new DocumentChunkSampler(stream, 64, 1, EOS), /no document has 65 tokens \(the longest has 50\)/);
+  // 16 segments when the window holds them, fewer when not (l = 32, window 128: at ratio 2, 16
+  // slots per segment, the memory of 6 segments and a 7th fit; the smallest ratio decides).
+  const model = tinyModel({ dtype: 'float32' });
+  const ccf = new CcfCompressor(model, { segmentLen: 32, rank: 4, alpha: 8 });
+  assert.equal(defaultCcfDocLen(ccf, [8, 2]), 7 * 32);
+  assert.equal(defaultCcfDocLen(ccf, [8]), 16 * 32); // (16 - 1) x 4 + 32 = 92 positions
+  const wide = tinyModel({ dtype: 'float32', over: { max_position_embeddings: 4096 } });
+  assert.equal(defaultCcfDocLen(new CcfCompressor(wide, { segmentLen: 32, rank: 4, alpha: 8 }), [8]), 16 * 32);
 });

@@ -147,6 +147,11 @@ test('train icae with a QA stage, then continue from it with --init', async () =
   const saved = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8'));
   assert.equal(saved.maxSlots, 32);
   assert.equal(saved.loraRank, 4);
+  // The card: what was used and where it came from; the flag that overrides the official rank is a deviation.
+  assert.deepEqual(saved.recipe.settings['options.loraRank'], { value: 4, from: 'flag', paper: 128 });
+  assert.deepEqual(saved.recipe.settings.lr, { value: 0.01, from: 'flag' });
+  assert.ok(saved.recipe.deviations.some((d: { key: string; why: string }) => d.key === 'options.loraRank' && d.why === 'given by flag'));
+  assert.match(fs.readFileSync(path.join(out, 'README.md'), 'utf8'), /# icae compressor[\s\S]*\| options\.loraRank \| 4 \| flag \| 128 \|/);
   const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8');
   assert.match(log, /valid_qa_loss/);
   const stage2 = path.join(root, 'icae-qa');
@@ -156,6 +161,64 @@ test('train icae with a QA stage, then continue from it with --init', async () =
   const wrong = await cli('train', ...COMMON, '--method', 'meanpool', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--out', path.join(root, 'wrong'));
   assert.equal(wrong.code, 1);
   assert.match(wrong.stderr, /holds a 'icae' compressor, not 'meanpool'/);
+});
+
+test('train takes the method\'s recipe for every flag not given, and the card records it', async () => {
+  // GMSA without --ratio, --lr, --warmup, --clip, --weight-decay: the paper's (papers/gmsa.md).
+  const base = ['--base', baseDir, '--corpora', 'none', '--data', corpus, '--batch', '2', '--context-len', '32', '--continuation-len', '16', '--eval-every', '10', '--quiet'];
+  const out = path.join(root, 'gmsa-recipe');
+  const t = await cli('train', ...base, '--method', 'gmsa', '--stage', 'ae', '--steps', '10', '--method-option', 'loraRank=4', '--out', out);
+  ok(t, 'train gmsa');
+  const saved = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8'));
+  const used = (k: string) => saved.recipe.settings[k];
+  assert.deepEqual(used('lr'), { value: 1e-4, from: 'paper', paper: 1e-4 });
+  assert.deepEqual(used('warmup'), { value: 1, from: 'paper', paper: 1 }); // 10% of 10 steps
+  assert.deepEqual(used('clip'), { value: 2, from: 'paper', paper: 2 });
+  assert.deepEqual(used('weightDecay'), { value: 0.01, from: 'paper', paper: 0.01 });
+  assert.deepEqual(used('minLr'), { value: 0, from: 'paper', paper: 0 });
+  assert.deepEqual(used('betas'), { value: [0.9, 0.95], from: 'not stated' });
+  assert.deepEqual(used('ratios'), { value: [4, 8], from: 'paper', paper: [4, 8] });
+  assert.deepEqual(saved.training.ratios, [4, 8]);
+  assert.equal(saved.recipe.stage, 'ae');
+  // The tiny base has 2 layers: encoderLayers 1 instead of 8 is a deviation, with its reason.
+  assert.deepEqual(used('options.encoderLayers'), { value: 1, from: 'paper', paper: 8 });
+  assert.ok(saved.recipe.deviations.some((d: { key: string; why: string }) => d.key === 'options.encoderLayers' && /15\+ layers/.test(d.why)));
+  const card = fs.readFileSync(path.join(out, 'README.md'), 'utf8');
+  assert.match(card, /## Differences from the paper/);
+  assert.match(card, /\*\*gmsa\*\* — arXiv 2505\.12215/);
+  // The run really used them: the logged learning rate peaks at 1e-4.
+  const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.lr !== undefined);
+  assert.ok(Math.abs(Math.max(...log.map((r) => r.lr)) - 1e-4) < 1e-12, `peak lr ${Math.max(...log.map((r) => r.lr))}`);
+  // ship keeps the card.
+  const shipped = path.join(root, 'gmsa-shipped');
+  ok(await cli('ship', '--base', baseDir, '--compressor', out, '--out', shipped), 'ship');
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(shipped, 'compressor.json'), 'utf8')).recipe, saved.recipe);
+  assert.ok(fs.existsSync(path.join(shipped, 'README.md')));
+});
+
+test('train ccf: long documents of many segments from inside single documents, checked against the position window', async () => {
+  const out = path.join(root, 'ccf-recipe');
+  // The tiny base has 256 positions: segments of min(1024, 256 / 4) = 64 tokens.
+  const t = await cli('train', ...COMMON, '--method', 'ccf', '--stage', 'lm', '--steps', '2', '--doc-len', '256', '--method-option', 'rank=4', '--out', out);
+  ok(t, 'train ccf');
+  const saved = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8'));
+  assert.equal(saved.segmentLen, 64);
+  assert.deepEqual(saved.training.ratios, [8]); // the recipe's
+  assert.equal(saved.training.segments, 4);
+  const used = (k: string) => saved.recipe.settings[k];
+  assert.deepEqual(used('weightDecay'), { value: 0.1, from: 'paper', paper: 0.1 });
+  assert.deepEqual(used('betas'), { value: [0.9, 0.95], from: 'paper', paper: [0.9, 0.95] });
+  assert.deepEqual(used('clip'), { value: 1, from: 'paper', paper: 1 });
+  assert.deepEqual(used('reservoir'), { value: 2, from: 'code', paper: 2 });
+  assert.deepEqual(used('docLen'), { value: 256, from: 'flag' });
+  assert.deepEqual(used('options.alpha'), { value: 512, from: 'code', paper: 512 });
+  const settings = JSON.parse(fs.readFileSync(path.join(out, 'ccf-train.json'), 'utf8'));
+  assert.equal(settings.documents, 'inside single documents');
+  assert.equal(settings.weightDecay, 0.1); // not the CLI's old 0.01
+  // A document whose memory and last segment do not fit the window is refused, clearly.
+  const far = await cli('train', ...COMMON, '--method', 'ccf', '--stage', 'lm', '--steps', '2', '--ratio', '2', '--doc-len', '512', '--method-option', 'rank=4', '--out', path.join(root, 'ccf-far'));
+  assert.equal(far.code, 1);
+  assert.match(far.stderr, /a document of 512 tokens at ratio 2 needs 288 positions .* beyond the base model's window of 256/);
 });
 
 test('clear errors', async () => {

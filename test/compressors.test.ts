@@ -37,13 +37,16 @@ import {
   saveCompressor,
   saveSoftContext,
   softCount,
+  restateFormat,
+  restateTail,
   tailLoss,
+  withTaskEmbeddings,
   type Budget,
   type Compressor,
   type SoftContext,
   type Stage,
 } from '../src/compress/index.js';
-import { ObjectiveSampler, batchLoss, compressorTask, specialId } from '../src/train/objectives.js';
+import { ObjectiveSampler, batchLoss, compressorTask } from '../src/train/objectives.js';
 import { train } from '../src/train/trainer.js';
 import { tokenizeStream } from '../src/data/lm.js';
 import { loadMobyDick } from '../src/data/corpora.js';
@@ -121,10 +124,11 @@ function ctxBytes(ctx: SoftContext): Buffer[] {
   return out;
 }
 
-/** Autoencoding tails for contexts: <|restate|> ctx EOS, loss from index 1. */
+/** Autoencoding tails for contexts in the restate format (prompts.ts): prompt ctx EOS, loss from the ctx. */
 function aeTails(contexts: number[][]): { tails: number[][]; lossFrom: number[] } {
-  const restate = specialId(tok, '<|restate|>');
-  return { tails: contexts.map((c) => [restate, ...c, tok.eos]), lossFrom: contexts.map(() => 1) };
+  const f = restateFormat(tok);
+  const rows = contexts.map((c) => restateTail(f, c));
+  return { tails: rows.map((r) => r.tail), lossFrom: rows.map((r) => r.lossFrom) };
 }
 
 function budgetsFor(c: Compressor, o: MethodTestOptions): Budget[] {
@@ -184,7 +188,7 @@ function perturb(c: Compressor): void {
 // ---- the suite, for every learned method -------------------------------------------------------
 
 test('objectives: autoencoding lengths drawn per micro-batch from aeLengths', () => {
-  const restate = specialId(tok, '<|restate|>');
+  const restate = restateFormat(tok);
   const cfg = { stages: { ae: 1, lm: 1 }, ratios: [4], contextLen: 16, continuationLen: 8, batchSize: 2, seed: 3 };
   const plain = new ObjectiveSampler(cfg, { tokenizer: tok, stream: stream() });
   const varied = new ObjectiveSampler({ ...cfg, aeLengths: [8, 24] }, { tokenizer: tok, stream: stream() });
@@ -203,7 +207,9 @@ test('objectives: autoencoding lengths drawn per micro-batch from aeLengths', ()
     seen.add(len);
     for (let r = 0; r < b.contexts.length; r++) {
       assert.equal(b.contexts[r].length, len, 'one length per micro-batch');
-      assert.deepEqual(b.tails[r], [restate, ...b.contexts[r], tok.eos]);
+      assert.deepEqual(b.tails[r], [...restate.prompt, ...b.contexts[r], tok.eos]);
+      assert.equal(b.lossFrom[r], restate.prompt.length);
+      assert.deepEqual(b.lead, restate.lead);
       // The same chunk: the longer context starts with the shorter one.
       const short = Math.min(len, 16);
       assert.deepEqual(b.contexts[r].slice(0, short), a.contexts[r].slice(0, short));
@@ -274,7 +280,8 @@ for (const method of learned) {
         for (const [n] of params) allTrainable.add(n);
         tidy(() => {
           for (const m of [c.module, c.decoderLora]) m?.zeroGrad();
-          const ctx = c.compress(contexts, budget);
+          // The stage's task embeddings (ICAE's [AE] / [LM]) follow the soft tokens, as in training.
+          const ctx = withTaskEmbeddings(c, c.compress(contexts, budget), stage);
           const { loss } = tailLoss(base, ctx, tails, lossFrom, { bos: tok.bos, pad: tok.pad, lora: c.decoderLora });
           assert.ok(Number.isFinite(loss.item()), `${stage}: loss is finite`);
           loss.backward();

@@ -7,7 +7,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -187,7 +187,7 @@ test(
     const a = sourceMass(zeros([1, W]), rowMask, 0.05, 1);
     const b = targetMass(colMask);
     const plan = sinkhorn(tensor(costVals, [1, W, K]), a, b, rowMask, colMask, SINKHORN);
-    const values = width.value.forward(width.norm.forward(x));
+    const values = width.value.forward(width.valueNorm.forward(x));
     const Z = transportSlots(plan, values, b).toNumbers();
     const V = values.toNumbers();
     let worst = 0;
@@ -446,14 +446,57 @@ test('parameters: counts by part and share of the base', () => {
   const L1 = 3;
   const dk = 256;
   const rep = comprexitParameters(c);
-  assert.equal(rep.depth, L1 + H * dk + H * dk + L1 * dk + H * H);
-  assert.equal(rep.width, 2 * H + H * 256 + H + 1 + H * H);
+  // The official layout: biases on W_q, W_k, W_v, W_c, W_v'; three LayerNorms (weight + bias).
+  assert.equal(rep.depth, L1 + (H * dk + dk) * 2 + L1 * dk + H * H + H);
+  assert.equal(rep.width, 3 * 2 * H + H * 256 + 256 + H + 1 + H * H + H);
   assert.equal(rep.projector, 2 * (H * H + H));
   assert.equal(rep.trainable, rep.depth + rep.width + rep.projector);
   assert.equal(rep.trainable, c.module.numParameters());
   assert.equal(rep.base, base.numParameters());
   near(rep.share, rep.trainable / rep.base, 1e-12, 'share');
 });
+
+test(
+  'layout: the official one by default (three LayerNorms, biases, BOS first); a compressor.json without layout options loads the old one',
+  scoped(() => {
+    // A base with a BOS id, so that the encoder input starts with it.
+    const base = tinyBase();
+    const withBos = new LlamaModel({ ...base.config, bosTokenId: 1 });
+    noGrad(() => withBos.loadStateDict(base.stateDict()));
+    withBos.eval();
+    const c = new ComprExIT(withBos, {});
+    assert.deepEqual([c.separateNorms, c.bias, c.bos], [true, true, true]);
+    const names = c.module.namedParameters().map(([n]) => n);
+    for (const n of ['width.anchor_norm.weight', 'width.proto_norm.weight', 'width.value_norm.bias', 'depth.q_proj.bias', 'depth.k_proj.bias', 'depth.v_proj.bias', 'width.cost_proj.bias', 'width.v_proj.bias']) assert.ok(names.includes(n), n);
+    assert.ok(!names.includes('width.norm.weight'));
+    // The encoder reads [BOS] context; the states are the context's only.
+    const ctx = ids(20, 9);
+    const { states } = c.baseStates([ctx], 20);
+    const ref = withBos.forward({ ids: tensor([1, ...ctx], [1, 21], { dtype: 'int64' }), outputHiddenStates: true, logits: 'none' }).hiddenStates!;
+    for (let l = 0; l < ref.length; l++) near(states.select(2, l).sub(ref[l].narrow(1, 1, 20)).abs().max().item(), 0, 1e-5, `layer ${l} states after BOS`);
+    // A tokenizer that starts sequences without BOS (SmolLM2's) turns it off.
+    const noBos = createCompressor('comprexit', withBos, {}, { tokenizer: { addsBos: false } as never }) as ComprExIT;
+    assert.equal(noBos.bos, false);
+    // Saved before the layout options existed (models/comprexit*): one shared LayerNorm, no biases, no BOS.
+    const dir = mkdtempSync(join(tmpdir(), 'comprexit-legacy-'));
+    try {
+      const old = createCompressor('comprexit', withBos, { separateNorms: false, bias: false, bos: false }) as ComprExIT;
+      saveCompressor(old, dir);
+      const cfgPath = join(dir, 'compressor.json');
+      const cfg = JSON.parse(readFileSync(cfgPath, 'utf8'));
+      for (const k of ['separateNorms', 'bias', 'bos']) delete cfg[k];
+      writeFileSync(cfgPath, JSON.stringify(cfg));
+      const back = loadCompressor(dir, withBos) as ComprExIT;
+      assert.deepEqual([back.separateNorms, back.bias, back.bos], [false, false, false]);
+      assert.ok(back.module.namedParameters().some(([n]) => n === 'width.norm.weight'));
+      assert.equal(back.module.width.protoNorm, back.module.width.norm, 'one LayerNorm for every role');
+      const x = noGrad(() => old.compress([ctx], { ratio: 4 }).softTokens!.toNumbers());
+      assert.deepEqual(noGrad(() => back.compress([ctx], { ratio: 4 }).softTokens!.toNumbers()), x);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }),
+);
 
 test(
   'save / load: the registry round-trips weights and options; outputs match',

@@ -128,9 +128,11 @@ test('tasks: deterministic by seed, test split only, lengths as asked', { skip }
   assert.notDeepEqual(a[0]!.examples.map((e) => e.context), c[0]!.examples.map((e) => e.context));
   for (const t of a) for (const ex of t.examples) for (const id of ex.docIds ?? []) assert.ok(test.has(id), `${t.name} ${ex.id} drew from ${id}, not a test document`);
   const [rec, cont, needle] = a;
+  assert.deepEqual([rec!.lead, rec!.objective, rec!.stopIds], [[tok.bos], 'ae', [tok.eos]]);
   for (const ex of rec!.examples) {
     assert.equal(ex.context.length, 128);
-    assert.deepEqual(ex.tail, [tok.special.get('<|restate|>')]);
+    // The restate prompt of training (prompts.ts), text only: no special token of our tokenizer.
+    assert.equal(tok.decode(ex.tail), '\nRestate the aforementioned text.\n');
     assert.equal(ex.maxTokens, 136);
   }
   for (const ex of cont!.examples) assert.deepEqual([ex.context.length, ex.tail.length], [512, 128]);

@@ -208,7 +208,8 @@ test('LSA starts as an exact copy of the decoder first layer and final norm; sta
   const base = tinyBase();
   const c = new GmsaCompressor(base);
   assert.equal(c.encoderLayers, 2); // min(8, ceil(4 / 2))
-  assert.equal(c.config.loraRank, 4); // min(128, 32 / 8)
+  assert.equal(c.config.loraRank, 32); // min(128, hidden 32)
+  assert.equal(c.config.loraAlpha, 32); // the paper's
   const baseParams = new Map(base.namedParameters());
   const lsaLayer = c.module.lsa.layer!;
   const names = lsaLayer.namedParameters().map(([n]) => n);
@@ -363,7 +364,7 @@ test('options: ablations through createCompressor, defaults in the config, bad v
   const base = tinyBase();
   assert.ok(isLearned('gmsa'));
   const c = createCompressor('gmsa', base, { merge: 'strided', lsa: false, baseFingerprint: 'ignored' });
-  assert.deepEqual(c.config, { method: 'gmsa', encoderLayers: 2, loraRank: 4, loraAlpha: 1, loraDropout: 0.05, merge: 'strided', lsa: false, bos: true });
+  assert.deepEqual(c.config, { method: 'gmsa', encoderLayers: 2, loraRank: 32, loraAlpha: 32, loraDropout: 0.05, merge: 'strided', lsa: false, bos: true });
   assert.equal((c as GmsaCompressor).module.lsa.layer, undefined, 'no LSA block without LSA');
   assert.deepEqual(c.trainable('ae').map(([n]) => n).filter((n) => n.startsWith('lsa')), []);
   // CLI-style string values are read too.
@@ -410,7 +411,8 @@ test('parameter counts at the real base dimensions (hidden 256, 6 layers, ffn 68
   );
   const c = new GmsaCompressor(base);
   assert.equal(c.encoderLayers, 3);
-  assert.equal(c.config.loraRank, 32);
+  assert.equal(c.config.loraRank, 128); // the paper's
+  assert.equal(c.config.loraAlpha, 32);
   const count = (ps: [string, Parameter][]) => ps.reduce((a, [, p]) => a + p.value.numel, 0);
   const own = c.module.namedParameters();
   const encoder = count(own.filter(([n]) => n.startsWith('encoder.')));
@@ -418,7 +420,7 @@ test('parameter counts at the real base dimensions (hidden 256, 6 layers, ffn 68
   const norm = count(own.filter(([n]) => n === 'lsa.norm.weight'));
   const delta = count(c.decoderLora.namedParameters());
   // LoRA r (in + out) per projection: q, o 256+256; k, v 256+128; gate, up, down 256+688.
-  assert.equal(encoder, 3 * 32 * (2 * 512 + 2 * 384 + 3 * 944));
+  assert.equal(encoder, 3 * 128 * (2 * 512 + 2 * 384 + 3 * 944));
   assert.equal(lsaBlock, 256 * 256 * 2 + 256 * 128 * 2 + 3 * 256 * 688 + 2 * 256);
   assert.equal(norm, 256);
   assert.equal(delta, 6 * (256 * 256 + 2 * 256 * 128));

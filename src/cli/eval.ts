@@ -106,7 +106,7 @@ function discoverCompressors(base: string, fingerprint: string): string[] {
   return out;
 }
 
-function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | undefined, notes: string[]): EvalMethod[] {
+function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | undefined, notes: string[], tokenizer?: Tokenizer): EvalMethod[] {
   const methods: EvalMethod[] = [];
   const labels = new Set<string>();
   for (const spec of specs) {
@@ -117,7 +117,7 @@ function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | und
       if (labels.has(label) || ['full', 'none', 'truncate'].includes(label)) label = `${c.method}:${basename(resolve(spec))}`;
       m = { label, compressor: c, ratios: ratiosFor(c, ratios), source: spec };
     } else if (compressorNames().includes(spec)) {
-      const c = createCompressor(spec, model);
+      const c = createCompressor(spec, model, {}, { tokenizer });
       if (c.module) notes.push(`${spec} was created by name, untrained (give a trained compressor's folder to evaluate it)`);
       m = { label: spec, compressor: c, ratios: ratiosFor(c, ratios) };
     } else {
@@ -244,7 +244,7 @@ export async function run(argv: string[]): Promise<void> {
   let predictions: Parameters<typeof writeReport>[2] = [];
   if (tasks.length) {
     const specs = values.methods ? list(values.methods) : ['full', 'none', 'truncate', ...discoverCompressors(base, fingerprint)];
-    const methods = buildMethods(specs, model, ratios, notes);
+    const methods = buildMethods(specs, model, ratios, notes, tok);
     if (methods.length === 0) throw new Error('no method to evaluate');
     const tt = performance.now();
     log(`building tasks ${tasks.join(', ')} (suite ${suite}${n ? `, n ${n}` : ''})…`);

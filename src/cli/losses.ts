@@ -50,7 +50,7 @@ export async function run(argv: string[]): Promise<void> {
   const stream = cachedTokenStream(join(values.cache!, 'valid.tokens'), valid.texts, tokenizer, tokId);
   const sampler = new ObjectiveSampler(cfg, { tokenizer, stream });
 
-  const methods: Compressor[] = values.methods!.split(',').map((m) => (existsSync(join(m, 'compressor.json')) ? loadCompressor(m, model) : createCompressor(m, model)));
+  const methods: Compressor[] = values.methods!.split(',').map((m) => (existsSync(join(m, 'compressor.json')) ? loadCompressor(m, model) : createCompressor(m, model, {}, { tokenizer })));
   const names = values.methods!.split(',');
   const rows: { method: string; stage: Stage; ratio: number; loss: number; batches: number }[] = [];
   for (const stage of stages) {

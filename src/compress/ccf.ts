@@ -30,9 +30,9 @@ import { Tensor, cat, crossEntropy, noGrad, tensor, tidy, type DType } from '../
 import { Module, type Parameter } from '../nn/module.js';
 import { LoraAdapters } from '../nn/layers.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
-import type { Tokenizer } from '../models/tokenizer.js';
 import { registerCompressor } from './registry.js';
-import { checkBudget, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import { code, ours, paper, type MethodRecipe } from './recipe.js';
+import { checkBudget, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 
 // ---- segmentation ----------------------------------------------------------------------------
 
@@ -94,17 +94,59 @@ export function memoryKvBytes(kv: readonly LayerKv[] | null | undefined): number
 // ---- parameters ------------------------------------------------------------------------------
 
 export interface CcfOptions {
-  /** Tokens per segment, l (default 256, a quarter of our 1024-token base window). */
+  /**
+   * Tokens per segment, l. Default the paper's 1024, at most a quarter of the base's position
+   * window (softpress-base: 1024 positions, so 256), so that a document of several segments
+   * and its memory fit the window.
+   */
   segmentLen?: number;
-  /** LoRA rank and alpha of both adapters (default 8, 16). */
+  /** LoRA rank and alpha of both adapters (default the official code's 128 and 512). */
   rank?: number;
   alpha?: number;
-  /** pi starts as the embedding of `tokenizer`'s `<|mem|>`, else of memTokenId, else the mean embedding. */
-  memTokenId?: number;
-  tokenizer?: Tokenizer;
+  /**
+   * pi starts as this token's embedding (default the base's EOS, a token every tokenizer has);
+   * null: the mean embedding (compressors saved with memTokenId null were made that way).
+   */
+  memTokenId?: number | null;
   /** Segments encoded per encoder call in compress() (bounds the activation memory). */
   encodeBatch?: number;
 }
+
+/**
+ * CCF's recipe (papers/ccf.md "Training"; LoRA sizes from the official code, issue #28). The
+ * paper trains on documents of up to 128k tokens; the default here is 16 segments per document
+ * (16,384 tokens at l = 1024), which exercises the reservoir (k = 2) on 14 of them.
+ */
+export const CCF_RECIPE: MethodRecipe = {
+  method: 'ccf',
+  source: 'arXiv 2509.09199 (papers/ccf.md); LoRA rank/alpha from the official code (issue #28)',
+  options: {
+    segmentLen: paper(1024),
+    rank: code(128),
+    alpha: code(512),
+    memInit: paper('token', 'pi from an existing token embedding: EOS here'),
+  },
+  stages: {
+    lm: {
+      lr: paper(1e-4),
+      minLrFraction: paper(0, 'cosine to 0'),
+      warmupFraction: paper(0.01),
+      schedule: paper('cosine'),
+      weightDecay: paper(0.1),
+      betas: paper([0.9, 0.95]),
+      clip: paper(1.0),
+    },
+  },
+  train: {
+    ratios: paper([8], 'c = 128 per 1,024 tokens; c = 32 gives 32x'),
+    reservoir: code(2),
+    docSegments: ours(16, 'the paper trains on documents of up to 128k tokens'),
+  },
+  deviations: [
+    { key: 'train.docSegments', paper: 'documents up to 128k tokens (~125 segments)', ours: '16 segments (16,384 tokens at l = 1,024)', why: 'CPU compute; SmolLM2\'s window (8,192) also bounds memory + segment: at ratio 8, at most 56 segments of 1,024' },
+    { key: 'options.segmentLen', paper: '1024', ours: 'min(1024, window / 4)', why: 'equal on SmolLM2 (8,192 positions); 256 on softpress-base (1,024 positions)' },
+  ],
+};
 
 /** The compressor's own parameters: pi, the encoder LoRA (q, v) and the decoder LoRA (k, v). */
 export class CcfModule extends Module {
@@ -122,10 +164,13 @@ export class CcfModule extends Module {
   constructor(base: LlamaModel, cfg: { rank: number; alpha: number }, piInit: Tensor) {
     super();
     const lora = { rank: cfg.rank, alpha: cfg.alpha };
-    this.pi = this.param('pi', piInit);
+    // Trainable parameters in float32 whatever the base's dtype (trainableDtype): the adapters
+    // cast at use, pi is cast where it meets the base's token embeddings.
+    const own = trainableDtype(base);
+    this.pi = this.param('pi', piInit.to(own));
     const belowTop = Array.from({ length: base.config.numLayers - 1 }, (_, i) => i);
-    this.encoder = this.module('encoder', new LoraAdapters(base.loraSpecs(['q', 'v'], belowTop), lora).toDtype(base.dtype));
-    this.decoder = this.module('decoder', new LoraAdapters(base.loraSpecs(['k', 'v']), lora).toDtype(base.dtype));
+    this.encoder = this.module('encoder', new LoraAdapters(base.loraSpecs(['q', 'v'], belowTop), lora).toDtype(own));
+    this.decoder = this.module('decoder', new LoraAdapters(base.loraSpecs(['k', 'v']), lora).toDtype(own));
   }
 }
 
@@ -155,13 +200,17 @@ export class CcfCompressor implements Compressor {
     options: CcfOptions | Record<string, unknown> = {},
   ) {
     const o = options as Record<string, unknown>;
-    this.segmentLen = optInt(o, 'segmentLen', 256, 1)!;
-    const rank = optInt(o, 'rank', 8, 1)!;
-    const alpha = o.alpha ?? 16;
+    const r = CCF_RECIPE.options;
+    const window = base.config.maxPositions;
+    this.segmentLen = optInt(o, 'segmentLen', Math.max(1, Math.min(r.segmentLen.value as number, Math.floor(window / 4))), 1)!;
+    // The encoder puts the last memory slot at position l: it must be inside the window.
+    if (this.segmentLen >= window) throw new Error(`ccf: segments of ${this.segmentLen} tokens do not fit the base model's ${window} positions (the encoder's last memory slot sits at position ${this.segmentLen}); use segmentLen < ${window}`);
+    const rank = optInt(o, 'rank', r.rank.value as number, 1)!;
+    const alpha = o.alpha ?? r.alpha.value;
     if (typeof alpha !== 'number' || !(alpha > 0)) throw new Error(`ccf: option 'alpha' must be a number > 0, got ${JSON.stringify(o.alpha)}`);
     this.encodeBatch = optInt(o, 'encodeBatch', 16, 1)!;
-    const given = optInt(o, 'memTokenId', undefined, 0);
-    const memTokenId = (o.tokenizer as Tokenizer | undefined)?.special.get('<|mem|>') ?? given;
+    // pi starts as a token every tokenizer has (EOS); null (saved compressors): the mean embedding.
+    const memTokenId = o.memTokenId === null ? undefined : optInt(o, 'memTokenId', base.config.eosTokenId, 0);
     if (memTokenId !== undefined && memTokenId >= base.config.vocabSize) throw new Error(`ccf: memTokenId ${memTokenId} is outside the vocabulary (${base.config.vocabSize})`);
     this.ratios = Object.freeze(Array.from({ length: this.segmentLen }, (_, i) => i + 1).filter((r) => r >= 2 && this.segmentLen % r === 0));
 
@@ -187,6 +236,28 @@ export class CcfCompressor implements Compressor {
 
   setTraining(on: boolean): void {
     this.net.train(on);
+  }
+
+  /**
+   * The decoder reads m memory slots at positions 0..m-1 and the segment's n tokens after them:
+   * all of it must be inside the base's position window (its RoPE tables would otherwise be
+   * extended past what it was trained on, silently).
+   */
+  checkPositions(memorySlots: number, tokens: number): void {
+    const window = this.base.config.maxPositions;
+    if (memorySlots + tokens > window) {
+      throw new Error(
+        `ccf: ${memorySlots} memory slots and ${tokens} tokens need positions up to ${memorySlots + tokens - 1}, beyond the base model's window of ${window} positions; ` +
+          `use shorter documents or a larger ratio (at ratio r a document of S segments of ${this.segmentLen} tokens needs (S - 1) x ${this.segmentLen} / r + ${this.segmentLen} positions)`,
+      );
+    }
+  }
+
+  /** Positions a document of `total` tokens needs at a ratio: the memory of all but its last segment, then that segment. */
+  positionsNeeded(total: number, ratio: number): number {
+    const plan = segmentPlan(total, this.segmentLen, this.slotsForRatio(ratio), 'proportional');
+    const before = plan.slice(0, -1).reduce((a, p) => a + p.slots, 0);
+    return before + (plan[plan.length - 1]?.length ?? 0);
   }
 
   /** Memory slots per full segment for a ratio (c = l / ratio); a clear error if unsupported. */
@@ -254,7 +325,7 @@ export class CcfCompressor implements Compressor {
     if (slots < 1) throw new Error(`ccf: encode needs at least one memory slot (got ${slots})`);
     const { positions, mask } = this.encoderLayout(n, slots);
     const tokens = this.base.embed(ids); // [N, n, dim]
-    const memory = this.net.pi.value.view(1, 1, -1).expand(rows, slots, this.base.dim); // [N, s, dim]
+    const memory = this.net.pi.value.to(tokens.dtype).view(1, 1, -1).expand(rows, slots, this.base.dim); // [N, s, dim]
     const { attnInputs } = this.base.forward({
       inputsEmbeds: cat([tokens, memory], 1),
       positionIds: positions,
@@ -273,6 +344,7 @@ export class CcfCompressor implements Compressor {
    */
   memoryKv(latents: readonly Tensor[], start = 0): LayerKv[] {
     if (latents.length !== this.base.config.numLayers) throw new Error(`ccf: ${latents.length} memory layers for a ${this.base.config.numLayers}-layer model`);
+    this.checkPositions(start + (latents[0]?.size(1) ?? 0), 0);
     return latents.map((m, n) => this.base.prefixKv(n, m, start, this.net.decoder));
   }
 
@@ -282,6 +354,7 @@ export class CcfCompressor implements Compressor {
    */
   decodeLogits(ids: Tensor, memory?: LayerKv[]): Tensor {
     const kvPrefix = memory && memory[0].k.size(2) > 0 ? memory : undefined;
+    this.checkPositions(kvPrefix ? kvPrefix[0].k.size(2) : 0, ids.size(1));
     return this.base.forward({ ids, kvPrefix }).logits!;
   }
 
@@ -472,4 +545,4 @@ export class CcfStream {
   }
 }
 
-registerCompressor('ccf', 'CCF: segment-wise per-layer memory KV (LoRA encoder on q/v, LoRA on memory k/v), streaming', true, (base, options) => new CcfCompressor(base, options));
+registerCompressor('ccf', 'CCF: segment-wise per-layer memory KV (LoRA encoder on q/v, LoRA on memory k/v), streaming', true, (base, options) => new CcfCompressor(base, options), { recipe: CCF_RECIPE });

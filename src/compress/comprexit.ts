@@ -25,13 +25,26 @@
  * The output keeps only valid slots, in window order, left-aligned per item; its width is the
  * batch's largest count (meta.softTokens), and the mask marks the real ones.
  *
- * The maps the paper writes as W x (W_q, W_k, W_v, W_c, W_v') are bias-free Linear layers with
- * PyTorch's default init; only the projector has biases.
+ * Layout (options `separateNorms`, `bias`, `bos`; issue #28), as the official code has it:
+ * - three LayerNorms in the width module, one per role: LN_x for the anchors' side of the cost,
+ *   LN_c for the prototypes' side, LN_v for the source mass and the transported values (the
+ *   summary writes all three as "LN"; which LayerNorm feeds which role is our reading);
+ * - biases on every Linear (W_q, W_k, W_v, W_c, W_v'), PyTorch's default init for weights and
+ *   biases (U(±1/sqrt(in))); the projector as published (Xavier, zero biases);
+ * - the encoder input starts with BOS (when the base's tokenizer starts sequences with it); the
+ *   BOS states are not anchors, so the ratio counts context tokens only. The official code
+ *   left-pads a batch; we right-pad with positions from the padding mask, which gives every item
+ *   exactly the states it has alone (so the two are equal).
+ * Compressors saved before these options (models/comprexit*) have one LayerNorm shared by all
+ * roles, bias-free maps and no BOS: loading their compressor.json keeps that layout
+ * (COMPREXIT_LEGACY).
  */
 import { Tensor, cat, noGrad, stack, tensor, tidy, where, zeros } from '../tensor/index.js';
 import { LayerNorm, Linear, Module, type Parameter } from '../nn/index.js';
 import type { LlamaModel } from '../models/llama.js';
-import { registerCompressor } from './registry.js';
+import { encoderBosDefault, registerCompressor, type CompressorEnv } from './registry.js';
+import { optBool } from './options.js';
+import { code, ours, paper, recipeOptions, type MethodRecipe } from './recipe.js';
 import { checkBudget, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 
 // ---- hyperparameters ---------------------------------------------------------------------------
@@ -66,6 +79,54 @@ export const COMPREXIT_DEFAULTS: Readonly<ComprExITOptions> = Object.freeze({
   uniformMix: 0.05,
   sourceTau: 1,
 });
+
+/**
+ * ComprExIT's training recipe (papers/comprexit.md, "Training"; the layout from the official
+ * code as issue #28 reads it). Stage 1 is next-token prediction of 128 tokens after a 512-token
+ * context at r = 4; stage 2 QA fine-tuning on answer + EOS.
+ */
+export const COMPREXIT_RECIPE: MethodRecipe = {
+  method: 'comprexit',
+  source: 'arXiv 2602.03784 (papers/comprexit.md); layout from the official code (issue #28)',
+  options: {
+    ...Object.fromEntries(Object.entries(COMPREXIT_DEFAULTS).map(([k, v]) => [k, paper(v)])),
+    separateNorms: code(true, 'three LayerNorms'),
+    bias: code(true, 'biases on every Linear'),
+    bos: code(true, "BOS first, as the base's tokenizer starts sequences"),
+  },
+  stages: {
+    lm: {
+      lr: paper(1e-4),
+      minLrFraction: ours(0.1),
+      warmupFraction: paper(0.05),
+      schedule: ours('cosine'),
+      weightDecay: ours(0.01),
+      betas: ours([0.9, 0.95]),
+      clip: paper(20),
+    },
+    qa: {
+      lr: ours(1e-4, "stage 1's"),
+      minLrFraction: ours(0.1),
+      warmupFraction: ours(0.05, "stage 1's"),
+      schedule: ours('cosine'),
+      weightDecay: ours(0.01),
+      betas: ours([0.9, 0.95]),
+      clip: ours(20, "stage 1's"),
+    },
+  },
+  train: {
+    ratios: paper([4]),
+    contextLen: paper(512),
+    continuationLen: paper(128),
+  },
+  deviations: [
+    { key: 'qa prompt', paper: '[BOS] slots question answer-prompt', ours: "the evaluation's QA format: [lead] slots \"\\nQuestion: q\\nAnswer:\" (lead BOS, or a one-shot demonstration on instruct bases)", why: 'one QA format for training and evaluation (models/chat.ts qaPromptFormat)' },
+    { key: 'LayerNorm roles', paper: 'three LayerNorms (official code)', ours: 'LN_x (anchors in the cost), LN_c (prototypes), LN_v (source mass and values)', why: 'our summary writes each as "LN"; which LayerNorm takes which role is our reading' },
+  ],
+};
+
+/** The options of compressors saved before the layout options existed (one LayerNorm, no biases, no BOS). */
+export const COMPREXIT_LEGACY = Object.freeze({ separateNorms: false, bias: false, bos: false });
 
 /** Defaults overridden by known keys of `options` (e.g. a saved compressor.json); checked. */
 export function comprexitOptions(options: Record<string, unknown> = {}): ComprExITOptions {
@@ -107,13 +168,14 @@ export class DepthTransmission extends Module {
     readonly numStates: number,
     readonly keyDim: number,
     readonly tau: number,
+    bias = false,
   ) {
     super();
     this.layerLogits = this.param('layer_logits', zeros([numStates]));
-    this.query = this.module('q_proj', new Linear(hidden, keyDim));
-    this.key = this.module('k_proj', new Linear(hidden, keyDim));
+    this.query = this.module('q_proj', torchLinear(hidden, keyDim, bias));
+    this.key = this.module('k_proj', torchLinear(hidden, keyDim, bias));
     this.layerEmb = this.param('layer_emb', noGrad(() => zeros([numStates, keyDim]).normal_(0, 0.02)));
-    this.value = this.module('v_proj', new Linear(hidden, hidden));
+    this.value = this.module('v_proj', torchLinear(hidden, hidden, bias));
   }
 
   /**
@@ -127,13 +189,17 @@ export class DepthTransmission extends Module {
     const q = this.query.forward(mix.matmul(states)); // [B, T, 1, d_k]
     // q . k_l = q . (W_k h_l + e_l) = (W_k^T q) . h_l + q . e_l: the same scores without
     // projecting every layer's states (L+1 times fewer multiply-adds).
+    // With a bias b_k, q . b_k is the same for every layer and the softmax over layers cancels
+    // it; it is added anyway, so the scores are exactly q . k_l.
     const qk = q.matmul(this.key.weight.value); // [B, T, 1, H]
-    const scores = qk.matmul(states.transpose(-2, -1)).add(q.matmul(this.layerEmb.value.T)); // [B, T, 1, L+1]
+    let scores = qk.matmul(states.transpose(-2, -1)).add(q.matmul(this.layerEmb.value.T)); // [B, T, 1, L+1]
+    if (this.key.bias) scores = scores.add(q.matmul(this.key.bias.value.unsqueeze(-1)));
     const realTokens = mask.to('float32').view(b, t, 1, 1);
     const alpha = scores.mul(1 / (Math.sqrt(this.keyDim) * this.tau)).softmax(-1).mul(realTokens);
-    // sum_l alpha_l W_v h_l = W_v (sum_l alpha_l h_l) (W_v is linear): project the mix once.
-    // Padding tokens have alpha = 0, hence anchor 0.
-    const anchors = this.value.forward(alpha.matmul(states).squeeze(2)); // [B, T, H]
+    // sum_l alpha_l (W_v h_l + b_v) = W_v (sum_l alpha_l h_l) + b_v (the alphas sum to 1): project
+    // the mix once. Padding tokens have alpha = 0, hence anchor 0.
+    let anchors = this.value.forward(alpha.matmul(states).squeeze(2)); // [B, T, H]
+    if (this.value.bias) anchors = anchors.mul(realTokens.view(b, t, 1));
     return { anchors, alpha: alpha.squeeze(2) };
   }
 }
@@ -211,8 +277,12 @@ export function transportSlots(plan: Tensor, values: Tensor, b: Tensor): Tensor 
 
 /** Moves each window's anchors into its slots with a Sinkhorn transport plan. */
 export class WidthTransmission extends Module {
-  /** LN, shared by anchors and prototypes. */
+  /** LN of the anchors in the cost (with separateNorms false: the one LN of every role). */
   readonly norm: LayerNorm;
+  /** LN of the prototypes in the cost (the same module as `norm` without separateNorms). */
+  readonly protoNorm: LayerNorm;
+  /** LN of the anchors for the source mass and the values (likewise). */
+  readonly valueNorm: LayerNorm;
   /** W_c: H -> costDim. */
   readonly costProj: Linear;
   /**
@@ -229,19 +299,26 @@ export class WidthTransmission extends Module {
     hidden: number,
     costDim: number,
     readonly opts: Pick<ComprExITOptions, 'epsilon' | 'iterations' | 'uniformMix' | 'sourceTau'>,
+    layout: { separateNorms?: boolean; bias?: boolean } = {},
   ) {
     super();
-    this.norm = this.module('norm', new LayerNorm(hidden));
-    this.costProj = this.module('cost_proj', new Linear(hidden, costDim));
+    if (layout.separateNorms) {
+      this.norm = this.module('anchor_norm', new LayerNorm(hidden));
+      this.protoNorm = this.module('proto_norm', new LayerNorm(hidden));
+      this.valueNorm = this.module('value_norm', new LayerNorm(hidden));
+    } else {
+      this.norm = this.protoNorm = this.valueNorm = this.module('norm', new LayerNorm(hidden));
+    }
+    this.costProj = this.module('cost_proj', torchLinear(hidden, costDim, !!layout.bias));
     this.sourceWeight = this.param('source_weight', zeros([hidden]));
     this.sourceBias = this.param('source_bias', zeros([1]));
-    this.value = this.module('v_proj', new Linear(hidden, hidden));
+    this.value = this.module('v_proj', torchLinear(hidden, hidden, !!layout.bias));
   }
 
-  /** C_ij = 1 - cos(W_c LN(x_i), W_c LN(c_j)): normed anchors [N, W, H], prototypes [N, K, H] → [N, W, K]. */
+  /** C_ij = 1 - cos(W_c LN_x(x_i), W_c LN_c(c_j)): normed anchors [N, W, H], prototypes [N, K, H] → [N, W, K]. */
   cost(normed: Tensor, prototypes: Tensor): Tensor {
     const f = unit(this.costProj.forward(normed));
-    const g = unit(this.costProj.forward(this.norm.forward(prototypes)));
+    const g = unit(this.costProj.forward(this.protoNorm.forward(prototypes)));
     return f.matmul(g.transpose(1, 2)).rsub(1);
   }
 
@@ -250,17 +327,31 @@ export class WidthTransmission extends Module {
    * membership of real tokens), colMask [N, K] (valid slots) → slots [N, K, H] and the plan.
    */
   forward(anchors: Tensor, rowMask: Tensor, member: Tensor, colMask: Tensor): { slots: Tensor; plan: Tensor } {
-    const normed = this.norm.forward(anchors); // LN(x) [N, W, H]
+    const normed = this.norm.forward(anchors); // LN_x(x) [N, W, H]
     const cost = this.cost(normed, blockMeans(anchors, member));
-    const scores = normed.matmul(this.sourceWeight.value).add(this.sourceBias.value); // [N, W]
+    const forValues = this.valueNorm === this.norm ? normed : this.valueNorm.forward(anchors); // LN_v(x)
+    const scores = forValues.matmul(this.sourceWeight.value).add(this.sourceBias.value); // [N, W]
     const a = sourceMass(scores, rowMask, this.opts.uniformMix, this.opts.sourceTau);
     const b = targetMass(colMask);
     const plan = sinkhorn(cost, a, b, rowMask, colMask, this.opts);
-    return { slots: transportSlots(plan, this.value.forward(normed), b), plan };
+    return { slots: transportSlots(plan, this.value.forward(forValues), b), plan };
   }
 }
 
 // ---- projector ---------------------------------------------------------------------------------
+
+/**
+ * A Linear as PyTorch's nn.Linear starts: weight and (optional) bias U(-1/sqrt(in), 1/sqrt(in)).
+ * (Our Linear starts biases at 0.)
+ */
+function torchLinear(inFeatures: number, outFeatures: number, bias: boolean): Linear {
+  const l = new Linear(inFeatures, outFeatures, { bias });
+  if (l.bias) {
+    const bound = 1 / Math.sqrt(inFeatures);
+    noGrad(() => l.bias!.value.uniform_(-bound, bound));
+  }
+  return l;
+}
 
 /** Xavier-uniform init in place: U(-g sqrt(6 / (in + out)), +g sqrt(6 / (in + out))). */
 function xavierUniform(p: Parameter, gain: number): void {
@@ -290,10 +381,10 @@ export class ComprExITModule extends Module {
   readonly depth: DepthTransmission;
   readonly width: WidthTransmission;
   readonly projector: Projector;
-  constructor(hidden: number, numStates: number, opts: ComprExITOptions) {
+  constructor(hidden: number, numStates: number, opts: ComprExITOptions, layout: { separateNorms?: boolean; bias?: boolean } = {}) {
     super();
-    this.depth = this.module('depth', new DepthTransmission(hidden, numStates, opts.keyDim, opts.depthTau));
-    this.width = this.module('width', new WidthTransmission(hidden, opts.costDim, opts));
+    this.depth = this.module('depth', new DepthTransmission(hidden, numStates, opts.keyDim, opts.depthTau, !!layout.bias));
+    this.width = this.module('width', new WidthTransmission(hidden, opts.costDim, opts, layout));
     this.projector = this.module('projector', new Projector(hidden));
   }
 }
@@ -392,14 +483,25 @@ export class ComprExIT implements Compressor {
   readonly config: CompressorConfig;
   readonly opts: ComprExITOptions;
   readonly module: ComprExITModule;
+  /** The layout (see the module comment). */
+  readonly separateNorms: boolean;
+  readonly bias: boolean;
+  /** Whether the encoder input starts with the base's BOS. */
+  readonly bos: boolean;
 
   constructor(
     readonly base: LlamaModel,
     options: Record<string, unknown> = {},
+    env: CompressorEnv = {},
   ) {
+    const m = this.method;
     this.opts = comprexitOptions(options);
-    this.config = { method: this.method, ...this.opts };
-    this.module = new ComprExITModule(base.dim, base.config.numLayers + 1, this.opts);
+    const d = recipeOptions(COMPREXIT_RECIPE);
+    this.separateNorms = optBool(m, options, 'separateNorms', d.separateNorms as boolean);
+    this.bias = optBool(m, options, 'bias', d.bias as boolean);
+    this.bos = optBool(m, options, 'bos', encoderBosDefault(base, env)) && base.config.bosTokenId !== undefined;
+    this.config = { method: m, ...this.opts, separateNorms: this.separateNorms, bias: this.bias, bos: this.bos };
+    this.module = new ComprExITModule(base.dim, base.config.numLayers + 1, this.opts, { separateNorms: this.separateNorms, bias: this.bias });
   }
 
   /** The transmission modules and the projector, at every stage (the base never trains). */
@@ -417,14 +519,18 @@ export class ComprExIT implements Compressor {
    */
   baseStates(contexts: number[][], t: number): { states: Tensor; mask: Tensor } {
     const b = contexts.length;
-    const ids = contexts.flatMap((c) => [...c, ...new Array(t - c.length).fill(0)]);
+    const head = this.bos ? [this.base.config.bosTokenId!] : [];
+    const n = head.length;
+    const ids = contexts.flatMap((c) => [...head, ...c, ...new Array(t - c.length).fill(0)]);
     const real = contexts.flatMap((c) => Array.from({ length: t }, (_, i) => (i < c.length ? 1 : 0)));
     const mask = tensor(real, [b, t], { dtype: 'bool' });
     // Its own scope: the per-layer tensors are freed as soon as they are stacked.
     const states = tidy(() =>
       noGrad(() => {
-        const out = this.base.forward({ ids: tensor(ids, [b, t], { dtype: 'int64' }), paddingMask: mask, outputHiddenStates: true, logits: 'none' });
-        return stack(out.hiddenStates!, 2).to('float32');
+        const padding = n ? tensor(contexts.flatMap((c) => Array.from({ length: n + t }, (_, i) => (i < n + c.length ? 1 : 0))), [b, n + t], { dtype: 'bool' }) : mask;
+        const out = this.base.forward({ ids: tensor(ids, [b, n + t], { dtype: 'int64' }), paddingMask: padding, outputHiddenStates: true, logits: 'none' });
+        const all = stack(out.hiddenStates!, 2); // [B, n + T, L+1, H]
+        return (n ? all.narrow(1, n, t) : all).to('float32');
       }),
     );
     return { states, mask };
@@ -504,5 +610,6 @@ registerCompressor(
   'comprexit',
   'ComprExIT: frozen base, depth-wise anchors + Sinkhorn transport into slots + projector (arXiv 2602.03784)',
   true,
-  (base, options) => new ComprExIT(base, options),
+  (base, options, env) => new ComprExIT(base, options, env),
+  { recipe: COMPREXIT_RECIPE, savedDefaults: COMPREXIT_LEGACY },
 );

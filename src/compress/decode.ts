@@ -9,7 +9,7 @@ import { Tensor, cat, crossEntropy, tensor, zeros } from '../tensor/index.js';
 import { generate, type GenerateOptions, type GenerateResult } from '../models/generate.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
-import type { SoftContext } from './types.js';
+import type { Compressor, SoftContext, Stage } from './types.js';
 
 /**
  * The lead (BOS, or a chat head: at least one token) + soft tokens as input embeddings
@@ -97,6 +97,41 @@ export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][],
 export function generateWithContext(model: LlamaModel, ctx: SoftContext, prompts: number[][], bos: number | readonly number[], opts: Omit<GenerateOptions, 'prefixEmbeds' | 'prefixMask' | 'kvPrefix'>): GenerateResult {
   const prefix = contextPrefix(model, ctx, bos);
   return generate(model, prompts, { ...opts, prefixEmbeds: prefix.embeds, prefixMask: prefix.mask, kvPrefix: ctx.memoryKv });
+}
+
+/**
+ * The context with the compressor's task embeddings for `task` (Compressor.taskEmbeddings)
+ * after each item's soft tokens: item i reads [its soft tokens][task embeddings] and then the
+ * tail. Returns ctx itself when the compressor has none for the task; otherwise a new context
+ * with new softTokens and mask that shares the rest (memory KV) with ctx.
+ */
+export function withTaskEmbeddings(c: Compressor | null | undefined, ctx: SoftContext, task: Stage | undefined): SoftContext {
+  const extra = task && c?.taskEmbeddings ? c.taskEmbeddings(task) : undefined;
+  if (!extra || extra.size(0) === 0) return ctx;
+  const b = ctx.meta.sourceTokens.length;
+  const n = extra.size(0);
+  const dim = extra.size(1);
+  const soft = ctx.softTokens;
+  const counts = soft ? ctx.meta.softTokens : new Array(b).fill(0);
+  const k = soft ? soft.size(1) : 0;
+  const rows = extra.unsqueeze(0).expand(b, n, dim);
+  const all = soft && k > 0 ? cat([soft.to(extra.dtype), rows], 1) : rows; // [B, k + n, dim]
+  // Row i: its c_i real soft tokens, the n task embeddings, then its k - c_i padding rows.
+  const order: number[] = [];
+  const maskVals: boolean[] = [];
+  for (const c0 of counts) {
+    for (let j = 0; j < c0; j++) order.push(j);
+    for (let j = 0; j < n; j++) order.push(k + j);
+    for (let j = c0; j < k; j++) order.push(j);
+    for (let j = 0; j < k + n; j++) maskVals.push(j < c0 + n);
+  }
+  const idx = tensor(order, [b, k + n, 1], { dtype: 'int64' }).expand(b, k + n, dim);
+  return {
+    ...ctx,
+    softTokens: all.gather(1, idx),
+    mask: tensor(maskVals, [b, k + n], { dtype: 'bool' }),
+    meta: { ...ctx.meta, softTokens: counts.map((c0) => c0 + n) },
+  };
 }
 
 /** An empty [b, 0, dim] soft-token tensor (the `none` strategy). */

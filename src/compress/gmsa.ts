@@ -31,48 +31,82 @@ import { Tensor, arange, linear, noGrad, tensor, tidy, where, zeros } from '../t
 import { Module, type Parameter } from '../nn/module.js';
 import { LoraAdapters, RMSNorm, type LoraConfig, type LoraDelta } from '../nn/layers.js';
 import { DecoderLayer, LORA_TARGETS, type LlamaModel } from '../models/llama.js';
-import { registerCompressor } from './registry.js';
+import { encoderBosDefault, registerCompressor, type CompressorEnv } from './registry.js';
 import { optBool, optEnum, optNumber } from './options.js';
-import { checkBudget, softCount, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import { ours, paper, type MethodRecipe } from './recipe.js';
+import { checkBudget, softCount, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 
 export const GMSA_MERGES = ['mean', 'strided', 'queries'] as const;
 export type GmsaMerge = (typeof GMSA_MERGES)[number];
 
 export interface GmsaOptions {
   /**
-   * Encoder depth N_enc. Default min(8, ceil(L / 2)): the paper's 8 on its 28-layer base, and
-   * 3 of 6 on ours. A strict depth fraction (8/28 of 6 = 1.7 -> 2) leaves a tiny model too little
-   * depth to write a group's content and order into states that are then averaged; half the
+   * Encoder depth N_enc. Default the paper's 8, at most half the base's layers: on a base of
+   * fewer than 16 layers (ours has 6) a depth of 8 would leave no decoder-sized gap, and half the
    * model keeps compression at most half a forward pass of the context.
    */
   encoderLayers?: number;
-  /**
-   * Encoder LoRA rank. Default min(128, H / 8): the paper's 128 on every base it uses
-   * (H >= 1024), 32 on ours (H 256). Rank 128 at H 256 would give adapters as large as 80% of
-   * the encoder blocks themselves; 32 gives ~20%. (The paper's share on its 3B base is ~7%, which
-   * would be rank 16 here; we keep headroom, since the merged states must keep every token of a
-   * group recoverable.)
-   */
+  /** Encoder LoRA rank. Default the paper's 128 (at most the hidden size, on tiny bases). */
   loraRank?: number;
-  /** LoRA alpha. Default rank / 4: the paper's scale alpha / rank = 32 / 128 at any rank. */
+  /** LoRA alpha. Default the paper's 32. */
   loraAlpha?: number;
   /** LoRA dropout (paper 0.05); active only while the encoder trains. */
   loraDropout?: number;
   merge?: GmsaMerge;
   lsa?: boolean;
   /**
-   * Prepend the base model's BOS to the encoder's input (default true, when the base has one):
-   * pretraining always put BOS at position 0, so the encoder reads a context as it read
-   * documents. Its state is not merged; ratios count context tokens only.
+   * Prepend the base model's BOS to the encoder's input (default: as the base's tokenizer starts
+   * sequences, registry.ts encoderBosDefault). Its state is not merged; ratios count context
+   * tokens only.
    */
   bos?: boolean;
 }
 
-/** The paper's optimisation recipe, for the training CLI (papers/gmsa.md, "Training"). */
-export const GMSA_RECIPE = {
-  ae: { lr: 1e-4, warmupFraction: 0.1, weightDecay: 0.01, clip: 2.0, ratios: [4, 8] },
-  qa: { lr: 1e-5, warmupFraction: 0.1, weightDecay: 0.01, clip: 2.0, ratios: [4, 8] },
-} as const;
+/**
+ * GMSA's training recipe (papers/gmsa.md, "Modules" and "Training"): stage 1 autoencoding
+ * ('ae'), stage 2 QA fine-tuning of the decoder's W_Q, W_K, W_V ('qa').
+ */
+export const GMSA_RECIPE: MethodRecipe = {
+  method: 'gmsa',
+  source: 'arXiv 2505.12215 (papers/gmsa.md)',
+  options: {
+    encoderLayers: paper(8),
+    loraRank: paper(128),
+    loraAlpha: paper(32),
+    loraDropout: paper(0.05),
+    merge: paper('mean'),
+    lsa: paper(true, 'k_LSA = 1 block'),
+  },
+  stages: {
+    ae: {
+      lr: paper(1e-4),
+      minLrFraction: paper(0, 'linear or cosine decay, to 0'),
+      warmupFraction: paper(0.1),
+      schedule: paper('cosine', 'linear or cosine'),
+      weightDecay: paper(0.01),
+      betas: ours([0.9, 0.95]),
+      clip: paper(2.0),
+    },
+    qa: {
+      lr: paper(1e-5),
+      minLrFraction: paper(0, 'linear or cosine decay, to 0'),
+      warmupFraction: paper(0.1),
+      schedule: paper('cosine', 'linear or cosine'),
+      weightDecay: paper(0.01),
+      betas: ours([0.9, 0.95]),
+      clip: paper(2.0),
+    },
+  },
+  train: {
+    ratios: paper([4, 8], 'sampled per batch'),
+  },
+  deviations: [
+    { key: 'options.encoderLayers', paper: '8', ours: 'min(8, ceil(L / 2))', why: 'equal on bases of 15+ layers (SmolLM2: 8 of 30); softpress-base has 6 layers (3)' },
+    { key: 'options.loraRank', paper: '128', ours: 'min(128, hidden size)', why: 'equal on every real base; only tiny test bases are narrower than 128' },
+    { key: 'restate prompt (instruct bases)', paper: '[soft] "Restate the aforementioned text." context EOS', ours: 'the same inside the chat template: a user turn of [soft] + the instruction, the context as the reply', why: 'SmolLM2 with the passage as context restates at 0.312 nats/token this way, 0.437 in plain text (results/restate-format.md); base models read the plain text' },
+    { key: 'qa prompt', paper: '[soft] question answer EOS', ours: "the evaluation's QA format: [lead] [soft] \"\\nQuestion: q\\nAnswer:\" answer EOS (lead BOS, or a one-shot demonstration on instruct bases)", why: 'one QA format for training and evaluation (models/chat.ts qaPromptFormat)' },
+  ],
+};
 
 // ---- group merging -------------------------------------------------------------------------
 
@@ -150,7 +184,7 @@ export function mergeGroups(states: Tensor, lengths: number[], budget: Budget, m
     w = member.logicalAnd(plan.last.unsqueeze(1)).to(dtype);
   } else {
     if (!query) throw new Error("mergeGroups: merge 'queries' needs the query vector");
-    const scores = states.matmul(query).unsqueeze(1); // [B, 1, T]
+    const scores = states.matmul(query.to(states.dtype)).unsqueeze(1); // [B, 1, T]
     // A padded group's row is all -1e30: softmax is then finite (uniform) and zeroed below.
     const soft = where(member, scores, -1e30).softmax(-1);
     w = soft.mul(member.to(dtype).amax(-1, true)); // [B, k, 1]: 1 for a real group, 0 for padding
@@ -175,7 +209,8 @@ class ProjectionDelta extends LoraAdapters {
     super([], { rank: 1, alpha: 1 });
     for (const s of specs) {
       const w = this.param(`${s.key}.delta.weight`, zeros([s.outFeatures, s.inFeatures]));
-      this.deltas.set(s.key, { delta: (x: Tensor) => linear(x, w.value) });
+      // Kept in float32 whatever the base's dtype (small updates survive); cast at use.
+      this.deltas.set(s.key, { delta: (x: Tensor) => (x.dtype === w.value.dtype ? linear(x, w.value) : linear(x.to(w.value.dtype), w.value).to(x.dtype)) });
     }
   }
   override get(key: string): LoraDelta | undefined {
@@ -200,18 +235,20 @@ class Lsa extends Module {
   ) {
     super();
     const cfg = base.config;
+    // The block trains, so it is kept in float32 whatever the base's dtype (a bfloat16 copy would
+    // swallow AdamW's small updates); the copy of a bfloat16 or float16 base is exact in float32.
     if (withBlock) {
-      // Converted before copying, so the copy is exact in any dtype.
-      this.layer = this.module('layer', new DecoderLayer(cfg, 0).toDtype(base.dtype));
+      this.layer = this.module('layer', new DecoderLayer(cfg, 0));
       this.layer.loadStateDict(base.layers[0].stateDict());
     }
-    this.norm = this.module('norm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps).toDtype(base.dtype));
+    this.norm = this.module('norm', new RMSNorm(cfg.hiddenSize, cfg.rmsNormEps));
     this.norm.loadStateDict(base.model.norm.stateDict());
     this.norm.freeze();
   }
 
-  /** x [B, k, H] (right-padded) -> [B, k, H]. */
-  forward(x: Tensor): Tensor {
+  /** x [B, k, H] (right-padded, any dtype) -> [B, k, H] in the block's own dtype. */
+  forward(input: Tensor): Tensor {
+    const x = input.to(this.norm.weight.value.dtype);
     if (!this.layer) return this.norm.forward(x);
     const k = x.size(1);
     // The base model's RoPE tables (its theta and scaling), positions 0..k-1.
@@ -260,24 +297,29 @@ export class GmsaCompressor implements Compressor {
   constructor(
     readonly base: LlamaModel,
     options: Record<string, unknown> = {},
+    env: CompressorEnv = {},
   ) {
     const m = this.method;
     const { numLayers: L, hiddenSize: h } = base.config;
-    this.encoderLayers = optNumber(m, options, 'encoderLayers', Math.min(8, Math.ceil(L / 2)), { integer: true, min: 1, max: L });
-    const rank = optNumber(m, options, 'loraRank', Math.max(1, Math.min(128, Math.floor(h / 8))), { integer: true, min: 1, max: h });
-    const alpha = optNumber(m, options, 'loraAlpha', rank / 4, { min: 0 });
-    const dropout = optNumber(m, options, 'loraDropout', 0.05, { min: 0, max: 0.99 });
-    this.merge = optEnum(m, options, 'merge', GMSA_MERGES, 'mean');
-    const lsa = optBool(m, options, 'lsa', true);
-    this.bos = optBool(m, options, 'bos', true) && base.config.bosTokenId !== undefined;
+    const r = GMSA_RECIPE.options;
+    this.encoderLayers = optNumber(m, options, 'encoderLayers', Math.min(r.encoderLayers.value as number, Math.ceil(L / 2)), { integer: true, min: 1, max: L });
+    const rank = optNumber(m, options, 'loraRank', Math.min(r.loraRank.value as number, h), { integer: true, min: 1 });
+    const alpha = optNumber(m, options, 'loraAlpha', r.loraAlpha.value as number, { min: 0 });
+    const dropout = optNumber(m, options, 'loraDropout', r.loraDropout.value as number, { min: 0, max: 0.99 });
+    this.merge = optEnum(m, options, 'merge', GMSA_MERGES, r.merge.value as GmsaMerge);
+    const lsa = optBool(m, options, 'lsa', r.lsa.value as boolean);
+    this.bos = optBool(m, options, 'bos', encoderBosDefault(base, env)) && base.config.bosTokenId !== undefined;
     this.config = { method: m, encoderLayers: this.encoderLayers, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, merge: this.merge, lsa, bos: this.bos };
 
     this.module = new GmsaModule(base, this.encoderLayers, { rank, alpha, dropout }, this.merge, lsa);
     this.decoderLora = new ProjectionDelta(base.loraSpecs(['q', 'k', 'v']));
-    // Everything computes in the base model's dtype (adapters are created in float32).
-    if (base.dtype !== 'float32') {
-      this.module.toDtype(base.dtype);
-      this.decoderLora.toDtype(base.dtype);
+    // Trainable parameters stay in float32 whatever the base's dtype (float64 over a float64
+    // base): the adapters and the deltas cast their inputs and outputs (nn/layers.ts), the LSA
+    // block runs in that dtype.
+    const own = trainableDtype(base);
+    if (own !== 'float32') {
+      this.module.toDtype(own);
+      this.decoderLora.toDtype(own);
     }
   }
 
@@ -332,7 +374,8 @@ export class GmsaCompressor implements Compressor {
         const { merged } = mergeGroups(states, lengths, budget, this.merge, this.module.query?.value); // [B, k, H]
         const mask = arange(0, k, 1, { dtype: 'int64' }).unsqueeze(0).lt(tensor(counts, [b, 1], { dtype: 'int64' })); // [B, k]
         // Padded rows are zeroed so that a stored context does not depend on its batch.
-        const softTokens = this.module.lsa.forward(merged).mul(mask.unsqueeze(-1).to(merged.dtype));
+        const aligned = this.module.lsa.forward(merged);
+        const softTokens = aligned.mul(mask.unsqueeze(-1).to(aligned.dtype)).to(this.base.dtype);
         return { softTokens, mask };
       });
     return { ...(this.training ? run() : noGrad(run)), meta };
@@ -343,5 +386,6 @@ registerCompressor(
   'gmsa',
   'GMSA: encoder (bottom layers + LoRA), group merging of r states, LSA block; stage 2 adapts the decoder W_Q/W_K/W_V',
   true,
-  (base, options) => new GmsaCompressor(base, options),
+  (base, options, env) => new GmsaCompressor(base, options, env),
+  { recipe: GMSA_RECIPE },
 );

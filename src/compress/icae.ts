@@ -1,27 +1,37 @@
 /**
- * ICAE-style autoencoder (Ge et al., "In-context Autoencoder", ICLR 2024; papers/baselines.md):
- * k learnable memory-token embeddings are appended after the context, the frozen base model
- * runs over [BOS] context [memory tokens] with the compressor's own LoRA adapters (the encoder),
- * and the final hidden states (after the final norm) at the k memory positions are the soft
- * tokens. The decoder (the same frozen base, without the adapters) reads them.
+ * ICAE-style autoencoder (Ge et al., "In-context Autoencoder", ICLR 2024; papers/baselines.md;
+ * the official code, getao/icae, icae_v2): k learnable memory-token embeddings are appended
+ * after the context, the frozen base model runs over [BOS] context [memory tokens] with the
+ * compressor's own LoRA adapters (the encoder), and the final hidden states (after the final
+ * norm) at the k memory positions are the soft tokens. The decoder (the same frozen base,
+ * without the adapters) reads them.
  *
- * - Memory table: `maxSlots` rows (default 256), initialised from the embedding of `<|mem|>`
- *   (option memTokenId, softpress's tokenizer id by default) plus small noise; memory token j
- *   of every context is row j. Ratio r → k = ceil(T / r) memory tokens (at most maxSlots).
- * - LoRA: rank 16, alpha 32, dropout 0.05 on q and v of every layer by default, kept in this
- *   compressor (passed to the base forward as `lora:`), never attached to the shared model.
+ * - Memory table: `maxSlots` rows (default 256); memory token j of every context is row j.
+ *   Ratio r → k = ceil(T / r) memory tokens (at most maxSlots). The rows start as learned
+ *   vectors drawn like embedding rows of this base, N(0, std of its embedding table) — the
+ *   official code draws them from nn.Embedding's N(0, 1), scaled here to the base — so no
+ *   tokenizer token is needed (compressors saved with `memTokenId` started from that token's
+ *   embedding plus noise, and are rebuilt the same way).
+ * - Task tokens, as the official code has them: a learned [AE] embedding read after the memory
+ *   slots when the decoder restates (`aeToken`, default true), and a learned [LM] embedding
+ *   before a continuation (`lmToken`, default false as the official add_special_token_for_lm).
+ *   They are Compressor.taskEmbeddings: training and evaluation put them after the soft tokens
+ *   (decode.ts withTaskEmbeddings), and the shared text prompt follows (compress/prompts.ts).
+ * - LoRA: the official rank 128, alpha 32, dropout 0.05 on q and v (PEFT's default for Llama) of
+ *   every layer, kept in this compressor (passed to the base forward as `lora:`), never attached
+ *   to the shared model. Trainable parameters stay in float32 for any base dtype.
  * - Ragged batches: contexts are right-padded and each row's memory tokens follow its own last
  *   real token. Under causal attention a row's real positions never see its padding and keep
  *   positions 0.., so every item is encoded exactly as it would be alone.
- * Trainable at every stage: the memory table and the LoRA adapters.
+ * Trainable at every stage: the memory table, the task tokens and the LoRA adapters.
  */
 import { Tensor, embedding, noGrad, randn, tensor, tidy, where, zeros } from '../tensor/index.js';
 import { LoraAdapters, Module, type Parameter } from '../nn/index.js';
 import { LORA_TARGETS, type LlamaModel, type LoraTarget } from '../models/llama.js';
-import { SOFTPRESS_SPECIAL_TOKENS } from '../models/bpe.js';
-import { registerCompressor } from './registry.js';
-import { checkBudget, describeBudget, softCount, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import { encoderBosDefault, registerCompressor, type CompressorEnv } from './registry.js';
+import { checkBudget, describeBudget, softCount, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 import { optBool, optList, optNumber } from './options.js';
+import { code, ours, type MethodRecipe, type StageRecipe } from './recipe.js';
 
 export interface IcaeOptions {
   maxSlots?: number;
@@ -30,25 +40,76 @@ export interface IcaeOptions {
   loraDropout?: number;
   /** Projections adapted in every layer (default q, v). */
   loraTargets?: LoraTarget[];
-  /** Id whose embedding initialises the memory table (default softpress's `<|mem|>`). */
-  memTokenId?: number;
-  /** Std of the init noise, relative to the RMS of that embedding row (default 0.1). */
+  /**
+   * A token whose embedding (plus noise) initialises the memory table; unset (the default), the
+   * rows are learned vectors drawn N(0, std of the base's embedding table).
+   */
+  memTokenId?: number | null;
+  /** Std of the init noise around memTokenId's row, relative to its RMS (default 0.1). */
   memNoise?: number;
-  /** Prepend the base model's BOS to each context (default true, when the base has one). */
+  /** A learned [AE] embedding after the memory slots when restating (default true). */
+  aeToken?: boolean;
+  /** A learned [LM] embedding after the memory slots before a continuation (default false). */
+  lmToken?: boolean;
+  /** Prepend the base model's BOS to each context (default: as its tokenizer starts sequences). */
   bos?: boolean;
 }
+
+/** Optimiser settings our summary does not give for ICAE: softpress's own (train-compressor). */
+const ICAE_STAGE: StageRecipe = {
+  lr: ours(1e-3),
+  minLrFraction: ours(0.1),
+  warmupFraction: ours(0.05),
+  schedule: ours('cosine'),
+  weightDecay: ours(0.01),
+  betas: ours([0.9, 0.95]),
+  clip: ours(1.0),
+};
+
+/**
+ * ICAE's recipe: the architecture from papers/baselines.md and the official code (getao/icae,
+ * icae_v2: lora_r 128, lora_alpha 32, dropout 0.05, PEFT's default q/v targets, [AE] token,
+ * optional [LM] token); the optimiser is not in our summary, so softpress's own settings stay.
+ */
+export const ICAE_RECIPE: MethodRecipe = {
+  method: 'icae',
+  source: 'Ge et al., ICLR 2024 (papers/baselines.md); official code getao/icae (icae_v2)',
+  options: {
+    maxSlots: ours(256, 'the official code: 128 slots per span, several spans'),
+    loraRank: code(128),
+    loraAlpha: code(32),
+    loraDropout: code(0.05),
+    loraTargets: code(['q', 'v'], "PEFT's default for Llama/Mistral"),
+    memInit: code('random', 'learned vectors; N(0, 1) there, N(0, std of the embeddings) here'),
+    aeToken: code(true),
+    lmToken: code(false, 'add_special_token_for_lm'),
+  },
+  stages: { ae: ICAE_STAGE, lm: ICAE_STAGE, qa: ICAE_STAGE },
+  train: {},
+  deviations: [
+    { key: 'options.maxSlots', paper: '128 memory slots per span, long contexts in several spans', ours: 'one span of up to 256 slots', why: 'our contexts (<= 1,024 tokens at ratio >= 4) fit one span' },
+    { key: 'options.memInit', paper: 'nn.Embedding default, N(0, 1)', ours: 'N(0, std of the base embedding table)', why: "the same kind of learned vector at the base's embedding scale" },
+    { key: 'restate prompt', paper: '[memory slots][AE] context EOS', ours: '[memory slots][AE] "Restate the aforementioned text." context EOS (chat-wrapped on instruct bases)', why: 'every method is asked to restate with the same prompt (compress/prompts.ts)' },
+    { key: 'qa prompt', paper: '[memory slots][FT] prompt answer (Mistral [INST] format)', ours: "the evaluation's QA format, no [FT] token", why: 'one QA format for every method, train and eval (models/chat.ts qaPromptFormat)' },
+  ],
+};
+
+/** Options of compressors saved before task tokens existed. */
+export const ICAE_LEGACY = Object.freeze({ aeToken: false, lmToken: false });
 
 class IcaeModule extends Module {
   readonly memory: Parameter;
   readonly lora: LoraAdapters;
-  constructor(memory: Tensor, lora: LoraAdapters) {
+  readonly ae?: Parameter;
+  readonly lm?: Parameter;
+  constructor(memory: Tensor, lora: LoraAdapters, tokens: { ae?: Tensor; lm?: Tensor }) {
     super();
     this.memory = this.param('memory', memory);
     this.lora = this.module('lora', lora);
+    if (tokens.ae) this.ae = this.param('ae_token', tokens.ae);
+    if (tokens.lm) this.lm = this.param('lm_token', tokens.lm);
   }
 }
-
-const DEFAULT_MEM_ID = SOFTPRESS_SPECIAL_TOKENS.indexOf('<|mem|>');
 
 export class IcaeCompressor implements Compressor {
   readonly method = 'icae';
@@ -60,32 +121,52 @@ export class IcaeCompressor implements Compressor {
   constructor(
     readonly base: LlamaModel,
     options: Record<string, unknown> = {},
+    env: CompressorEnv = {},
   ) {
     const m = this.method;
-    this.maxSlots = optNumber(m, options, 'maxSlots', 256, { integer: true, min: 1 });
-    const rank = optNumber(m, options, 'loraRank', 16, { integer: true, min: 1 });
-    const alpha = optNumber(m, options, 'loraAlpha', 32, { min: 0 });
-    const dropout = optNumber(m, options, 'loraDropout', 0.05, { min: 0, max: 0.99 });
-    const targets = optList(m, options, 'loraTargets', LORA_TARGETS, ['q', 'v']);
-    const memTokenId = optNumber(m, options, 'memTokenId', DEFAULT_MEM_ID, { integer: true, min: 0, max: base.config.vocabSize - 1 });
+    const r = ICAE_RECIPE.options;
+    this.maxSlots = optNumber(m, options, 'maxSlots', r.maxSlots.value as number, { integer: true, min: 1 });
+    const rank = optNumber(m, options, 'loraRank', r.loraRank.value as number, { integer: true, min: 1 });
+    const alpha = optNumber(m, options, 'loraAlpha', r.loraAlpha.value as number, { min: 0 });
+    const dropout = optNumber(m, options, 'loraDropout', r.loraDropout.value as number, { min: 0, max: 0.99 });
+    const targets = optList(m, options, 'loraTargets', LORA_TARGETS, r.loraTargets.value as LoraTarget[]);
+    const memTokenId = options.memTokenId === undefined || options.memTokenId === null ? null : optNumber(m, options, 'memTokenId', 0, { integer: true, min: 0, max: base.config.vocabSize - 1 });
     const memNoise = optNumber(m, options, 'memNoise', 0.1, { min: 0 });
-    this.bos = optBool(m, options, 'bos', true);
-    if (base.dtype !== 'float32') throw new Error(`icae: the base model must be float32 to run LoRA adapters (it is ${base.dtype}); load it with dtype float32`);
-    this.config = { method: m, maxSlots: this.maxSlots, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, loraTargets: targets, memTokenId, memNoise, bos: this.bos };
-    const memory = tidy(() =>
-      noGrad(() => {
-        const row = base.embed(tensor([memTokenId], [1], { dtype: 'int64' })).to('float32'); // [1, dim]
-        const rms = row.square().mean().sqrt().item();
-        return row.expand(this.maxSlots, base.dim).add(randn([this.maxSlots, base.dim]).mul(memNoise * (rms || 1))).contiguous();
-      }),
-    );
+    const aeToken = optBool(m, options, 'aeToken', r.aeToken.value as boolean);
+    const lmToken = optBool(m, options, 'lmToken', r.lmToken.value as boolean);
+    this.bos = optBool(m, options, 'bos', encoderBosDefault(base, env));
+    this.config = { method: m, maxSlots: this.maxSlots, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, loraTargets: targets, memTokenId, memNoise, aeToken, lmToken, bos: this.bos };
+    // Learned vectors (float32 whatever the base's dtype), drawn like rows of the base's table.
+    const draw = (rows: number) =>
+      tidy(() =>
+        noGrad(() => {
+          if (memTokenId !== null) {
+            const row = base.embed(tensor([memTokenId], [1], { dtype: 'int64' })).to('float32'); // [1, dim]
+            const rms = row.square().mean().sqrt().item();
+            return row.expand(rows, base.dim).add(randn([rows, base.dim]).mul(memNoise * (rms || 1))).contiguous();
+          }
+          const table = base.model.embedTokens.weight.value.to('float32');
+          const std = table.sub(table.mean()).square().mean().sqrt().item();
+          return randn([rows, base.dim]).mul(std || 1);
+        }),
+      );
+    const memory = draw(this.maxSlots);
     const lora = new LoraAdapters(base.loraSpecs(targets), { rank, alpha, dropout });
-    this.module = new IcaeModule(memory, lora);
+    this.module = new IcaeModule(memory, lora, { ae: aeToken ? draw(1).reshape(base.dim) : undefined, lm: lmToken ? draw(1).reshape(base.dim) : undefined });
+    if (trainableDtype(base) !== 'float32') this.module.toDtype(trainableDtype(base));
     this.module.eval();
   }
 
-  trainable(_stage: Stage): [string, Parameter][] {
-    return this.module.namedParameters().filter(([, p]) => p.trainable);
+  /** [AE] when restating, [LM] before a continuation (when this compressor has them). */
+  taskEmbeddings(task: Stage): Tensor | undefined {
+    const p = task === 'ae' ? this.module.ae : task === 'lm' ? this.module.lm : undefined;
+    return p ? p.value.unsqueeze(0).to(this.base.dtype) : undefined;
+  }
+
+  /** The memory table and the LoRA at every stage, plus the stage's own task token ([AE] at ae, [LM] at lm). */
+  trainable(stage: Stage): [string, Parameter][] {
+    const other = new Set(['ae_token', 'lm_token'].filter((n) => n !== (stage === 'ae' ? 'ae_token' : stage === 'lm' ? 'lm_token' : '')));
+    return this.module.namedParameters().filter(([n, p]) => p.trainable && !other.has(n));
   }
 
   setTraining(on: boolean): void {
@@ -131,7 +212,7 @@ export class IcaeCompressor implements Compressor {
       }
     });
     const tokEmb = this.base.embed(tensor(ids, [b, len], { dtype: 'int64' }));
-    const memEmb = embedding(this.module.memory.value, tensor(slot, [b, len], { dtype: 'int64' }));
+    const memEmb = embedding(this.module.memory.value, tensor(slot, [b, len], { dtype: 'int64' })).to(tokEmb.dtype);
     const inputsEmbeds = where(tensor(isMem, [b, len, 1], { dtype: 'bool' }), memEmb, tokEmb);
     const { hidden } = this.base.forward({ inputsEmbeds, lora: this.module.lora, logits: 'none' });
     const mask = tensor(maskVals, [b, k], { dtype: 'bool' });
@@ -141,4 +222,7 @@ export class IcaeCompressor implements Compressor {
   }
 }
 
-registerCompressor('icae', 'ICAE-style: learned memory tokens after the context, read out by the base model with a LoRA encoder', true, (base, options) => new IcaeCompressor(base, options));
+registerCompressor('icae', 'ICAE-style: learned memory tokens after the context, read out by the base model with a LoRA encoder', true, (base, options, env) => new IcaeCompressor(base, options, env), {
+  recipe: ICAE_RECIPE,
+  savedDefaults: ICAE_LEGACY,
+});

@@ -14,3 +14,5 @@ export * from './registry.js';
 export * from './decode.js';
 export * from './softctx.js';
 export * from './batching.js';
+export * from './prompts.js';
+export { recipeOptions, recipeReport, recipeTable, stageRecipe, type MethodRecipe, type RecipeDeviation, type RecipeSource, type RecipeValue, type StageRecipe } from './recipe.js';

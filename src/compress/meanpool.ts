@@ -20,18 +20,42 @@
 import { Tensor, cat, noGrad, tensor, tidy, eye, zeros } from '../tensor/index.js';
 import { Linear, Module, type Parameter } from '../nn/index.js';
 import type { LlamaModel } from '../models/llama.js';
-import { registerCompressor } from './registry.js';
+import { encoderBosDefault, registerCompressor, type CompressorEnv } from './registry.js';
 import { checkBudget, softCount, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 import { optBool, optEnum } from './options.js';
+import { ours, paper, type MethodRecipe, type StageRecipe } from './recipe.js';
 
 export type MeanPoolSource = 'embeddings' | 'hidden';
 
 export interface MeanPoolOptions {
   /** What is averaged (default 'embeddings'). */
   source?: MeanPoolSource;
-  /** With source 'hidden': run the base over [BOS] context (default true, when the base has a BOS id). */
+  /** With source 'hidden': run the base over [BOS] context (default: as the base's tokenizer starts sequences). */
   bos?: boolean;
 }
+
+/** The optimiser: papers/baselines.md gives none for the baseline; softpress's own settings. */
+const MEANPOOL_STAGE: StageRecipe = {
+  lr: ours(1e-3),
+  minLrFraction: ours(0.1),
+  warmupFraction: ours(0.05),
+  schedule: ours('cosine'),
+  weightDecay: ours(0.01),
+  betas: ours([0.9, 0.95]),
+  clip: ours(1.0),
+};
+
+/** The mean-pool baseline's recipe (papers/baselines.md: group means, a trained linear projector). */
+export const MEANPOOL_RECIPE: MethodRecipe = {
+  method: 'meanpool',
+  source: 'papers/baselines.md (softpress baseline)',
+  options: {
+    source: paper('embeddings', 'input embeddings or last-layer states'),
+  },
+  stages: { ae: MEANPOOL_STAGE, lm: MEANPOOL_STAGE, qa: MEANPOOL_STAGE },
+  train: {},
+  deviations: [],
+};
 
 /** [start, end) token ranges of the groups of a context of T tokens under a budget. */
 export function poolGroups(T: number, budget: Budget): [number, number][] {
@@ -69,9 +93,10 @@ export class MeanPoolCompressor implements Compressor {
   constructor(
     readonly base: LlamaModel,
     options: Record<string, unknown> = {},
+    env: CompressorEnv = {},
   ) {
-    this.source = optEnum(this.method, options, 'source', ['embeddings', 'hidden'] as const, 'embeddings');
-    this.bos = optBool(this.method, options, 'bos', true);
+    this.source = optEnum(this.method, options, 'source', ['embeddings', 'hidden'] as const, MEANPOOL_RECIPE.options.source.value as MeanPoolSource);
+    this.bos = optBool(this.method, options, 'bos', encoderBosDefault(base, env));
     this.config = { method: this.method, source: this.source, bos: this.bos };
     this.module = new MeanPoolModule(base.dim);
     this.module.eval();
@@ -144,4 +169,4 @@ export class MeanPoolCompressor implements Compressor {
   }
 }
 
-registerCompressor('meanpool', 'mean of each group of r token embeddings (or last-layer states), through a trained linear projector', true, (base, options) => new MeanPoolCompressor(base, options));
+registerCompressor('meanpool', 'mean of each group of r token embeddings (or last-layer states), through a trained linear projector', true, (base, options, env) => new MeanPoolCompressor(base, options, env), { recipe: MEANPOOL_RECIPE });

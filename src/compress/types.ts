@@ -4,7 +4,7 @@
  * space, or into per-layer memory keys/values (CCF), at a budget: a ratio r
  * (k = ceil(T / r) per context of T tokens) or a fixed number of soft tokens.
  */
-import type { Tensor } from '../tensor/index.js';
+import type { DType, Tensor } from '../tensor/index.js';
 import type { Module, Parameter } from '../nn/index.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
@@ -60,6 +60,13 @@ export interface Compressor {
   trainable(stage: Stage): [string, Parameter][];
   /** contexts: token ids per item (no BOS). */
   compress(contexts: number[][], budget: Budget): SoftContext;
+  /**
+   * Learned embeddings the decoder reads right after this compressor's soft tokens when it does
+   * a task (ICAE's [AE] token for restating, its [LM] token for continuing): [n, dim] in the
+   * base model's dtype, or undefined when the method has none for that task. Applied by
+   * withTaskEmbeddings (decode.ts), in training and evaluation alike.
+   */
+  taskEmbeddings?(task: Stage): Tensor | undefined;
   /** Adapters the decoder uses when reading this compressor's contexts (e.g. GMSA stage 2). */
   readonly decoderLora?: LoraAdapters;
   /** Train/eval mode of the compressor's own modules (dropout). */
@@ -85,4 +92,13 @@ export function checkBudget(budget: Budget): void {
 
 export function describeBudget(b: Budget): string {
   return b.ratio !== undefined ? `ratio ${b.ratio}` : `${b.tokens} soft tokens`;
+}
+
+/**
+ * The dtype a compressor keeps its trainable parameters in, whatever the base's dtype: float32
+ * (float64 over a float64 base). Never a 16-bit type: AdamW's small updates would round away.
+ * Compressors cast inputs to it and results back to the base's dtype where they meet the base.
+ */
+export function trainableDtype(base: LlamaModel): DType {
+  return base.dtype === 'float64' ? 'float64' : 'float32';
 }

@@ -110,3 +110,74 @@ export class ChunkSampler {
     return this.stream.subarray(i * this.chunkLen, i * this.chunkLen + this.chunkLen + 1);
   }
 }
+
+/**
+ * Fixed-length chunks that lie inside single documents of a token stream (documents end with
+ * `separator`, e.g. EOS): long-document training (CCF) sees one document per chunk, never the
+ * seam between two. Each document of n tokens gives floor((n - 1) / chunkLen) chunks of
+ * chunkLen + 1 tokens (stride chunkLen); shorter documents give none. The same interface and
+ * per-epoch shuffling as ChunkSampler.
+ */
+export class DocumentChunkSampler {
+  readonly numChunks: number;
+  /** Documents long enough for a chunk. */
+  readonly documents: number;
+  private readonly starts: Int32Array;
+  private permCache = new Map<number, Uint32Array>();
+
+  constructor(
+    readonly stream: Int32Array,
+    readonly chunkLen: number,
+    readonly seed: number,
+    separator: number,
+  ) {
+    const starts: number[] = [];
+    let docs = 0;
+    let from = 0;
+    let longest = 0;
+    for (let i = 0; i <= stream.length; i++) {
+      if (i < stream.length && stream[i] !== separator) continue;
+      const n = i - from; // the document's tokens, without its separator
+      longest = Math.max(longest, n);
+      const count = Math.floor((n - 1) / chunkLen);
+      if (count > 0) docs++;
+      for (let c = 0; c < count; c++) starts.push(from + c * chunkLen);
+      from = i + 1;
+    }
+    this.starts = Int32Array.from(starts);
+    this.numChunks = starts.length;
+    this.documents = docs;
+    if (this.numChunks < 1) throw new Error(`DocumentChunkSampler: no document has ${chunkLen + 1} tokens (the longest has ${longest}); use shorter documents or more data`);
+  }
+
+  private permutation(epoch: number): Uint32Array {
+    let p = this.permCache.get(epoch);
+    if (!p) {
+      p = new Uint32Array(this.numChunks);
+      for (let i = 0; i < p.length; i++) p[i] = i;
+      const rng = new Rng(`doc-chunks:${this.seed}:${epoch}`);
+      for (let i = p.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        const t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+      }
+      if (this.permCache.size > 2) this.permCache.clear();
+      this.permCache.set(epoch, p);
+    }
+    return p;
+  }
+
+  /** The tokens (chunkLen + 1) of the g-th sampled chunk overall. */
+  chunk(g: number): Int32Array {
+    const epoch = Math.floor(g / this.numChunks);
+    const at = this.starts[this.permutation(epoch)[g % this.numChunks]];
+    return this.stream.subarray(at, at + this.chunkLen + 1);
+  }
+
+  /** The i-th chunk in stream order (no shuffling), e.g. for a fixed validation set. */
+  sequential(i: number): Int32Array {
+    const at = this.starts[i % this.numChunks];
+    return this.stream.subarray(at, at + this.chunkLen + 1);
+  }
+}

@@ -26,7 +26,7 @@
 import { DTYPE_SIZE, noGrad, tidy, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { freeSoftContext, generateWithContext, indexSoftContext, tailLoss, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
+import { freeSoftContext, generateWithContext, indexSoftContext, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
 import { corpusBleu, exactMatch, exactPrefixLength, f1Score, mean, retention, rougeL, squadScores } from './metrics.js';
 import type { EvalExample, EvalTask, TaskName } from './tasks.js';
 
@@ -374,10 +374,13 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
       const compressions = items.map((_, i) => (row.indexOf(row[i]!) === i ? 1 : 0));
       const t0 = performance.now();
       const once = c.compress(distinct, budgetOf(ratio));
-      const ctx = distinct.length === b ? once : indexSoftContext(once, row);
+      const indexed = distinct.length === b ? once : indexSoftContext(once, row);
+      // The compressor's own task embeddings (ICAE's [AE] / [LM]) follow its soft tokens, as in
+      // training (prompts.ts); costs count the compressed context only.
+      const ctx = withTaskEmbeddings(c, indexed, task.objective);
       try {
         const compressMs = performance.now() - t0;
-        const { soft, kv } = contextCosts(model, ctx);
+        const { soft, kv } = contextCosts(model, indexed);
         const perTok = perTokenKv(model);
         if (task.mode === 'loss') {
           const t1 = performance.now();
@@ -415,8 +418,12 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
         }));
         return { generated, costs };
       } finally {
-        if (ctx !== once) freeSoftContext(once);
-        freeSoftContext(ctx);
+        if (indexed !== once) freeSoftContext(once);
+        if (ctx !== indexed) {
+          ctx.softTokens?.free();
+          ctx.mask?.free();
+        }
+        freeSoftContext(indexed);
       }
     }),
   );
@@ -597,7 +604,7 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
           items.forEach((ex, i) => {
             const hyp = out.generated![i]!;
             if (ex.reference) {
-              const clean = hyp.filter((id) => id !== tok.eos);
+              const clean = hyp.filter((id) => !stops.includes(id));
               const text = tok.decode(clean);
               scored.push({ ex, hyp: clean, text });
               predictions.push({ task: task.name, method: m.label, ratio, id: ex.id, prediction: text, score: { exact_prefix: exactPrefixLength(clean, ex.reference) } });

@@ -1,8 +1,10 @@
 /**
  * Evaluation tasks: deterministic example generators (by seed) over held-out data only.
  *
- * - reconstruct: passages of 128/256/512 tokens, restated from the compressed context
- *   (decoder input [BOS] soft <|restate|>, greedy, up to len + 8 tokens); BLEU-4, exact prefix.
+ * - reconstruct: passages of 128/256/512 tokens, restated from the compressed context in the
+ *   restate format of training (compress/prompts.ts: GMSA's "Restate the aforementioned text.",
+ *   in the chat template for instruct models; the compressor's [AE] embedding, if it has one,
+ *   after its soft tokens), greedy, up to len + 8 tokens; BLEU-4, exact prefix.
  * - continue: the next 128 tokens after a compressed 512-token context; perplexity.
  * - babi: story = context, question -> answer (greedy, <= 8 tokens, stop at EOS or newline);
  *   EM per task 1..20.
@@ -38,6 +40,8 @@ import { babiTaskFromFileName, loadBabiFile, splitBabi } from '../data/babi.js';
 import { makeClozeExamples, makeNeedleExamples } from '../data/qa.js';
 import { loadQaFile } from '../data/squad.js';
 import { qaPromptFormat } from '../models/chat.js';
+import { restateFormat } from '../compress/prompts.js';
+import type { Stage } from '../compress/types.js';
 import { Rng, indexOfCumulative } from '../data/rng.js';
 
 export const TASK_NAMES = ['reconstruct', 'continue', 'babi', 'needle', 'cloze', 'qa'] as const;
@@ -78,6 +82,11 @@ export interface EvalTask {
   stopAtNewline: boolean;
   /** Tokens before the context (default [BOS]; a chat head for QA with chat models). */
   lead?: number[];
+  /**
+   * The training objective the task asks for (reconstruct: 'ae', continue: 'lm', QA tasks:
+   * 'qa'): which of a compressor's task embeddings follow its soft tokens.
+   */
+  objective?: Stage;
   /** More ids that end generation (a chat model's end of turn). */
   stopIds?: number[];
   examples: EvalExample[];
@@ -175,8 +184,7 @@ export interface ReconstructOptions {
 /** Held-out passages of exactly `len` tokens, restated from the soft context. */
 export function makeReconstructTask(docs: readonly Doc[], tok: Tokenizer, o: ReconstructOptions): EvalTask {
   checkN(o.n, 'reconstruct');
-  const restate = tok.special.get('<|restate|>');
-  if (restate === undefined) throw new Error(`reconstruct: the tokenizer has no <|restate|> token (it has ${[...tok.special.keys()].join(', ') || 'no special tokens'})`);
+  const restate = restateFormat(tok);
   const lengths = o.lengths ?? [128, 256, 512];
   const sampler = new WindowSampler(docs, tok);
   const examples: EvalExample[] = [];
@@ -184,10 +192,20 @@ export function makeReconstructTask(docs: readonly Doc[], tok: Tokenizer, o: Rec
     const base = new Rng(`eval:reconstruct:${o.seed ?? 0}:${len}`);
     for (let i = 0; i < o.n; i++) {
       const { ids, docId } = sampler.window(base.fork(i), len);
-      examples.push({ id: `reconstruct/${len}/${i}`, context: ids, tail: [restate], maxTokens: len + (o.slack ?? 8), reference: ids, docIds: [docId], groups: { len: String(len) } });
+      examples.push({ id: `reconstruct/${len}/${i}`, context: ids, tail: restate.prompt, maxTokens: len + (o.slack ?? 8), reference: ids, docIds: [docId], groups: { len: String(len) } });
     }
   }
-  return { name: 'reconstruct', mode: 'generate', stopAtNewline: false, examples, groupOrder: { len: lengths.map(String) }, about: `restate held-out passages of ${lengths.join('/')} tokens ([BOS] soft <|restate|>, greedy)` };
+  return {
+    name: 'reconstruct',
+    mode: 'generate',
+    stopAtNewline: false,
+    lead: restate.lead,
+    stopIds: [restate.end],
+    objective: 'ae',
+    examples,
+    groupOrder: { len: lengths.map(String) },
+    about: `restate held-out passages of ${lengths.join('/')} tokens (soft context, then "Restate the aforementioned text."${restate.chat ? ' in the chat template' : ''}; greedy)`,
+  };
 }
 
 export interface ContinueOptions {
@@ -209,7 +227,7 @@ export function makeContinueTask(docs: readonly Doc[], tok: Tokenizer, o: Contin
     const { ids, docId } = sampler.window(base.fork(i), ctxLen + contLen);
     examples.push({ id: `continue/${i}`, context: ids.slice(0, ctxLen), tail: ids.slice(ctxLen), docIds: [docId], groups: {} });
   }
-  return { name: 'continue', mode: 'loss', stopAtNewline: false, examples, about: `perplexity of the next ${contLen} tokens after a compressed ${ctxLen}-token context` };
+  return { name: 'continue', mode: 'loss', stopAtNewline: false, objective: 'lm', examples, about: `perplexity of the next ${contLen} tokens after a compressed ${ctxLen}-token context` };
 }
 
 export interface BabiTaskOptions {
@@ -278,7 +296,7 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
     }
   }
   if (examples.length === 0) throw new Error(`no bAbI questions in ${path}`);
-  return { name: 'babi', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}` };
+  return { name: 'babi', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, objective: 'qa', examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}` };
 }
 
 export interface NeedleTaskOptions {
@@ -317,6 +335,7 @@ export function makeNeedleTask(docs: readonly Doc[], tok: Tokenizer, o: NeedleTa
     stopAtNewline: true,
     lead: qa.lead,
     stopIds: qa.stopIds,
+    objective: 'qa',
     examples,
     groupOrder: { len: lengths.map(String), depth: Array.from({ length: buckets }, (_, b) => bucketLabel(b, buckets)) },
     about: `planted fact in held-out passages of ${lengths.join('/')} tokens at ${buckets} depth buckets, EM`,
@@ -337,7 +356,7 @@ export function makeClozeTask(docs: readonly Doc[], tok: Tokenizer, o: ClozeTask
   const made = makeClozeExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}`, count: o.n, tokens: len, countTokens: tokenCounter(tok) });
   const qa = qaPromptFormat(tok);
   const examples = made.map((ex, i) => ({ id: `cloze/${i}`, context: tok.encode(ex.context), tail: qa.tail(ex.question), maxTokens: 8, answer: ex.answer, docIds: ex.docIds, groups: {} }));
-  return { name: 'cloze', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
+  return { name: 'cloze', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, objective: 'qa', examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
 }
 
 /** The QA set of the suite: span questions over test-split passages (SQuAD v2.0; `softpress data qa-set`). */
@@ -406,6 +425,7 @@ export function makeQaTask(path: string, tok: Tokenizer, o: QaTaskOptions = {}):
     stopAtNewline: true,
     lead: qa.lead,
     stopIds: qa.stopIds,
+    objective: 'qa',
     examples,
     groupOrder: withUnanswerable ? { gold: ['has-answer', 'no-answer'] } : undefined,
     about: `${basename(path)} (${format}): ${asked} questions on ${groups.length} contexts${of}, ${Math.round(contextTokens / groups.length)} tokens per context on average${unanswerable ? `, ${unanswerable} unanswerable` : ''}; each context compressed once for its questions; answers greedy <= ${QA_MAX_TOKENS} tokens, SQuAD's official EM / F1${withUnanswerable ? ' (an unanswerable question is right iff the answer is empty or a no-answer phrase such as "unanswerable")' : ''}`,

@@ -164,8 +164,14 @@ export class LoraAdapters extends Module {
       const scale = this.scale;
       const p = cfg.dropout ?? 0;
       // Dropout follows the adapters' own train/eval mode, not the (frozen, eval-mode) base's.
+      // The factors keep their own dtype (float32, so that small updates survive a bfloat16 or
+      // float16 base): the delta is computed in it and returned in the input's dtype.
       this.adapters.set(s.key, {
-        delta: (x) => linear(linear(dropout(x, p, this.training), a.value), b.value).mul(scale),
+        delta: (x) => {
+          const own = a.value.dtype;
+          const d = linear(linear(dropout(x.dtype === own ? x : x.to(own), p, this.training), a.value), b.value).mul(scale);
+          return d.dtype === x.dtype ? d : d.to(x.dtype);
+        },
       });
     }
   }

@@ -19,16 +19,18 @@
  * equal full backpropagation through every segment (test/ccf.test.ts checks this). Peak
  * memory holds at most k + 1 encoder graphs and one decoding graph, whatever the length.
  *
- * Trainable: the encoder LoRA, the decoder LoRA and pi; the base model is frozen. AdamW
- * (0.9, 0.95), weight decay 0.1, lr 1e-4, 1% warm-up then cosine to 0, clip 1.0.
+ * Trainable: the encoder LoRA, the decoder LoRA and pi; the base model is frozen. The defaults
+ * are CCF_RECIPE's (compress/ccf.ts): AdamW (0.9, 0.95), weight decay 0.1, lr 1e-4, 1% warm-up
+ * then cosine to 0, clip 1.0, reservoir 2, documents of 16 segments (fewer when the base's
+ * position window cannot hold their memory), drawn from inside single long documents.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tensor, backward, cat, crossEntropy, memoryStats, noGrad, tensor, tidy } from '../tensor/index.js';
 import { warmupCosine } from '../nn/index.js';
-import { ChunkSampler } from '../data/lm.js';
+import { ChunkSampler, DocumentChunkSampler } from '../data/lm.js';
 import { Rng } from '../data/rng.js';
-import { CcfStream, segmentPlan, type CcfCompressor } from '../compress/ccf.js';
+import { CCF_RECIPE, CcfStream, segmentPlan, type CcfCompressor } from '../compress/ccf.js';
 import { saveCompressor } from '../compress/registry.js';
 import { train, type TrainSummary, type TrainTask } from './trainer.js';
 
@@ -184,9 +186,14 @@ export interface CcfTrainOptions {
   compressor: CcfCompressor;
   /** Training token stream; each document is a chunk of docLen + 1 tokens. */
   stream: Int32Array;
-  /** Tokens per document (default 4 segments). */
+  /**
+   * The id that ends each document of the stream (EOS): training documents are then drawn from
+   * inside single documents at least docLen + 1 tokens long. Without it, chunks of the stream.
+   */
+  docSeparator?: number;
+  /** Tokens per document (default: CCF_RECIPE's segments per document, as many as fit the window; defaultCcfDocLen). */
   docLen?: number;
-  /** Ratios, one drawn per document (default [8]). */
+  /** Ratios, one drawn per document (default CCF_RECIPE's, [8]). */
   ratios?: number[];
   /** Encoder graphs kept per document, k (default 2). */
   reservoir?: number;
@@ -211,9 +218,24 @@ export interface CcfTrainOptions {
   resume?: boolean;
   stopAfter?: number;
   quiet?: boolean;
-  /** Streaming perplexity on held-out documents every evalEvery steps. */
+  /** Streaming perplexity on held-out documents every evalEvery steps (docSeparator applies too). */
   valid?: { stream: Int32Array; docs: number; ratio?: number };
   evalEvery?: number;
+  /** More fields for the saved compressor.json (the run's card: recipe, training settings). */
+  card?: Record<string, unknown>;
+}
+
+/**
+ * Tokens per training document by default: CCF_RECIPE's segments per document (16), fewer when
+ * the base's position window cannot hold the memory of all but the last segment plus that
+ * segment at the smallest ratio (the largest memory). At least 2 segments.
+ */
+export function defaultCcfDocLen(ccf: CcfCompressor, ratios: readonly number[]): number {
+  const l = ccf.segmentLen;
+  const r = Math.min(...ratios);
+  let segments = CCF_RECIPE.train.docSegments.value as number;
+  while (segments > 2 && ccf.positionsNeeded(segments * l, r) > ccf.base.config.maxPositions) segments--;
+  return segments * l;
 }
 
 export interface CcfTrainSummary extends TrainSummary {
@@ -247,20 +269,29 @@ export function ccfStreamPerplexity(ccf: CcfCompressor, docs: Iterable<ArrayLike
 export async function trainCcf(o: CcfTrainOptions): Promise<CcfTrainSummary> {
   const ccf = o.compressor;
   const l = ccf.segmentLen;
-  const docLen = o.docLen ?? 4 * l;
-  const ratios = o.ratios ?? [8];
+  const rec = CCF_RECIPE.stages.lm!;
+  const ratios = o.ratios ?? (CCF_RECIPE.train.ratios.value as number[]);
+  for (const r of ratios) ccf.slotsForRatio(r); // clear errors before anything runs
+  const docLen = o.docLen ?? defaultCcfDocLen(ccf, ratios);
   const accum = o.gradAccum ?? 1;
   const batchSize = o.batchSize ?? 1;
   const seed = o.seed ?? 0;
-  const reservoir = o.reservoir ?? 2;
-  const lr = o.lr ?? 1e-4;
-  for (const r of ratios) ccf.slotsForRatio(r); // clear errors before anything runs
+  const reservoir = o.reservoir ?? (CCF_RECIPE.train.reservoir.value as number);
+  const lr = o.lr ?? rec.lr.value;
   if (!Number.isInteger(docLen) || docLen < 2) throw new Error(`trainCcf: docLen must be an integer >= 2, got ${docLen}`);
   if (!Number.isInteger(o.steps) || o.steps < 1) throw new Error(`trainCcf: steps must be a positive integer, got ${o.steps}`);
+  // The whole document must fit the base's positions at every ratio: the decoder reads the last
+  // segment after the memory of all the others.
+  for (const r of ratios) {
+    const need = ccf.positionsNeeded(docLen, r);
+    if (need > ccf.base.config.maxPositions) {
+      throw new Error(`trainCcf: a document of ${docLen} tokens at ratio ${r} needs ${need} positions (memory of ${Math.ceil(docLen / l) - 1} segments + one segment of ${l}), beyond the base model's window of ${ccf.base.config.maxPositions}; use a shorter document (--doc-len) or a larger ratio`);
+    }
+  }
 
   // The run's settings, checked on resume (a different run must not continue this one).
   mkdirSync(o.outDir, { recursive: true });
-  const settings = { method: 'ccf', compressor: ccf.config, baseFingerprint: ccf.base.fingerprint(), docLen, ratios, reservoir, steps: o.steps, gradAccum: accum, batchSize, lr, warmupFrac: o.warmupFrac ?? 0.01, minLr: o.minLr ?? 0, weightDecay: o.weightDecay ?? 0.1, betas: o.betas ?? [0.9, 0.95], clip: o.clip ?? 1.0, seed };
+  const settings = { method: 'ccf', compressor: ccf.config, baseFingerprint: ccf.base.fingerprint(), docLen, documents: o.docSeparator !== undefined ? 'inside single documents' : 'stream chunks', ratios, reservoir, steps: o.steps, gradAccum: accum, batchSize, lr, warmupFrac: o.warmupFrac ?? rec.warmupFraction.value, minLr: o.minLr ?? lr * rec.minLrFraction.value, weightDecay: o.weightDecay ?? rec.weightDecay.value, betas: o.betas ?? rec.betas.value, clip: o.clip ?? rec.clip.value, seed };
   const settingsPath = join(o.outDir, 'ccf-train.json');
   const settingsText = JSON.stringify(settings, null, 2);
   if (o.resume && existsSync(settingsPath) && readFileSync(settingsPath, 'utf8') !== settingsText) {
@@ -269,8 +300,9 @@ export async function trainCcf(o: CcfTrainOptions): Promise<CcfTrainSummary> {
   writeFileSync(settingsPath, settingsText);
 
   ccf.base.freeze();
-  const sampler = new ChunkSampler(o.stream, docLen, seed);
-  const validSampler = o.valid ? new ChunkSampler(o.valid.stream, docLen, seed) : undefined;
+  const chunks = (stream: Int32Array) => (o.docSeparator !== undefined ? new DocumentChunkSampler(stream, docLen, seed, o.docSeparator) : new ChunkSampler(stream, docLen, seed));
+  const sampler = chunks(o.stream);
+  const validSampler = o.valid ? chunks(o.valid.stream) : undefined;
   const params = ccf.trainable('lm');
 
   const task: TrainTask = {
@@ -317,7 +349,7 @@ export async function trainCcf(o: CcfTrainOptions): Promise<CcfTrainSummary> {
   let compressorDir: string | undefined;
   if (summary.steps >= o.steps) {
     compressorDir = o.saveDir ?? join(o.outDir, 'compressor');
-    saveCompressor(ccf, compressorDir, { steps: summary.steps, docLen, reservoir });
+    saveCompressor(ccf, compressorDir, { steps: summary.steps, docLen, reservoir, ...o.card });
   }
   return { ...summary, compressorDir };
 }

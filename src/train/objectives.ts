@@ -1,17 +1,20 @@
 /**
- * Training objectives for compressors, as TrainTasks for the one trainer:
- *   ae  — [BOS] soft <|restate|> context EOS; loss on the context and EOS (autoencoding)
+ * Training objectives for compressors, as TrainTasks for the one trainer, in the formats the
+ * evaluation reads (compress/prompts.ts, the one definition of both):
+ *   ae  — restate: [lead] soft "Restate the aforementioned text." context <end>; loss on the
+ *         context and the end token (autoencoding; chat-wrapped for instruct models)
  *   lm  — [BOS] soft continuation; loss on the continuation (next-token prediction)
- *   qa  — [BOS] soft "\nQuestion: q\nAnswer:" " a" EOS; loss on the answer and EOS
+ *   qa  — [lead] soft "\nQuestion: q\nAnswer:" " a" EOS; loss on the answer and EOS (the lead is
+ *         BOS for a base model, the one-shot demonstration for an instruct model)
+ * A compressor's own task embeddings (ICAE's [AE], [LM]) follow its soft tokens.
  * A mix of stages and a set of ratios are sampled per micro-batch from (seed, step, micro), so
  * batches are deterministic and one compressor serves several ratios.
  */
 import type { Tokenizer } from '../models/tokenizer.js';
 import { ChunkSampler } from '../data/lm.js';
 import { Rng } from '../data/rng.js';
-import { formatQAPrompt, qaTarget } from '../data/qa.js';
 import type { QAExample } from '../data/qa.js';
-import { tailLoss, type Budget, type Compressor, type Stage } from '../compress/index.js';
+import { lmLead, qaFormat, qaTail, restateFormat, restateTail, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type Stage } from '../compress/index.js';
 import type { TrainTask, MicroBatchLoss } from './trainer.js';
 
 export interface ObjectiveConfig {
@@ -51,6 +54,8 @@ export function specialId(tok: Tokenizer, name: string): number {
 export interface Batch {
   stage: Stage;
   budget: Budget;
+  /** Tokens before the soft context (the stage's format). */
+  lead: number[];
   contexts: number[][];
   tails: number[][];
   lossFrom: number[];
@@ -61,7 +66,7 @@ export class ObjectiveSampler {
   private readonly chunks?: ChunkSampler;
   private readonly stageNames: Stage[];
   private readonly stageCum: number[];
-  private readonly qaCache = new Map<number, { context: number[]; prompt: number[]; answer: number[] }>();
+  private readonly qaCache = new Map<number, { context: number[]; tail: number[]; lossFrom: number }>();
 
   constructor(
     readonly cfg: ObjectiveConfig,
@@ -84,12 +89,12 @@ export class ObjectiveSampler {
     }
   }
 
-  private qaTokens(i: number): { context: number[]; prompt: number[]; answer: number[] } {
+  private qaTokens(i: number): { context: number[]; tail: number[]; lossFrom: number } {
     let t = this.qaCache.get(i);
     if (!t) {
       const ex = this.data.qa![i];
       const tok = this.data.tokenizer;
-      t = { context: tok.encode(ex.context), prompt: tok.encode(formatQAPrompt({ context: '', question: ex.question })), answer: [...tok.encode(qaTarget(ex)), tok.eos] };
+      t = { context: tok.encode(ex.context), ...qaTail(qaFormat(tok), tok, ex.question, ex.answer) };
       if (this.qaCache.size > 20000) this.qaCache.clear();
       this.qaCache.set(i, t);
     }
@@ -104,6 +109,8 @@ export class ObjectiveSampler {
     // Drawn only when lengths are given, so runs without them keep their batches.
     const aeLen = stage === 'ae' && this.cfg.aeLengths?.length ? this.cfg.aeLengths[rng.int(this.cfg.aeLengths.length)] : this.cfg.contextLen;
     const tok = this.data.tokenizer;
+    const restate = restateFormat(tok);
+    const lead = stage === 'ae' ? restate.lead : stage === 'qa' ? qaFormat(tok).lead : lmLead(tok);
     const contexts: number[][] = [];
     const tails: number[][] = [];
     const lossFrom: number[] = [];
@@ -112,29 +119,33 @@ export class ObjectiveSampler {
       if (stage === 'qa') {
         const t = this.qaTokens(rng.int(this.data.qa!.length));
         contexts.push(t.context);
-        tails.push([...t.prompt, ...t.answer]);
-        lossFrom.push(t.prompt.length);
+        tails.push(t.tail);
+        lossFrom.push(t.lossFrom);
         continue;
       }
       const chunk = Array.from(this.chunks!.chunk((step * 1009 + micro) * n + r));
       const ctx = chunk.slice(0, stage === 'ae' ? aeLen : this.cfg.contextLen);
       contexts.push(ctx);
       if (stage === 'ae') {
-        tails.push([specialId(tok, '<|restate|>'), ...ctx, tok.eos]);
-        lossFrom.push(1);
+        const r = restateTail(restate, ctx);
+        tails.push(r.tail);
+        lossFrom.push(r.lossFrom);
       } else {
         tails.push(chunk.slice(this.cfg.contextLen, this.cfg.contextLen + this.cfg.continuationLen));
         lossFrom.push(0);
       }
     }
-    return { stage, budget, contexts, tails, lossFrom };
+    return { stage, budget, lead, contexts, tails, lossFrom };
   }
 }
 
-/** The loss of one batch through a compressor and the frozen (or adapted) decoder. */
+/**
+ * The loss of one batch through a compressor and the frozen (or adapted) decoder: [lead] soft
+ * [task embeddings] tail.
+ */
 export function batchLoss(compressor: Compressor, batch: Batch, tok: Tokenizer): MicroBatchLoss {
-  const ctx = compressor.compress(batch.contexts, batch.budget);
-  return tailLoss(compressor.base, ctx, batch.tails, batch.lossFrom, { bos: tok.bos, pad: tok.pad, lora: compressor.decoderLora });
+  const ctx = withTaskEmbeddings(compressor, compressor.compress(batch.contexts, batch.budget), batch.stage);
+  return tailLoss(compressor.base, ctx, batch.tails, batch.lossFrom, { bos: batch.lead, pad: tok.pad, lora: compressor.decoderLora });
 }
 
 /** A TrainTask training a compressor's parameters for a stage mix. */

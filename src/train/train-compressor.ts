@@ -5,20 +5,25 @@
  * exact resume, progress, log.jsonl, loss.svg), and at the end the compressor saved in the run
  * folder (compressor.json + weights.safetensors) after proving the base weights unchanged.
  *
+ * The optimiser, schedule, ratios and lengths default to the method's recipe (its paper's,
+ * compress/recipe.ts) for every setting the caller does not give (applyRecipe); the compressor's
+ * card (compressor.json "recipe", and README.md) records each setting used, where it came from,
+ * and where it differs from the paper.
+ *
  * Run folder: train-config.json, data/{train,valid}.tokens (token caches), checkpoint/,
- * log.jsonl, loss.svg, compressor.json, weights.safetensors.
+ * log.jsonl, loss.svg, compressor.json, weights.safetensors, README.md (the card).
  */
-import { trainCcf } from './ccf-trainer.js';
+import { defaultCcfDocLen, trainCcf } from './ccf-trainer.js';
 import type { CcfCompressor } from '../compress/ccf.js';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { manualSeed, noGrad, tidy } from '../tensor/index.js';
-import { warmupCosine, type Parameter } from '../nn/index.js';
+import { warmupCosine, warmupLinear, type Parameter } from '../nn/index.js';
 import { loadModel } from '../models/load.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { createCompressor, isLearned, loadCompressor, saveCompressor, type Budget, type Compressor, type Stage } from '../compress/index.js';
+import { compressorRecipe, createCompressor, isLearned, loadCompressor, recipeTable, saveCompressor, stageRecipe, type Budget, type Compressor, type MethodRecipe, type RecipeDeviation, type Stage } from '../compress/index.js';
 import { buildMixture, loadDocs } from '../data/pretrain-mix.js';
 import { splitDocuments, type SplitName } from '../data/splits.js';
 import { cachedTokenStream } from '../data/lm.js';
@@ -65,6 +70,36 @@ export interface CompressorTrainConfig {
   checkpointEvery: number;
   /** Validation batches per stage and budget. */
   validBatches: number;
+  /** AdamW betas (default (0.9, 0.95), or the recipe's). */
+  betas?: [number, number];
+  /** Decay after the warm-up (default cosine, or the recipe's). */
+  schedule?: 'cosine' | 'linear';
+  /** CCF: tokens per training document (default: the recipe's segments, as many as fit the window). */
+  docLen?: number;
+  /** CCF: encoder graphs kept per document (default: the recipe's, 2). */
+  reservoir?: number;
+  /** What the method's recipe set and what the caller did (applyRecipe); written into the card. */
+  recipe?: RecipeRecord;
+}
+
+/** One setting of a run and where it came from. */
+export interface RecipeSetting {
+  value: unknown;
+  /** 'paper' | 'code' | 'not stated' (the recipe's own choice) | 'flag' (given) | 'softpress' (no recipe entry). */
+  from: string;
+  /** The paper's (or official code's) value, when the recipe has one. */
+  paper?: unknown;
+}
+
+/** The recipe a run used, as recorded in its compressor's card. */
+export interface RecipeRecord {
+  method: string;
+  /** The recipe stage whose optimiser was used (null: the method has no recipe). */
+  stage: Stage | null;
+  source: string;
+  settings: Record<string, RecipeSetting>;
+  /** Where what was used differs from the paper, and why. */
+  deviations: RecipeDeviation[];
 }
 
 export const TRAIN_DEFAULTS: Omit<CompressorTrainConfig, 'base' | 'method' | 'methodOptions' | 'stages'> = {
@@ -100,6 +135,125 @@ export function parseStages(spec: string): Partial<Record<Stage, number>> {
     out[name as Stage] = weight;
   }
   return out;
+}
+
+/** Settings a caller gave explicitly (undefined: the recipe decides). */
+export interface TrainOverrides {
+  lr?: number;
+  minLr?: number;
+  warmup?: number;
+  weightDecay?: number;
+  clip?: number;
+  betas?: [number, number];
+  schedule?: 'cosine' | 'linear';
+  ratios?: number[];
+  budgetTokens?: number;
+  contextLen?: number;
+  continuationLen?: number;
+  docLen?: number;
+  reservoir?: number;
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+/**
+ * The optimiser and data settings of a run: each from `given` when there, else from the
+ * method's recipe (the stage of the mix that the recipe has first), else softpress's defaults
+ * (TRAIN_DEFAULTS). Also the record of it for the card (completed by recordOptions once the
+ * compressor exists).
+ */
+export function applyRecipe(
+  method: string,
+  stages: Partial<Record<Stage, number>>,
+  steps: number,
+  given: TrainOverrides,
+  recipe: MethodRecipe | undefined = compressorRecipe(method),
+): Required<Pick<CompressorTrainConfig, 'lr' | 'minLr' | 'warmup' | 'weightDecay' | 'clip' | 'betas' | 'schedule' | 'contextLen' | 'continuationLen'>> &
+  Pick<CompressorTrainConfig, 'ratios' | 'budgetTokens' | 'docLen' | 'reservoir'> & { recipe: RecipeRecord } {
+  const d = TRAIN_DEFAULTS;
+  const settings: Record<string, RecipeSetting> = {};
+  const st = recipe ? stageRecipe(recipe, Object.keys(stages) as Stage[]) : undefined;
+  const pick = <T>(key: string, flag: T | undefined, rec: { value: T; source: string } | undefined, fallback: T, value: (v: T) => T = (v) => v): T => {
+    const paperValue = rec && rec.source !== 'not stated' ? rec.value : undefined;
+    const out = flag !== undefined ? flag : rec ? value(rec.value) : fallback;
+    settings[key] = { value: out, from: flag !== undefined ? 'flag' : rec ? rec.source : 'softpress', ...(paperValue !== undefined ? { paper: value(paperValue) } : {}) };
+    return out;
+  };
+  const r = st?.recipe;
+  const lr = pick('lr', given.lr, r?.lr, d.lr);
+  const minLr = pick('minLr', given.minLr, r ? { value: lr * r.minLrFraction.value, source: r.minLrFraction.source } : undefined, lr / 10);
+  const warmup = pick('warmup', given.warmup, r ? { value: Math.ceil(steps * r.warmupFraction.value), source: r.warmupFraction.source } : undefined, Math.min(d.warmup, Math.ceil(steps / 20)));
+  const weightDecay = pick('weightDecay', given.weightDecay, r?.weightDecay, d.weightDecay);
+  const clip = pick('clip', given.clip, r?.clip, d.clip);
+  const betas = pick<[number, number]>('betas', given.betas, r?.betas, [0.9, 0.95]);
+  const schedule = pick<'cosine' | 'linear'>('schedule', given.schedule, r?.schedule, 'cosine');
+  const t = (recipe?.train ?? {}) as Record<string, { value: unknown; source: string } | undefined>;
+  let ratios: number[] | undefined;
+  let budgetTokens: number | undefined;
+  if (given.budgetTokens !== undefined) {
+    budgetTokens = given.budgetTokens;
+    settings.budgetTokens = { value: budgetTokens, from: 'flag' };
+  } else {
+    ratios = pick<number[] | undefined>('ratios', given.ratios, t.ratios as { value: number[]; source: string } | undefined, undefined);
+    if (ratios === undefined) delete settings.ratios;
+  }
+  const contextLen = pick('contextLen', given.contextLen, t.contextLen as { value: number; source: string } | undefined, d.contextLen);
+  const continuationLen = pick('continuationLen', given.continuationLen, t.continuationLen as { value: number; source: string } | undefined, d.continuationLen);
+  const out = { lr, minLr, warmup, weightDecay, clip, betas, schedule, contextLen, continuationLen, ratios, budgetTokens, docLen: given.docLen, reservoir: given.reservoir };
+  if (method === 'ccf') {
+    // Known once the compressor exists (segment length, window): see trainCcfRun.
+    if (given.docLen !== undefined) settings.docLen = { value: given.docLen, from: 'flag' };
+    out.reservoir = pick('reservoir', given.reservoir, t.reservoir as { value: number; source: string } | undefined, 2);
+  }
+  return { ...out, recipe: { method, stage: st?.stage ?? null, source: recipe?.source ?? 'no recipe: softpress defaults', settings, deviations: [] } };
+}
+
+/**
+ * Completes a run's recipe record with the compressor's options (used vs the recipe's) and the
+ * deviations: every setting used that differs from the paper's value (with the recipe's reason,
+ * or "given by flag"), and the recipe's standing deviations that still hold.
+ */
+export function recordOptions(rec: RecipeRecord, config: Record<string, unknown>, given: Record<string, unknown>, opts: { init?: string; recipe?: MethodRecipe } = {}): RecipeRecord {
+  const recipe = opts.recipe ?? compressorRecipe(rec.method);
+  const settings = { ...rec.settings };
+  for (const [k, v] of Object.entries(recipe?.options ?? {})) {
+    if (!(k in config)) continue;
+    const from = opts.init ? `init (${opts.init})` : k in given ? 'flag' : v.source;
+    settings[`options.${k}`] = { value: config[k], from, ...(v.source !== 'not stated' ? { paper: v.value } : {}) };
+  }
+  const standing = recipe?.deviations ?? [];
+  const deviations: RecipeDeviation[] = [];
+  const keyOf = (k: string) => (k.startsWith('options.') ? k : `train.${k}`);
+  for (const [k, s] of Object.entries(settings)) {
+    if (s.paper === undefined || same(s.value, s.paper)) continue;
+    const known = standing.find((x) => x.key === keyOf(k) || x.key === k);
+    deviations.push({ key: k, paper: JSON.stringify(s.paper), ours: JSON.stringify(s.value), why: s.from === 'flag' ? 'given by flag' : s.from.startsWith('init') ? `from ${s.from}` : (known?.why ?? 'see the recipe') });
+  }
+  for (const x of standing) {
+    const k = x.key.startsWith('train.') ? x.key.slice(6) : x.key;
+    const s = settings[k];
+    if (s && (s.paper === undefined ? false : same(s.value, s.paper))) continue; // holds the paper's value here
+    if (deviations.some((y) => y.key === k)) continue;
+    deviations.push(x);
+  }
+  return { ...rec, settings, deviations };
+}
+
+/** The card (README.md) of a trained compressor: what it is, its recipe, and what differs from the paper. */
+export function compressorCard(method: string, rec: RecipeRecord, training: Record<string, unknown>): string {
+  const recipe = compressorRecipe(method);
+  const lines = [`# ${method} compressor`, '', `Trained by \`softpress train\`. Recipe: ${rec.source}; optimiser of stage ${rec.stage ?? 'n/a'}.`, ''];
+  lines.push('## Settings used', '', '| setting | value | from | paper |', '|---|---|---|---|');
+  for (const [k, s] of Object.entries(rec.settings)) lines.push(`| ${k} | ${JSON.stringify(s.value)} | ${s.from} | ${s.paper === undefined ? 'not stated' : JSON.stringify(s.paper)} |`);
+  lines.push('', '## Differences from the paper', '');
+  if (rec.deviations.length === 0) lines.push('None.');
+  else {
+    lines.push('| setting | paper | used | why |', '|---|---|---|---|');
+    for (const x of rec.deviations) lines.push(`| ${x.key} | ${x.paper} | ${x.ours} | ${x.why} |`);
+  }
+  lines.push('', '## Training', '', '```json', JSON.stringify(training, null, 2), '```');
+  if (recipe) lines.push('', '## The method\'s recipe', '', recipeTable(recipe));
+  return lines.join('\n') + '\n';
 }
 
 /** sha256 of every parameter's bytes (the fingerprint reads only the head of each tensor). */
@@ -199,11 +353,16 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     if (compressor.method !== cfg.method) throw new Error(`--init ${cfg.init} holds a '${compressor.method}' compressor, not '${cfg.method}'`);
     log(`starting from ${cfg.init}`);
   } else {
-    compressor = createCompressor(cfg.method, model, cfg.methodOptions);
+    // The tokenizer tells new compressors whether sequences start with BOS.
+    compressor = createCompressor(cfg.method, model, cfg.methodOptions, { tokenizer });
     const unknown = Object.keys(cfg.methodOptions).filter((k) => !(k in compressor.config));
     if (unknown.length) throw new Error(`${cfg.method}: unknown option(s) ${unknown.join(', ')} (known: ${Object.keys(compressor.config).filter((k) => k !== 'method').join(', ') || 'none'})`);
   }
   log(`compressor ${compressor.method} ${JSON.stringify(compressor.config)}`);
+  // The recipe record of the card: the run's settings, and the compressor's options against the recipe's.
+  const baseRecord = cfg.recipe ?? applyRecipe(cfg.method, cfg.stages, cfg.steps, { lr: cfg.lr, minLr: cfg.minLr, warmup: cfg.warmup, weightDecay: cfg.weightDecay, clip: cfg.clip, betas: cfg.betas, schedule: cfg.schedule, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen }).recipe;
+  let record = recordOptions(baseRecord, compressor.config, cfg.methodOptions, { init: cfg.init });
+  for (const x of record.deviations) log(`recipe: ${x.key} ${x.ours} (paper ${x.paper}): ${x.why}`);
 
   // --- data (train split for training, valid split for validation) ---
   const stageNames = Object.keys(cfg.stages) as Stage[];
@@ -272,12 +431,14 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     },
     validate,
   };
+  const decay = cfg.schedule === 'linear' ? warmupLinear : warmupCosine;
   const summary = await train(task, {
     outDir,
     totalSteps: cfg.steps,
     gradAccum: cfg.accum,
     clip: cfg.clip,
-    schedule: warmupCosine({ peakLr: cfg.lr, warmupSteps: Math.min(cfg.warmup, cfg.steps), totalSteps: cfg.steps, minLr: cfg.minLr }),
+    schedule: decay({ peakLr: cfg.lr, warmupSteps: Math.min(cfg.warmup, cfg.steps), totalSteps: cfg.steps, minLr: cfg.minLr }),
+    betas: cfg.betas,
     weightDecay: cfg.weightDecay,
     checkpointEvery: cfg.checkpointEvery,
     evalEvery: cfg.evalEvery,
@@ -295,10 +456,10 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   }
   const finished = summary.steps >= cfg.steps;
   if (finished) {
-    saveCompressor(compressor, outDir, {
-      training: { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init },
-    });
-    log(`saved ${join(outDir, 'compressor.json')} and weights.safetensors`);
+    const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init };
+    saveCompressor(compressor, outDir, { training, recipe: record });
+    writeFileSync(join(outDir, 'README.md'), compressorCard(compressor.method, record, training));
+    log(`saved ${join(outDir, 'compressor.json')}, weights.safetensors and the card README.md`);
   } else {
     log(`stopped at step ${summary.steps}/${cfg.steps}: checkpoint saved; continue with --resume`);
   }
@@ -306,18 +467,37 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
 
   /** CCF backpropagates segment by segment: its own procedure, on the same data and trainer. */
   async function trainCcfRun(ccf: CcfCompressor): Promise<TrainCompressorResult> {
-    if (!trainStream || !validStream || stageNames.join() !== 'lm') throw new Error('ccf trains with --stage lm (segment-wise language modelling over documents of --context-len + --continuation-len tokens)');
+    if (!trainStream || !validStream || stageNames.join() !== 'lm') throw new Error('ccf trains with --stage lm (segment-wise language modelling over long documents of --doc-len tokens)');
     if (!cfg.ratios) throw new Error('ccf trains at ratios (--ratio), not a token budget');
+    // Long documents: many segments each (the reservoir matters), drawn from inside single
+    // documents, as many segments as the base's position window holds at the smallest ratio.
+    const docLen = cfg.docLen ?? defaultCcfDocLen(ccf, cfg.ratios);
+    const reservoir = cfg.reservoir ?? 2;
+    const segments = Math.ceil(docLen / ccf.segmentLen);
+    const flagged = record.settings.docLen?.from === 'flag';
+    record = {
+      ...record,
+      settings: { ...record.settings, docLen: { value: docLen, from: flagged ? 'flag' : 'not stated' }, docSegments: { value: segments, from: flagged ? 'flag' : 'not stated' } },
+    };
+    if (segments < 16 && !flagged) {
+      record.deviations = [...record.deviations, { key: 'docSegments (window)', paper: 'documents up to 128k tokens', ours: String(segments), why: `the base's window (${model.config.maxPositions} positions) holds the memory of at most ${segments - 1} segments plus one at ratio ${Math.min(...cfg.ratios)}` }];
+    }
+    log(`ccf: documents of ${docLen} tokens (${segments} segments of ${ccf.segmentLen}) from inside single documents; reservoir ${reservoir}`);
+    const training = { stages: cfg.stages, ratios: cfg.ratios, steps: cfg.steps, docLen, segments, reservoir };
     const summary = await trainCcf({
       compressor: ccf,
       stream: trainStream,
-      docLen: cfg.contextLen + cfg.continuationLen,
+      docSeparator: tokenizer!.eos,
+      docLen,
       ratios: cfg.ratios,
+      reservoir,
       steps: cfg.steps,
       gradAccum: cfg.accum,
       batchSize: cfg.batch,
       lr: cfg.lr,
       minLr: cfg.minLr,
+      warmupFrac: cfg.warmup / cfg.steps,
+      betas: cfg.betas,
       weightDecay: cfg.weightDecay,
       clip: cfg.clip,
       seed: cfg.seed,
@@ -329,9 +509,12 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
       resume: opts.resume,
       stopAfter: opts.stopAfter,
       quiet: opts.quiet,
+      card: { training, recipe: record },
     });
     model.invalidateFingerprint();
     if (model.fingerprint() !== fingerprint || weightsDigest(model) !== digest) throw new Error(`the base model's weights changed during ccf training; nothing was saved`);
-    return { summary, compressor: ccf, saved: summary.steps >= cfg.steps };
+    const saved = summary.steps >= cfg.steps;
+    if (saved) writeFileSync(join(outDir, 'README.md'), compressorCard('ccf', record, { ...training, lastLoss: summary.lastLoss, valid: summary.lastValid }));
+    return { summary, compressor: ccf, saved };
   }
 }
