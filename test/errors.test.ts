@@ -4,7 +4,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, TensorError, tensor, randn, ones, zeros, cat, crossEntropy, tidy, memoryStats } from '../src/tensor/index.js';
+import { Tensor, TensorError, tensor, randn, ones, zeros, cat, crossEntropy, tidy, memoryStats, fromBytes, type DType } from '../src/tensor/index.js';
 import { collectGarbage } from './helpers/gc.js';
 
 /** Asserts fn throws a TensorError whose message matches every pattern. */
@@ -100,6 +100,17 @@ test('other argument errors name the operator', () =>
     throwsTensorError(() => randn([2]).narrow(0, 1, 5), /narrow/);
     throwsTensorError(() => tensor([1, 2, 3], [2, 2]), /tensor/, /3 values/);
     throwsTensorError(() => randn([2, 2]).size(5), /size\(5\)/, /float32\[2, 2\]/);
+  }));
+
+test('an unknown dtype names the operation, the dtype and the known dtypes', () =>
+  tidy(() => {
+    const known = /known: uint8, int8, .*float32.*bfloat16/;
+    throwsTensorError(() => randn([2]).to('float8' as DType), /^to: unknown dtype 'float8'/, known);
+    throwsTensorError(() => fromBytes(new Uint8Array(4), 'float8' as DType, [1]), /^fromBytes: unknown dtype 'float8'/, known);
+    throwsTensorError(() => fromBytes(new Uint8Array(4), undefined as unknown as DType, [1]), /^fromBytes: unknown dtype undefined/);
+    throwsTensorError(() => zeros([2], { dtype: 'int4' as DType }), /^zeros: unknown dtype 'int4'/);
+    throwsTensorError(() => tensor([1, 2], [2], { dtype: 'complex64' as DType }), /^tensor: unknown dtype 'complex64'/);
+    throwsTensorError(() => fromBytes(new Uint8Array(3), 'float32', [1]), /fromBytes/, /3 bytes/);
   }));
 
 test('the process and libtorch keep working after errors, without leaking handles', async () => {

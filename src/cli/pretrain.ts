@@ -13,5 +13,7 @@ export async function run(argv: string[]): Promise<void> {
   if (stopAfter !== undefined && !(Number.isInteger(stopAfter) && stopAfter > 0)) throw new Error(`--stop-after must be a positive integer, got '${values['stop-after']}'`);
   const cfg = readPretrainConfig(values.config);
   const s = await pretrain(cfg, values.out, { resume: values.resume, stopAfter, quiet: values.quiet, exportOnly: values.export });
-  process.stdout.write(`${s.interrupted ? 'interrupted' : 'stopped'} at step ${s.steps}/${cfg.steps}; last loss ${s.lastLoss.toFixed(4)}${s.lastValid ? `; valid ${JSON.stringify(s.lastValid)}` : ''}\n`);
+  const how = s.alreadyFinished ? 'already finished' : s.steps >= cfg.steps ? 'finished' : s.interrupted ? 'interrupted' : 'stopped';
+  const loss = Number.isFinite(s.lastLoss) ? s.lastLoss.toFixed(4) : 'n/a';
+  process.stdout.write(`${how} at step ${s.steps}/${cfg.steps}; last loss ${loss}${s.lastValid ? `; valid ${JSON.stringify(s.lastValid)}` : ''}\n`);
 }

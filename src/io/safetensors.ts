@@ -6,7 +6,14 @@
  * then the data buffer. Offsets are relative to the start of the data buffer, and the tensors
  * must cover it exactly (no overlaps, no gaps, no trailing bytes) as the reference
  * implementation requires. All tensor data is little-endian.
+ *
+ * Content checksum: files softpress writes for itself (.softctx, compressor weights, training
+ * checkpoints) carry `softpress_sha256` in their metadata, the SHA-256 of every tensor's name,
+ * dtype, shape and bytes and of the other metadata (see contentDigest). Reading any file that has
+ * it verifies it (a ChecksumError on mismatch), so a flipped byte or a relabelled dtype is
+ * caught; files without it (older files, other tools' files) load as before.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
 
@@ -78,6 +85,74 @@ export class SafetensorsError extends Error {
     this.name = 'SafetensorsError';
     this.source = source;
   }
+}
+
+/** A file whose content does not match the checksum recorded in its metadata. */
+export class ChecksumError extends SafetensorsError {
+  constructor(source: string, message: string) {
+    super(source, message);
+    this.name = 'ChecksumError';
+  }
+}
+
+/** Metadata key of softpress's content checksum (64 lower-case hex digits of a SHA-256). */
+export const CHECKSUM_KEY = 'softpress_sha256';
+
+/**
+ * SHA-256 over a file's content as softpress defines it: a format line, each metadata entry
+ * but the checksum's own (sorted by key) as a JSON pair, then each tensor (sorted by name) as a
+ * JSON [name, dtype, shape] line followed by its bytes. It does not depend on the header's
+ * layout (key order, padding), only on what the file holds.
+ */
+export function contentDigest(tensors: Iterable<[string, RawTensor]>, metadata: Record<string, string>): string {
+  const h = createHash('sha256');
+  h.update('softpress-safetensors-sha256 1\n');
+  const byCodeUnits = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  for (const k of Object.keys(metadata).sort(byCodeUnits)) {
+    if (k !== CHECKSUM_KEY) h.update(`${JSON.stringify([k, metadata[k]])}\n`);
+  }
+  for (const [name, t] of [...tensors].sort((a, b) => byCodeUnits(a[0], b[0]))) {
+    h.update(`${JSON.stringify([name, t.dtype, t.shape])}\n`);
+    h.update(t.data);
+  }
+  return h.digest('hex');
+}
+
+/** Verifies the checksum when the metadata records one (a ChecksumError on mismatch). */
+function verifyChecksum(tensors: Map<string, RawTensor>, metadata: Record<string, string>, source: string): void {
+  const recorded = metadata[CHECKSUM_KEY];
+  if (recorded === undefined) return;
+  if (!/^[0-9a-f]{64}$/.test(recorded)) {
+    throw new ChecksumError(source, `__metadata__.${CHECKSUM_KEY} must be 64 hex digits (a SHA-256), got ${describe(recorded)}`);
+  }
+  const actual = contentDigest(tensors, metadata);
+  if (actual !== recorded) {
+    throw new ChecksumError(
+      source,
+      `content checksum mismatch: the tensors and metadata hash to sha256 ${actual.slice(0, 16)}…, but the file records ` +
+        `${recorded.slice(0, 16)}… (the file was changed or damaged after it was written)`,
+    );
+  }
+}
+
+/** Options of the writers. */
+export interface WriteOptions {
+  /** Record a content checksum (CHECKSUM_KEY) in the metadata, verified whenever the file is read. */
+  checksum?: boolean;
+}
+
+function withChecksum(
+  tensors: Map<string, RawTensor> | Record<string, RawTensor>,
+  metadata: Record<string, string> | undefined,
+  opts: WriteOptions,
+): Record<string, string> | undefined {
+  if (!opts.checksum) return metadata;
+  const entries: [string, RawTensor][] = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+  // Malformed records are left to plan(), which names what is wrong with them.
+  if (entries.some(([, t]) => !(t?.data instanceof Uint8Array))) return metadata;
+  const meta = { ...(metadata ?? {}) };
+  delete meta[CHECKSUM_KEY];
+  return { ...meta, [CHECKSUM_KEY]: contentDigest(entries, meta) };
 }
 
 /** Same bound as the reference implementation; guards against absurd allocations. */
@@ -281,6 +356,7 @@ export function parseSafetensors(bytes: Uint8Array, source = '<buffer>'): {
     const [begin, end] = info.dataOffsets;
     tensors.set(name, { dtype: info.dtype, shape: info.shape, data: bytes.subarray(dataStart + begin, dataStart + end) });
   }
+  verifyChecksum(tensors, header.metadata, source);
   return { tensors, metadata: header.metadata };
 }
 
@@ -333,6 +409,7 @@ export function readSafetensors(path: string): { tensors: Map<string, RawTensor>
       readExactly(fd, data, header.dataStart + begin, path, `tensor ${JSON.stringify(name)}`);
       tensors.set(name, { dtype: info.dtype, shape: info.shape, data });
     }
+    verifyChecksum(tensors, header.metadata, path);
     return { tensors, metadata: header.metadata };
   } finally {
     fs.closeSync(fd);
@@ -410,8 +487,9 @@ function plan(
 export function serializeSafetensors(
   tensors: Map<string, RawTensor> | Record<string, RawTensor>,
   metadata?: Record<string, string>,
+  opts: WriteOptions = {},
 ): Uint8Array {
-  const p = plan(tensors, metadata, '<buffer>');
+  const p = plan(tensors, withChecksum(tensors, metadata, opts), '<buffer>');
   const out = new Uint8Array(p.total);
   out.set(p.header, 0);
   let pos = p.header.length;
@@ -437,8 +515,9 @@ export function writeSafetensors(
   path: string,
   tensors: Map<string, RawTensor> | Record<string, RawTensor>,
   metadata?: Record<string, string>,
+  opts: WriteOptions = {},
 ): void {
-  const p = plan(tensors, metadata, path);
+  const p = plan(tensors, withChecksum(tensors, metadata, opts), path);
   const tmp = `${path}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, 'w');
   try {

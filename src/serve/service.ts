@@ -40,6 +40,7 @@ import {
   isLearned,
   loadCompressor,
   parseSoftContext,
+  SoftContextError,
   serializeSoftContext,
   softCount,
   type Budget,
@@ -573,7 +574,7 @@ export class SoftpressService {
         ctx = parseSoftContext(bytes, this.model, id);
       } catch (err) {
         const msg = (err as Error).message;
-        if (msg.includes('base model')) throw new HttpError(409, 'base_model_mismatch', msg);
+        if (err instanceof SoftContextError && err.code === 'base_mismatch') throw new HttpError(409, 'base_model_mismatch', msg);
         throw new HttpError(500, 'corrupt_context', `stored context ${id} cannot be read: ${msg}`);
       }
       if (!this.compressors.has(ctx.meta.method)) {

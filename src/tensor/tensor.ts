@@ -79,6 +79,13 @@ function call(op: string, args: unknown[]): Tensor {
   return callOp(op, args) as Tensor;
 }
 
+/** The libtorch code of a dtype; an unknown name is a TensorError naming the operation and the known names. */
+function dtypeCode(op: string, dtype: unknown): number {
+  const code = typeof dtype === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_CODE, dtype) ? DTYPE_CODE[dtype as DType] : undefined;
+  if (code === undefined) throw new TensorError(`${op}: unknown dtype ${typeof dtype === 'string' ? `'${dtype}'` : String(dtype)} (known: ${Object.keys(DTYPE_CODE).join(', ')})`);
+  return code;
+}
+
 /**
  * Calls an in-place ATen operator whose result (an alias of an input, or nothing, as for the
  * `_foreach_*_` family) is not wanted: no handle is created.
@@ -257,7 +264,7 @@ export class Tensor {
 
   // -- conversion and copies --
   to(dtype: DType): Tensor {
-    return call('to.dtype', [this, DTYPE_CODE[dtype], false, false]);
+    return call('to.dtype', [this, dtypeCode('to', dtype), false, false]);
   }
   float(): Tensor {
     return this.to('float32');
@@ -584,28 +591,28 @@ function checkShape(op: string, shape: Shape): number[] {
 }
 
 export function zeros(shape: Shape, opts?: CreateOptions): Tensor {
-  return finish(call('zeros', [checkShape('zeros', shape), DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('zeros', [checkShape('zeros', shape), dtypeCode('zeros', opts?.dtype ?? 'float32')]), opts);
 }
 export function ones(shape: Shape, opts?: CreateOptions): Tensor {
-  return finish(call('ones', [checkShape('ones', shape), DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('ones', [checkShape('ones', shape), dtypeCode('ones', opts?.dtype ?? 'float32')]), opts);
 }
 export function empty(shape: Shape, opts?: CreateOptions): Tensor {
-  return finish(call('empty.memory_format', [checkShape('empty', shape), DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('empty.memory_format', [checkShape('empty', shape), dtypeCode('empty', opts?.dtype ?? 'float32')]), opts);
 }
 export function full(shape: Shape, value: number, opts?: CreateOptions): Tensor {
-  return finish(call('full', [checkShape('full', shape), value, DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('full', [checkShape('full', shape), value, dtypeCode('full', opts?.dtype ?? 'float32')]), opts);
 }
 /** Standard normal samples from the default (seeded) generator. */
 export function randn(shape: Shape, opts?: CreateOptions): Tensor {
-  return finish(call('randn', [checkShape('randn', shape), DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('randn', [checkShape('randn', shape), dtypeCode('randn', opts?.dtype ?? 'float32')]), opts);
 }
 /** Uniform [0, 1) samples. */
 export function rand(shape: Shape, opts?: CreateOptions): Tensor {
-  return finish(call('rand', [checkShape('rand', shape), DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('rand', [checkShape('rand', shape), dtypeCode('rand', opts?.dtype ?? 'float32')]), opts);
 }
 /** Integers uniform in [low, high). */
 export function randint(low: number, high: number, shape: Shape, opts?: CreateOptions): Tensor {
-  return call('randint.low', [low, high, checkShape('randint', shape), DTYPE_CODE[opts?.dtype ?? 'int64']]);
+  return call('randint.low', [low, high, checkShape('randint', shape), dtypeCode('randint', opts?.dtype ?? 'int64')]);
 }
 /** [start, end) by step; int64 unless a dtype is given or any bound is fractional. */
 export function arange(start: number, end?: number, step = 1, opts?: CreateOptions): Tensor {
@@ -615,10 +622,10 @@ export function arange(start: number, end?: number, step = 1, opts?: CreateOptio
   }
   const frac = !Number.isInteger(start) || !Number.isInteger(end) || !Number.isInteger(step);
   const dtype = opts?.dtype ?? (frac ? 'float32' : 'int64');
-  return finish(call('arange.start_step', [start, end, step, DTYPE_CODE[dtype]]), opts);
+  return finish(call('arange.start_step', [start, end, step, dtypeCode('arange', dtype)]), opts);
 }
 export function eye(n: number, opts?: CreateOptions): Tensor {
-  return finish(call('eye', [n, DTYPE_CODE[opts?.dtype ?? 'float32']]), opts);
+  return finish(call('eye', [n, dtypeCode('eye', opts?.dtype ?? 'float32')]), opts);
 }
 export function zerosLike(t: Tensor): Tensor {
   return call('zeros_like', [t]);
@@ -644,6 +651,7 @@ const ARRAY_DTYPE = new Map<unknown, DType>([
  */
 export function tensor(data: AnyTypedArray | readonly number[] | readonly boolean[] | number, shape?: Shape, opts?: CreateOptions): Tensor {
   if (typeof data === 'number') return finish(full([], data, opts), opts);
+  if (opts?.dtype !== undefined) dtypeCode('tensor', opts.dtype);
   let arr: AnyTypedArray;
   let dtype: DType;
   if (ArrayBuffer.isView(data)) {
@@ -682,7 +690,7 @@ export function tensor(data: AnyTypedArray | readonly number[] | readonly boolea
   let t: Tensor;
   const natural = ArrayBuffer.isView(data) ? dtype : (dtype === 'float16' || dtype === 'bfloat16' ? 'float32' : dtype);
   try {
-    t = new Tensor(native.fromBuffer(arr, DTYPE_CODE[natural], sh));
+    t = new Tensor(native.fromBuffer(arr, dtypeCode('tensor', natural), sh));
   } catch (e) {
     throw new TensorError(`tensor: ${(e as Error).message}`);
   }
@@ -776,8 +784,10 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
 /** A tensor of `dtype` and `shape` from raw little-endian bytes (copied; any alignment). */
 export function fromBytes(bytes: Uint8Array, dtype: DType, shape: Shape): Tensor {
   const sh = checkShape('fromBytes', shape);
+  const code = dtypeCode('fromBytes', dtype);
+  if (!(bytes instanceof Uint8Array)) throw new TensorError(`fromBytes: expected the bytes as a Uint8Array, got ${bytes === null ? 'null' : typeof bytes}`);
   try {
-    return new Tensor(native.fromBuffer(bytes, DTYPE_CODE[dtype], sh));
+    return new Tensor(native.fromBuffer(bytes, code, sh));
   } catch (e) {
     throw new TensorError(`fromBytes: ${(e as Error).message}`);
   }

@@ -6,8 +6,15 @@
  *
  * Exact resume rests on two rules: a task's batches are a pure function of (step, micro), and
  * libtorch's generator state is saved with the weights and moments.
+ *
+ * A checkpoint is the folder outDir/checkpoint: params.safetensors and optimizer.safetensors,
+ * each with a content checksum verified on load (the optimizer file's metadata also carries the
+ * trainer state, step and RNG, under that checksum), and state.json. It is written to
+ * checkpoint.tmp-<pid> and swapped in through checkpoint.old-<pid>; a process killed during
+ * the swap leaves those folders behind, and the next run in outDir removes the ones of dead
+ * processes (restoring checkpoint.old-<pid> first when the swap left no checkpoint).
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fromBytes, getRngState, setRngState, tidy, type Tensor } from '../tensor/index.js';
 import { AdamW, clipGradNorm, type Parameter, type Schedule } from '../nn/index.js';
@@ -61,6 +68,8 @@ export interface TrainSummary {
   lastValid?: Record<string, number>;
   seconds: number;
   interrupted: boolean;
+  /** The run had reached totalSteps before this call (a resume of a finished run): nothing was trained. */
+  alreadyFinished?: boolean;
 }
 
 interface CheckpointState {
@@ -71,6 +80,57 @@ interface CheckpointState {
 }
 
 const CKPT = 'checkpoint';
+const STALE = /^checkpoint\.(tmp|old)-(\d+)$/;
+
+/** Whether a process with this id exists (one we may not signal still exists). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temporary checkpoint folders (checkpoint.tmp-<pid>, checkpoint.old-<pid>) that
+ * processes killed while saving left in outDir; folders of live processes (another run writing
+ * here) are left alone. When a swap was cut between its two renames there is no checkpoint but
+ * an old-<pid> folder, the last complete checkpoint: it is put back first. Returns the names
+ * removed (and restored).
+ */
+export function cleanStaleCheckpoints(outDir: string): { removed: string[]; restored?: string } {
+  if (!existsSync(outDir)) return { removed: [] };
+  const stale = readdirSync(outDir)
+    .map((name) => ({ name, m: STALE.exec(name) }))
+    .filter((x): x is { name: string; m: RegExpExecArray } => x.m !== null)
+    .map(({ name, m }) => ({ name, kind: m[1], pid: Number(m[2]) }))
+    .filter((x) => x.pid === process.pid || !processAlive(x.pid));
+  let restored: string | undefined;
+  const final = join(outDir, CKPT);
+  if (!existsSync(final)) {
+    const old = stale.filter((x) => x.kind === 'old' && existsSync(join(outDir, x.name, 'state.json')));
+    const stepOf = (name: string) => {
+      try {
+        return (JSON.parse(readFileSync(join(outDir, name, 'state.json'), 'utf8')) as CheckpointState).step;
+      } catch {
+        return -1;
+      }
+    };
+    const best = old.map((x) => ({ ...x, step: stepOf(x.name) })).filter((x) => x.step >= 0).sort((a, b) => b.step - a.step)[0];
+    if (best) {
+      renameSync(join(outDir, best.name), final);
+      restored = best.name;
+    }
+  }
+  const removed: string[] = [];
+  for (const x of stale) {
+    if (x.name === restored) continue;
+    rmSync(join(outDir, x.name), { recursive: true, force: true });
+    removed.push(x.name);
+  }
+  return { removed, restored };
+}
 
 /** Writes outDir/checkpoint atomically: a temporary folder, then renames. */
 function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: number, elapsed: number): void {
@@ -80,7 +140,7 @@ function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: numbe
   tidy(() => {
     const params = new Map<string, RawTensor>();
     for (const [name, p] of task.params) params.set(name, tensorToRaw(p.value.detach(), name));
-    writeSafetensors(join(tmp, 'params.safetensors'), params);
+    writeSafetensors(join(tmp, 'params.safetensors'), params, undefined, { checksum: true });
     const sd = opt.stateDict({ copy: false });
     const moments = new Map<string, RawTensor>();
     const steps: Record<string, number> = {};
@@ -90,9 +150,9 @@ function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: numbe
       moments.set(`exp_avg_sq.${name}`, tensorToRaw(s.expAvgSq, name));
       steps[name] = s.step;
     }
-    writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, { steps: JSON.stringify(steps), step: String(sd.step) });
     const rng = Buffer.from(getRngState().toBytes()).toString('base64');
     const state: CheckpointState = { step, rng, elapsed, version: 1 };
+    writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, { steps: JSON.stringify(steps), step: String(sd.step), trainer_state: JSON.stringify(state) }, { checksum: true });
     writeFileSync(join(tmp, 'state.json'), JSON.stringify(state));
   });
   const final = join(outDir, CKPT);
@@ -106,7 +166,7 @@ function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: numbe
 export function loadCheckpointParams(outDir: string, params: [string, Parameter][]): { step: number } {
   const dir = join(outDir, CKPT);
   if (!existsSync(join(dir, 'state.json'))) throw new Error(`${outDir}: no checkpoint to load`);
-  const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as CheckpointState;
+  const state = readState(dir);
   const tensors = readSafetensors(join(dir, 'params.safetensors')).tensors;
   for (const [name, p] of params) {
     const raw = tensors.get(name);
@@ -116,16 +176,26 @@ export function loadCheckpointParams(outDir: string, params: [string, Parameter]
   return { step: state.step };
 }
 
+function readState(dir: string): CheckpointState {
+  const path = join(dir, 'state.json');
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as CheckpointState;
+  } catch (e) {
+    throw new Error(`${path}: unreadable checkpoint state (${(e as Error).message})`);
+  }
+}
+
 function loadCheckpoint(outDir: string, task: TrainTask, opt: AdamW): CheckpointState {
   const dir = join(outDir, CKPT);
-  const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as CheckpointState;
+  const { tensors: moments, metadata } = readSafetensors(join(dir, 'optimizer.safetensors'));
+  // Checkpoints written since checksums carry the state under the optimizer file's checksum.
+  const state = metadata.trainer_state !== undefined ? (JSON.parse(metadata.trainer_state) as CheckpointState) : readState(dir);
   const params = readSafetensors(join(dir, 'params.safetensors')).tensors;
   for (const [name, p] of task.params) {
     const raw = params.get(name);
     if (!raw) throw new Error(`${dir}: checkpoint has no parameter '${name}' (different model or method?)`);
     tidy(() => p.load(rawToTensor(raw, name), name));
   }
-  const { tensors: moments, metadata } = readSafetensors(join(dir, 'optimizer.safetensors'));
   const steps = JSON.parse(metadata.steps ?? '{}') as Record<string, number>;
   // loadStateDict copies the moments, so the loaded tensors can be freed with the scope.
   tidy(() => {
@@ -165,6 +235,11 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
   const logPath = join(o.outDir, 'log.jsonl');
   let step = 0;
   let elapsedBefore = 0;
+  let lastLoss = NaN;
+  let lastValid: Record<string, number> | undefined;
+  const stale = cleanStaleCheckpoints(o.outDir);
+  if (!o.quiet && stale.restored) process.stderr.write(`restored ${CKPT} from ${stale.restored} (a save was cut short)\n`);
+  if (!o.quiet && stale.removed.length) process.stderr.write(`removed ${stale.removed.length} temporary checkpoint folder(s) of stopped processes: ${stale.removed.join(', ')}\n`);
   if (o.resume && existsSync(join(o.outDir, CKPT, 'state.json'))) {
     const st = loadCheckpoint(o.outDir, task, opt);
     step = st.step;
@@ -172,7 +247,13 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
     // Drop log rows past the checkpoint: they will be produced again.
     const kept = readLog(logPath).filter((r) => r.step <= step);
     writeFileSync(logPath, kept.map((r) => JSON.stringify(r) + '\n').join(''));
-    if (!o.quiet) process.stderr.write(`resuming from step ${step}\n`);
+    // The figures of the steps before the checkpoint, for a summary even when no step runs now.
+    lastLoss = kept.filter((r) => r.loss !== undefined).pop()?.loss ?? NaN;
+    const valid = kept.filter((r) => Object.keys(r).some((k) => k.startsWith('valid_'))).pop();
+    if (valid) lastValid = Object.fromEntries(Object.entries(valid).filter(([k]) => k.startsWith('valid_')).map(([k, v]) => [k.slice('valid_'.length), v]));
+    if (!o.quiet) {
+      process.stderr.write(step >= o.totalSteps ? `the run finished already (step ${step} of ${o.totalSteps}): nothing to train\n` : `resuming from step ${step}\n`);
+    }
   } else {
     // A fresh start (also --resume before any checkpoint exists): rows of an earlier attempt
     // would repeat steps 1.. in the log and the plot.
@@ -188,8 +269,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
   process.on('SIGINT', onSigint);
   const progress = new Progress(o.totalSteps, { quiet: o.quiet, start: step });
   const t0 = performance.now();
-  let lastLoss = NaN;
-  let lastValid: Record<string, number> | undefined;
+  const alreadyFinished = step >= o.totalSteps;
   let ran = 0;
   try {
     while (step < o.totalSteps) {
@@ -244,7 +324,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
     opt.freeState();
   }
   writeLossPlot(o.outDir, o.title ?? 'training loss');
-  return { steps: step, lastLoss, lastValid, seconds: elapsedBefore + (performance.now() - t0) / 1000, interrupted };
+  return { steps: step, lastLoss, lastValid, seconds: elapsedBefore + (performance.now() - t0) / 1000, interrupted, alreadyFinished };
 }
 
 /** loss.svg from log.jsonl: training loss (smoothed) and validation loss by step. */
