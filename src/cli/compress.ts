@@ -5,34 +5,15 @@
  * compressor uses the first ratio (or budget) it was trained at.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { noGrad, tidy } from '../tensor/index.js';
-import { loadModel } from '../models/load.js';
-import type { LlamaModel } from '../models/llama.js';
-import { createCompressor, describeBudget, isLearned, loadCompressor, saveSoftContext, type Budget, type Compressor } from '../compress/index.js';
+import { Softpress, type Method } from '../api.js';
+import { describeBudget } from '../compress/index.js';
 import { budgetOpt } from './args.js';
 
 const USAGE = 'usage: softpress compress --base DIR (--compressor DIR | --method full|none|truncate) [--ratio R | --budget K] --in FILE.txt --out FILE.softctx';
 
-/** The compressor of --compressor DIR or --method NAME (strategies only), and its default budget. */
-export function openCompressor(model: LlamaModel, dir: string | undefined, method: string | undefined): { compressor: Compressor; defaultBudget?: Budget } {
-  if ((dir === undefined) === (method === undefined)) throw new Error('give --compressor DIR (a trained compressor) or --method NAME (full, none, truncate), exactly one');
-  if (dir !== undefined) {
-    const compressor = loadCompressor(dir, model);
-    let defaultBudget: Budget | undefined;
-    try {
-      const saved = JSON.parse(readFileSync(join(dir, 'compressor.json'), 'utf8')) as { training?: { ratios?: number[]; budgetTokens?: number } };
-      if (saved.training?.ratios?.length) defaultBudget = { ratio: saved.training.ratios[0] };
-      else if (saved.training?.budgetTokens !== undefined) defaultBudget = { tokens: saved.training.budgetTokens };
-    } catch {
-      // no training notes: the budget must be given
-    }
-    return { compressor, defaultBudget };
-  }
-  if (isLearned(method!)) throw new Error(`'${method}' is a learned method: give --compressor DIR of a trained one (softpress train)`);
-  return { compressor: createCompressor(method!, model), defaultBudget: method === 'full' || method === 'none' ? { ratio: 1 } : undefined };
-}
+/** The compressor of --compressor DIR or --method NAME; it lives in the library (src/api.ts). */
+export { openCompressor } from '../api.js';
 
 export function readText(path: string): string {
   if (!existsSync(path)) throw new Error(`file not found: ${path}`);
@@ -58,19 +39,11 @@ export async function run(argv: string[]): Promise<void> {
   for (const f of ['base', 'in', 'out'] as const) if (!values[f]) throw new Error(`--${f} is required\n${USAGE}`);
   if (!values.out!.endsWith('.softctx')) throw new Error(`--out should name a .softctx file, got '${values.out}'`);
   const text = readText(values.in!);
-  const { model, tokenizer } = loadModel(values.base!);
-  if (!tokenizer) throw new Error(`${values.base}: no tokenizer next to the model`);
-  const { compressor, defaultBudget } = openCompressor(model, values.compressor, values.method);
-  const budget = budgetOpt(values.ratio, values.budget, defaultBudget);
-  const ids = tokenizer.encode(text);
+  using sp = await Softpress.open({ base: values.base!, compressor: values.compressor, method: values.method as Method | undefined });
+  const budget = budgetOpt(values.ratio, values.budget, sp.defaultBudget);
   const t0 = performance.now();
-  const { ms, soft } = tidy(() =>
-    noGrad(() => {
-      const ctx = compressor.compress([ids], budget);
-      const elapsed = performance.now() - t0;
-      saveSoftContext(values.out!, ctx);
-      return { ms: elapsed, soft: ctx.meta.softTokens[0] };
-    }),
-  );
-  process.stdout.write(`${compressor.method} at ${describeBudget(budget)}: ${ids.length} source tokens -> ${soft} soft tokens in ${ms.toFixed(1)} ms; wrote ${values.out}\n`);
+  using ctx = await sp.compress(text, { ratio: budget.ratio, budget: budget.tokens });
+  const ms = performance.now() - t0;
+  await ctx.save(values.out!);
+  process.stdout.write(`${sp.method} at ${describeBudget(ctx.meta.budget)}: ${ctx.sourceTokens} source tokens -> ${ctx.softTokens} soft tokens in ${ms.toFixed(1)} ms; wrote ${values.out}\n`);
 }

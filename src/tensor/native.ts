@@ -71,9 +71,15 @@ function findAddon(): string {
     const candidate = join(here, up, 'native', 'build', 'Release', 'softpress_native.node');
     if (existsSync(candidate)) return candidate;
   }
+  const root = join(here, '../../..');
+  const checkout = existsSync(join(root, 'scripts', 'setup.sh'));
   throw new Error(
-    'softpress: the native addon is not built (native/build/Release/softpress_native.node). ' +
-      'Run `npm run setup` (installs libtorch-dev and builds it).',
+    `softpress: the native addon is not built (${join(root, 'native', 'build', 'Release', 'softpress_native.node')}). ` +
+      (checkout
+        ? 'Run `npm run setup` (installs libtorch-dev and builds it).'
+        : 'npm skips the install scripts of dependencies it was not told to allow: run ' +
+          '`npm install-scripts approve softpress && npm rebuild softpress` in your project ' +
+          '(or set `"allowScripts": {"softpress": true}` in its package.json before installing). The build needs libtorch-dev, g++, make and python3.'),
   );
 }
 
