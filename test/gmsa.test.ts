@@ -16,7 +16,8 @@ import { Tensor, manualSeed, noGrad, randn, tensor, tidy } from '../src/tensor/i
 import { AdamW, constant, type Module, type Parameter } from '../src/nn/index.js';
 import { configFromHf } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
-import { GmsaCompressor, groupStarts, mergeGroups } from '../src/compress/gmsa.js';
+import { GmsaCompressor, mergeGroups } from '../src/compress/gmsa.js';
+import { groupStarts } from '../src/compress/batching.js';
 import { createCompressor, isLearned, loadCompressor, saveCompressor } from '../src/compress/registry.js';
 import { tailLoss } from '../src/compress/decode.js';
 import type { Budget, Compressor, SoftContext } from '../src/compress/types.js';

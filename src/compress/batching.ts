@@ -1,10 +1,26 @@
 /**
- * Reshaping soft contexts across a batch: one stored context repeated for several prompts
- * (asking several questions about one compressed text), items of a batch picked (with repeats:
- * several questions on each of several compressed contexts), and one item picked out of a batch.
+ * Batching shared by the compressors: the groups of consecutive tokens a merging method forms
+ * under a budget, and reshaping soft contexts across a batch (one stored context repeated for
+ * several prompts, items of a batch picked, with repeats, and one item picked out of a batch).
  */
-import type { SoftContext } from './types.js';
+import { softCount, type Budget, type SoftContext } from './types.js';
 import { tensor, type Tensor } from '../tensor/index.js';
+
+/**
+ * Start index of each group over n tokens (groups are consecutive; group g ends where g+1
+ * starts, the last at n). Ratio r: groups of r tokens with a shorter final group, so
+ * ceil(n / r) groups (a non-integer r alternates floor/ceil sizes, starts at floor(g r)).
+ * Budget of k tokens: min(k, n) near-equal groups, starts floor(g n / k), sizes differing by
+ * at most one (never an empty group, so never more soft tokens than context tokens).
+ */
+export function groupStarts(n: number, budget: Budget): number[] {
+  if (budget.tokens !== undefined) {
+    const k = Math.min(budget.tokens, n);
+    return Array.from({ length: k }, (_, g) => Math.floor((g * n) / k));
+  }
+  const r = budget.ratio!;
+  return Array.from({ length: softCount(n, budget) }, (_, g) => Math.floor(g * r + 1e-9));
+}
 
 function repeatRows(t: Tensor, n: number): Tensor {
   const shape = t.shape;

@@ -34,7 +34,8 @@ import { DecoderLayer, LORA_TARGETS, type LlamaModel } from '../models/llama.js'
 import { encoderBosDefault, registerCompressor, type CompressorEnv } from './registry.js';
 import { optBool, optEnum, optNumber } from './options.js';
 import { ours, paper, type MethodRecipe } from './recipe.js';
-import { checkBudget, softCount, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import { groupStarts } from './batching.js';
+import { checkBudget, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
 
 export const GMSA_MERGES = ['mean', 'strided', 'queries'] as const;
 export type GmsaMerge = (typeof GMSA_MERGES)[number];
@@ -109,22 +110,6 @@ export const GMSA_RECIPE: MethodRecipe = {
 };
 
 // ---- group merging -------------------------------------------------------------------------
-
-/**
- * Start index of each group over n tokens (groups are consecutive; group g ends where g+1
- * starts, the last at n). Ratio r: groups of r tokens with a shorter final group, so
- * ceil(n / r) groups (a non-integer r alternates floor/ceil sizes, starts at floor(g r)).
- * Budget of k tokens: min(k, n) near-equal groups, starts floor(g n / k), sizes differing by
- * at most one (never an empty group, so never more soft tokens than context tokens).
- */
-export function groupStarts(n: number, budget: Budget): number[] {
-  if (budget.tokens !== undefined) {
-    const k = Math.min(budget.tokens, n);
-    return Array.from({ length: k }, (_, g) => Math.floor((g * n) / k));
-  }
-  const r = budget.ratio!;
-  return Array.from({ length: softCount(n, budget) }, (_, g) => Math.floor(g * r + 1e-9));
-}
 
 /** Per batch: token -> group (-1 for padding), whether it ends its group, and group counts. */
 interface MergePlan {

@@ -18,7 +18,7 @@
 import { Tensor, cat, crossEntropy, tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import { Rng } from '../data/rng.js';
-import { groupStarts } from '../compress/gmsa.js';
+import { groupStarts } from '../compress/batching.js';
 
 export interface SoftRestate {
   /** Rows per micro-batch (all of one passage length and ratio, drawn per micro-batch). */
