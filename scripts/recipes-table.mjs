@@ -12,7 +12,7 @@ const notes = `
   segments per document (16,384 tokens at l = 1,024), drawn from inside single long documents of
   the train split (\`DocumentChunkSampler\`), so that the reservoir (k = 2) decides for 14 of
   them. Fewer segments are used when the base's position window cannot hold the memory of all but
-  the last segment plus that segment at the smallest training ratio (\`defaultCcfDocLen\`), and a
+  the last segment plus that segment at the smallest training ratio (\`CcfCompressor.defaultDocLen\`), and a
   document that does not fit is refused with the positions it needs. On SmolLM2 (8,192 positions)
   16 segments fit at ratio 8 (1,920 + 1,024 positions).
 - **Small bases.** GMSA's encoder depth is at most half the base's layers and its LoRA rank at

@@ -104,7 +104,8 @@ export function openCompressor(model: LlamaModel, dir: string | undefined, metho
     return { compressor, defaultBudget };
   }
   if (isLearned(method!)) throw new OptionsError(`'${method}' is a learned method: give --compressor DIR of a trained one (softpress train)`);
-  return { compressor: createCompressor(method!, model), defaultBudget: method === 'full' || method === 'none' ? { ratio: 1 } : undefined };
+  const compressor = createCompressor(method!, model);
+  return { compressor, defaultBudget: compressor.budgetFree ? { ratio: 1 } : undefined };
 }
 
 /** @internal Ids that end an answer: EOS and every token whose text holds a newline. */

@@ -8,7 +8,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Tensor, cat, noGrad, randn, tensor, tidy } from '../src/tensor/index.js';
-import { createCompressor } from '../src/compress/index.js';
+import { createCompressor, softTokensOf } from '../src/compress/index.js';
 import { poolGroups, MeanPoolCompressor } from '../src/compress/meanpool.js';
 import { IcaeCompressor } from '../src/compress/icae.js';
 import { tinyBase } from './helpers/tiny.js';
@@ -146,4 +146,19 @@ test('icae: LoRA dropout follows the compressor mode (the shared base stays in e
       assert.equal(base.training, false);
     }),
   );
+});
+
+test('strategies: full and none ignore the budget; the soft tokens they announce are the ones they make', () => {
+  const contexts = [[5, 6, 7, 8, 9, 10, 11], [12, 13]];
+  for (const method of ['full', 'none', 'truncate']) {
+    const c = createCompressor(method, base);
+    assert.equal(!!c.budgetFree, method !== 'truncate', `${method}: budget-free`);
+    for (const budget of [{ ratio: 1 }, { ratio: 3 }, { tokens: 1 }]) {
+      const made = c.compress(contexts, budget).meta.softTokens;
+      assert.deepEqual(contexts.map((x) => softTokensOf(c, x.length, budget)), made, `${method} at ${JSON.stringify(budget)}`);
+    }
+  }
+  assert.deepEqual(createCompressor('truncate', base).compress(contexts, { ratio: 3 }).meta.softTokens, [3, 1]);
+  // A learned method announces softCount: ceil(T / r).
+  assert.equal(softTokensOf(createCompressor('meanpool', base), 7, { ratio: 3 }), 3);
 });

@@ -1,5 +1,5 @@
 /**
- * CCF (src/compress/ccf.ts, src/train/ccf-trainer.ts) on tiny random models:
+ * CCF (src/compress/ccf.ts, src/compress/ccf-training.ts) on tiny random models:
  *   (a) the encoder's mask and positions: memory j sees exactly tokens [0, (j+1) l/c) and itself;
  *   (b) the decoder reads memories through keys/values made with the decoder LoRA (checked
  *       against a hand computation for one layer), tokens continuing after the memory;
@@ -10,7 +10,8 @@
  *       (measured in a child process, see memoryProbe below);
  *   (e) the streaming API: memory grows by c slots per layer per segment, matches compress()
  *       and scores exactly what the trainer's loss counts;
- *   (f) shapes for ratios 8 and 32 with l = 64, budgets, errors; save/load; trainCcf resume.
+ *   (f) shapes for ratios 8 and 32 with l = 64, budgets, errors; save/load; the procedure's
+ *       resume under the shared trainer.
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
@@ -25,7 +26,9 @@ import { configFromHf, ropeInvFreq } from '../src/models/config.js';
 import { LlamaModel, type LayerKv } from '../src/models/llama.js';
 import { CcfCompressor, CcfStream, memoryWindowEnd, segmentPlan } from '../src/compress/ccf.js';
 import { createCompressor, loadCompressor, saveCompressor, tailLoss } from '../src/compress/index.js';
-import { ccfDocumentGradients, trainCcf, type CcfProbe } from '../src/train/ccf-trainer.js';
+import { ccfDocumentGradients, type CcfProbe } from '../src/compress/ccf-training.js';
+import { train } from '../src/train/trainer.js';
+import { warmupCosine } from '../src/nn/index.js';
 import { Rng } from '../src/data/rng.js';
 import { collectGarbage } from './helpers/gc.js';
 
@@ -525,21 +528,24 @@ unit('pi starts as a token every tokenizer has (EOS), or a given one, or the mea
   }
 }));
 
-unit('trainCcf: a short run logs, validates and saves; interrupted + resumed run equals an uninterrupted one', async () => {
+unit('the training procedure under the shared trainer: a short run logs and validates; interrupted + resumed run equals an uninterrupted one', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-ccf-train-'));
-  // A stream with long-range structure: each document repeats an 8-token motif.
+  // A stream with long-range structure: each document (ended by id 0) repeats an 8-token motif.
   const rng = new Rng('stream');
   const streamArr: number[] = [];
   while (streamArr.length < 3000) {
     const motif = Array.from({ length: 8 }, () => 1 + rng.int(TINY.vocab_size - 1));
     for (let i = 0; i < 5; i++) streamArr.push(...motif);
+    streamArr.push(0);
   }
   const stream = Int32Array.from(streamArr);
   const run = async (outDir: string, opts: { stopAfter?: number; resume?: boolean }) => {
     const model = tinyModel({ dtype: 'float32' });
     manualSeed(3);
     const ccf = new CcfCompressor(model, { segmentLen: 8, rank: 4, alpha: 8 });
-    const summary = await trainCcf({ compressor: ccf, stream, docLen: 32, ratios: [4], steps: 6, lr: 3e-3, outDir, quiet: true, checkpointEvery: 2, valid: { stream, docs: 2 }, evalEvery: 3, ...opts });
+    const task = ccf.trainingProcedure({ stages: ['lm'], ratios: [4], trainStream: stream, validStream: stream, docSeparator: 0, batchSize: 1, gradAccum: 1, seed: 0, validBatches: 2, docLen: 32 });
+    assert.deepEqual(task.training, { docLen: 32, segments: 4, reservoir: 2, documents: 'inside single documents' });
+    const summary = await train(task, { outDir, totalSteps: 6, schedule: warmupCosine({ peakLr: 3e-3, warmupSteps: 1, totalSteps: 6, minLr: 0 }), checkpointEvery: 2, evalEvery: 3, quiet: true, ...opts });
     return { ccf, summary };
   };
   try {
@@ -547,9 +553,12 @@ unit('trainCcf: a short run logs, validates and saves; interrupted + resumed run
     assert.equal(a.summary.steps, 6);
     assert.ok(Number.isFinite(a.summary.lastLoss));
     assert.ok(a.summary.lastValid && Number.isFinite(a.summary.lastValid.ppl));
-    assert.ok(fs.existsSync(path.join(a.summary.compressorDir!, 'weights.safetensors')));
     const rows = fs.readFileSync(path.join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
     assert.equal(rows.filter((r) => r.loss !== undefined).length, 6);
+    const untrainedBase = tinyModel({ dtype: 'float32' });
+    manualSeed(3);
+    const untrained = new Map(new CcfCompressor(untrainedBase, { segmentLen: 8, rank: 4, alpha: 8 }).net.namedParameters());
+    assert.ok(a.ccf.net.namedParameters().some(([name, p]) => maxDiff(p.value, untrained.get(name)!.value) > 0), 'training changed the parameters');
 
     const first = await run(path.join(dir, 'b'), { stopAfter: 4 });
     assert.equal(first.summary.steps, 4);
@@ -557,7 +566,6 @@ unit('trainCcf: a short run logs, validates and saves; interrupted + resumed run
     assert.equal(b.summary.steps, 6);
     const pa = new Map(a.ccf.net.namedParameters());
     for (const [name, p] of b.ccf.net.namedParameters()) assert.equal(maxDiff(p.value, pa.get(name)!.value), 0, `${name} after resume`);
-    await assert.rejects(() => trainCcf({ compressor: b.ccf, stream, docLen: 64, ratios: [4], steps: 6, outDir: path.join(dir, 'b'), resume: true, quiet: true }), /different settings/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -585,7 +593,6 @@ unit('positions: memory + segment beyond the base window is a clear error, never
 
 unit('long documents: chunks lie inside single documents; the default length fits the window', async () => {
   const { DocumentChunkSampler } = await import('../src/data/lm.js');
-  const { defaultCcfDocLen } = await import('../src/train/ccf-trainer.js');
   const EOS = 0;
   // Documents of 50, 9 and 30 tokens (ids 1..), each ending with EOS.
   const docs = [50, 9, 30].map((n, d) => Array.from({ length: n }, (_, i) => 1 + d * 100 + i));
@@ -604,8 +611,8 @@ unit('long documents: chunks lie inside single documents; the default length fit
   // slots per segment, the memory of 6 segments and a 7th fit; the smallest ratio decides).
   const model = tinyModel({ dtype: 'float32' });
   const ccf = new CcfCompressor(model, { segmentLen: 32, rank: 4, alpha: 8 });
-  assert.equal(defaultCcfDocLen(ccf, [8, 2]), 7 * 32);
-  assert.equal(defaultCcfDocLen(ccf, [8]), 16 * 32); // (16 - 1) x 4 + 32 = 92 positions
+  assert.equal(ccf.defaultDocLen([8, 2]), 7 * 32);
+  assert.equal(ccf.defaultDocLen([8]), 16 * 32); // (16 - 1) x 4 + 32 = 92 positions
   const wide = tinyModel({ dtype: 'float32', over: { max_position_embeddings: 4096 } });
-  assert.equal(defaultCcfDocLen(new CcfCompressor(wide, { segmentLen: 32, rank: 4, alpha: 8 }), [8]), 16 * 32);
+  assert.equal(new CcfCompressor(wide, { segmentLen: 32, rank: 4, alpha: 8 }).defaultDocLen([8]), 16 * 32);
 });

@@ -212,9 +212,8 @@ test('train ccf: long documents of many segments from inside single documents, c
   assert.deepEqual(used('reservoir'), { value: 2, from: 'code', paper: 2 });
   assert.deepEqual(used('docLen'), { value: 256, from: 'flag' });
   assert.deepEqual(used('options.alpha'), { value: 512, from: 'code', paper: 512 });
-  const settings = JSON.parse(fs.readFileSync(path.join(out, 'ccf-train.json'), 'utf8'));
-  assert.equal(settings.documents, 'inside single documents');
-  assert.equal(settings.weightDecay, 0.1); // not the CLI's old 0.01
+  assert.equal(saved.training.documents, 'inside single documents');
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'train-config.json'), 'utf8')).weightDecay, 0.1); // not the CLI's old 0.01
   // A document whose memory and last segment do not fit the window is refused, clearly.
   const far = await cli('train', ...COMMON, '--method', 'ccf', '--stage', 'lm', '--steps', '2', '--ratio', '2', '--doc-len', '512', '--method-option', 'rank=4', '--out', path.join(root, 'ccf-far'));
   assert.equal(far.code, 1);

@@ -131,10 +131,10 @@ function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | und
     labels.add(m.label);
     methods.push(m);
   }
-  // truncate (by default) at the ratios of the learned methods, so it is compared at each.
+  // Strategies that follow the budget (truncate), by default at the ratios of the learned methods, so they are compared at each.
   if (!ratios) {
     const learned = [...new Set(methods.filter((m) => m.compressor.module).flatMap((m) => m.ratios))].filter((r): r is number => r !== null).sort((a, b) => a - b);
-    for (const m of methods) if (m.compressor.method === 'truncate') m.ratios = learned.length ? learned : [...DEFAULT_RATIOS];
+    for (const m of methods) if (!m.compressor.module && !m.compressor.budgetFree) m.ratios = learned.length ? learned : [...DEFAULT_RATIOS];
   }
   return methods;
 }

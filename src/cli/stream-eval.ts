@@ -9,7 +9,6 @@ import { parseArgs } from 'node:util';
 import { writeFileSync } from 'node:fs';
 import { loadModel } from '../models/load.js';
 import { loadCompressor } from '../compress/index.js';
-import type { CcfCompressor } from '../compress/ccf.js';
 import { longTestDocs } from '../data/long-docs.js';
 import { streamEval } from '../eval/stream.js';
 
@@ -38,15 +37,16 @@ export async function run(argv: string[]): Promise<void> {
   const nDocs = list('docs', values.docs!)[0];
   const { model, tokenizer } = loadModel(values.base!);
   if (!tokenizer) throw new Error(`${values.base}: no tokenizer`);
-  const ccf = values.ccf ? (loadCompressor(values.ccf, model) as CcfCompressor) : undefined;
-  if (ccf && ccf.method !== 'ccf') throw new Error(`--ccf ${values.ccf} holds a '${ccf.method}' compressor`);
+  const streaming = values.ccf ? loadCompressor(values.ccf, model) : undefined;
+  if (streaming && !streaming.streaming) throw new Error(`--ccf ${values.ccf} holds a '${streaming.method}' compressor, which does not read text as a stream`);
+  const segmentLen = streaming?.streaming?.segmentLen ?? 64;
   const meanpool = values.meanpool ? loadCompressor(values.meanpool, model) : undefined;
   const { docs } = longTestDocs(tokenizer, { corpora: ['sotu', 'moby-dick', 'brown'], minTokens: Math.max(...lengths) });
   const picked = docs.slice(0, nDocs).map((d) => tokenizer.encode(d.text));
   if (!picked.length) throw new Error(`no test document has ${Math.max(...lengths)} tokens`);
   const log = (s: string) => process.stderr.write(s + '\n');
-  log(`${picked.length} test documents of >= ${Math.max(...lengths)} tokens; segment ${ccf?.segmentLen ?? 64} tokens`);
-  const rows = streamEval({ model, tokenizer, docs: picked, lengths, segmentLen: ccf?.segmentLen ?? 64, ccf, ccfRatios: ratios, meanpool, meanpoolRatios: ratios.filter((r) => r <= 32), log });
+  log(`${picked.length} test documents of >= ${Math.max(...lengths)} tokens; segment ${segmentLen} tokens`);
+  const rows = streamEval({ model, tokenizer, docs: picked, lengths, segmentLen, streaming, streamRatios: ratios, meanpool, meanpoolRatios: ratios.filter((r) => r <= 32), log });
   const md = ['| method | ratio | tokens per doc | docs | perplexity | tokens/s | bytes held per doc |', '|---|---:|---:|---:|---:|---:|---:|'];
   for (const r of rows) md.push(`| ${r.method} | ${r.ratio ?? '-'} | ${r.length} | ${r.docs} | ${r.ppl.toFixed(1)} | ${r.tokensPerSecond.toFixed(0)} | ${(r.stateBytes / 1024).toFixed(0)} KiB |`);
   const text = md.join('\n') + '\n';

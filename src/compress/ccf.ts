@@ -32,7 +32,8 @@ import { LoraAdapters } from '../nn/layers.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
 import { registerCompressor } from './registry.js';
 import { code, ours, paper, type MethodRecipe } from './recipe.js';
-import { checkBudget, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import { ccfTraining } from './ccf-training.js';
+import { checkBudget, trainableDtype, type Budget, type Compressor, type CompressorConfig, type MethodTraining, type MethodTrainingRun, type CompressorStream, type SegmentScore, type SoftContext, type Stage, type StreamingReader } from './types.js';
 
 // ---- segmentation ----------------------------------------------------------------------------
 
@@ -192,6 +193,8 @@ export class CcfCompressor implements Compressor {
   /** Ratios l / c with c an integer: the divisors of l from 2 up. */
   readonly ratios: readonly number[];
   readonly encodeBatch: number;
+  /** A long text read segment by segment at a ratio: its memory grows by c slots per segment (CcfStream). */
+  readonly streaming: StreamingReader;
   /** Encoder positions and masks by "n:s", built once. */
   private readonly layouts = new Map<string, { positions: Tensor; mask: Tensor }>();
 
@@ -223,6 +226,14 @@ export class CcfCompressor implements Compressor {
     );
     this.net = new CcfModule(base, { rank, alpha }, piInit);
     this.config = { method: 'ccf', segmentLen: this.segmentLen, rank, alpha, memTokenId: memTokenId ?? null, encodeBatch: this.encodeBatch };
+    this.streaming = {
+      segmentLen: this.segmentLen,
+      open: (budget: Budget) => {
+        checkBudget(budget);
+        if (budget.ratio === undefined) throw new Error('ccf: a stream reads at a ratio, not a token budget');
+        return new CcfStream(this, { ratio: budget.ratio });
+      },
+    };
   }
 
   get module(): Module {
@@ -230,8 +241,25 @@ export class CcfCompressor implements Compressor {
   }
 
   trainable(_stage: Stage): [string, Parameter][] {
-    // One procedure (ccf-trainer.ts) trains everything CCF owns, whatever the stage.
+    // One procedure (ccf-training.ts) trains everything CCF owns, whatever the stage.
     return this.net.namedParameters().filter(([, p]) => p.trainable);
+  }
+
+  /** CCF trains segment by segment with reservoir sampling of the encoder graphs (ccf-training.ts). */
+  trainingProcedure(run: MethodTrainingRun): MethodTraining {
+    return ccfTraining(this, run, { reservoir: CCF_RECIPE.train.reservoir!.value as number, docSegments: CCF_RECIPE.train.docSegments!.value as number });
+  }
+
+  /**
+   * Tokens per training document by default: CCF_RECIPE's segments per document (16), fewer when
+   * the base's position window cannot hold the memory of all but the last segment plus that
+   * segment at the smallest ratio (the largest memory). At least 2 segments.
+   */
+  defaultDocLen(ratios: readonly number[]): number {
+    const r = Math.min(...ratios);
+    let segments = CCF_RECIPE.train.docSegments!.value as number;
+    while (segments > 2 && this.positionsNeeded(segments * this.segmentLen, r) > this.base.config.maxPositions) segments--;
+    return segments * this.segmentLen;
   }
 
   setTraining(on: boolean): void {
@@ -421,15 +449,6 @@ export class CcfCompressor implements Compressor {
 
 // ---- streaming -------------------------------------------------------------------------------
 
-export interface SegmentScore {
-  /** Summed negative log-likelihood (nats) of the counted tokens. */
-  nll: number;
-  /** Tokens counted: the segment's tokens, except the very first token of the stream. */
-  tokens: number;
-  /** nll / tokens (NaN when nothing was counted). */
-  loss: number;
-}
-
 /**
  * A long document read segment by segment: each segment is scored against the memory of the
  * earlier ones, then compressed into it (c more slots per layer); raw tokens are never kept.
@@ -437,7 +456,7 @@ export interface SegmentScore {
  * stream counts every token but the first, as one forward pass over the whole text would.
  * Holds native memory: call free() when done.
  */
-export class CcfStream {
+export class CcfStream implements CompressorStream {
   /** Memory slots per full segment. */
   readonly slots: number;
   private kv: LayerKv[] | null = null;
@@ -457,6 +476,10 @@ export class CcfStream {
     if (!Number.isInteger(this.slots) || this.slots < 1 || this.slots > ccf.segmentLen) throw new Error(`CcfStream: slots must be an integer in 1..${ccf.segmentLen}, got ${this.slots}`);
   }
 
+  /** Tokens per segment. */
+  get segmentLen(): number {
+    return this.ccf.segmentLen;
+  }
   /** Memory slots per layer so far. */
   get memoryLength(): number {
     return this.kv ? this.kv[0].k.size(2) : 0;

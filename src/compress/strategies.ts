@@ -21,14 +21,25 @@ function tokenContext(base: LlamaModel, method: string, contexts: number[][], ke
   return { softTokens, meta: { method, budget, sourceTokens: contexts.map((c) => c.length), softTokens: kept.map((x) => x.length), baseFingerprint: base.fingerprint() } };
 }
 
-function strategy(method: string, keep: (ids: number[], budget: Budget) => number[]): (base: LlamaModel) => Compressor {
+/** A strategy keeps some of the context's tokens: `count` of them (at most T) for T context tokens. */
+function strategy(method: string, count: (contextTokens: number, budget: Budget) => number, opts: { budgetFree?: boolean } = {}): (base: LlamaModel) => Compressor {
+  // The last `count` tokens (all of them for full, none for none).
+  const keep = (ids: number[], budget: Budget) => {
+    const k = count(ids.length, budget);
+    return k === 0 ? [] : ids.slice(ids.length - k);
+  };
   return (base) => ({
     method,
     base,
     config: { method },
     module: null,
+    budgetFree: opts.budgetFree,
     trainable: () => [],
     setTraining: () => {},
+    softTokensFor(contextTokens: number, budget: Budget): number {
+      checkBudget(budget);
+      return count(contextTokens, budget);
+    },
     compress(contexts: number[][], budget: Budget): SoftContext {
       checkBudget(budget);
       return tokenContext(base, method, contexts, contexts.map((ids) => keep(ids, budget)), budget);
@@ -36,9 +47,6 @@ function strategy(method: string, keep: (ids: number[], budget: Budget) => numbe
   });
 }
 
-registerCompressor('full', 'the whole context as tokens (quality and cost ceiling)', false, strategy('full', (ids) => ids));
-registerCompressor('none', 'no context at all (the floor)', false, strategy('none', () => []));
-registerCompressor('truncate', 'the last ceil(T/r) context tokens (same token budget as ratio r)', false, strategy('truncate', (ids, budget) => {
-  const k = Math.min(ids.length, softCount(ids.length, budget));
-  return k === 0 ? [] : ids.slice(ids.length - k);
-}));
+registerCompressor('full', 'the whole context as tokens (quality and cost ceiling)', false, strategy('full', (t) => t, { budgetFree: true }));
+registerCompressor('none', 'no context at all (the floor)', false, strategy('none', () => 0, { budgetFree: true }));
+registerCompressor('truncate', 'the last ceil(T/r) context tokens (same token budget as ratio r)', false, strategy('truncate', (t, budget) => Math.min(t, softCount(t, budget))));

@@ -8,6 +8,7 @@ import type { DType, Tensor } from '../tensor/index.js';
 import type { Module, Parameter } from '../nn/index.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
+import type { RecipeDeviation } from './recipe.js';
 
 /** Exactly one of ratio (context tokens per soft token) or tokens (soft tokens per context). */
 export interface Budget {
@@ -73,6 +74,98 @@ export interface Compressor {
   setTraining(on: boolean): void;
   /** Frees native caches kept besides the parameters (freeCompressor frees those too). */
   dispose?(): void;
+  /**
+   * Soft tokens (or memory slots) a context of T tokens becomes at a budget, when that is not
+   * softCount(T, budget): `full` keeps all T, `none` nothing, `truncate` at most T. Read through
+   * softTokensOf.
+   */
+  softTokensFor?(contextTokens: number, budget: Budget): number;
+  /** What this compressor makes does not depend on the budget (`full`, `none`): it has no ratio. */
+  readonly budgetFree?: boolean;
+  /**
+   * The method's own training procedure, for a method that does not train by the shared
+   * objectives (one loss per batch through compress() and the decoder, train/objectives.ts):
+   * CCF backpropagates segment by segment. `softpress train` runs what it returns under the
+   * shared trainer, on the run's data, and saves the compressor as for any other method.
+   */
+  trainingProcedure?(run: MethodTrainingRun): MethodTraining;
+  /** Reading a long text segment by segment (CCF's memory grows with each), for methods that stream. */
+  readonly streaming?: StreamingReader;
+}
+
+/** The soft tokens (or memory slots) compressor `c` makes of a context of T tokens at a budget. */
+export function softTokensOf(c: Compressor, contextTokens: number, budget: Budget): number {
+  return c.softTokensFor ? c.softTokensFor(contextTokens, budget) : softCount(contextTokens, budget);
+}
+
+/** What `softpress train` hands a method's own training procedure. */
+export interface MethodTrainingRun {
+  /** The stages of the run's mix. */
+  stages: readonly Stage[];
+  ratios?: readonly number[];
+  budgetTokens?: number;
+  /** Token streams of the training and validation splits (when a stage reads text); documents end with docSeparator. */
+  trainStream?: Int32Array;
+  validStream?: Int32Array;
+  docSeparator: number;
+  /** Rows side by side per micro-batch, and micro-batches per optimiser step. */
+  batchSize: number;
+  gradAccum: number;
+  seed: number;
+  /** Validation batches (or documents). */
+  validBatches: number;
+  /** Tokens per training document, for methods that train on long documents (default: the method's). */
+  docLen?: number;
+  /** Encoder graphs kept per document, for methods that backpropagate segment by segment (default: the method's). */
+  reservoir?: number;
+}
+
+/**
+ * A method's own training procedure, in the shape the shared trainer runs (train/trainer.ts
+ * TrainTask): its parameters, the loss of micro-batch (step, micro), deterministic in both so
+ * that a resumed run is exact, and validation figures.
+ */
+export interface MethodTraining {
+  readonly params: [string, Parameter][];
+  /** The gradients may already be in the parameters; `loss` is then a fresh leaf (its backward changes nothing). */
+  microBatch(step: number, micro: number): { loss: Tensor; tokens: number; parts?: Record<string, number> };
+  validate?(): Record<string, number>;
+  /** Settings the procedure chose, for the compressor's card: name -> value and where it came from. */
+  settings: Record<string, { value: unknown; from: string }>;
+  /** Where those settings differ from the paper. */
+  deviations: RecipeDeviation[];
+  /** Facts saved with the compressor (compressor.json "training"). */
+  training: Record<string, unknown>;
+  /** One line for the run's log. */
+  description: string;
+}
+
+/** A score of some tokens of a stream. */
+export interface SegmentScore {
+  /** Summed negative log-likelihood (nats) of the counted tokens. */
+  nll: number;
+  /** Tokens counted: the segment's tokens, except the very first token of the stream. */
+  tokens: number;
+  /** nll / tokens (NaN when nothing was counted). */
+  loss: number;
+}
+
+/** A long text read segment by segment; holds native memory until free(). */
+export interface CompressorStream {
+  /** Scores a segment against what the stream holds of the text before it, then takes it in. */
+  perplexityOf(segment: number[]): SegmentScore;
+  /** Totals over the segments scored so far. */
+  readonly nll: number;
+  readonly tokens: number;
+  /** Bytes of what the stream holds about the past. */
+  readonly memoryBytes: number;
+  free(): void;
+}
+
+export interface StreamingReader {
+  /** Tokens per segment. */
+  readonly segmentLen: number;
+  open(budget: Budget): CompressorStream;
 }
 
 /** Soft tokens for a context of T tokens under a budget. */

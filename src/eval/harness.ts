@@ -26,7 +26,7 @@
 import { DTYPE_SIZE, noGrad, tidy, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { freeSoftContext, generateWithContext, indexSoftContext, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
+import { freeSoftContext, generateWithContext, indexSoftContext, softTokensOf, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
 import { corpusBleu, exactMatch, exactPrefixLength, f1Score, mean, retention, rougeL, squadScores } from './metrics.js';
 import type { EvalExample, EvalTask, TaskName } from './tasks.js';
 
@@ -149,12 +149,12 @@ export const DEFAULT_RATIOS = [4, 8];
 export const HIGH_RATIOS = [16, 32];
 
 /**
- * Ratios to evaluate a compressor at. full / none: [null]. With explicit ratios, those the
+ * Ratios to evaluate a compressor at. Budget-free (full, none): [null]. With explicit ratios, those the
  * compressor supports (all, when it declares none). By default 4 and 8, plus 16 and 32 when the
  * compressor declares them; a compressor supporting none of those gets its own list.
  */
 export function ratiosFor(c: Compressor, requested?: number[]): (number | null)[] {
-  if (c.method === 'full' || c.method === 'none') return [null];
+  if (c.budgetFree) return [null];
   const supported = c.ratios;
   if (requested && requested.length) return supported ? requested.filter((r) => supported.includes(r)) : [...requested];
   if (!supported) return [...DEFAULT_RATIOS];
@@ -221,7 +221,7 @@ function contextKey(ex: EvalExample): string {
  */
 function seqLength(method: Compressor, ratio: number | null, ex: EvalExample): number {
   const t = ex.context.length;
-  const k = method.method === 'full' ? t : method.method === 'none' ? 0 : Math.ceil(t / (ratio ?? 1));
+  const k = softTokensOf(method, t, budgetOf(ratio));
   const prefill = 1 + k + ex.tail.length;
   return method.module ? Math.max(t, prefill) : prefill;
 }

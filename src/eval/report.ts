@@ -134,7 +134,7 @@ export function reportMarkdown(rep: EvalReport): string {
       ...taskNames.map((t) => {
         const r = find(results, t, method, ratio, PRIMARY_METRIC[t].metric);
         if (!r) return '–';
-        return method === 'full' || method === 'none' || r.retention === null ? fmt(r.value) : `${fmt(r.value)} (${pct(r.retention)})`;
+        return ratio === null || r.retention === null ? fmt(r.value) : `${fmt(r.value)} (${pct(r.retention)})`;
       }),
     ]);
     out.push(table(header, rows), '');

@@ -1,7 +1,8 @@
 /**
  * Streaming evaluation of long documents, segment by segment (CCF's setting): every token after
  * the first is scored once, with what each strategy keeps of the text before its segment:
- *   ccf@r       — CCF memory KV of all earlier segments (c = l / r slots per layer per segment)
+ *   ccf@r       — a streaming compressor's memory of all earlier segments (CCF: memory KV,
+ *                 c = l / r slots per layer per segment), labelled with its method
  *   full        — the raw tokens, as many as fit the window (sliding window beyond it)
  *   none        — nothing but the segment itself (after BOS)
  *   meanpool@r  — mean-pool soft tokens of all earlier text (the latest that fit the window)
@@ -10,8 +11,7 @@
 import { crossEntropy, noGrad, tensor, tidy } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { CcfStream, type CcfCompressor } from '../compress/ccf.js';
-import { tailLoss, type Compressor } from '../compress/index.js';
+import { tailLoss, type Compressor, type StreamingReader } from '../compress/index.js';
 
 export interface StreamRow {
   method: string;
@@ -50,13 +50,15 @@ export function streamEval(opts: {
   docs: number[][];
   lengths: number[];
   segmentLen: number;
-  ccf?: CcfCompressor;
-  ccfRatios?: number[];
+  /** A compressor that reads text as a stream (Compressor.streaming: CCF), at streamRatios (default [8]). */
+  streaming?: Compressor;
+  streamRatios?: number[];
   meanpool?: Compressor;
   meanpoolRatios?: number[];
   log?: (s: string) => void;
 }): StreamRow[] {
   const { model, tokenizer, segmentLen: l } = opts;
+  if (opts.streaming && !opts.streaming.streaming) throw new Error(`streamEval: a '${opts.streaming.method}' compressor does not read text as a stream`);
   const window = model.config.maxPositions;
   const rows: StreamRow[] = [];
   const run = (method: string, ratio: number | null, length: number, scoreDoc: (ids: number[]) => { nll: number; n: number; bytes: number }) => {
@@ -103,11 +105,12 @@ export function streamEval(opts: {
       }
       return { nll, n, bytes: 0 };
     });
-    for (const ratio of opts.ccf ? (opts.ccfRatios ?? [8]) : []) {
-      run('ccf', ratio, length, (ids) => {
-        const stream = new CcfStream(opts.ccf!, { ratio });
+    const reader: StreamingReader | undefined = opts.streaming?.streaming;
+    for (const ratio of reader ? (opts.streamRatios ?? [8]) : []) {
+      run(opts.streaming!.method, ratio, length, (ids) => {
+        const stream = reader!.open({ ratio });
         try {
-          for (let s = 0; s < ids.length; s += opts.ccf!.segmentLen) tidy(() => void stream.perplexityOf(ids.slice(s, s + opts.ccf!.segmentLen)));
+          for (let s = 0; s < ids.length; s += reader!.segmentLen) tidy(() => void stream.perplexityOf(ids.slice(s, s + reader!.segmentLen)));
           return { nll: stream.nll, n: stream.tokens, bytes: stream.memoryBytes };
         } finally {
           stream.free();

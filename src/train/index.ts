@@ -1,6 +1,5 @@
 /** Training: the trainer, objectives and compressor training: softpress/train. */
 export * from './answer-pointer.js';
-export * from './ccf-trainer.js';
 export * from './induction.js';
 export * from './objectives.js';
 export * from './pretrain.js';

@@ -13,8 +13,6 @@
  * Run folder: train-config.json, data/{train,valid}.tokens (token caches), checkpoint/,
  * log.jsonl, loss.svg, compressor.json, weights.safetensors, README.md (the card).
  */
-import { defaultCcfDocLen, trainCcf } from './ccf-trainer.js';
-import type { CcfCompressor } from '../compress/ccf.js';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -74,9 +72,9 @@ export interface CompressorTrainConfig {
   betas?: [number, number];
   /** Decay after the warm-up (default cosine, or the recipe's). */
   schedule?: 'cosine' | 'linear';
-  /** CCF: tokens per training document (default: the recipe's segments, as many as fit the window). */
+  /** Tokens per training document, for a method that trains on long documents (CCF; default: the method's). */
   docLen?: number;
-  /** CCF: encoder graphs kept per document (default: the recipe's, 2). */
+  /** Encoder graphs kept per document, for a method that backpropagates segment by segment (CCF; default: the recipe's). */
   reservoir?: number;
   /** What the method's recipe set and what the caller did (applyRecipe); written into the card. */
   recipe?: RecipeRecord;
@@ -200,11 +198,10 @@ export function applyRecipe(
   const contextLen = pick('contextLen', given.contextLen, t.contextLen as { value: number; source: string } | undefined, d.contextLen);
   const continuationLen = pick('continuationLen', given.continuationLen, t.continuationLen as { value: number; source: string } | undefined, d.continuationLen);
   const out = { lr, minLr, warmup, weightDecay, clip, betas, schedule, contextLen, continuationLen, ratios, budgetTokens, docLen: given.docLen, reservoir: given.reservoir };
-  if (method === 'ccf') {
-    // Known once the compressor exists (segment length, window): see trainCcfRun.
-    if (given.docLen !== undefined) settings.docLen = { value: given.docLen, from: 'flag' };
-    out.reservoir = pick('reservoir', given.reservoir, t.reservoir as { value: number; source: string } | undefined, 2);
-  }
+  // Settings of a method's own training procedure: the document length is known once the
+  // compressor exists (segment length, window), so only a given one is recorded here.
+  if (given.docLen !== undefined) settings.docLen = { value: given.docLen, from: 'flag' };
+  if (given.reservoir !== undefined || t.reservoir !== undefined) out.reservoir = pick('reservoir', given.reservoir, t.reservoir as { value: number; source: string } | undefined, 2);
   return { ...out, recipe: { method, stage: st?.stage ?? null, source: recipe?.source ?? 'no recipe: softpress defaults', settings, deviations: [] } };
 }
 
@@ -401,36 +398,53 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   const params = [...byName.entries()];
   log(`training ${params.reduce((a, [, p]) => a + p.value.numel, 0)} parameters (${params.length} tensors); stages ${JSON.stringify(cfg.stages)}; ${cfg.ratios ? `ratios ${cfg.ratios.join(', ')}` : `${cfg.budgetTokens} soft tokens`}`);
 
-  if (compressor.method === 'ccf') return trainCcfRun(compressor as CcfCompressor);
-
-  const objective = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen, aeLengths: cfg.aeLengths, batchSize: cfg.batch, seed: cfg.seed };
-  const sampler = new ObjectiveSampler(objective, { tokenizer, stream: trainStream, qa: trainQa });
-  const validSampler = new ObjectiveSampler(objective, { tokenizer, stream: validStream, qa: validQa });
-  const budgets: Budget[] = cfg.ratios ? cfg.ratios.map((ratio) => ({ ratio })) : [{ tokens: cfg.budgetTokens! }];
-  const validSet: Batch[] = [];
-  for (const s of stageNames) for (const b of budgets) for (let i = 0; i < cfg.validBatches; i++) validSet.push(validSampler.batch(i, 0, s, b));
-
-  const validate = (): Record<string, number> => {
-    compressor.setTraining(false);
-    const sums: Record<string, number[]> = {};
-    noGrad(() => {
-      for (const b of validSet) {
-        const l = tidy(() => batchLoss(compressor, b, tokenizer).loss.item());
-        (sums[`${b.stage}_loss`] ??= []).push(l);
-        (sums.loss ??= []).push(l);
-      }
-    });
-    return Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v.reduce((a, x) => a + x, 0) / v.length]));
-  };
-
-  const task: TrainTask = {
-    params,
-    microBatch(step, micro) {
-      compressor.setTraining(true);
-      return batchLoss(compressor, sampler.batch(step, micro), tokenizer);
-    },
-    validate,
-  };
+  // A method with its own training procedure (CCF) trains by it; the others by the objectives.
+  const own = compressor.trainingProcedure?.({
+    stages: stageNames,
+    ratios: cfg.ratios,
+    budgetTokens: cfg.budgetTokens,
+    trainStream,
+    validStream,
+    docSeparator: tokenizer.eos,
+    batchSize: cfg.batch,
+    gradAccum: cfg.accum,
+    seed: cfg.seed,
+    validBatches: cfg.validBatches,
+    docLen: cfg.docLen,
+    reservoir: cfg.reservoir,
+  });
+  let task: TrainTask;
+  if (own) {
+    record = { ...record, settings: { ...record.settings, ...own.settings }, deviations: [...record.deviations, ...own.deviations] };
+    log(own.description);
+    task = own;
+  } else {
+    const objective = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen, aeLengths: cfg.aeLengths, batchSize: cfg.batch, seed: cfg.seed };
+    const sampler = new ObjectiveSampler(objective, { tokenizer, stream: trainStream, qa: trainQa });
+    const validSampler = new ObjectiveSampler(objective, { tokenizer, stream: validStream, qa: validQa });
+    const budgets: Budget[] = cfg.ratios ? cfg.ratios.map((ratio) => ({ ratio })) : [{ tokens: cfg.budgetTokens! }];
+    const validSet: Batch[] = [];
+    for (const s of stageNames) for (const b of budgets) for (let i = 0; i < cfg.validBatches; i++) validSet.push(validSampler.batch(i, 0, s, b));
+    task = {
+      params,
+      microBatch(step, micro) {
+        compressor.setTraining(true);
+        return batchLoss(compressor, sampler.batch(step, micro), tokenizer);
+      },
+      validate(): Record<string, number> {
+        compressor.setTraining(false);
+        const sums: Record<string, number[]> = {};
+        noGrad(() => {
+          for (const b of validSet) {
+            const l = tidy(() => batchLoss(compressor, b, tokenizer).loss.item());
+            (sums[`${b.stage}_loss`] ??= []).push(l);
+            (sums.loss ??= []).push(l);
+          }
+        });
+        return Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v.reduce((a, x) => a + x, 0) / v.length]));
+      },
+    };
+  }
   const decay = cfg.schedule === 'linear' ? warmupLinear : warmupCosine;
   const summary = await train(task, {
     outDir,
@@ -456,7 +470,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   }
   const finished = summary.steps >= cfg.steps;
   if (finished) {
-    const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init };
+    const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, ...own?.training, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init };
     saveCompressor(compressor, outDir, { training, recipe: record });
     writeFileSync(join(outDir, 'README.md'), compressorCard(compressor.method, record, training));
     log(`saved ${join(outDir, 'compressor.json')}, weights.safetensors and the card README.md`);
@@ -464,57 +478,4 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     log(`stopped at step ${summary.steps}/${cfg.steps}: checkpoint saved; continue with --resume`);
   }
   return { summary, compressor, saved: finished };
-
-  /** CCF backpropagates segment by segment: its own procedure, on the same data and trainer. */
-  async function trainCcfRun(ccf: CcfCompressor): Promise<TrainCompressorResult> {
-    if (!trainStream || !validStream || stageNames.join() !== 'lm') throw new Error('ccf trains with --stage lm (segment-wise language modelling over long documents of --doc-len tokens)');
-    if (!cfg.ratios) throw new Error('ccf trains at ratios (--ratio), not a token budget');
-    // Long documents: many segments each (the reservoir matters), drawn from inside single
-    // documents, as many segments as the base's position window holds at the smallest ratio.
-    const docLen = cfg.docLen ?? defaultCcfDocLen(ccf, cfg.ratios);
-    const reservoir = cfg.reservoir ?? 2;
-    const segments = Math.ceil(docLen / ccf.segmentLen);
-    const flagged = record.settings.docLen?.from === 'flag';
-    record = {
-      ...record,
-      settings: { ...record.settings, docLen: { value: docLen, from: flagged ? 'flag' : 'not stated' }, docSegments: { value: segments, from: flagged ? 'flag' : 'not stated' } },
-    };
-    if (segments < 16 && !flagged) {
-      record.deviations = [...record.deviations, { key: 'docSegments (window)', paper: 'documents up to 128k tokens', ours: String(segments), why: `the base's window (${model.config.maxPositions} positions) holds the memory of at most ${segments - 1} segments plus one at ratio ${Math.min(...cfg.ratios)}` }];
-    }
-    log(`ccf: documents of ${docLen} tokens (${segments} segments of ${ccf.segmentLen}) from inside single documents; reservoir ${reservoir}`);
-    const training = { stages: cfg.stages, ratios: cfg.ratios, steps: cfg.steps, docLen, segments, reservoir };
-    const summary = await trainCcf({
-      compressor: ccf,
-      stream: trainStream,
-      docSeparator: tokenizer!.eos,
-      docLen,
-      ratios: cfg.ratios,
-      reservoir,
-      steps: cfg.steps,
-      gradAccum: cfg.accum,
-      batchSize: cfg.batch,
-      lr: cfg.lr,
-      minLr: cfg.minLr,
-      warmupFrac: cfg.warmup / cfg.steps,
-      betas: cfg.betas,
-      weightDecay: cfg.weightDecay,
-      clip: cfg.clip,
-      seed: cfg.seed,
-      outDir,
-      saveDir: outDir,
-      checkpointEvery: cfg.checkpointEvery,
-      evalEvery: cfg.evalEvery,
-      valid: { stream: validStream, docs: cfg.validBatches },
-      resume: opts.resume,
-      stopAfter: opts.stopAfter,
-      quiet: opts.quiet,
-      card: { training, recipe: record },
-    });
-    model.invalidateFingerprint();
-    if (model.fingerprint() !== fingerprint || weightsDigest(model) !== digest) throw new Error(`the base model's weights changed during ccf training; nothing was saved`);
-    const saved = summary.steps >= cfg.steps;
-    if (saved) writeFileSync(join(outDir, 'README.md'), compressorCard('ccf', record, { ...training, lastLoss: summary.lastLoss, valid: summary.lastValid }));
-    return { summary, compressor: ccf, saved };
-  }
 }

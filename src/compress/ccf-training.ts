@@ -19,20 +19,18 @@
  * equal full backpropagation through every segment (test/ccf.test.ts checks this). Peak
  * memory holds at most k + 1 encoder graphs and one decoding graph, whatever the length.
  *
- * Trainable: the encoder LoRA, the decoder LoRA and pi; the base model is frozen. The defaults
- * are CCF_RECIPE's (compress/ccf.ts): AdamW (0.9, 0.95), weight decay 0.1, lr 1e-4, 1% warm-up
- * then cosine to 0, clip 1.0, reservoir 2, documents of 16 segments (fewer when the base's
- * position window cannot hold their memory), drawn from inside single long documents.
+ * Trainable: the encoder LoRA, the decoder LoRA and pi; the base model is frozen. CcfCompressor's
+ * trainingProcedure hands `softpress train` this procedure (ccfTraining) to run under the shared
+ * trainer; the optimiser settings are the run's (CCF_RECIPE's by default: AdamW (0.9, 0.95),
+ * weight decay 0.1, lr 1e-4, 1% warm-up then cosine to 0, clip 1.0), and so are its documents:
+ * 16 segments each (fewer when the base's position window cannot hold their memory), drawn from
+ * inside single long documents, with a reservoir of 2.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { Tensor, backward, cat, crossEntropy, memoryStats, noGrad, tensor, tidy } from '../tensor/index.js';
-import { warmupCosine } from '../nn/index.js';
-import { ChunkSampler, DocumentChunkSampler } from '../data/lm.js';
+import { DocumentChunkSampler } from '../data/lm.js';
 import { Rng } from '../data/rng.js';
-import { CCF_RECIPE, CcfStream, segmentPlan, type CcfCompressor } from '../compress/ccf.js';
-import { saveCompressor } from '../compress/registry.js';
-import { train, type TrainSummary, type TrainTask } from './trainer.js';
+import type { CcfCompressor } from './ccf.js';
+import type { MethodTraining, MethodTrainingRun } from './types.js';
 
 // ---- one document ----------------------------------------------------------------------------
 
@@ -87,7 +85,7 @@ export function ccfDocumentGradients(ccf: CcfCompressor, doc: number[][], opts: 
   const k = opts.reservoir ?? 2;
   if (!Number.isInteger(k) || k < 1) throw new Error(`ccf: reservoir size must be an integer >= 1, got ${k}`);
   const total = n1 - 1;
-  const plan = segmentPlan(total, ccf.segmentLen, ccf.slotsForRatio(opts.ratio), 'proportional');
+  const plan = ccf.plan(total, { ratio: opts.ratio });
   const numLayers = ccf.base.config.numLayers;
   // Gradients of the document's mean loss: each segment's summed CE is scaled by this.
   const scale = (opts.lossScale ?? 1) / (b * total);
@@ -180,75 +178,14 @@ export function ccfDocumentGradients(ccf: CcfCompressor, doc: number[][], opts: 
   return { loss: nllSum / (b * total), tokens: b * total, segments: plan.length, encoderBackwards, droppedAtOnce };
 }
 
-// ---- training runs ---------------------------------------------------------------------------
-
-export interface CcfTrainOptions {
-  compressor: CcfCompressor;
-  /** Training token stream; each document is a chunk of docLen + 1 tokens. */
-  stream: Int32Array;
-  /**
-   * The id that ends each document of the stream (EOS): training documents are then drawn from
-   * inside single documents at least docLen + 1 tokens long. Without it, chunks of the stream.
-   */
-  docSeparator?: number;
-  /** Tokens per document (default: CCF_RECIPE's segments per document, as many as fit the window; defaultCcfDocLen). */
-  docLen?: number;
-  /** Ratios, one drawn per document (default CCF_RECIPE's, [8]). */
-  ratios?: number[];
-  /** Encoder graphs kept per document, k (default 2). */
-  reservoir?: number;
-  /** Optimiser steps. */
-  steps: number;
-  /** Documents per optimiser step, one after another (default 1: a step per document). */
-  gradAccum?: number;
-  /** Documents decoded side by side as one batch (default 1). */
-  batchSize?: number;
-  lr?: number;
-  /** Fraction of the steps spent warming up (default 0.01), then cosine to minLr (default 0). */
-  warmupFrac?: number;
-  minLr?: number;
-  weightDecay?: number;
-  betas?: [number, number];
-  clip?: number;
-  seed?: number;
-  outDir: string;
-  /** Where the trained compressor is saved (default outDir/compressor). */
-  saveDir?: string;
-  checkpointEvery?: number;
-  resume?: boolean;
-  stopAfter?: number;
-  quiet?: boolean;
-  /** Streaming perplexity on held-out documents every evalEvery steps (docSeparator applies too). */
-  valid?: { stream: Int32Array; docs: number; ratio?: number };
-  evalEvery?: number;
-  /** More fields for the saved compressor.json (the run's card: recipe, training settings). */
-  card?: Record<string, unknown>;
-}
-
-/**
- * Tokens per training document by default: CCF_RECIPE's segments per document (16), fewer when
- * the base's position window cannot hold the memory of all but the last segment plus that
- * segment at the smallest ratio (the largest memory). At least 2 segments.
- */
-export function defaultCcfDocLen(ccf: CcfCompressor, ratios: readonly number[]): number {
-  const l = ccf.segmentLen;
-  const r = Math.min(...ratios);
-  let segments = CCF_RECIPE.train.docSegments.value as number;
-  while (segments > 2 && ccf.positionsNeeded(segments * l, r) > ccf.base.config.maxPositions) segments--;
-  return segments * l;
-}
-
-export interface CcfTrainSummary extends TrainSummary {
-  /** Where the trained compressor was saved (when the run reached its last step). */
-  compressorDir?: string;
-}
+// ---- the procedure as `softpress train` runs it -------------------------------------------------
 
 /** Streaming perplexity of a compressor over documents (no gradients). */
 export function ccfStreamPerplexity(ccf: CcfCompressor, docs: Iterable<ArrayLike<number>>, ratio: number): { loss: number; ppl: number; tokens: number } {
   let nll = 0;
   let tokens = 0;
   for (const doc of docs) {
-    const stream = new CcfStream(ccf, { ratio });
+    const stream = ccf.streaming.open({ ratio });
     const ids = Array.from(doc);
     try {
       for (let s = 0; s < ids.length; s += ccf.segmentLen) stream.perplexityOf(ids.slice(s, s + ccf.segmentLen));
@@ -262,94 +199,65 @@ export function ccfStreamPerplexity(ccf: CcfCompressor, docs: Iterable<ArrayLike
 }
 
 /**
- * Trains a CCF compressor with the procedure above under the shared trainer (schedule,
- * clipping, AdamW, atomic checkpoints with exact resume, JSONL log, progress, loss plot), and
- * saves it to outDir/compressor at the end. Freezes the base model.
+ * The procedure over a run's data: each micro-batch is `batchSize` documents of docLen + 1 tokens
+ * (from inside single documents of the training stream) read side by side at a ratio drawn from
+ * the run's, everything random following from (seed, step, micro); validation is the streaming
+ * perplexity of `validBatches` validation documents at the first ratio. Freezes the base model.
+ * `recipe`: CCF's defaults for what the run does not set.
  */
-export async function trainCcf(o: CcfTrainOptions): Promise<CcfTrainSummary> {
-  const ccf = o.compressor;
-  const l = ccf.segmentLen;
-  const rec = CCF_RECIPE.stages.lm!;
-  const ratios = o.ratios ?? (CCF_RECIPE.train.ratios.value as number[]);
+export function ccfTraining(ccf: CcfCompressor, run: MethodTrainingRun, recipe: { reservoir: number; docSegments: number }): MethodTraining {
+  if (!run.trainStream || !run.validStream || run.stages.join() !== 'lm') throw new Error('ccf trains with --stage lm (segment-wise language modelling over long documents of --doc-len tokens)');
+  if (!run.ratios) throw new Error('ccf trains at ratios (--ratio), not a token budget');
+  const ratios = [...run.ratios];
   for (const r of ratios) ccf.slotsForRatio(r); // clear errors before anything runs
-  const docLen = o.docLen ?? defaultCcfDocLen(ccf, ratios);
-  const accum = o.gradAccum ?? 1;
-  const batchSize = o.batchSize ?? 1;
-  const seed = o.seed ?? 0;
-  const reservoir = o.reservoir ?? (CCF_RECIPE.train.reservoir.value as number);
-  const lr = o.lr ?? rec.lr.value;
-  if (!Number.isInteger(docLen) || docLen < 2) throw new Error(`trainCcf: docLen must be an integer >= 2, got ${docLen}`);
-  if (!Number.isInteger(o.steps) || o.steps < 1) throw new Error(`trainCcf: steps must be a positive integer, got ${o.steps}`);
+  const l = ccf.segmentLen;
+  const flagged = run.docLen !== undefined;
+  const docLen = run.docLen ?? ccf.defaultDocLen(ratios);
+  const reservoir = run.reservoir ?? recipe.reservoir;
+  if (!Number.isInteger(docLen) || docLen < 2) throw new Error(`ccf: docLen must be an integer >= 2, got ${docLen}`);
   // The whole document must fit the base's positions at every ratio: the decoder reads the last
   // segment after the memory of all the others.
   for (const r of ratios) {
     const need = ccf.positionsNeeded(docLen, r);
     if (need > ccf.base.config.maxPositions) {
-      throw new Error(`trainCcf: a document of ${docLen} tokens at ratio ${r} needs ${need} positions (memory of ${Math.ceil(docLen / l) - 1} segments + one segment of ${l}), beyond the base model's window of ${ccf.base.config.maxPositions}; use a shorter document (--doc-len) or a larger ratio`);
+      throw new Error(`ccf: a document of ${docLen} tokens at ratio ${r} needs ${need} positions (memory of ${Math.ceil(docLen / l) - 1} segments + one segment of ${l}), beyond the base model's window of ${ccf.base.config.maxPositions}; use a shorter document (--doc-len) or a larger ratio`);
     }
   }
-
-  // The run's settings, checked on resume (a different run must not continue this one).
-  mkdirSync(o.outDir, { recursive: true });
-  const settings = { method: 'ccf', compressor: ccf.config, baseFingerprint: ccf.base.fingerprint(), docLen, documents: o.docSeparator !== undefined ? 'inside single documents' : 'stream chunks', ratios, reservoir, steps: o.steps, gradAccum: accum, batchSize, lr, warmupFrac: o.warmupFrac ?? rec.warmupFraction.value, minLr: o.minLr ?? lr * rec.minLrFraction.value, weightDecay: o.weightDecay ?? rec.weightDecay.value, betas: o.betas ?? rec.betas.value, clip: o.clip ?? rec.clip.value, seed };
-  const settingsPath = join(o.outDir, 'ccf-train.json');
-  const settingsText = JSON.stringify(settings, null, 2);
-  if (o.resume && existsSync(settingsPath) && readFileSync(settingsPath, 'utf8') !== settingsText) {
-    throw new Error(`${o.outDir}: --resume with different settings than the run was started with (${settingsPath})`);
-  }
-  writeFileSync(settingsPath, settingsText);
+  const segments = Math.ceil(docLen / l);
+  const from = flagged ? 'flag' : 'not stated';
+  const deviations =
+    segments < recipe.docSegments && !flagged
+      ? [{ key: 'docSegments (window)', paper: 'documents up to 128k tokens', ours: String(segments), why: `the base's window (${ccf.base.config.maxPositions} positions) holds the memory of at most ${segments - 1} segments plus one at ratio ${Math.min(...ratios)}` }]
+      : [];
 
   ccf.base.freeze();
-  const chunks = (stream: Int32Array) => (o.docSeparator !== undefined ? new DocumentChunkSampler(stream, docLen, seed, o.docSeparator) : new ChunkSampler(stream, docLen, seed));
-  const sampler = chunks(o.stream);
-  const validSampler = o.valid ? chunks(o.valid.stream) : undefined;
-  const params = ccf.trainable('lm');
-
-  const task: TrainTask = {
-    params,
+  const sampler = new DocumentChunkSampler(run.trainStream, docLen, run.seed, run.docSeparator);
+  const validSampler = new DocumentChunkSampler(run.validStream, docLen, run.seed, run.docSeparator);
+  const { batchSize, gradAccum, seed } = run;
+  return {
+    params: ccf.trainable('lm'),
     microBatch(step, micro) {
       ccf.setTraining(true);
       // Everything random in a document follows from (seed, step, micro): resume is exact.
       const rng = new Rng(`ccf:${seed}:${step}:${micro}`);
-      const ratio = ratios[rng.int(ratios.length)];
-      const first = (step * accum + micro) * batchSize;
+      const ratio = ratios[rng.int(ratios.length)]!;
+      const first = (step * gradAccum + micro) * batchSize;
       const doc = Array.from({ length: batchSize }, (_, r) => Array.from(sampler.chunk(first + r)));
-      const res = ccfDocumentGradients(ccf, doc, { ratio, reservoir, rng, lossScale: 1 / accum });
+      const res = ccfDocumentGradients(ccf, doc, { ratio, reservoir, rng, lossScale: 1 / gradAccum });
       // The gradients are already in the parameters (backward ran per segment). The trainer
       // gets the loss as a fresh leaf, so its own backward() changes no parameter.
       return { loss: tensor(res.loss, [], { requiresGrad: true }), tokens: res.tokens };
     },
-    validate: validSampler
-      ? () => {
-          ccf.setTraining(false);
-          const n = Math.min(o.valid!.docs, validSampler.numChunks);
-          const docs = Array.from({ length: n }, (_, i) => validSampler.sequential(i).subarray(0, docLen));
-          const { loss, ppl } = ccfStreamPerplexity(ccf, docs, o.valid!.ratio ?? ratios[0]);
-          return { loss, ppl };
-        }
-      : undefined,
+    validate() {
+      ccf.setTraining(false);
+      const n = Math.min(run.validBatches, validSampler.numChunks);
+      const docs = Array.from({ length: n }, (_, i) => validSampler.sequential(i).subarray(0, docLen));
+      const { loss, ppl } = ccfStreamPerplexity(ccf, docs, ratios[0]!);
+      return { loss, ppl };
+    },
+    settings: { docLen: { value: docLen, from }, docSegments: { value: segments, from } },
+    deviations,
+    training: { docLen, segments, reservoir, documents: 'inside single documents' },
+    description: `ccf: documents of ${docLen} tokens (${segments} segments of ${l}) from inside single documents; reservoir ${reservoir}`,
   };
-
-  const summary = await train(task, {
-    outDir: o.outDir,
-    totalSteps: o.steps,
-    gradAccum: accum,
-    clip: settings.clip,
-    schedule: warmupCosine({ peakLr: lr, warmupSteps: Math.ceil(o.steps * settings.warmupFrac), totalSteps: o.steps, minLr: settings.minLr }),
-    betas: settings.betas as [number, number],
-    weightDecay: settings.weightDecay,
-    checkpointEvery: o.checkpointEvery,
-    evalEvery: o.evalEvery,
-    resume: o.resume,
-    stopAfter: o.stopAfter,
-    title: `CCF training loss (l=${l}, ratios ${ratios.join('/')}, k=${reservoir})`,
-    quiet: o.quiet,
-  });
-  ccf.setTraining(false);
-  let compressorDir: string | undefined;
-  if (summary.steps >= o.steps) {
-    compressorDir = o.saveDir ?? join(o.outDir, 'compressor');
-    saveCompressor(ccf, compressorDir, { steps: summary.steps, docLen, reservoir, ...o.card });
-  }
-  return { ...summary, compressorDir };
 }
