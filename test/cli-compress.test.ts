@@ -101,6 +101,13 @@ test('train meanpool (ae+lm, 20 steps) -> compress -> ask', async () => {
   assert.equal(log.filter((r) => r.loss !== undefined).length, 20);
   assert.deepEqual(log.filter((r) => r.valid_loss !== undefined).map((r) => r.step), [10, 20]);
   assert.ok(log.some((r) => r.valid_ae_loss !== undefined && r.valid_lm_loss !== undefined));
+  // The references on the same validation batches: in the card and on the plot.
+  const refs = saved.training.validReferences as Record<string, number>;
+  assert.deepEqual(Object.keys(refs).sort(), ['full', 'none']);
+  for (const v of Object.values(refs)) assert.ok(Number.isFinite(v) && v > 0);
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, 'references.json'), 'utf8')), refs);
+  assert.match(fs.readFileSync(path.join(out, 'README.md'), 'utf8'), /Validation loss \d+\.\d{4} nats\/token after 20 steps in [\d.]+ h \(on the same batches: full context \d+\.\d{4}, no context \d+\.\d{4}\)/);
+  assert.match(fs.readFileSync(path.join(out, 'loss.svg'), 'utf8'), /valid, full[\s\S]*valid, none/);
 
   // A finished run is not silently overwritten.
   const again = await cli('train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae', '--steps', '20', '--out', out);

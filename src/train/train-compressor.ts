@@ -240,6 +240,13 @@ export function recordOptions(rec: RecipeRecord, config: Record<string, unknown>
 export function compressorCard(method: string, rec: RecipeRecord, training: Record<string, unknown>): string {
   const recipe = compressorRecipe(method);
   const lines = [`# ${method} compressor`, '', `Trained by \`softpress train\`. Recipe: ${rec.source}; optimiser of stage ${rec.stage ?? 'n/a'}.`, ''];
+  const valid = training.valid as Record<string, number> | undefined;
+  const refs = training.validReferences as Record<string, number> | undefined;
+  if (valid?.loss !== undefined) {
+    const time = typeof training.seconds === 'number' ? ` in ${(training.seconds / 3600).toFixed(2)} h` : '';
+    const against = refs ? ` (on the same batches: full context ${refs.full?.toFixed(4)}, no context ${refs.none?.toFixed(4)})` : '';
+    lines.push(`Validation loss ${valid.loss.toFixed(4)} nats/token after ${String(training.steps)} steps${time}${against}.`, '');
+  }
   lines.push('## Settings used', '', '| setting | value | from | paper |', '|---|---|---|---|');
   for (const [k, s] of Object.entries(rec.settings)) lines.push(`| ${k} | ${JSON.stringify(s.value)} | ${s.from} | ${s.paper === undefined ? 'not stated' : JSON.stringify(s.paper)} |`);
   lines.push('', '## Differences from the paper', '');
@@ -307,6 +314,28 @@ export function buildQaExamples(docs: readonly Doc[], split: SplitName, cfg: Pic
     }
   }
   return new Rng(`compressor:${cfg.seed}:${split}:qa-order`).shuffle(out);
+}
+
+/**
+ * The validation loss of the strategies that bracket every compressor, on the run's own
+ * validation batches: `full` (the context as its token embeddings) and `none` (no context).
+ * Computed once per run folder (references.json) and drawn on loss.svg.
+ */
+function referenceLosses(model: LlamaModel, tok: Tokenizer, validSet: Batch[], outDir: string, log: (s: string) => void): Record<string, number> {
+  const path = join(outDir, 'references.json');
+  if (existsSync(path)) return JSON.parse(readFileSync(path, 'utf8')) as Record<string, number>;
+  const out: Record<string, number> = {};
+  for (const method of ['full', 'none']) {
+    const c = createCompressor(method, model);
+    let sum = 0;
+    noGrad(() => {
+      for (const b of validSet) sum += tidy(() => batchLoss(c, b, tok).loss.item());
+    });
+    out[method] = sum / validSet.length;
+  }
+  writeFileSync(path, JSON.stringify(out, null, 2) + '\n');
+  log(`validation loss of the references: ${Object.entries(out).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}`);
+  return out;
 }
 
 export interface TrainCompressorResult {
@@ -414,6 +443,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     reservoir: cfg.reservoir,
   });
   let task: TrainTask;
+  let references: Record<string, number> | undefined;
   if (own) {
     record = { ...record, settings: { ...record.settings, ...own.settings }, deviations: [...record.deviations, ...own.deviations] };
     log(own.description);
@@ -425,6 +455,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     const budgets: Budget[] = cfg.ratios ? cfg.ratios.map((ratio) => ({ ratio })) : [{ tokens: cfg.budgetTokens! }];
     const validSet: Batch[] = [];
     for (const s of stageNames) for (const b of budgets) for (let i = 0; i < cfg.validBatches; i++) validSet.push(validSampler.batch(i, 0, s, b));
+    references = referenceLosses(model, tokenizer, validSet, outDir, log);
     task = {
       params,
       microBatch(step, micro) {
@@ -459,6 +490,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     resume: opts.resume,
     stopAfter: opts.stopAfter,
     title: `${compressor.method} (${stageNames.join('+')}) loss`,
+    references,
     quiet: opts.quiet,
   });
   compressor.setTraining(false);
@@ -470,7 +502,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   }
   const finished = summary.steps >= cfg.steps;
   if (finished) {
-    const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, ...own?.training, lastLoss: summary.lastLoss, valid: summary.lastValid, init: cfg.init };
+    const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, ...own?.training, seconds: Math.round(summary.seconds), lastLoss: summary.lastLoss, valid: summary.lastValid, validReferences: references, init: cfg.init };
     saveCompressor(compressor, outDir, { training, recipe: record });
     writeFileSync(join(outDir, 'README.md'), compressorCard(compressor.method, record, training));
     log(`saved ${join(outDir, 'compressor.json')}, weights.safetensors and the card README.md`);

@@ -59,6 +59,11 @@ export interface TrainerOptions {
   stopAfter?: number;
   /** Title of the loss plot. */
   title?: string;
+  /**
+   * Validation losses of reference strategies on the same validation set (e.g. the full context
+   * and no context), drawn as flat lines on the loss plot so the curve reads against them.
+   */
+  references?: Record<string, number>;
   quiet?: boolean;
 }
 
@@ -309,6 +314,8 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
         lastValid = task.validate();
         appendFileSync(logPath, JSON.stringify({ step, ...Object.fromEntries(Object.entries(lastValid).map(([k, v]) => [`valid_${k}`, v])) }) + '\n');
         progress.note(`step ${step}: valid ${Object.entries(lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}`);
+        // A long run's curve can be looked at while it trains.
+        writeLossPlot(o.outDir, o.title ?? 'training loss', o.references);
       }
       const stopHere = interrupted || (o.stopAfter !== undefined && ran >= o.stopAfter);
       if (last || stopHere || (o.checkpointEvery && step % o.checkpointEvery === 0)) {
@@ -323,12 +330,12 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
     progress.done();
     opt.freeState();
   }
-  writeLossPlot(o.outDir, o.title ?? 'training loss');
+  writeLossPlot(o.outDir, o.title ?? 'training loss', o.references);
   return { steps: step, lastLoss, lastValid, seconds: elapsedBefore + (performance.now() - t0) / 1000, interrupted, alreadyFinished };
 }
 
-/** loss.svg from log.jsonl: training loss (smoothed) and validation loss by step. */
-export function writeLossPlot(outDir: string, title: string): void {
+/** loss.svg from log.jsonl: training loss (smoothed) and validation loss by step; references as flat lines. */
+export function writeLossPlot(outDir: string, title: string, references: Record<string, number> = {}): void {
   const rows = readLog(join(outDir, 'log.jsonl'));
   const trainPts: [number, number][] = [];
   let ema = NaN;
@@ -340,5 +347,9 @@ export function writeLossPlot(outDir: string, title: string): void {
   const validPts = rows.filter((r) => r.valid_loss !== undefined).map((r) => [r.step, r.valid_loss] as [number, number]);
   const series = [{ name: 'train (EMA 0.9)', points: trainPts }];
   if (validPts.length) series.push({ name: 'valid', points: validPts });
+  const last = rows.length ? Math.max(...rows.map((r) => r.step)) : 1;
+  for (const [name, value] of Object.entries(references)) {
+    if (Number.isFinite(value)) series.push({ name: `valid, ${name}`, points: [[0, value], [last, value]] });
+  }
   writeLinePlot(join(outDir, 'loss.svg'), series, { title, xLabel: 'optimiser step', yLabel: 'cross-entropy (nats/token)' });
 }
