@@ -78,11 +78,12 @@ export function ggufTokenizer(file: GgufFile): GgufTokenizerFiles {
     throw new GgufError(file.path, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, { field: 'tokenizer.ggml.token_type' });
   }
 
-  const vocab: Record<string, number> = {};
+  // no prototype: tokens such as '__proto__' or 'constructor' are keys like any other
+  const vocab: Record<string, number> = Object.create(null) as Record<string, number>;
   const added: { id: number; content: string; single_word: boolean; lstrip: boolean; rstrip: boolean; normalized: boolean; special: boolean }[] = [];
   for (let id = 0; id < tokens.length; id++) {
     const text = tokens[id];
-    if (Object.prototype.hasOwnProperty.call(vocab, text)) throw new GgufError(file.path, `tokenizer.ggml.tokens: '${text}' appears twice (ids ${vocab[text]} and ${id})`, { field: 'tokenizer.ggml.tokens' });
+    if (Object.hasOwn(vocab, text)) throw new GgufError(file.path, `tokenizer.ggml.tokens: '${text}' appears twice (ids ${vocab[text]} and ${id})`, { field: 'tokenizer.ggml.tokens' });
     vocab[text] = id;
     const type = types.length ? Number(types[id]) : TOKEN_TYPE.normal;
     if (type === TOKEN_TYPE.control || type === TOKEN_TYPE.userDefined) {
@@ -91,7 +92,7 @@ export function ggufTokenizer(file: GgufFile): GgufTokenizerFiles {
   }
   for (const [i, m] of merges.entries()) {
     const parts = m.split(' ');
-    if (parts.length !== 2 || !(parts[0] in vocab) || !(parts[1] in vocab)) {
+    if (parts.length !== 2 || !Object.hasOwn(vocab, parts[0]) || !Object.hasOwn(vocab, parts[1])) {
       throw new GgufError(file.path, `tokenizer.ggml.merges[${i}] '${m}' is not two tokens of the vocabulary`, { field: 'tokenizer.ggml.merges' });
     }
   }

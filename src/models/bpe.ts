@@ -13,6 +13,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Tokenizer } from './tokenizer.js';
+import { TokenizerJsonError } from '../io/tokenizer-json.js';
 
 /** softpress's special tokens, in id order (<|bos|> = 0, <|eos|> = 1, <|pad|> = 2, ...). */
 export const SOFTPRESS_SPECIAL_TOKENS: readonly string[] = Object.freeze([
@@ -488,25 +489,31 @@ export class BpeTokenizer implements Tokenizer {
 
   /** From a parsed tokenizer.json object; `source` names it in errors. */
   static fromJSON(json: unknown, source = 'tokenizer.json'): BpeTokenizer {
+    let field = '(root)';
     const fail = (msg: string): never => {
-      throw new Error(`${source}: ${msg}`);
+      throw new TokenizerJsonError(source, field, msg);
     };
-    if (json === null || typeof json !== 'object') fail('expected a JSON object');
+    if (json === null || typeof json !== 'object' || Array.isArray(json)) fail('expected a JSON object');
     const j = json as Record<string, unknown>;
     const model = j.model as Record<string, unknown> | undefined;
-    if (!model || typeof model !== 'object') fail('missing "model"');
+    field = 'model';
+    if (!model || typeof model !== 'object' || Array.isArray(model)) fail('missing "model"');
     const m = model as Record<string, unknown>;
     if (m.type !== undefined && m.type !== 'BPE') fail(`model.type is ${JSON.stringify(m.type)}, only "BPE" is supported`);
     if (m.byte_fallback === true) fail('model.byte_fallback is not supported (byte-level BPE only)');
     if (m.continuing_subword_prefix || m.end_of_word_suffix) fail('continuing_subword_prefix / end_of_word_suffix are not supported');
+    field = 'normalizer';
     if (j.normalizer !== null && j.normalizer !== undefined) fail(`normalizer ${JSON.stringify((j.normalizer as { type?: unknown }).type)} is not supported (expected null)`);
     const pre = j.pre_tokenizer as Record<string, unknown> | null | undefined;
+    field = 'pre_tokenizer';
     if (!pre || pre.type !== 'ByteLevel') fail(`pre_tokenizer must be ByteLevel, got ${JSON.stringify(pre?.type ?? pre)}`);
     if (pre!.use_regex === false) fail('ByteLevel pre_tokenizer with use_regex: false is not supported');
     if (pre!.add_prefix_space === true) fail('ByteLevel pre_tokenizer with add_prefix_space: true is not supported');
     const vocab = m.vocab;
+    field = 'model.vocab';
     if (!vocab || typeof vocab !== 'object' || Array.isArray(vocab)) fail('model.vocab must be an object of token -> id');
     const rawMerges = m.merges;
+    field = 'model.merges';
     if (!Array.isArray(rawMerges)) fail('model.merges must be an array');
     const merges = (rawMerges as unknown[]).map((x, i): [string, string] => {
       if (typeof x === 'string') {
@@ -518,6 +525,7 @@ export class BpeTokenizer implements Tokenizer {
       return fail(`merge #${i} must be "a b" or ["a", "b"]`);
     });
     const rawAdded = j.added_tokens ?? [];
+    field = 'added_tokens';
     if (!Array.isArray(rawAdded)) fail('added_tokens must be an array');
     const addedTokens = (rawAdded as unknown[]).map((x, i): AddedToken => {
       const t = x as Record<string, unknown>;
@@ -527,7 +535,7 @@ export class BpeTokenizer implements Tokenizer {
     try {
       return new BpeTokenizer({ vocab: vocab as Record<string, number>, merges, addedTokens });
     } catch (err) {
-      throw new Error(`${source}: ${(err as Error).message}`);
+      throw new TokenizerJsonError(source, 'model', (err as Error).message);
     }
   }
 
@@ -537,13 +545,13 @@ export class BpeTokenizer implements Tokenizer {
     try {
       raw = readFileSync(path, 'utf8');
     } catch (err) {
-      throw new Error(`cannot read tokenizer ${path}: ${(err as Error).message}`);
+      throw new TokenizerJsonError(path, '(file)', `cannot read tokenizer ${path}: ${(err as Error).message}`);
     }
     let json: unknown;
     try {
       json = JSON.parse(raw);
     } catch (err) {
-      throw new Error(`${path}: invalid JSON: ${(err as Error).message}`);
+      throw new TokenizerJsonError(path, '(file)', `invalid JSON: ${(err as Error).message}`);
     }
     return BpeTokenizer.fromJSON(json, path);
   }

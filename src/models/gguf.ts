@@ -142,7 +142,7 @@ export function readGgufModel(path: string): GgufModelParts {
     weights.set(name, { shape, data });
   }
   const files = ggufTokenizer(file);
-  const tokenizer = new HfTokenizer(files.tokenizer, files.config, { bos: files.bos, eos: files.eos });
+  const tokenizer = new HfTokenizer(files.tokenizer, files.config, { bos: files.bos, eos: files.eos, source: `${path} (its tokenizer)` });
   return { file, config, hfConfig, weights, tokenizer, tokenizerFiles: { tokenizer: files.tokenizer, config: files.config } };
 }
 

@@ -1,18 +1,30 @@
 /**
  * Any Hugging Face tokenizer.json (Llama 3, Mistral, Qwen2, ...) through @huggingface/tokenizers,
- * behind softpress's Tokenizer interface.
+ * behind softpress's Tokenizer interface. The file is checked first (io/tokenizer-json.ts:
+ * vocabulary, merges, added tokens, and regular expressions that could freeze the process), and
+ * every refusal, ours or the library's, is a TokenizerJsonError naming the file and the field.
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer as HfLib } from '@huggingface/tokenizers';
 import type { Tokenizer } from './tokenizer.js';
+import { TokenizerJsonError, checkTokenizerJson } from '../io/tokenizer-json.js';
 
 function readJson(path: string): Record<string, unknown> {
+  let text: string;
   try {
-    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+    text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new Error(`${path}: ${(e as Error).message}`);
+    throw new TokenizerJsonError(path, '(file)', `cannot read: ${(e as Error).message}`);
   }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new TokenizerJsonError(path, '(file)', `not valid JSON: ${(e as Error).message}`);
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new TokenizerJsonError(path, '(root)', 'must be a JSON object');
+  return json as Record<string, unknown>;
 }
 
 export class HfTokenizer implements Tokenizer {
@@ -25,12 +37,21 @@ export class HfTokenizer implements Tokenizer {
   readonly chatTemplate?: string;
   private readonly lib: HfLib;
 
-  constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown> = {}, ids: { bos?: number; eos?: number } = {}) {
-    this.lib = new HfLib(tokenizerJson, tokenizerConfig);
-    const model = tokenizerJson.model as { vocab?: Record<string, number> | [string, number][] };
-    const added = (tokenizerJson.added_tokens as { id: number; content: string; special?: boolean }[] | undefined) ?? [];
-    const vocabCount = Array.isArray(model.vocab) ? model.vocab.length : Object.keys(model.vocab ?? {}).length;
-    this.vocabSize = Math.max(vocabCount, ...added.map((t) => t.id + 1));
+  /** `source` names the file in errors (default 'tokenizer.json'). */
+  constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown> = {}, ids: { bos?: number; eos?: number; source?: string } = {}) {
+    const source = ids.source ?? 'tokenizer.json';
+    const facts = checkTokenizerJson(tokenizerJson, source);
+    try {
+      this.lib = new HfLib(tokenizerJson, tokenizerConfig);
+    } catch (e) {
+      throw new TokenizerJsonError(source, '(tokenizer)', `@huggingface/tokenizers cannot build it: ${(e as Error).message}`);
+    }
+    const added = facts.addedTokens;
+    this.vocabSize = facts.vocabSize;
+    for (const k of ['bos', 'eos'] as const) {
+      const id = ids[k];
+      if (id !== undefined && !(Number.isSafeInteger(id) && id >= 0 && id < this.vocabSize)) throw new TokenizerJsonError(source, `${k}_token_id`, `${id} is outside the vocabulary (${this.vocabSize} ids)`);
+    }
     this.special = new Map(added.filter((t) => t.special).map((t) => [t.content, t.id]));
     const find = (...names: string[]): number | undefined => names.map((n) => this.special.get(n)).find((x) => x !== undefined);
     const named = (key: string): string | undefined => {
@@ -51,9 +72,10 @@ export class HfTokenizer implements Tokenizer {
 
   /** Loads DIR/tokenizer.json (+ tokenizer_config.json when present). */
   static fromDir(dir: string, ids: { bos?: number; eos?: number } = {}): HfTokenizer {
-    const json = readJson(join(dir, 'tokenizer.json'));
+    const path = join(dir, 'tokenizer.json');
+    const json = readJson(path);
     const cfgPath = join(dir, 'tokenizer_config.json');
-    return new HfTokenizer(json, existsSync(cfgPath) ? readJson(cfgPath) : {}, ids);
+    return new HfTokenizer(json, existsSync(cfgPath) ? readJson(cfgPath) : {}, { ...ids, source: path });
   }
 
   /** Special-token strings in the text are always read as those tokens (as transformers does). */
