@@ -33,6 +33,7 @@ const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runne
   train: { about: 'train a compressor: --base DIR --method NAME (--ratio R[,R..] | --budget K) --stage ae|lm|qa|ae+lm --out DIR [--resume] [--steps N] [--init DIR] (--help)', load: () => import('./train.js') },
   compress: { about: 'compress a text: --base DIR (--compressor DIR | --method full|none|truncate) [--ratio R | --budget K] --in FILE --out FILE.softctx', load: () => import('./compress.js') },
   ask: { about: 'answer questions over a context: --base DIR (--compressor DIR | --method NAME) --context FILE.txt|.softctx --question TEXT [...]', load: () => import('./ask.js') },
+  fuzz: { about: 'fuzz every parser a user can feed: [--cases N] [--parsers NAME,..] [--seed S] [--json] (--replay NAME:INDEX)', load: () => import('./fuzz.js') },
   pull: { about: 'put a named model into the cache and print its path: pull smollm2-135m-instruct (pull --list)', load: () => import('./pull.js') },
   serve: { about: 'HTTP server: [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR] [--compressor DIR ...] (playground at /)', load: () => import('./serve.js') },
 };

@@ -243,6 +243,12 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
     bodyLimit,
     // the default request serializer logs no headers; the redaction keeps it so if that changes
     logger: opts.logger ? { level: 'info', redact: ['req.headers.authorization', 'req.headers["x-api-key"]'], ...(opts.logStream ? { stream: opts.logStream } : {}) } : false,
+    // a path that is not valid percent-encoded UTF-8 is refused before routing: in the same error shape as the rest
+    frameworkErrors: (err, _req, res) => {
+      const reply = res as unknown as FastifyReply;
+      const status = typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+      void reply.status(status).type('application/json').send(errorBody(status, err.code === 'FST_ERR_BAD_URL' ? 'bad_url' : (err.code ?? 'bad_request').toLowerCase(), `the request URL is not valid: ${err.message}`));
+    },
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
     schemaErrorFormatter: (errors, dataVar) => {
       // oneOf reports its branches' errors first; the oneOf itself says more
