@@ -16,9 +16,35 @@
  * an occurrence (any of them: copying any gives the right token). Answers that do not occur
  * earlier in the row (yes/no, counts, a story cut off by packing) are not supervised.
  */
-import { cat, crossEntropy, linear, tensor, type Tensor } from '../tensor/index.js';
-import { answerTargets } from '../data/qa.js';
-import type { LlamaModel } from '../models/llama.js';
+import { cat, crossEntropy, linear, tensor, type Tensor } from '../../src/tensor/index.js';
+import type { LlamaModel } from '../../src/models/llama.js';
+
+/**
+ * In token rows of packed training text, the next-token targets that are answers of QA documents:
+ * every token after the `marker` ids (the encoding of "\nAnswer:") up to and including the first
+ * `stop` id (newline or EOS), so that the answer and where it ends can be weighted in the loss.
+ * `ids` holds `rows` rows of `stride` ids whose first `len` + 1 are inputs and targets; returned
+ * are flat target indices (row * len + position, the target being ids[row, position + 1]).
+ */
+export function answerTargets(ids: Int32Array, rows: number, len: number, stride: number, marker: ArrayLike<number>, stop: ReadonlySet<number>): Int32Array {
+  if (marker.length === 0) throw new Error('answerTargets: empty marker');
+  if (!(stride >= len + 1 && ids.length >= rows * stride)) throw new Error(`answerTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} + 1 ids`);
+  const out: number[] = [];
+  for (let r = 0; r < rows; r++) {
+    const row = ids.subarray(r * stride, r * stride + len + 1);
+    for (let p = marker.length - 1; p < len; p++) {
+      let hit = true;
+      for (let k = 0; k < marker.length && hit; k++) hit = row[p - marker.length + 1 + k] === marker[k];
+      if (!hit) continue;
+      // p is the marker's last id: targets p+1, p+2, ... until a stop id (included).
+      for (let q = p; q < len; q++) {
+        out.push(r * len + q);
+        if (stop.has(row[q + 1])) break;
+      }
+    }
+  }
+  return Int32Array.from(out);
+}
 
 export interface AnswerPointer {
   /** Layer of the supervised head (a late one: its query and key need the earlier layers' work). */
@@ -40,7 +66,7 @@ export interface AnswerPointer {
    * values and output projection learn to copy before the head points right: a head that puts a
    * third of its attention on the source sees a blurred, weak copy signal, and our base's restate
    * head learnt no copying from it in 1,400 steps (its output, given exact attention, still cost
-   * 4.96 nats per token; `scripts/ov-ceiling.mjs` fits the same projections down to 1.4).
+   * 4.96 nats per token; `experiments/probes/ov-ceiling.mjs` fits the same projections down to 1.4).
    */
   copyAttention?: 'head' | 'targets';
 }

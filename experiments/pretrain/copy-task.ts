@@ -7,7 +7,7 @@
  * teaches nothing wrong. (In the steps tried so far these rows did not teach it either: the model
  * card has the figures.)
  */
-import { Rng } from './rng.js';
+import { Rng } from '../../src/data/rng.js';
 
 export interface CopyRows {
   /** Token ids, [rows, len] row-major. */

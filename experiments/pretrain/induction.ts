@@ -13,9 +13,9 @@
  * Everything else in the model stays free. (On our base this gave copying of random-id spans, but
  * little of it carried over to restating text or to QA: model card, "Session 4".)
  */
-import { crossEntropy, tensor, type Tensor } from '../tensor/index.js';
-import type { LlamaModel } from '../models/llama.js';
-import type { CopyRows } from '../data/copy-task.js';
+import { crossEntropy, tensor, type Tensor } from '../../src/tensor/index.js';
+import type { LlamaModel } from '../../src/models/llama.js';
+import type { CopyRows } from './copy-task.js';
 
 export interface InductionSupervision {
   /** Layer whose head `head` is taught to attend to the previous token. */

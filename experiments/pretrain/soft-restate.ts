@@ -15,10 +15,10 @@
  * their weight there, and a copy loss through their output. Optional plain restate rows of the
  * same passages keep the model able to restate a plain context in the same place.
  */
-import { Tensor, cat, crossEntropy, tensor } from '../tensor/index.js';
-import type { LlamaModel } from '../models/llama.js';
-import { Rng } from '../data/rng.js';
-import { groupStarts } from '../compress/batching.js';
+import { Tensor, cat, crossEntropy, tensor } from '../../src/tensor/index.js';
+import type { LlamaModel } from '../../src/models/llama.js';
+import { Rng } from '../../src/data/rng.js';
+import { groupStarts } from '../../src/compress/batching.js';
 
 export interface SoftRestate {
   /** Rows per micro-batch (all of one passage length and ratio, drawn per micro-batch). */

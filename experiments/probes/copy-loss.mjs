@@ -1,19 +1,19 @@
 // How well does a model copy from its context? Mean loss on the copied tokens of 8 synthetic copy
-// rows of 256 ids (src/data/copy-task.ts; fixed seed) whose ids come from (a) the 1,024-id pool of
-// configs/base-induction.json ("copyPool": 1024, seed 0), (b) all 8,176 non-special ids.
+// rows of 256 ids (experiments/pretrain/copy-task.ts; fixed seed) whose ids come from (a) the 1,024-id pool of
+// the session-4 induction phases of models/softpress-base/README.md ("copyPool": 1024, seed 0), (b) all 8,176 non-special ids.
 // Chance is ln of the pool size.
-//   node scripts/copy-loss.mjs MODEL_DIR        (after `npm run setup`)
+//   node experiments/probes/copy-loss.mjs MODEL_DIR        (after `npm run setup` and `npx tsc -p experiments/tsconfig.json`)
 import { existsSync } from 'node:fs';
-import { loadModel } from '../dist/src/models/load.js';
-import { noGrad, tidy } from '../dist/src/tensor/index.js';
-import { Rng } from '../dist/src/data/rng.js';
-import { makeCopyRows } from '../dist/src/data/copy-task.js';
-import { copyPoolIds } from '../dist/src/train/pretrain.js';
-import { copyRowsLoss } from '../dist/src/train/induction.js';
+import { loadModel } from '../../dist/src/models/load.js';
+import { noGrad, tidy } from '../../dist/src/tensor/index.js';
+import { Rng } from '../../dist/src/data/rng.js';
+import { makeCopyRows } from '../../dist/experiments/pretrain/copy-task.js';
+import { copyPoolIds } from '../../dist/src/train/pretrain.js';
+import { copyRowsLoss } from '../../dist/experiments/pretrain/induction.js';
 
 const dir = process.argv[2];
 if (!dir || !existsSync(dir)) {
-  console.error('usage: node scripts/copy-loss.mjs MODEL_DIR');
+  console.error('usage: node experiments/probes/copy-loss.mjs MODEL_DIR');
   process.exit(2);
 }
 const { model, tokenizer } = loadModel(dir, { dtype: 'float32' });

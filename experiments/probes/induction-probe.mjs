@@ -8,22 +8,22 @@
 //              trained on all tokens (11 of 95 targets copyable) it stays near chance for 600 steps;
 //   repeat     spans of 8–40 tokens each repeated at once (half the targets copyable, variable
 //              distance), trained on the copied tokens only: the dense signal gets this 2-layer
-//              model through the plateau at ~550 steps (`node scripts/induction-probe.mjs 700 repeat`:
+//              model through the plateau at ~550 steps (`node experiments/probes/induction-probe.mjs 700 repeat`:
 //              4.10 at step 450, 1.24 at 550, 0.77 at 650).
-//   node scripts/induction-probe.mjs [steps=600] [induction|offset|repeat]      (after `npm run setup`)
+//   node experiments/probes/induction-probe.mjs [steps=600] [induction|offset|repeat]      (after `npm run setup`)
 // (Session 2's version drew its tokens from a float64 linear congruential generator whose products
 // lost precision, so its "random" rows repeated themselves and the induction loss fell for the
 // wrong reason; with real randomness it stays at chance for 600 steps.)
-import { LlamaModel } from '../dist/src/models/llama.js';
-import { configFromHf } from '../dist/src/models/config.js';
-import { crossEntropy, manualSeed, tensor, tidy } from '../dist/src/tensor/index.js';
-import { AdamW } from '../dist/src/nn/index.js';
-import { Rng } from '../dist/src/data/rng.js';
+import { LlamaModel } from '../../dist/src/models/llama.js';
+import { configFromHf } from '../../dist/src/models/config.js';
+import { crossEntropy, manualSeed, tensor, tidy } from '../../dist/src/tensor/index.js';
+import { AdamW } from '../../dist/src/nn/index.js';
+import { Rng } from '../../dist/src/data/rng.js';
 
 const steps = Number(process.argv[2] ?? 600);
 const task = process.argv[3] ?? 'induction';
 if (!['induction', 'offset', 'repeat'].includes(task) || !(steps >= 0)) {
-  console.error('usage: node scripts/induction-probe.mjs [steps] [induction|offset|repeat]');
+  console.error('usage: node experiments/probes/induction-probe.mjs [steps] [induction|offset|repeat]');
   process.exit(2);
 }
 const seqLen = 96, batch = 16, span = 12, symbols = 120, offset = 5;

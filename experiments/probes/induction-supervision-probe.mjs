@@ -1,23 +1,23 @@
 // Does the shipped base learn to copy from its context on synthetic copy rows, with and without
-// attention supervision of an induction head (src/train/induction.ts)?
+// attention supervision of an induction head (experiments/pretrain/induction.ts)?
 // Trains a float32 copy of models/softpress-base on copy rows (16 x 128 ids drawn from `pool`
 // random ids; loss on the copied tokens only) and prints, every 25 steps, the copy loss (chance
 // ln pool), the two attention losses (previous-token head: layer 0, head 0; induction head: layer
 // 1, head 0) and the copy loss on rows drawn from the whole vocabulary.
-//   node scripts/induction-supervision-probe.mjs [steps=400] [weight=1] [pool=256]   (after `npm run setup`)
+//   node experiments/probes/induction-supervision-probe.mjs [steps=400] [weight=1] [pool=256]   (after `npm run setup` and `npx tsc -p experiments/tsconfig.json`)
 // weight 0 trains on the copy loss alone (the attention losses are still printed).
-import { loadModel } from '../dist/src/models/load.js';
-import { crossEntropy, manualSeed, noGrad, tensor, tidy } from '../dist/src/tensor/index.js';
-import { AdamW } from '../dist/src/nn/index.js';
-import { Rng } from '../dist/src/data/rng.js';
-import { makeCopyRows } from '../dist/src/data/copy-task.js';
-import { copyRowsLoss, inductionSupervisionLoss } from '../dist/src/train/induction.js';
+import { loadModel } from '../../dist/src/models/load.js';
+import { crossEntropy, manualSeed, noGrad, tensor, tidy } from '../../dist/src/tensor/index.js';
+import { AdamW } from '../../dist/src/nn/index.js';
+import { Rng } from '../../dist/src/data/rng.js';
+import { makeCopyRows } from '../../dist/experiments/pretrain/copy-task.js';
+import { copyRowsLoss, inductionSupervisionLoss } from '../../dist/experiments/pretrain/induction.js';
 
 const steps = Number(process.argv[2] ?? 400);
 const weight = Number(process.argv[3] ?? 1);
 const poolSize = Number(process.argv[4] ?? 256);
 if (!(Number.isInteger(steps) && steps >= 0 && weight >= 0 && Number.isInteger(poolSize) && poolSize >= 2 && poolSize <= 8176)) {
-  console.error('usage: node scripts/induction-supervision-probe.mjs [steps >= 0] [weight >= 0] [pool 2..8176]');
+  console.error('usage: node experiments/probes/induction-supervision-probe.mjs [steps >= 0] [weight >= 0] [pool 2..8176]');
   process.exit(2);
 }
 const len = 128, batch = 16;

@@ -2,13 +2,13 @@
 // context, and the teacher-forced loss (nats per restated token, EOS included) of restating it is
 // measured in the plain format and in the model's chat template (src/compress/prompts.ts), and
 // with no passage at all (the floor). Cheap: N passages, one forward each.
-//   node scripts/measure-restate-format.mjs [--model smollm2-135m-instruct] [--n 8] [--len 128]
+//   node experiments/probes/measure-restate-format.mjs [--model smollm2-135m-instruct] [--n 8] [--len 128]
 import { parseArgs } from 'node:util';
-import { loadModel } from '../dist/src/models/load.js';
-import { noGrad, tensor, tidy, crossEntropy, setNumThreads } from '../dist/src/tensor/index.js';
-import { evalDocuments } from '../dist/src/eval/tasks.js';
-import { Rng } from '../dist/src/data/rng.js';
-import { RESTATE_INSTRUCTION, restateFormat } from '../dist/src/compress/prompts.js';
+import { loadModel } from '../../dist/src/models/load.js';
+import { noGrad, tensor, tidy, crossEntropy, setNumThreads } from '../../dist/src/tensor/index.js';
+import { evalDocuments } from '../../dist/src/eval/tasks.js';
+import { Rng } from '../../dist/src/data/rng.js';
+import { RESTATE_INSTRUCTION, restateFormat } from '../../dist/src/compress/prompts.js';
 
 const { values } = parseArgs({ options: { model: { type: 'string', default: 'smollm2-135m-instruct' }, n: { type: 'string', default: '8' }, len: { type: 'string', default: '128' } } });
 setNumThreads?.(1);

@@ -7,21 +7,21 @@
 //   - the same loss after fitting W_O W_V alone with AdamW for STEPS steps at LR on 80% of the
 //     positions, scored on the other 20%: for RANK 0 starting from head HEAD's current weights,
 //     for RANK > 0 from a random rank-RANK pair. The floor a copy loss at that layer can reach.
-//   node scripts/ov-ceiling.mjs MODEL_DIR [LAYER] [HEAD] [RANKS] [STEPS] [LR]
-//   e.g. node scripts/ov-ceiling.mjs models/softpress-base 5 2 0,32 300 1e-2
+//   node experiments/probes/ov-ceiling.mjs MODEL_DIR [LAYER] [HEAD] [RANKS] [STEPS] [LR]
+//   e.g. node experiments/probes/ov-ceiling.mjs models/softpress-base 5 2 0,32 300 1e-2
 // (after `npm run setup`)
 import { existsSync } from 'node:fs';
-import { loadModel } from '../dist/src/models/load.js';
-import { loadDocs } from '../dist/src/data/pretrain-mix.js';
-import { splitDocuments } from '../dist/src/data/splits.js';
-import { samplePassage } from '../dist/src/data/qa.js';
-import { Rng } from '../dist/src/data/rng.js';
-import { AdamW, Parameter } from '../dist/src/nn/index.js';
-import { backward, cat, crossEntropy, linear, manualSeed, noGrad, randn, tensor, tidy } from '../dist/src/tensor/index.js';
+import { loadModel } from '../../dist/src/models/load.js';
+import { loadDocs } from '../../dist/src/data/pretrain-mix.js';
+import { splitDocuments } from '../../dist/src/data/splits.js';
+import { samplePassage } from '../../dist/src/data/qa.js';
+import { Rng } from '../../dist/src/data/rng.js';
+import { AdamW, Parameter } from '../../dist/src/nn/index.js';
+import { backward, cat, crossEntropy, linear, manualSeed, noGrad, randn, tensor, tidy } from '../../dist/src/tensor/index.js';
 
 const [dir, layerArg = '5', headArg = '2', ranksArg = '0,32', stepsArg = '300', lrArg = '1e-2'] = process.argv.slice(2);
 if (!dir || !existsSync(dir)) {
-  console.error('usage: node scripts/ov-ceiling.mjs MODEL_DIR [LAYER] [HEAD] [RANKS] [STEPS] [LR]');
+  console.error('usage: node experiments/probes/ov-ceiling.mjs MODEL_DIR [LAYER] [HEAD] [RANKS] [STEPS] [LR]');
   process.exit(2);
 }
 const { model, tokenizer: tok } = loadModel(dir, { dtype: 'float32' });

@@ -3,22 +3,22 @@
 // the first fact back and reports (a) how often the greedy first answer token is right, (b) the
 // attention weight head H of layer L puts, at the "Answer:" position, on the answer's first token
 // in the context (the head an `"answerPointer"` config supervises).
-//   node scripts/pointer-probe.mjs MODEL_DIR [LAYER] [HEAD] [N]
-//   node scripts/pointer-probe.mjs RUN_DIR [LAYER] [HEAD] [N]   (a pretraining run's checkpoint,
+//   node experiments/probes/pointer-probe.mjs MODEL_DIR [LAYER] [HEAD] [N]
+//   node experiments/probes/pointer-probe.mjs RUN_DIR [LAYER] [HEAD] [N]   (a pretraining run's checkpoint,
 //                                                                 weights over models/softpress-base)
 // (after `npm run setup`)
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel } from '../dist/src/models/load.js';
-import { loadCheckpointParams } from '../dist/src/train/trainer.js';
-import { loadDocs } from '../dist/src/data/pretrain-mix.js';
-import { splitDocuments } from '../dist/src/data/splits.js';
-import { formatQAPrompt, makeRecallExamples } from '../dist/src/data/qa.js';
-import { noGrad, tensor, tidy } from '../dist/src/tensor/index.js';
+import { loadModel } from '../../dist/src/models/load.js';
+import { loadCheckpointParams } from '../../dist/src/train/trainer.js';
+import { loadDocs } from '../../dist/src/data/pretrain-mix.js';
+import { splitDocuments } from '../../dist/src/data/splits.js';
+import { formatQAPrompt, makeRecallExamples } from '../../dist/src/data/qa.js';
+import { noGrad, tensor, tidy } from '../../dist/src/tensor/index.js';
 
 const [dir, layerArg = '5', headArg = '0', nArg = '32'] = process.argv.slice(2);
 if (!dir || !existsSync(dir)) {
-  console.error('usage: node scripts/pointer-probe.mjs MODEL_DIR|RUN_DIR [LAYER] [HEAD] [N]');
+  console.error('usage: node experiments/probes/pointer-probe.mjs MODEL_DIR|RUN_DIR [LAYER] [HEAD] [N]');
   process.exit(2);
 }
 const isModel = existsSync(join(dir, 'model.safetensors'));

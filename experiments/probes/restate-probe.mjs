@@ -3,21 +3,21 @@
 // the teacher-forced loss and argmax accuracy on the restated tokens, by position in the passage;
 // for every head, the mean attention a restating query puts on its source token (the aligned
 // passage token it should copy) and, on the passage itself, on the previous token.
-//   node scripts/restate-probe.mjs MODEL_DIR|RUN_DIR [N] [CHARS]
+//   node experiments/probes/restate-probe.mjs MODEL_DIR|RUN_DIR [N] [CHARS]
 // (after `npm run setup`)
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel } from '../dist/src/models/load.js';
-import { loadCheckpointParams } from '../dist/src/train/trainer.js';
-import { loadDocs } from '../dist/src/data/pretrain-mix.js';
-import { splitDocuments } from '../dist/src/data/splits.js';
-import { samplePassage } from '../dist/src/data/qa.js';
-import { Rng } from '../dist/src/data/rng.js';
-import { noGrad, tensor, tidy } from '../dist/src/tensor/index.js';
+import { loadModel } from '../../dist/src/models/load.js';
+import { loadCheckpointParams } from '../../dist/src/train/trainer.js';
+import { loadDocs } from '../../dist/src/data/pretrain-mix.js';
+import { splitDocuments } from '../../dist/src/data/splits.js';
+import { samplePassage } from '../../dist/src/data/qa.js';
+import { Rng } from '../../dist/src/data/rng.js';
+import { noGrad, tensor, tidy } from '../../dist/src/tensor/index.js';
 
 const [dir, nArg = '16', charsArg = '1200'] = process.argv.slice(2);
 if (!dir || !existsSync(dir)) {
-  console.error('usage: node scripts/restate-probe.mjs MODEL_DIR|RUN_DIR [N] [CHARS]');
+  console.error('usage: node experiments/probes/restate-probe.mjs MODEL_DIR|RUN_DIR [N] [CHARS]');
   process.exit(2);
 }
 const isModel = existsSync(join(dir, 'model.safetensors'));

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GMSA against ICAE and its ablations at our scale (issue: GMSA), after scripts/train-compressors.sh
 # has trained the method itself ($RUNS/gmsa: stage 1, $RUNS/gmsa-qa: stage 2).
-#   bash scripts/gmsa-study.sh          # train what is missing (two lanes), then evaluate
-#   PHASES=eval bash scripts/gmsa-study.sh
+#   bash experiments/studies/gmsa-study.sh          # train what is missing (two lanes), then evaluate
+#   PHASES=eval bash experiments/studies/gmsa-study.sh
 # Every variant gets the same budget as GMSA: stage 1 autoencoding, 200 steps of batch 4 at ratios
 # 4 and 8 on passages of 128/256/512 tokens, lr 5e-4; stage 2 QA, 80 steps, lr 1e-4.
 #   strided  no group merging: every r-th encoder state (the last token of each group)
@@ -15,7 +15,7 @@
 # stage-1 variant on the same valid passages — it ranks compressors even when greedy restating
 # (BLEU) fails for all of them, as with a base that does not copy well.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BASE=${BASE:-models/softpress-base}
 BABI=${BABI:-../shared/fixtures/babi/en-10k}
 RUNS=${RUNS:-runs}

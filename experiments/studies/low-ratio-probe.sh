@@ -3,10 +3,10 @@
 # merging) and ratio 2, stage 1 only, on 128-token passages, 200 steps of batch 4, lr 5e-4 (the
 # GMSA study's stage-1 budget). Separates what the encoder + LSA path can carry from what the
 # frozen decoder can read back out of merged soft tokens.
-#   bash scripts/low-ratio-probe.sh
+#   bash experiments/studies/low-ratio-probe.sh
 # Results: results/gmsa-study/low-ratio/ (reconstruct report, ae-loss-128.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BASE=${BASE:-models/softpress-base}
 RUNS=${RUNS:-runs/low-ratio}
 OUT=${OUT:-results/gmsa-study/low-ratio}

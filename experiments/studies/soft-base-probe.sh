@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Does a base that was taught to read group means of embeddings (pretraining's `softRestate` rows,
-# src/train/soft-restate.ts) let GMSA restate from merged soft tokens, and does it separate GMSA
+# experiments/pretrain/soft-restate.ts) let GMSA restate from merged soft tokens, and does it separate GMSA
 # from ICAE? Both trained at ratio 4, stage 1 only, on 128-token passages, 200 steps of batch 4,
-# lr 5e-4 (the budget of scripts/low-ratio-probe.sh), on BASE; then BLEU and the teacher-forced
+# lr 5e-4 (the budget of experiments/studies/low-ratio-probe.sh), on BASE; then BLEU and the teacher-forced
 # restate loss on the same valid passages.
-#   BASE=runs/soft-restate2/model bash scripts/soft-base-probe.sh
+#   BASE=runs/soft-restate2/model bash experiments/studies/soft-base-probe.sh
 # Results: $OUT (reconstruct report, ae-loss-128.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BASE=${BASE:?set BASE to the model folder to probe}
 RUNS=${RUNS:-runs/soft-base}
 OUT=${OUT:-results/gmsa-study/soft-base}

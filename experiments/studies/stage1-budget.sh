@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Does GMSA's lead over ICAE in reconstruction hold, and grow, with three times the stage-1 budget?
-# GMSA and ICAE trained exactly as in scripts/gmsa-study.sh (stage 1 autoencoding, batch 4, ratios
+# GMSA and ICAE trained exactly as in experiments/studies/gmsa-study.sh (stage 1 autoencoding, batch 4, ratios
 # 4 and 8, passages of 128/256/512 tokens, lr 5e-4) but for 600 steps instead of 200; two lanes of
 # one thread each. Then the same evaluations as the study: greedy restating (BLEU-4, ROUGE-L) on 16
 # held-out passages per length, and the teacher-forced restate loss at each length.
-#   bash scripts/stage1-budget.sh            # train what is missing (resumes), then evaluate
-#   PHASES=eval bash scripts/stage1-budget.sh
+#   bash experiments/studies/stage1-budget.sh            # train what is missing (resumes), then evaluate
+#   PHASES=eval bash experiments/studies/stage1-budget.sh
 # Results: results/gmsa-study/stage1-600/ (reconstruct/ report, ae-loss-{128,256,512}.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BASE=${BASE:-models/softpress-base}
 RUNS=${RUNS:-runs/stage1-600}
 OUT=${OUT:-results/gmsa-study/stage1-600}

@@ -1,17 +1,18 @@
-// Attention supervision for an induction head (src/train/induction.ts) and its use in pretraining.
+// Attention supervision for an induction head (experiments/pretrain/induction.ts) and its use in pretraining.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
+import { withRunDir } from '../../test/helpers/run-dir.js';
+import { TINY_MODEL, writeTinyCorpus } from './helpers.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { inductionSupervisionLoss, inductionTargets } from '../src/train/induction.js';
-import { copyPoolIds, pretrain, readPretrainConfig } from '../src/train/pretrain.js';
-import { loadModel } from '../src/models/load.js';
-import { manualSeed, tensor, tidy } from '../src/tensor/index.js';
-import { configFromHf } from '../src/models/config.js';
-import { LlamaModel } from '../src/models/llama.js';
-import { answerTargets } from '../src/data/qa.js';
-import { BpeTokenizer } from '../src/models/bpe.js';
+import { inductionSupervisionLoss, inductionTargets } from '../pretrain/induction.js';
+import { readExperimentConfig } from '../pretrain/config.js';
+import { pretrainExperiment, copyPoolIds } from '../pretrain/terms.js';
+import { pretrain } from '../../src/train/pretrain.js';
+import { loadModel } from '../../src/models/load.js';
+import { tensor, tidy } from '../../src/tensor/index.js';
+import { answerTargets } from '../pretrain/answer-pointer.js';
+import { BpeTokenizer } from '../../src/models/bpe.js';
 
 test('induction targets: the position after every earlier occurrence of the query token', () => {
   // Row 0: A B C A B  -> query 3 (A) looks at 1 (after A@0); query 4 (B) looks at 2 (after B@1).
@@ -58,25 +59,6 @@ test('induction supervision loss: -log of the weight on the previous token and o
   });
 });
 
-test('forward returns the attention probabilities of every layer: causal rows that sum to one', () => {
-  tidy(() => {
-    manualSeed(3);
-    const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 64, vocab_size: 50, max_position_embeddings: 64 }));
-    const ids = tensor([1, 5, 7, 9, 11, 2, 4, 6], [2, 4]).to('int64');
-    const { attentions } = model.forward({ ids, outputAttentions: true });
-    assert.equal(attentions!.length, 2);
-    assert.deepEqual(attentions![1].shape, [2, 4, 4, 4]);
-    const p = attentions![1].toNumbers();
-    for (let row = 0; row < 2 * 4 * 4; row++) {
-      const i = row % 4;
-      const r = p.slice(row * 4, row * 4 + 4);
-      assert.ok(Math.abs(r.reduce((a, b) => a + b, 0) - 1) < 1e-5);
-      for (let j = i + 1; j < 4; j++) assert.equal(r[j], 0, 'no weight on future keys');
-    }
-    assert.equal(model.forward({ ids }).attentions, undefined);
-  });
-});
-
 test('copy pool: a fixed random subset of the given ids', () => {
   const ids = Int32Array.from({ length: 100 }, (_, i) => 16 + i);
   const a = copyPoolIds(ids, 10, 0);
@@ -114,13 +96,13 @@ test('pretraining with induction supervision and answer weighting: the losses ar
       inductionSupervision: { prevLayer: 0, inductionLayer: 1, head: 1, weight: 1 },
     };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
-    const cfg = readPretrainConfig(join(dir, 'config.json'));
-    await pretrain(cfg, join(dir, 'a'), { quiet: true });
+    const cfg = readExperimentConfig(join(dir, 'config.json'));
+    await pretrainExperiment(cfg, join(dir, 'a'), { quiet: true });
     const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
     for (const r of log) {
-      // total = text + copy + weight x (prev + induction) for each of the two parts (logged as their
-      // mean) + answerWeight x the loss on QA answers (when the text rows hold one)
-      const want = r.text_loss + r.copy_loss + 2 * (r.prev_attn_loss + r.induction_attn_loss) + 0.5 * (r.answer_loss ?? 0);
+      // total = text + copy + weight x (prev + induction) on text rows and on copy rows + answerWeight
+      // x the loss on QA answers (when the text rows hold one)
+      const want = r.text_loss + r.copy_loss + r.prev_attn_loss + r.induction_attn_loss + r.copy_prev_attn_loss + r.copy_induction_attn_loss + 0.5 * (r.answer_loss ?? 0);
       assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     assert.ok(log.filter((r) => r.answer_loss > 0).length >= 5, `steps see a QA answer: ${log.filter((r) => r.answer_loss > 0).length}`);
@@ -131,17 +113,17 @@ test('pretraining with induction supervision and answer weighting: the losses ar
     assert.ok(mean(last, 'induction_attn_loss') < mean(first, 'induction_attn_loss') - 0.3, `induction head: ${mean(first, 'induction_attn_loss')} -> ${mean(last, 'induction_attn_loss')}`);
 
     // A continued phase from the exported model folder (fp16): with lr 0 the weights stay those of the folder.
-    const cont = { ...cfg, init: join(dir, 'a', 'model'), steps: 1, warmup: 0, lr: 0, minLr: 0, inductionSupervision: undefined, copyRows: 0 };
+    const cont = { ...cfg.base, init: join(dir, 'a', 'model'), steps: 1, warmup: 0, lr: 0, minLr: 0 };
     await pretrain(cont, join(dir, 'b'), { quiet: true });
     assert.equal(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
 
     // Bad supervision configs are refused with the field named.
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, inductionSupervision: { prevLayer: 0, inductionLayer: 0, head: 0, weight: 1 } }));
-    await assert.rejects(async () => pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'c'), { quiet: true }), /inductionLayer/);
+    await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'c'), { quiet: true }), /inductionLayer/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyPool: 1 }));
-    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /copyPool/);
+    assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /copyPool/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerWeight: -1 }));
-    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /answerWeight/);
+    assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /answerWeight/);
   }));
 
 test('answer targets: the tokens after "\\nAnswer:" up to and including the line end', () => {

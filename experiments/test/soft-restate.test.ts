@@ -1,16 +1,18 @@
-// Soft-prefix restate rows (src/train/soft-restate.ts) and their use in pretraining.
+// Soft-prefix restate rows (experiments/pretrain/soft-restate.ts) and their use in pretraining.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { TINY_MODEL, withRunDir, writeTinyCorpus } from './helpers/run-dir.js';
-import { drawSoftRestateShape, groupMeanWeights, plainRestateLoss, softRestateLoss, type SoftRestate } from '../src/train/soft-restate.js';
-import { pretrain, readPretrainConfig } from '../src/train/pretrain.js';
-import { cat, crossEntropy, manualSeed, noGrad, tensor, tidy } from '../src/tensor/index.js';
-import { AdamW } from '../src/nn/index.js';
-import { configFromHf } from '../src/models/config.js';
-import { LlamaModel } from '../src/models/llama.js';
-import { Rng } from '../src/data/rng.js';
+import { withRunDir } from '../../test/helpers/run-dir.js';
+import { TINY_MODEL, writeTinyCorpus } from './helpers.js';
+import { drawSoftRestateShape, groupMeanWeights, plainRestateLoss, softRestateLoss, type SoftRestate } from '../pretrain/soft-restate.js';
+import { readExperimentConfig } from '../pretrain/config.js';
+import { pretrainExperiment } from '../pretrain/terms.js';
+import { cat, crossEntropy, manualSeed, noGrad, tensor, tidy } from '../../src/tensor/index.js';
+import { AdamW } from '../../src/nn/index.js';
+import { configFromHf } from '../../src/models/config.js';
+import { LlamaModel } from '../../src/models/llama.js';
+import { Rng } from '../../src/data/rng.js';
 
 function tinyModel(vocab: number, seed = 0): LlamaModel {
   manualSeed(seed);
@@ -156,7 +158,7 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
       checkpointEvery: 12,
     };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
-    await pretrain(readPretrainConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
+    await pretrainExperiment(readExperimentConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
     const rows = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
     const steps = rows.filter((r) => r.loss !== undefined);
     assert.equal(steps.length, 12);
@@ -169,7 +171,7 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
     assert.ok(valid && valid.valid_soft_restate_loss! > 0 && valid.valid_plain_restate_loss! > 0, 'validation measures soft and plain restating');
     const bad = (extra: Record<string, unknown>) => {
       writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, ...extra }));
-      return pretrain(readPretrainConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true });
+      return pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true });
     };
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, ratios: [0] } }), /'ratios' must be a non-empty list of integers >= 1/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1, 5], weight: 1 } } }), /'pointer.heads' must be distinct heads in 0..1/);

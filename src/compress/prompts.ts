@@ -16,7 +16,7 @@
  *
  * Whether the instruct model's restate prompt is wrapped in its chat template was measured on
  * SmolLM2-135M-Instruct with the passage itself in place of the soft context (teacher-forced
- * restate loss, nats per token; scripts/measure-restate-format.mjs, results/restate-format.md):
+ * restate loss, nats per token; experiments/probes/measure-restate-format.mjs, results/restate-format.md):
  * see RESTATE_CHAT below.
  *
  * A compressor may own learned task embeddings (ICAE's [AE] and [LM] tokens) that sit right

@@ -33,33 +33,6 @@ export function formatQA(ex: { context: string; question: string; answer: string
   return `${formatQAPrompt(ex)}${qaTarget(ex)}`;
 }
 
-/**
- * In token rows of packed training text, the next-token targets that are answers of QA documents:
- * every token after the `marker` ids (the encoding of "\nAnswer:") up to and including the first
- * `stop` id (newline or EOS), so that the answer and where it ends can be weighted in the loss.
- * `ids` holds `rows` rows of `stride` ids whose first `len` + 1 are inputs and targets; returned
- * are flat target indices (row * len + position, the target being ids[row, position + 1]).
- */
-export function answerTargets(ids: Int32Array, rows: number, len: number, stride: number, marker: ArrayLike<number>, stop: ReadonlySet<number>): Int32Array {
-  if (marker.length === 0) throw new Error('answerTargets: empty marker');
-  if (!(stride >= len + 1 && ids.length >= rows * stride)) throw new Error(`answerTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} + 1 ids`);
-  const out: number[] = [];
-  for (let r = 0; r < rows; r++) {
-    const row = ids.subarray(r * stride, r * stride + len + 1);
-    for (let p = marker.length - 1; p < len; p++) {
-      let hit = true;
-      for (let k = 0; k < marker.length && hit; k++) hit = row[p - marker.length + 1 + k] === marker[k];
-      if (!hit) continue;
-      // p is the marker's last id: targets p+1, p+2, ... until a stop id (included).
-      for (let q = p; q < len; q++) {
-        out.push(r * len + q);
-        if (stop.has(row[q + 1])) break;
-      }
-    }
-  }
-  return Int32Array.from(out);
-}
-
 /** The prompt for generation: formatQA without the answer (ends with "Answer:"). */
 export function formatQAPrompt(ex: { context: string; question: string }): string {
   return `${ex.context}\nQuestion: ${ex.question}\nAnswer:`;

@@ -1,9 +1,6 @@
-/** Training: the trainer, objectives and compressor training: softpress/train. */
-export * from './answer-pointer.js';
-export * from './induction.js';
+/** Training: the trainer, objectives, pretraining and compressor training: softpress/train. */
 export * from './objectives.js';
 export * from './pretrain.js';
 export * from './progress.js';
-export * from './soft-restate.js';
 export * from './train-compressor.js';
 export * from './trainer.js';
