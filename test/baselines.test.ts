@@ -7,18 +7,15 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Tensor, cat, noGrad, randn, tensor, tidy } from '../src/tensor/index.js';
+import { cat, noGrad, randn, tensor, tidy } from '../src/tensor/index.js';
 import { createCompressor, softTokensOf } from '../src/compress/index.js';
 import { poolGroups, MeanPoolCompressor } from '../src/compress/meanpool.js';
 import { IcaeCompressor } from '../src/compress/icae.js';
 import { tinyBase } from './helpers/tiny.js';
+import { maxDiff } from './helpers/close.js';
 
 const { model: base, tokenizer: tok } = tinyBase();
 
-function maxDiff(a: Tensor, b: Tensor): number {
-  assert.deepEqual(a.shape, b.shape);
-  return tidy(() => a.to('float64').sub(b.to('float64')).abs().max().item());
-}
 
 const ids = (row: number[]) => tensor(row, [1, row.length], { dtype: 'int64' });
 const ctxA = tok.encode('Call me Ishmael. Some years ago, never mind how long precisely, having little money.');

@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { Tensor, arange, cat, crossEntropy, linear, manualSeed, memoryStats, noGrad, randn, tensor, tidy, type DType } from '../src/tensor/index.js';
-import { configFromHf, ropeInvFreq } from '../src/models/config.js';
+import { ropeInvFreq } from '../src/models/config.js';
 import { LlamaModel, type LayerKv } from '../src/models/llama.js';
 import { CcfCompressor, CcfStream, memoryWindowEnd, segmentPlan } from '../src/compress/ccf.js';
 import { createCompressor, loadCompressor, saveCompressor, tailLoss } from '../src/compress/index.js';
@@ -31,6 +31,8 @@ import { train } from '../src/train/trainer.js';
 import { warmupCosine } from '../src/nn/index.js';
 import { Rng } from '../src/data/rng.js';
 import { collectGarbage } from './helpers/gc.js';
+import { assertClose, maxDiff } from './helpers/close.js';
+import { randomModel } from './helpers/tiny.js';
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -47,29 +49,9 @@ const TINY = {
   rope_theta: 10000,
 };
 
-/** Re-draws weights far from the 0.02-std init (nearly constant logits would make checks vacuous). */
-function randomize(model: LlamaModel, seed: number): void {
-  manualSeed(seed);
-  noGrad(() =>
-    tidy(() => {
-      for (const [name, p] of model.namedParameters()) {
-        const { shape, dtype } = p.value;
-        if (name.endsWith('norm.weight')) p.value.copy_(randn(shape, { dtype }).mul(0.1).add(1));
-        else if (name.includes('embed_tokens')) p.value.copy_(randn(shape, { dtype }));
-        else p.value.copy_(randn(shape, { dtype }).mul(1 / Math.sqrt(shape[shape.length - 1])));
-      }
-    }),
-  );
-}
-
 /** A small random frozen model (float64 by default, for tight tolerances). */
 function tinyModel(opts: { dtype?: DType; seed?: number; over?: Record<string, unknown> } = {}): LlamaModel {
-  manualSeed(opts.seed ?? 1);
-  const m = noGrad(() => new LlamaModel(configFromHf({ ...TINY, ...opts.over })));
-  const dtype = opts.dtype ?? 'float64';
-  if (dtype !== 'float32') m.toDtype(dtype);
-  randomize(m, opts.seed ?? 1);
-  return m.freeze().eval();
+  return randomModel({ ...TINY, ...opts.over }, { seed: opts.seed, dtype: opts.dtype ?? 'float64', freeze: true });
 }
 
 /** A CCF compressor whose LoRA B matrices are non-zero, so that both adapters matter. */
@@ -92,14 +74,6 @@ function tokens(n: number, seed: number, vocab = TINY.vocab_size): number[] {
 
 const ids = (rows: number[][]): Tensor => tensor(rows.flat(), [rows.length, rows[0].length], { dtype: 'int64' });
 
-function maxDiff(a: Tensor, b: Tensor): number {
-  assert.deepEqual(a.shape, b.shape, `shapes differ: ${a.describe()} vs ${b.describe()}`);
-  return tidy(() => a.to('float64').sub(b.to('float64')).abs().max().item());
-}
-function assertClose(a: Tensor, b: Tensor, tol: number, what: string): void {
-  const d = maxDiff(a, b);
-  assert.ok(d <= tol, `${what}: max abs diff ${d} > ${tol}`);
-}
 function assertDiffer(a: Tensor, b: Tensor, atLeast: number, what: string): void {
   const d = maxDiff(a, b);
   assert.ok(d >= atLeast, `${what}: max abs diff ${d} < ${atLeast} (expected a real change)`);

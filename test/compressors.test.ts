@@ -51,6 +51,7 @@ import { train } from '../src/train/trainer.js';
 import { tokenizeStream } from '../src/data/lm.js';
 import { loadMobyDick } from '../src/data/corpora.js';
 import { snapshotBytes, tinyBase } from './helpers/tiny.js';
+import { maxDiff } from './helpers/close.js';
 
 // ---- per-method options (one line per method that needs them) ------------------------------
 
@@ -109,10 +110,6 @@ function tmpDir(tag: string): string {
 
 const bytes = (t: Tensor): Buffer => Buffer.from(tidy(() => t.detach().contiguous().toBytes()));
 
-function maxDiff(a: Tensor, b: Tensor): number {
-  assert.deepEqual(a.shape, b.shape);
-  return tidy(() => (a.numel === 0 ? 0 : a.to('float64').sub(b.to('float64')).abs().max().item()));
-}
 
 /** The soft context's tensors as bytes, for bit-identity checks. */
 function ctxBytes(ctx: SoftContext): Buffer[] {

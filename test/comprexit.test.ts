@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Tensor, isGradEnabled, manualSeed, noGrad, randn, tensor, tidy, zeros } from '../src/tensor/index.js';
-import { configFromHf } from '../src/models/config.js';
 import { LlamaModel, type ForwardOptions, type ForwardResult } from '../src/models/llama.js';
 import { createCompressor, loadCompressor, saveCompressor, tailLoss } from '../src/compress/index.js';
+import { randomModel } from './helpers/tiny.js';
 import {
   COMPREXIT_DEFAULTS,
   ComprExIT,
@@ -30,34 +30,7 @@ const VOCAB = 64;
 
 /** A small random base model (H = 32, L = 2), weights redrawn so hidden states differ by layer. */
 function tinyBase(seed = 3): LlamaModel {
-  manualSeed(seed);
-  const m = noGrad(
-    () =>
-      new LlamaModel(
-        configFromHf({
-          model_type: 'llama',
-          vocab_size: VOCAB,
-          hidden_size: 32,
-          intermediate_size: 64,
-          num_hidden_layers: 2,
-          num_attention_heads: 4,
-          num_key_value_heads: 2,
-          max_position_embeddings: 512,
-          rms_norm_eps: 1e-5,
-        }),
-      ),
-  );
-  noGrad(() =>
-    tidy(() => {
-      for (const [name, p] of m.namedParameters()) {
-        if (name.endsWith('norm.weight')) continue;
-        const shape = p.value.shape;
-        const std = name.includes('embed_tokens') ? 1 : 1 / Math.sqrt(shape[shape.length - 1]);
-        p.value.copy_(randn(shape).mul(std));
-      }
-    }),
-  );
-  return m.eval();
+  return randomModel({ vocab_size: VOCAB, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512, rms_norm_eps: 1e-5 }, { seed });
 }
 
 /** Deterministic pseudo-random ids in [1, VOCAB). */

@@ -12,12 +12,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
-import { manualSeed, noGrad, randn, tensor, tidy } from '../src/tensor/index.js';
-import { configFromHf } from '../src/models/config.js';
-import { LlamaModel } from '../src/models/llama.js';
+import { noGrad, tensor, tidy } from '../src/tensor/index.js';
 import { loadModel, saveModel } from '../src/models/load.js';
 import { createCompressor, saveCompressor } from '../src/compress/index.js';
 import { answerText, babiFiles, buildTasks, documentPerplexity, evalDocuments, makeBabiTask, newlineTokens, ratiosFor, runEvaluation } from '../src/eval/index.js';
+import { tinyBase as tinyBaseModel } from './helpers/tiny.js';
 
 const TOKENIZER = resolve('models/softpress-base/tokenizer.json');
 const BABI_FILE = resolve('../shared/fixtures/babi/en-10k/qa1_single-supporting-fact_train.txt');
@@ -25,15 +24,12 @@ const HAVE_TOKENIZER = existsSync(TOKENIZER);
 const skip = HAVE_TOKENIZER ? false : 'needs models/softpress-base/tokenizer.json';
 
 let dir: string | undefined;
+/** A folder holding the tiny base (model and tokenizer). */
 function tinyBase(): string {
   if (dir) return dir;
   dir = mkdtempSync(join(tmpdir(), 'softpress-eval-'));
-  manualSeed(1);
-  const cfg = configFromHf({ model_type: 'llama', vocab_size: 8192, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 64, tie_word_embeddings: true, max_position_embeddings: 1024, bos_token_id: 0, eos_token_id: 1 });
-  const model = noGrad(() => new LlamaModel(cfg));
-  // Sharp (not near-uniform) predictions: unit-variance tied embeddings.
-  noGrad(() => tidy(() => model.model.embedTokens.weight.value.copy_(randn([8192, 32]).mul(0.5))));
-  saveModel(model, join(dir, 'base'));
+  // The tiny base of the compressor tests with a window of 1,024 positions, as a model folder.
+  saveModel(tinyBaseModel({ seed: 1, positions: 1024, embedStd: 0.5 }).model, join(dir, 'base'));
   copyFileSync(TOKENIZER, join(dir, 'base', 'tokenizer.json'));
   return dir;
 }

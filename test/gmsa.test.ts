@@ -22,6 +22,8 @@ import { createCompressor, isLearned, loadCompressor, saveCompressor } from '../
 import { tailLoss } from '../src/compress/decode.js';
 import type { Budget, Compressor, SoftContext } from '../src/compress/types.js';
 import { train } from '../src/train/trainer.js';
+import { maxDiff } from './helpers/close.js';
+import { randomModel } from './helpers/tiny.js';
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -30,45 +32,9 @@ const EOS = 2;
 const PAD = 0;
 const VOCAB = 61;
 
-/**
- * A tiny random base (dim 32, 4 layers, GQA 4/2 heads, tied embeddings like ours), frozen and in
- * eval mode as loadModel leaves it. Unit-scale embeddings and 1/sqrt(fan-in) projections, so
- * that states and losses are far from uniform and comparisons are not vacuous.
- */
+/** A tiny random frozen base (dim 32, 4 layers, GQA 4/2 heads, tied embeddings like ours). */
 function tinyBase(seed = 3): LlamaModel {
-  manualSeed(seed);
-  const m = noGrad(
-    () =>
-      new LlamaModel(
-        configFromHf({
-          model_type: 'llama',
-          vocab_size: VOCAB,
-          hidden_size: 32,
-          intermediate_size: 48,
-          num_hidden_layers: 4,
-          num_attention_heads: 4,
-          num_key_value_heads: 2,
-          max_position_embeddings: 64,
-          rms_norm_eps: 1e-5,
-          rope_theta: 10000,
-          tie_word_embeddings: true,
-          bos_token_id: BOS,
-          eos_token_id: EOS,
-        }),
-      ),
-  );
-  noGrad(() =>
-    tidy(() => {
-      for (const [name, p] of m.namedParameters()) {
-        const { shape } = p.value;
-        if (name.endsWith('norm.weight')) p.value.copy_(randn(shape).mul(0.1).add(1));
-        else if (name.includes('embed_tokens')) p.value.copy_(randn(shape));
-        else p.value.copy_(randn(shape).mul(1 / Math.sqrt(shape[shape.length - 1])));
-      }
-    }),
-  );
-  m.invalidateFingerprint();
-  return m.freeze().eval();
+  return randomModel({ vocab_size: VOCAB, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: true, bos_token_id: BOS, eos_token_id: EOS }, { seed, freeze: true });
 }
 
 function randomIds(n: number, seed: number): number[] {
@@ -87,10 +53,6 @@ function changed(before: Map<string, Buffer>, m: Module): string[] {
   return m.namedParameters().filter(([n, p]) => !before.get(n)!.equals(Buffer.from(p.value.toBytes()))).map(([n]) => n);
 }
 
-function maxDiff(a: Tensor, b: Tensor): number {
-  assert.deepEqual(a.shape, b.shape, `shapes differ: ${a.describe()} vs ${b.describe()}`);
-  return tidy(() => (a.numel === 0 ? 0 : a.to('float64').sub(b.to('float64')).abs().max().item()));
-}
 
 /** [rows][cols] of a [B, k, H] tensor's item b. */
 function rowsOf(t: Tensor, b: number): number[][] {

@@ -18,6 +18,8 @@ import { loadModel, saveModel } from '../src/models/load.js';
 import { generate } from '../src/models/generate.js';
 import { Llama2cTokenizer } from '../src/io/llama2c.js';
 import { readSafetensors, writeSafetensors, type RawTensor } from '../src/io/safetensors.js';
+import { assertClose, assertDiffer } from './helpers/close.js';
+import { randomModel } from './helpers/tiny.js';
 
 // ---- fixtures --------------------------------------------------------------------------------
 
@@ -42,22 +44,6 @@ function tmpDir(): string {
 
 const ids = (rows: number[][]): Tensor => tensor(rows.flat(), [rows.length, rows[0].length], { dtype: 'int64' });
 
-/** Largest absolute elementwise difference (shapes must match). */
-function maxDiff(a: Tensor, b: Tensor): number {
-  assert.deepEqual(a.shape, b.shape, `shapes differ: ${a.describe()} vs ${b.describe()}`);
-  return tidy(() => a.to('float64').sub(b.to('float64')).abs().max().item());
-}
-
-function assertClose(a: Tensor, b: Tensor, tol: number, what: string): void {
-  const d = maxDiff(a, b);
-  assert.ok(d <= tol, `${what}: max abs diff ${d} > ${tol}`);
-}
-
-/** Guards against vacuous comparisons: the two must really differ. */
-function assertDiffer(a: Tensor, b: Tensor, atLeast: number, what: string): void {
-  const d = maxDiff(a, b);
-  assert.ok(d >= atLeast, `${what}: max abs diff ${d} < ${atLeast} (expected a real change)`);
-}
 
 const BASE = {
   model_type: 'llama',
@@ -72,36 +58,9 @@ const BASE = {
   rope_theta: 10000,
 };
 
-/**
- * Re-draws every weight so the model is far from uniform (the 0.02-std init gives nearly
- * constant logits, which would make comparisons vacuous): embeddings N(0,1), projections
- * N(0, 1/in), norm weights 1 + N(0, 0.1²), biases left as they are.
- */
-function randomize(model: LlamaModel, seed: number): void {
-  manualSeed(seed);
-  noGrad(() =>
-    tidy(() => {
-      for (const [name, p] of model.namedParameters()) {
-        const { shape, dtype } = p.value;
-        if (name.endsWith('.bias') || name.includes('lora_')) continue;
-        let t: Tensor;
-        if (name.endsWith('norm.weight')) t = randn(shape, { dtype }).mul(0.1).add(1);
-        else if (name.includes('embed_tokens')) t = randn(shape, { dtype });
-        else t = randn(shape, { dtype }).mul(1 / Math.sqrt(shape[shape.length - 1]));
-        p.value.copy_(t);
-      }
-    }),
-  );
-}
-
 /** A small random model in eval mode (float64 unless asked otherwise, for tight tolerances). */
 function tiny(over: Record<string, unknown> = {}, opts: { dtype?: DType; seed?: number } = {}): LlamaModel {
-  manualSeed(opts.seed ?? 1);
-  const m = noGrad(() => new LlamaModel(configFromHf({ ...BASE, ...over })));
-  const dtype = opts.dtype ?? 'float64';
-  if (dtype !== 'float32') m.toDtype(dtype);
-  randomize(m, opts.seed ?? 1);
-  return m.eval();
+  return randomModel({ ...BASE, ...over }, { seed: opts.seed, dtype: opts.dtype ?? 'float64' });
 }
 
 /** Deterministic pseudo-random token ids in [lo, vocab). */
@@ -567,3 +526,22 @@ test('forward errors: ids/inputsEmbeds, embed dim, paddingMask and attnMask shap
   assert.throws(() => m.forward({ ids: x, numLayers: 0 }), /numLayers 0 outside 1\.\.3/);
   assert.throws(() => m.forward({ ids: x, numLayers: 4 }), /numLayers 4 outside 1\.\.3/);
 }));
+
+test('forward returns the attention probabilities of every layer: causal rows that sum to one', () => {
+  tidy(() => {
+    manualSeed(3);
+    const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 64, vocab_size: 50, max_position_embeddings: 64 }));
+    const ids = tensor([1, 5, 7, 9, 11, 2, 4, 6], [2, 4]).to('int64');
+    const { attentions } = model.forward({ ids, outputAttentions: true });
+    assert.equal(attentions!.length, 2);
+    assert.deepEqual(attentions![1].shape, [2, 4, 4, 4]);
+    const p = attentions![1].toNumbers();
+    for (let row = 0; row < 2 * 4 * 4; row++) {
+      const i = row % 4;
+      const r = p.slice(row * 4, row * 4 + 4);
+      assert.ok(Math.abs(r.reduce((a, b) => a + b, 0) - 1) < 1e-5);
+      for (let j = i + 1; j < 4; j++) assert.equal(r[j], 0, 'no weight on future keys');
+    }
+    assert.equal(model.forward({ ids }).attentions, undefined);
+  });
+});

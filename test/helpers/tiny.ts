@@ -1,7 +1,9 @@
 /**
- * A tiny random base model for compressor tests: dim 32, 2 layers, 4 heads (2 kv heads), ffn
- * 64, vocab 8192 with softpress's real tokenizer (models/softpress-base/tokenizer.json),
- * tied embeddings. Seeded (same seed, same weights), frozen, in eval mode.
+ * Tiny random models for tests. tinyBase: the base of the compressor tests, dim 32, 2 layers,
+ * 4 heads (2 kv heads), ffn 64, vocab 8192 with softpress's real tokenizer
+ * (models/softpress-base/tokenizer.json), tied embeddings; seeded (same seed, same weights),
+ * frozen, in eval mode. randomModel: any shape from Hugging Face config fields, for tests that
+ * need their own vocabulary, depth or dtype.
  *
  * Initialisation. With the pretraining init (std 0.02 everywhere) every logit is within ~0.6 of
  * the others whatever the input (|logit| <= |normed h| |e| = sqrt(32) * 0.02 sqrt(32)), so no
@@ -14,7 +16,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { manualSeed, noGrad, randn, tidy } from '../../src/tensor/index.js';
+import { manualSeed, noGrad, randn, tidy, type DType } from '../../src/tensor/index.js';
 import { configFromHf, type LlamaConfig } from '../../src/models/config.js';
 import { LlamaModel } from '../../src/models/llama.js';
 import { BpeTokenizer } from '../../src/models/bpe.js';
@@ -25,6 +27,8 @@ export interface TinyOptions {
   seed?: number;
   dim?: number;
   layers?: number;
+  /** Position window (default 256). */
+  positions?: number;
   /** Std of the embedding table (default 1). */
   embedStd?: number;
   /** Projection std times sqrt(fan-in), per group (defaults q/k 0.5, v/o 1, MLP 0.5). */
@@ -53,7 +57,7 @@ export function tinyConfig(opts: TinyOptions = {}): LlamaConfig {
     num_hidden_layers: opts.layers ?? 2,
     num_attention_heads: 4,
     num_key_value_heads: 2,
-    max_position_embeddings: 256,
+    max_position_embeddings: opts.positions ?? 256,
     rms_norm_eps: 1e-5,
     tie_word_embeddings: true,
     bos_token_id: tok.bos,
@@ -87,4 +91,33 @@ export function tinyBase(opts: TinyOptions = {}): { model: LlamaModel; tokenizer
 /** Every base parameter's bytes, to prove training left the base untouched. */
 export function snapshotBytes(model: LlamaModel): Map<string, Buffer> {
   return tidy(() => new Map(model.namedParameters().map(([n, p]) => [n, Buffer.from(p.value.detach().contiguous().toBytes())])));
+}
+
+/**
+ * A small Llama from Hugging Face config fields (model_type llama) with its weights redrawn far
+ * from the 0.02-std init, whose nearly constant logits would make comparisons vacuous:
+ * embeddings N(0, 1), projections N(0, 1/in), norm weights 1 + N(0, 0.1²); biases stay as they
+ * are. Seeded (construction and redraw), in `dtype` (default float32), in eval mode; frozen with
+ * `freeze`.
+ */
+export function randomModel(fields: Record<string, unknown>, opts: { seed?: number; dtype?: DType; freeze?: boolean } = {}): LlamaModel {
+  const seed = opts.seed ?? 1;
+  manualSeed(seed);
+  const m = noGrad(() => new LlamaModel(configFromHf({ model_type: 'llama', ...fields })));
+  if ((opts.dtype ?? 'float32') !== 'float32') m.toDtype(opts.dtype!);
+  manualSeed(seed);
+  tidy(() =>
+    noGrad(() => {
+      for (const [name, p] of m.namedParameters()) {
+        const { shape, dtype } = p.value;
+        if (name.endsWith('.bias')) continue;
+        if (name.endsWith('norm.weight')) p.value.copy_(randn(shape, { dtype }).mul(0.1).add(1));
+        else if (name.includes('embed_tokens')) p.value.copy_(randn(shape, { dtype }));
+        else p.value.copy_(randn(shape, { dtype }).mul(1 / Math.sqrt(shape[shape.length - 1]!)));
+      }
+    }),
+  );
+  m.invalidateFingerprint();
+  if (opts.freeze) m.freeze();
+  return m.eval();
 }
