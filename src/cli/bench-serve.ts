@@ -18,6 +18,8 @@
  *     window, which must also hold BOS, the question and the answer) it is the longest tail that
  *     fits (`truncate` with a token budget), reported as full_mode "truncated" with full_tokens.
  * With --json the last stdout line is one JSON object.
+ *
+ * softpress bench serve --soak ...: the server under load and kill -9 (bench-serve-soak.ts).
  */
 import { parseArgs } from 'node:util';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -50,7 +52,7 @@ function positive(name: string, v: string | undefined, dflt: number): number {
   return n;
 }
 
-function percentile(xs: number[], p: number): number {
+export function percentile(xs: number[], p: number): number {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   const i = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
@@ -195,6 +197,7 @@ async function measure(client: Client, text: string, question: string, make: Jso
 }
 
 export async function run(argv: string[]): Promise<void> {
+  if (argv.includes('--soak')) return (await import('./bench-serve-soak.js')).runSoak(argv);
   const { values } = parseArgs({
     args: argv,
     options: {

@@ -432,10 +432,10 @@ export function* prefixKeysValues(model: LlamaModel, prefix: Tensor, opts: { mem
       );
       if (start + len < p) yield;
     }
-    const out = cache.keys.map((k, i) => ({ k: k!, v: cache.values[i]! }));
-    cache.keys.fill(null);
-    cache.values.fill(null);
-    return out;
+    // Compact copies: the cache's tensors are views of buffers grown by doubling (at least 64
+    // columns), and a view keeps its whole buffer alive. Kept with a stored context, views held
+    // up to twice (short prefixes: many times) the bytes the server's memory bound counts.
+    return noGrad(() => cache.keys.map((k, i) => ({ k: k!.clone().keep(), v: cache.values[i]!.clone().keep() })));
   } finally {
     cache.free();
   }

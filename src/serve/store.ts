@@ -137,8 +137,10 @@ export class ContextStore {
       const owners = new Map<string, OwnerUsage>();
       const indexed = new Set<string>();
       for (const key of this.lru.getKeys()) indexed.add(`${key[0]}\u0000${key[1]}`);
+      // keys only: reading every value would map the whole store into memory at each start
+      const blobs = new Set(this.blobs.getKeys());
       for (const { key, value } of this.meta.getRange()) {
-        if (this.blobs.get(key) === undefined) {
+        if (!blobs.has(key)) {
           // metadata without bytes cannot happen through this class; drop it if it does
           this.meta.removeSync(key);
           continue;
