@@ -30,6 +30,8 @@ export const MAX_MERGES = 1 << 22;
 /** Deepest nesting of normalizer / pre-tokenizer / decoder sequences. */
 const MAX_PIPELINE_DEPTH = 32;
 
+const SPLIT_BEHAVIORS = ['Removed', 'Isolated', 'MergedWithPrevious', 'MergedWithNext', 'Contiguous'];
+
 const MODEL_TYPES = ['BPE', 'WordPiece', 'WordLevel', 'Unigram'] as const;
 
 export interface TokenizerJsonFacts {
@@ -179,6 +181,10 @@ function checkPipeline(node: unknown, field: string, depth: number, bad: (field:
     } else if (typeof p.String !== 'string') {
       bad(`${field}.pattern`, `must hold a "Regex" or "String" string, got ${show(pattern)}`);
     }
+  }
+  if (node.type === 'Split') {
+    if (node.behavior !== undefined && !(typeof node.behavior === 'string' && SPLIT_BEHAVIORS.some((b) => b.toLowerCase() === (node.behavior as string).toLowerCase()))) bad(`${field}.behavior`, `must be one of ${SPLIT_BEHAVIORS.join(', ')}, got ${show(node.behavior)}`);
+    if (node.invert !== undefined && typeof node.invert !== 'boolean') bad(`${field}.invert`, `must be true or false, got ${show(node.invert)}`);
   }
   // A replacement string is literal in the reference implementation; JavaScript would expand
   // $& $` $' $1 $<name>, and $` / $' make the output quadratic in the input.

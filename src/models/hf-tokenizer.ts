@@ -43,6 +43,8 @@ export class HfTokenizer implements Tokenizer {
     const facts = checkTokenizerJson(tokenizerJson, source);
     try {
       this.lib = new HfLib(tokenizerJson, tokenizerConfig);
+      // a pipeline entry the library accepts but cannot run fails here, not at the first request
+      this.lib.encode('Aa 1.', { add_special_tokens: false });
     } catch (e) {
       throw new TokenizerJsonError(source, '(tokenizer)', `@huggingface/tokenizers cannot build it: ${(e as Error).message}`);
     }
