@@ -1,5 +1,5 @@
 /**
- * softpress bench model --config S|M [--json] [--threads N] [--reps N] [--profile]
+ * softpress bench model --config S|M|smol [--json] [--threads N] [--reps N] [--profile]
  * Training, prefill, frozen-decoder-to-inputs and decode speed of a random Llama-style model
  * (../shared/bench-spec.md). Figures are medians of timed repetitions after 3 warm-ups.
  */
@@ -14,6 +14,8 @@ import { median, timeMedian } from './bench.js';
 export const BENCH_CONFIGS = {
   S: { dim: 256, layers: 4, heads: 8, kvHeads: 4, ffn: 688, vocab: 8192, seq: 256, batch: 8 },
   M: { dim: 512, layers: 8, heads: 8, kvHeads: 4, ffn: 1376, vocab: 8192, seq: 512, batch: 4 },
+  // SmolLM2-135M's shape: training a compressor through a frozen real-size decoder.
+  smol: { dim: 576, layers: 30, heads: 9, kvHeads: 3, ffn: 1536, vocab: 49152, seq: 512, batch: 2 },
 } as const;
 
 export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: (s: string) => void, withProfile = false): Record<string, number | string> {
@@ -104,8 +106,8 @@ export async function run(argv: string[]): Promise<void> {
     options: { config: { type: 'string', default: 'S' }, json: { type: 'boolean', default: false }, threads: { type: 'string', default: '2' }, reps: { type: 'string', default: '5' }, profile: { type: 'boolean', default: false } },
     strict: true,
   });
-  const name = values.config!.toUpperCase();
-  if (!(name in BENCH_CONFIGS)) throw new Error(`--config must be one of ${Object.keys(BENCH_CONFIGS).join(', ')}, got '${values.config}'`);
+  const name = Object.keys(BENCH_CONFIGS).find((k) => k.toLowerCase() === values.config!.toLowerCase());
+  if (name === undefined) throw new Error(`--config must be one of ${Object.keys(BENCH_CONFIGS).join(', ')}, got '${values.config}'`);
   const threads = Number(values.threads);
   const reps = Number(values.reps);
   if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be a positive integer, got '${values.threads}'`);

@@ -1,6 +1,6 @@
 /**
  * softpress bench engine [--json] [--threads N] [--reps N]
- * softpress bench model --config S|M [--json] ...   (src/cli/bench-model.ts)
+ * softpress bench model --config S|M|smol [--json] ...   (src/cli/bench-model.ts)
  * softpress bench serve [--json] ...                (src/cli/bench-serve.ts)
  * softpress bench generate --model NAME|PATH [--json] ... (src/cli/bench-generate.ts)
  *
@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { getNumThreads, randn, setNumThreads, tidy } from '../tensor/index.js';
 
 const USAGE =
-  'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M [--json] [--threads N] [--reps N]\n' +
+  'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M|smol [--json] [--threads N] [--reps N]\n' +
   '       softpress bench serve [--json] [--base DIR | --random-base] [--clients 1,8] [--seconds 5] [--lengths 512,1024,2048] [--ratios 4,8]\n' +
   '       softpress bench serve --soak [--requests 10000] [--clients 8] [--kills N] [--method truncate] [--json]\n' +
   '       softpress bench generate --model NAME|PATH [--json] [--threads 2] [--prompt-tokens 512] [--gen-tokens 128] [--reps 3] [--profile]';
