@@ -165,6 +165,19 @@ test('train icae with a QA stage, then continue from it with --init', async () =
   const t2 = await cli('train', ...COMMON, '--method', 'icae', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--qa-examples', '8', '--out', stage2);
   ok(t2, 'train --init');
   assert.equal(JSON.parse(fs.readFileSync(path.join(stage2, 'compressor.json'), 'utf8')).training.init, out);
+  // ship carries both stages: their records, a table in the card, and each stage's loss plot.
+  const shipped = path.join(root, 'icae-shipped');
+  ok(await cli('ship', '--base', baseDir, '--compressor', stage2, '--out', shipped), 'ship stages');
+  const stage1Training = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8')).training;
+  const shippedCfg = JSON.parse(fs.readFileSync(path.join(shipped, 'compressor.json'), 'utf8'));
+  assert.deepEqual(shippedCfg.earlierStages, [stage1Training]);
+  for (const f of ['loss-stage1.svg', 'loss-stage2.svg']) assert.ok(fs.existsSync(path.join(shipped, f)), f);
+  const card = fs.readFileSync(path.join(shipped, 'README.md'), 'utf8');
+  assert.match(card, /## Training stages[\s\S]*\| 1 \| ae\+qa \| 10 \|[\s\S]*\| 2 \| qa \| 3 \|/);
+  // Shipping the shipped folder again keeps the stages (the run folders are not needed).
+  const again = path.join(root, 'icae-shipped-again');
+  ok(await cli('ship', '--base', baseDir, '--compressor', shipped, '--out', again), 'ship again');
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(again, 'compressor.json'), 'utf8')).earlierStages, [stage1Training]);
   const wrong = await cli('train', ...COMMON, '--method', 'meanpool', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--out', path.join(root, 'wrong'));
   assert.equal(wrong.code, 1);
   assert.match(wrong.stderr, /holds a 'icae' compressor, not 'meanpool'/);

@@ -2,9 +2,12 @@
  * softpress ship --base DIR --compressor DIR --out DIR [--dtype float16]
  * Writes a trained compressor in its final, shippable form (fp16 weights by default), with its
  * card: compressor.json keeps the training record and the recipe used, README.md shows them.
+ * A compressor trained in stages (--init) carries its earlier stages: their training records
+ * (compressor.json "earlierStages", oldest first), a table of every stage in the card, and each
+ * stage's loss plot (loss-stage<N>.svg) when the run folders are still there.
  */
 import { parseArgs } from 'node:util';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel } from '../models/load.js';
 import { loadCompressor, saveCompressor } from '../compress/index.js';
@@ -19,8 +22,51 @@ export async function run(argv: string[]): Promise<void> {
   const c = loadCompressor(values.compressor, model);
   const cfg = JSON.parse(readFileSync(join(values.compressor, 'compressor.json'), 'utf8')) as Record<string, unknown>;
   const extra = Object.fromEntries(Object.entries(cfg).filter(([k]) => !(k in c.config) && k !== 'baseFingerprint'));
+  const training = (cfg.training as Record<string, unknown>) ?? {};
+  const stages = trainingStages(values.compressor, training);
+  if (stages.length > 1) extra.earlierStages = stages.slice(0, -1).map((s) => s.training);
   saveCompressor(c, values.out, extra, { dtype: values.dtype as DType });
+  stages.forEach((s, i) => {
+    if (s.dir && existsSync(join(s.dir, 'loss.svg'))) copyFileSync(join(s.dir, 'loss.svg'), join(values.out!, `loss-stage${i + 1}.svg`));
+  });
   const recipe = cfg.recipe as RecipeRecord | undefined;
-  if (recipe) writeFileSync(join(values.out, 'README.md'), compressorCard(c.method, recipe, (cfg.training as Record<string, unknown>) ?? {}));
+  if (recipe) writeFileSync(join(values.out, 'README.md'), compressorCard(c.method, recipe, training) + stagesSection(stages, values.out));
   process.stdout.write(`wrote ${values.out} (${c.method}, ${values.dtype}${recipe ? ', README.md card' : ''})\n`);
+}
+
+interface Stage {
+  /** The run folder, when it still exists. */
+  dir?: string;
+  training: Record<string, unknown>;
+}
+
+/** The compressor's training stages, oldest first, following `training.init` (or a shipped `earlierStages`). */
+function trainingStages(dir: string, training: Record<string, unknown>): Stage[] {
+  const stages: Stage[] = [{ dir, training }];
+  const shipped = (JSON.parse(readFileSync(join(dir, 'compressor.json'), 'utf8')) as { earlierStages?: Record<string, unknown>[] }).earlierStages;
+  if (shipped) return [...shipped.map((t) => ({ training: t })), ...stages];
+  let init = training.init;
+  while (typeof init === 'string' && existsSync(join(init, 'compressor.json')) && stages.length < 16) {
+    const t = ((JSON.parse(readFileSync(join(init, 'compressor.json'), 'utf8')) as { training?: Record<string, unknown> }).training ?? {}) as Record<string, unknown>;
+    stages.unshift({ dir: init, training: t });
+    init = t.init;
+  }
+  return stages;
+}
+
+/** The card's table of stages (objective, steps, time, validation loss against full / no context) and plots. */
+function stagesSection(stages: Stage[], out: string): string {
+  const fmt = (x: unknown) => (typeof x === 'number' ? x.toFixed(4) : '-');
+  const lines = ['', '## Training stages', '', '| stage | objective | steps | hours | valid loss | full context | no context |', '|---:|---|---:|---:|---:|---:|---:|'];
+  stages.forEach((s, i) => {
+    const t = s.training;
+    const valid = t.valid as Record<string, number> | undefined;
+    const refs = t.validReferences as Record<string, number> | undefined;
+    const objective = Object.keys((t.stages as Record<string, number>) ?? {}).join('+') || '-';
+    const hours = typeof t.seconds === 'number' ? (t.seconds / 3600).toFixed(2) : '-';
+    lines.push(`| ${i + 1} | ${objective} | ${String(t.steps ?? '-')} | ${hours} | ${fmt(valid?.loss)} | ${fmt(refs?.full)} | ${fmt(refs?.none)} |`);
+  });
+  const plots = stages.map((_, i) => `loss-stage${i + 1}.svg`).filter((f) => existsSync(join(out, f)));
+  if (plots.length) lines.push('', ...plots.map((f, i) => `![loss of stage ${i + 1}](${f})`));
+  return lines.join('\n') + '\n';
 }
