@@ -39,6 +39,15 @@ if (!existsSync(header)) {
   );
   process.exit(1);
 }
+// Gloo's headers, for the data-parallel process group (native/src/c10d.cc).
+const glooHeaders = [...(libtorch ? [join(libtorch, 'include', 'gloo', 'algorithm.h')] : []), '/usr/include/gloo/algorithm.h'];
+if (!glooHeaders.some((h) => existsSync(h))) {
+  say(
+    "Gloo's headers are missing (no " + glooHeaders.join(' or ') + '), which the data-parallel training needs. ' +
+      'Install the apt package libgloo-dev (sudo apt-get install libgloo-dev), then reinstall softpress.',
+  );
+  process.exit(1);
+}
 
 // npm hands its own node-gyp to install scripts (npm_config_node_gyp); a checkout has its own.
 let gyp = process.env.npm_config_node_gyp;
@@ -55,7 +64,7 @@ say(`building the native addon against ${libtorch ?? 'the system libtorch'} (a m
 const t0 = Date.now();
 const r = spawnSync(process.execPath, [gyp, 'rebuild', '--directory', join(root, 'native'), '-j', jobs, '--loglevel=warn'], { stdio: 'inherit' });
 if (r.status !== 0) {
-  say('the native build failed (see above). It needs g++, make, python3 and libtorch-dev (or LIBTORCH).');
+  say('the native build failed (see above). It needs g++, make, python3, libtorch-dev and libgloo-dev (or LIBTORCH).');
   process.exit(r.status ?? 1);
 }
 say(`built ${addon} in ${((Date.now() - t0) / 1000).toFixed(0)} s`);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up softpress on a Debian/Ubuntu machine; a no-op when everything is in place.
-#   1. apt packages: libtorch-dev (or LIBTORCH=/path to another libtorch), OpenBLAS, build tools
+#   1. apt packages: libtorch-dev and libgloo-dev (or LIBTORCH=/path to another libtorch), OpenBLAS, build tools
 #   2. npm ci (when node_modules is missing or stale)
 #   3. the native addon (node-gyp, when missing or older than its sources)
 #   4. the TypeScript build (incremental)
@@ -12,6 +12,8 @@ log() { printf 'softpress setup: %s\n' "$*" >&2; }
 
 missing=()
 if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then missing+=(libtorch-dev); fi
+# Gloo's headers, for the data-parallel process group (native/src/c10d.cc); libtorch links libgloo.
+if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/gloo/algorithm.h ]; then missing+=(libgloo-dev); fi
 # libtorch calls libblas.so.3; without OpenBLAS that is the slow reference BLAS.
 if [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] && [ ! -e /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3 ]; then missing+=(libopenblas0); fi
 command -v g++ >/dev/null 2>&1 || missing+=(g++)

@@ -209,6 +209,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("config", Napi::Function::New(env, Config));
   InitDispatch(env, exports);
   InitAutograd(env, exports);
+  InitC10d(env, exports);
   return exports;
 }
 

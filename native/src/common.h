@@ -43,5 +43,6 @@ Napi::Value Guard(const Napi::CallbackInfo& info, const char* op, F body) {
 // Registration of each translation unit's functions on the module exports.
 void InitDispatch(Napi::Env env, Napi::Object exports);
 void InitAutograd(Napi::Env env, Napi::Object exports);
+void InitC10d(Napi::Env env, Napi::Object exports);
 
 }  // namespace sp

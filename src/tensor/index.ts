@@ -65,3 +65,4 @@ export function grad(outputs: Tensor[], inputs: Tensor[], opts: { gradOutputs?: 
 // Two threads by default (the machine has two cores); SOFTPRESS_THREADS overrides.
 setNumThreads(Number(process.env.SOFTPRESS_THREADS ?? 2) || 2);
 export { profile, type OpTime } from './profile.js';
+export { ProcessGroup, DistError, parseMaster, localAddressFor, DEFAULT_DIST_TIMEOUT_MS, type ProcessGroupOptions, type ReduceOp } from './dist.js';

@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 
 /** Opaque handle of a native at::Tensor. */
 export type Handle = { readonly __handle: unique symbol };
+/** Opaque handle of a c10d process group (native/src/c10d.cc). */
+export type GroupHandle = { readonly __group: unique symbol };
 
 export interface NativeAddon {
   fromBuffer(data: ArrayBufferView, dtypeCode: number, shape: number[]): Handle;
@@ -38,6 +40,12 @@ export interface NativeAddon {
   isGradEnabled(): boolean;
   profilerStart(tracePath: string): void;
   profilerStop(): void;
+  distInit(rank: number, size: number, masterHost: string, masterPort: number, localAddr: string, timeoutMs: number, threads: number, joinTimeoutMs: number): GroupHandle;
+  /** op: 0 sum, 1 average, 2 max, 3 min */
+  distAllreduce(g: GroupHandle, tensors: Handle[], op: number): void;
+  distBroadcast(g: GroupHandle, tensors: Handle[], root: number): void;
+  distBarrier(g: GroupHandle): void;
+  distDestroy(g: GroupHandle): void;
 }
 
 /**

@@ -275,6 +275,10 @@ export class Tensor {
   clone(): Tensor {
     return call('clone', [this]);
   }
+  /** Whether this tensor and `other` are views of one storage (writes to one show in the other). */
+  sharesStorageWith(other: Tensor): boolean {
+    return native.sameStorage(this.handle, other.handle);
+  }
   contiguous(): Tensor {
     return call('contiguous', [this]);
   }
