@@ -7,14 +7,19 @@
  *   [--corpora sotu,moby-dick,brown|none] [--data PATH] [--qa-examples N]
  *   [--eval-every N] [--checkpoint-every N] [--valid-batches N] [--stop-after N]
  *   [--method-option key=value ...] [--quiet]
+ *   [--nproc N | --rank R --world-size W --master ADDR:PORT] [--dist-timeout SECONDS]
  * Every optimiser, schedule, ratio and length flag not given takes the method's recipe (its
  * paper's settings, compress/<method>.ts), else softpress's defaults; the card of the trained
  * compressor (compressor.json "recipe", README.md) records what was used and from where.
+ * --nproc N trains data-parallel in N local processes; --rank/--world-size/--master joins a group
+ * across machines (launch.ts): each rank takes its share of every batch (--batch is the global
+ * batch), and rank 0 writes the run folder.
  */
 import { parseArgs } from 'node:util';
 import { compressorNames } from '../compress/index.js';
 import { TRAIN_DEFAULTS, applyRecipe, parseStages, trainCompressor, type CompressorTrainConfig } from '../train/train-compressor.js';
 import { methodOptions, numberOpt, ratioList } from './args.js';
+import { DIST_OPTIONS, DIST_USAGE, distPlan, joinGroup, launchWorkers } from './launch.js';
 
 const USAGE = `usage: softpress train --base DIR --method NAME [--ratio R[,R2...] | --budget K] --stage ae|lm|qa|ae+lm|ae:W,lm:W --out DIR
   [--resume] [--steps ${TRAIN_DEFAULTS.steps}] [--batch ${TRAIN_DEFAULTS.batch}] [--accum ${TRAIN_DEFAULTS.accum}]
@@ -23,10 +28,14 @@ const USAGE = `usage: softpress train --base DIR --method NAME [--ratio R[,R2...
   [--init DIR] [--babi DIR] [--corpora ${TRAIN_DEFAULTS.corpora.join(',')}|none] [--data PATH] [--qa-examples ${TRAIN_DEFAULTS.qaExamples}]
   [--eval-every ${TRAIN_DEFAULTS.evalEvery}] [--checkpoint-every ${TRAIN_DEFAULTS.checkpointEvery}] [--valid-batches ${TRAIN_DEFAULTS.validBatches}] [--stop-after N]
   [--method-option key=value ...] [--quiet]
+  ${DIST_USAGE}
 Optimiser, schedule, ratios and lengths not given take the method's recipe (its paper's settings; softpress's
 defaults for what the paper does not state: lr ${TRAIN_DEFAULTS.lr}, min lr lr/10, warmup 5%, weight decay ${TRAIN_DEFAULTS.weightDecay},
 clip ${TRAIN_DEFAULTS.clip}, betas 0.9,0.95, context ${TRAIN_DEFAULTS.contextLen} + ${TRAIN_DEFAULTS.continuationLen}). CCF: --doc-len tokens per training document
-(default 16 segments, fewer when the base's position window cannot hold them), --reservoir K encoder graphs kept.`;
+(default 16 segments, fewer when the base's position window cannot hold them), --reservoir K encoder graphs kept.
+Data-parallel: --nproc N starts N local workers (SOFTPRESS_THREADS = cores / N each unless set); on several machines
+run one command per machine with --rank R --world-size W --master ADDR:PORT (rank 0's address; README). --batch is the
+global batch, shared by the ranks; rank 0 writes the run folder; --resume works with any number of ranks.`;
 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -67,6 +76,7 @@ export async function run(argv: string[]): Promise<void> {
       'method-option': { type: 'string', multiple: true },
       quiet: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
+      ...DIST_OPTIONS,
     },
     strict: true,
   });
@@ -148,7 +158,20 @@ export async function run(argv: string[]): Promise<void> {
   if (cfg.stages.lm !== undefined && cfg.continuationLen < 1) throw new Error('the lm stage needs --continuation-len >= 1');
   if (corpora.length === 0 && !cfg.data) throw new Error('no training text: give --corpora and/or --data');
   const stopAfter = numberOpt('stop-after', values['stop-after'], { integer: true, min: 1 });
-  const { summary, saved } = await trainCompressor(cfg, values.out!, { resume: values.resume, stopAfter, quiet: values.quiet });
+  const plan = distPlan(values);
+  if (plan.kind === 'launch') {
+    if (cfg.batch < plan.nproc) throw new Error(`a batch of ${cfg.batch} cannot be shared by ${plan.nproc} processes: use --batch ${plan.nproc} or more`);
+    return launchWorkers('train', argv, plan.nproc, values.quiet ? { log: () => {} } : {});
+  }
+  const dist = plan.kind === 'join' ? joinGroup(plan) : undefined;
+  let result: Awaited<ReturnType<typeof trainCompressor>>;
+  try {
+    result = await trainCompressor(cfg, values.out!, { resume: values.resume, stopAfter, quiet: values.quiet, dist });
+  } finally {
+    dist?.destroy();
+  }
+  if (dist && dist.rank !== 0) return;
+  const { summary, saved } = result;
   const valid = summary.lastValid ? `; valid ${Object.entries(summary.lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : '';
   process.stdout.write(`${summary.alreadyFinished ? 'already trained' : saved ? 'trained' : 'stopped'} ${cfg.method} to step ${summary.steps}/${cfg.steps} in ${summary.seconds.toFixed(1)} s; last loss ${Number.isFinite(summary.lastLoss) ? summary.lastLoss.toFixed(4) : 'n/a'}${valid}${saved ? `; saved in ${values.out}` : ''}\n`);
 }

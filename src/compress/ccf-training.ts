@@ -28,6 +28,7 @@
  */
 import { Tensor, backward, cat, crossEntropy, memoryStats, noGrad, tensor, tidy } from '../tensor/index.js';
 import { DocumentChunkSampler } from '../data/lm.js';
+import { shardRange } from '../data/shard.js';
 import { Rng } from '../data/rng.js';
 import type { CcfCompressor } from './ccf.js';
 import type { MethodTraining, MethodTrainingRun } from './types.js';
@@ -236,14 +237,19 @@ export function ccfTraining(ccf: CcfCompressor, run: MethodTrainingRun, recipe: 
   const { batchSize, gradAccum, seed } = run;
   return {
     params: ccf.trainable('lm'),
-    microBatch(step, micro) {
+    sharded: true,
+    microBatch(step, micro, shard) {
       ccf.setTraining(true);
       // Everything random in a document follows from (seed, step, micro): resume is exact.
       const rng = new Rng(`ccf:${seed}:${step}:${micro}`);
       const ratio = ratios[rng.int(ratios.length)]!;
       const first = (step * gradAccum + micro) * batchSize;
-      const doc = Array.from({ length: batchSize }, (_, r) => Array.from(sampler.chunk(first + r)));
-      const res = ccfDocumentGradients(ccf, doc, { ratio, reservoir, rng, lossScale: 1 / gradAccum });
+      // A shard reads its rows of the batch; all rows count equally many tokens, so its share
+      // of the batch's tokens is its share of the rows.
+      const [a, b] = shardRange(batchSize, shard);
+      const share = ((b - a) * (shard?.count ?? 1)) / batchSize;
+      const doc = Array.from({ length: b - a }, (_, r) => Array.from(sampler.chunk(first + a + r)));
+      const res = ccfDocumentGradients(ccf, doc, { ratio, reservoir, rng, lossScale: share / gradAccum });
       // The gradients are already in the parameters (backward ran per segment). The trainer
       // gets the loss as a fresh leaf, so its own backward() changes no parameter.
       return { loss: tensor(res.loss, [], { requiresGrad: true }), tokens: res.tokens };

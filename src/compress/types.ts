@@ -9,6 +9,7 @@ import type { Module, Parameter } from '../nn/index.js';
 import type { LayerKv, LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
 import type { RecipeDeviation } from './recipe.js';
+import type { Shard } from '../data/shard.js';
 
 /** Exactly one of ratio (context tokens per soft token) or tokens (soft tokens per context). */
 export interface Budget {
@@ -127,8 +128,13 @@ export interface MethodTrainingRun {
  */
 export interface MethodTraining {
   readonly params: [string, Parameter][];
-  /** The gradients may already be in the parameters; `loss` is then a fresh leaf (its backward changes nothing). */
-  microBatch(step: number, micro: number): { loss: Tensor; tokens: number; parts?: Record<string, number> };
+  /**
+   * The gradients may already be in the parameters; `loss` is then a fresh leaf (its backward
+   * changes nothing). With a shard: its rows only, gradients weighted as TrainTask.microBatch says.
+   */
+  microBatch(step: number, micro: number, shard?: Shard): { loss: Tensor; tokens: number; parts?: Record<string, number> };
+  /** microBatch honours its shard (needed to train on several ranks). */
+  readonly sharded?: boolean;
   validate?(): Record<string, number>;
   /** Settings the procedure chose, for the compressor's card: name -> value and where it came from. */
   settings: Record<string, { value: unknown; from: string }>;

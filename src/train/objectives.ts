@@ -15,6 +15,7 @@ import { ChunkSampler } from '../data/lm.js';
 import { Rng } from '../data/rng.js';
 import type { QAExample } from '../data/qa.js';
 import { lmLead, qaFormat, qaTail, restateFormat, restateTail, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type Stage } from '../compress/index.js';
+import { shardRange, type Shard } from '../data/shard.js';
 import type { TrainTask, MicroBatchLoss } from './trainer.js';
 
 export interface ObjectiveConfig {
@@ -139,6 +140,13 @@ export class ObjectiveSampler {
   }
 }
 
+/** The rows of a batch that a shard takes (the batch itself without a shard). */
+export function shardBatch(batch: Batch, shard?: Shard): Batch {
+  if (!shard || shard.count === 1) return batch;
+  const [a, b] = shardRange(batch.contexts.length, shard);
+  return { ...batch, contexts: batch.contexts.slice(a, b), tails: batch.tails.slice(a, b), lossFrom: batch.lossFrom.slice(a, b) };
+}
+
 /**
  * The loss of one batch through a compressor and the frozen (or adapted) decoder: [lead] soft
  * [task embeddings] tail.
@@ -154,9 +162,10 @@ export function compressorTask(compressor: Compressor, sampler: ObjectiveSampler
   if (params.length === 0) throw new Error(`${compressor.method} has nothing to train at stage ${trainStage}`);
   return {
     params,
-    microBatch(step, micro) {
+    sharded: true,
+    microBatch(step, micro, shard) {
       compressor.setTraining(true);
-      return batchLoss(compressor, sampler.batch(step, micro), sampler.data.tokenizer);
+      return batchLoss(compressor, shardBatch(sampler.batch(step, micro), shard), sampler.data.tokenizer);
     },
     validate,
   };

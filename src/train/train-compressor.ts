@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { manualSeed, noGrad, tidy } from '../tensor/index.js';
+import { manualSeed, noGrad, tidy, type ProcessGroup } from '../tensor/index.js';
 import { warmupCosine, warmupLinear, type Parameter } from '../nn/index.js';
 import { loadModel } from '../models/load.js';
 import type { LlamaModel } from '../models/llama.js';
@@ -29,7 +29,7 @@ import { makeClozeExamples, makeNeedleExamples, type QAExample } from '../data/q
 import { loadBabiFile } from '../data/babi.js';
 import { Rng } from '../data/rng.js';
 import type { Doc } from '../data/corpora.js';
-import { ObjectiveSampler, batchLoss, type Batch } from './objectives.js';
+import { ObjectiveSampler, batchLoss, shardBatch, type Batch } from './objectives.js';
 import { train, type TrainSummary, type TrainTask } from './trainer.js';
 
 export const STAGES: readonly Stage[] = ['ae', 'lm', 'qa'];
@@ -345,25 +345,35 @@ export interface TrainCompressorResult {
   saved: boolean;
 }
 
-/** Trains (or resumes) a compressor into outDir. */
-export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean; log?: (s: string) => void } = {}): Promise<TrainCompressorResult> {
-  const log =
-    opts.log ??
-    ((s: string) => {
-      if (!opts.quiet) process.stderr.write(s + '\n');
-    });
+/**
+ * Trains (or resumes) a compressor into outDir. With `dist` (a process group), data-parallel:
+ * every rank builds the same compressor and data, trains on its shard of every batch, and rank 0
+ * alone logs and writes into outDir (the other ranks write only their token caches there).
+ */
+export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean; log?: (s: string) => void; dist?: ProcessGroup } = {}): Promise<TrainCompressorResult> {
+  const lead = !opts.dist || opts.dist.rank === 0;
+  const log = !lead
+    ? () => {}
+    : (opts.log ??
+      ((s: string) => {
+        if (!opts.quiet) process.stderr.write(s + '\n');
+      }));
+  if (!lead) opts = { ...opts, quiet: true };
   if ((cfg.ratios === undefined || cfg.ratios.length === 0) === (cfg.budgetTokens === undefined)) throw new Error('give ratios or a token budget (not both)');
   if (!cfg.init && !isLearned(cfg.method)) throw new Error(`'${cfg.method}' is a strategy with nothing to train`);
+  if (opts.dist && cfg.batch < opts.dist.worldSize) throw new Error(`a batch of ${cfg.batch} cannot be shared by ${opts.dist.worldSize} ranks: use --batch ${opts.dist.worldSize} or more`);
   mkdirSync(outDir, { recursive: true });
   const cfgPath = join(outDir, 'train-config.json');
   const cfgText = JSON.stringify(cfg, null, 2);
-  const hasCheckpoint = existsSync(join(outDir, 'checkpoint', 'state.json'));
-  if (opts.resume) {
-    if (existsSync(cfgPath) && readFileSync(cfgPath, 'utf8') !== cfgText) throw new Error(`${outDir}: --resume with different settings than the run was started with (see ${cfgPath})`);
-  } else if (hasCheckpoint) {
-    throw new Error(`${outDir} already holds a training run; pass --resume to continue it, or choose another --out`);
+  if (lead) {
+    const hasCheckpoint = existsSync(join(outDir, 'checkpoint', 'state.json'));
+    if (opts.resume) {
+      if (existsSync(cfgPath) && readFileSync(cfgPath, 'utf8') !== cfgText) throw new Error(`${outDir}: --resume with different settings than the run was started with (see ${cfgPath})`);
+    } else if (hasCheckpoint) {
+      throw new Error(`${outDir} already holds a training run; pass --resume to continue it, or choose another --out`);
+    }
+    writeFileSync(cfgPath, cfgText);
   }
-  writeFileSync(cfgPath, cfgText);
 
   const { model, tokenizer } = loadModel(cfg.base);
   if (!tokenizer) throw new Error(`${cfg.base}: no tokenizer (tokenizer.json) next to the model`);
@@ -455,12 +465,13 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     const budgets: Budget[] = cfg.ratios ? cfg.ratios.map((ratio) => ({ ratio })) : [{ tokens: cfg.budgetTokens! }];
     const validSet: Batch[] = [];
     for (const s of stageNames) for (const b of budgets) for (let i = 0; i < cfg.validBatches; i++) validSet.push(validSampler.batch(i, 0, s, b));
-    references = referenceLosses(model, tokenizer, validSet, outDir, log);
+    if (lead) references = referenceLosses(model, tokenizer, validSet, outDir, log);
     task = {
       params,
-      microBatch(step, micro) {
+      sharded: true,
+      microBatch(step, micro, shard) {
         compressor.setTraining(true);
-        return batchLoss(compressor, sampler.batch(step, micro), tokenizer);
+        return batchLoss(compressor, shardBatch(sampler.batch(step, micro), shard), tokenizer);
       },
       validate(): Record<string, number> {
         compressor.setTraining(false);
@@ -492,6 +503,7 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     title: `${compressor.method} (${stageNames.join('+')}) loss`,
     references,
     quiet: opts.quiet,
+    dist: opts.dist,
   });
   compressor.setTraining(false);
 
@@ -501,13 +513,13 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     throw new Error(`the base model's weights changed during training (fingerprint ${fingerprint} -> ${model.fingerprint()}); this is a bug in ${compressor.method}: nothing was saved`);
   }
   const finished = summary.steps >= cfg.steps;
-  if (finished) {
+  if (finished && lead) {
     const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, ...own?.training, seconds: Math.round(summary.seconds), lastLoss: summary.lastLoss, valid: summary.lastValid, validReferences: references, init: cfg.init };
     saveCompressor(compressor, outDir, { training, recipe: record });
     writeFileSync(join(outDir, 'README.md'), compressorCard(compressor.method, record, training));
     log(`saved ${join(outDir, 'compressor.json')}, weights.safetensors and the card README.md`);
-  } else {
+  } else if (!finished) {
     log(`stopped at step ${summary.steps}/${cfg.steps}: checkpoint saved; continue with --resume`);
   }
-  return { summary, compressor, saved: finished };
+  return { summary, compressor, saved: finished && lead };
 }

@@ -13,6 +13,10 @@
  * checkpoint.tmp-<pid> and swapped in through checkpoint.old-<pid>; a process killed during
  * the swap leaves those folders behind, and the next run in outDir removes the ones of dead
  * processes (restoring checkpoint.old-<pid> first when the swap left no checkpoint).
+ *
+ * Data parallelism (options.dist, a c10d process group): each rank computes its shard of every
+ * micro-batch, the gradients are averaged (data-parallel.ts), and rank 0 alone reads and writes
+ * outDir (checkpoint, log, plot, progress, validation); it starts every rank from its state.
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +26,11 @@ import { readSafetensors, writeSafetensors, type RawTensor } from '../io/safeten
 import { rawToTensor, tensorToRaw } from '../models/load.js';
 import { writeLinePlot } from '../io/plot.js';
 import { Progress } from './progress.js';
+import { averageGradients, microStats, syncStart } from './data-parallel.js';
+import type { Shard } from '../data/shard.js';
+import type { ProcessGroup } from '../tensor/index.js';
+
+export type { Shard } from '../data/shard.js';
 
 export interface MicroBatchLoss {
   /** Mean loss over the micro-batch's counted tokens (a scalar tensor with a graph). */
@@ -36,8 +45,15 @@ export interface MicroBatchLoss {
 export interface TrainTask {
   /** Named trainable parameters (checkpointed by name). */
   readonly params: [string, Parameter][];
-  /** The loss of micro-batch `micro` of optimiser step `step` (deterministic in both). */
-  microBatch(step: number, micro: number): MicroBatchLoss;
+  /**
+   * The loss of micro-batch `micro` of optimiser step `step` (deterministic in both). With a
+   * shard, of that shard's rows only (shardRange), as the mean over their counted tokens; a task
+   * that leaves gradients in the parameters itself weights them by its share of the micro-batch's
+   * tokens times shard.count (the trainer averages over the ranks).
+   */
+  microBatch(step: number, micro: number, shard?: Shard): MicroBatchLoss;
+  /** microBatch honours its shard (needed to train on several ranks). */
+  readonly sharded?: boolean;
   /** Validation figures (e.g. {loss, ppl, bpb}); run without gradients by the task. */
   validate?(): Record<string, number>;
 }
@@ -65,6 +81,11 @@ export interface TrainerOptions {
    */
   references?: Record<string, number>;
   quiet?: boolean;
+  /**
+   * Train data-parallel over this process group: rank 0 starts every rank from its state and
+   * alone touches outDir; the task must be `sharded`.
+   */
+  dist?: ProcessGroup;
 }
 
 export interface TrainSummary {
@@ -232,7 +253,12 @@ function readLog(path: string): LogRow[] {
 
 /** Runs (or resumes) training to totalSteps. */
 export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSummary> {
-  mkdirSync(o.outDir, { recursive: true });
+  const lead = !o.dist || o.dist.rank === 0;
+  const dist = o.dist && o.dist.worldSize > 1 ? o.dist : undefined;
+  const shard: Shard | undefined = dist ? { index: dist.rank, count: dist.worldSize } : undefined;
+  if (dist && !task.sharded) throw new Error('train: this task cannot split its batches between ranks (TrainTask.sharded)');
+  if (!lead) o = { ...o, quiet: true };
+  if (lead) mkdirSync(o.outDir, { recursive: true });
   const accum = o.gradAccum ?? 1;
   const params = task.params.map(([, p]) => p);
   if (params.length === 0) throw new Error('train: the task has no trainable parameters');
@@ -242,10 +268,11 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
   let elapsedBefore = 0;
   let lastLoss = NaN;
   let lastValid: Record<string, number> | undefined;
-  const stale = cleanStaleCheckpoints(o.outDir);
+  const stale = lead ? cleanStaleCheckpoints(o.outDir) : { removed: [] };
   if (!o.quiet && stale.restored) process.stderr.write(`restored ${CKPT} from ${stale.restored} (a save was cut short)\n`);
   if (!o.quiet && stale.removed.length) process.stderr.write(`removed ${stale.removed.length} temporary checkpoint folder(s) of stopped processes: ${stale.removed.join(', ')}\n`);
-  if (o.resume && existsSync(join(o.outDir, CKPT, 'state.json'))) {
+  // Only rank 0 reads the checkpoint (syncStart below hands it to the others) and writes the log.
+  if (lead && o.resume && existsSync(join(o.outDir, CKPT, 'state.json'))) {
     const st = loadCheckpoint(o.outDir, task, opt);
     step = st.step;
     elapsedBefore = st.elapsed;
@@ -259,17 +286,18 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
     if (!o.quiet) {
       process.stderr.write(step >= o.totalSteps ? `the run finished already (step ${step} of ${o.totalSteps}): nothing to train\n` : `resuming from step ${step}\n`);
     }
-  } else {
+  } else if (lead) {
     // A fresh start (also --resume before any checkpoint exists): rows of an earlier attempt
     // would repeat steps 1.. in the log and the plot.
     writeFileSync(logPath, '');
   }
+  if (dist) ({ step, elapsed: elapsedBefore } = syncStart(dist, params, opt, { step, elapsed: elapsedBefore }));
 
   let interrupted = false;
   const onSigint = () => {
     if (interrupted) process.exit(130);
     interrupted = true;
-    process.stderr.write('\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)\n');
+    if (lead) process.stderr.write('\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)\n');
   };
   process.on('SIGINT', onSigint);
   const progress = new Progress(o.totalSteps, { quiet: o.quiet, start: step });
@@ -284,18 +312,33 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       let tokens = 0;
       let lossSum = 0;
       const parts: Record<string, number> = {};
+      let commSeconds = 0;
       const micro = Array.from({ length: accum }, (_, m) => m);
       let gradNorm = 0;
       tidy(() => {
         for (const m of micro) {
           tidy(() => {
-            const r = task.microBatch(step, m);
-            const loss = r.loss.div(accum);
-            loss.backward();
-            lossSum += r.loss.item();
-            tokens += r.tokens;
+            const r = task.microBatch(step, m, shard);
+            if (dist) {
+              // The micro-batch's loss is the token-weighted mean of the shards' losses.
+              const all = microStats(dist, r.tokens, r.tokens > 0 ? r.loss.item() : 0);
+              if (r.tokens > 0) r.loss.mul((r.tokens * dist.worldSize) / (all.tokens * accum)).backward();
+              lossSum += all.loss;
+              tokens += all.tokens;
+            } else {
+              const loss = r.loss.div(accum);
+              loss.backward();
+              lossSum += r.loss.item();
+              tokens += r.tokens;
+            }
+            // With several ranks, the parts are rank 0's shard's.
             for (const [k, v] of Object.entries(r.parts ?? {})) parts[k] = (parts[k] ?? 0) + v / accum;
           });
+        }
+        if (dist) {
+          const avg = averageGradients(dist, params, interrupted);
+          interrupted = avg.stop;
+          commSeconds = avg.seconds;
         }
         gradNorm = o.clip ? clipGradNorm(params, o.clip) : 0;
         opt.step();
@@ -306,11 +349,11 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       lastLoss = lossSum / accum;
       if (!Number.isFinite(lastLoss)) throw new Error(`train: loss is ${lastLoss} at step ${step}; stopping (lower the learning rate?)`);
       const secs = (performance.now() - stepStart) / 1000;
-      const row: LogRow = { step, loss: lastLoss, ...parts, lr, tok_s: tokens / secs, grad_norm: gradNorm, time: elapsedBefore + (performance.now() - t0) / 1000 };
-      appendFileSync(logPath, JSON.stringify(row) + '\n');
+      const row: LogRow = { step, loss: lastLoss, ...parts, lr, tok_s: tokens / secs, grad_norm: gradNorm, ...(dist ? { comm_s: commSeconds } : {}), time: elapsedBefore + (performance.now() - t0) / 1000 };
+      if (lead) appendFileSync(logPath, JSON.stringify(row) + '\n');
       progress.update(step, { loss: lastLoss, 'tok/s': tokens / secs, lr });
       const last = step === o.totalSteps;
-      if (task.validate && o.evalEvery && (step % o.evalEvery === 0 || last)) {
+      if (lead && task.validate && o.evalEvery && (step % o.evalEvery === 0 || last)) {
         lastValid = task.validate();
         appendFileSync(logPath, JSON.stringify({ step, ...Object.fromEntries(Object.entries(lastValid).map(([k, v]) => [`valid_${k}`, v])) }) + '\n');
         progress.note(`step ${step}: valid ${Object.entries(lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}`);
@@ -318,19 +361,21 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
         writeLossPlot(o.outDir, o.title ?? 'training loss', o.references);
       }
       const stopHere = interrupted || (o.stopAfter !== undefined && ran >= o.stopAfter);
-      if (last || stopHere || (o.checkpointEvery && step % o.checkpointEvery === 0)) {
+      if (lead && (last || stopHere || (o.checkpointEvery && step % o.checkpointEvery === 0))) {
         saveCheckpoint(o.outDir, task, opt, step, elapsedBefore + (performance.now() - t0) / 1000);
       }
       if (stopHere) break;
       // Let signals and timers run between steps.
       await new Promise((r) => setImmediate(r));
     }
+    // No rank leaves while another still waits in a collective (rank 0 saved meanwhile).
+    dist?.barrier();
   } finally {
     process.off('SIGINT', onSigint);
     progress.done();
     opt.freeState();
   }
-  writeLossPlot(o.outDir, o.title ?? 'training loss', o.references);
+  if (lead) writeLossPlot(o.outDir, o.title ?? 'training loss', o.references);
   return { steps: step, lastLoss, lastValid, seconds: elapsedBefore + (performance.now() - t0) / 1000, interrupted, alreadyFinished };
 }
 
