@@ -7,6 +7,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 
+#include <deque>
+#include <mutex>
+#include <shared_mutex>
 #include <sstream>
 #include <vector>
 
@@ -19,7 +22,16 @@ struct OpEntry {
   std::string name;
 };
 
-std::vector<OpEntry> g_ops;
+// One table for the process: every isolate (the main thread and worker threads each load the
+// addon) looks operators up into it and calls them from it. A deque keeps its entries in place
+// as it grows, so an entry found under the shared lock stays valid after the lock is released.
+std::deque<OpEntry> g_ops;
+std::shared_mutex g_opsMutex;
+
+const OpEntry* FindOp(size_t id) {
+  std::shared_lock<std::shared_mutex> lock(g_opsMutex);
+  return id < g_ops.size() ? &g_ops[id] : nullptr;
+}
 
 [[noreturn]] void BadArg(const std::string& ctx, const std::string& msg) {
   throw std::runtime_error(ctx + ": " + msg);
@@ -166,6 +178,7 @@ Napi::Value LookupOp(const Napi::CallbackInfo& info) {
     std::string overload = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
     auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
     if (!handle) throw std::runtime_error("no operator " + name + (overload.empty() ? "" : "." + overload));
+    std::unique_lock<std::shared_mutex> lock(g_opsMutex);
     g_ops.push_back(OpEntry{*handle, overload.empty() ? name : name + "." + overload});
     return Napi::Number::New(info.Env(), static_cast<double>(g_ops.size() - 1));
   });
@@ -174,9 +187,10 @@ Napi::Value LookupOp(const Napi::CallbackInfo& info) {
 // opSchema(id) -> the schema as text, for error messages and docs
 Napi::Value OpSchema(const Napi::CallbackInfo& info) {
   size_t id = info[0].As<Napi::Number>().Uint32Value();
-  if (id >= g_ops.size()) throw Napi::RangeError::New(info.Env(), "opSchema: unknown operator id");
+  const OpEntry* op = FindOp(id);
+  if (!op) throw Napi::RangeError::New(info.Env(), "opSchema: unknown operator id");
   std::ostringstream s;
-  s << g_ops[id].handle.schema();
+  s << op->handle.schema();
   return Napi::String::New(info.Env(), s.str());
 }
 
@@ -185,8 +199,9 @@ Napi::Value OpSchema(const Napi::CallbackInfo& info) {
 Napi::Value CallOp(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t id = info[0].As<Napi::Number>().Uint32Value();
-  if (id >= g_ops.size()) throw Napi::RangeError::New(env, "callOp: unknown operator id");
-  const OpEntry& op = g_ops[id];
+  const OpEntry* found = FindOp(id);
+  if (!found) throw Napi::RangeError::New(env, "callOp: unknown operator id");
+  const OpEntry& op = *found;
   return Guard(info, op.name.c_str(), [&]() -> Napi::Value {
     const auto& schema = op.handle.schema();
     const auto& args = schema.arguments();
