@@ -199,25 +199,24 @@ const softpressExt: Schema = {
   },
 };
 
-export const completionsResponse: Schema = {
-  type: 'object',
-  required: ['id', 'object', 'created', 'model', 'choices'],
-  properties: {
-    id: { type: 'string' },
-    object: { type: 'string', enum: ['text_completion'] },
-    created: { type: 'integer' },
-    model: { type: 'string' },
-    choices: {
-      type: 'array',
-      items: {
-        type: 'object',
-        properties: { text: { type: 'string' }, index: { type: 'integer' }, logprobs: { type: 'null' }, finish_reason: { type: 'string' } },
-      },
+/** The generation responses' family: OpenAI's completion object, whose choices differ by route. */
+function generationResponse(object: string, choice: Schema): Schema {
+  return {
+    type: 'object',
+    required: ['id', 'object', 'created', 'model', 'choices'],
+    properties: {
+      id: { type: 'string' },
+      object: { type: 'string', enum: [object] },
+      created: { type: 'integer' },
+      model: { type: 'string' },
+      choices: { type: 'array', items: { type: 'object', properties: choice } },
+      usage: usageSchema,
+      softpress: softpressExt,
     },
-    usage: usageSchema,
-    softpress: softpressExt,
-  },
-};
+  };
+}
+
+export const completionsResponse = generationResponse('text_completion', { text: { type: 'string' }, index: { type: 'integer' }, logprobs: { type: 'null' }, finish_reason: { type: 'string' } });
 
 export const chatBody: Schema = {
   type: 'object',
@@ -248,30 +247,12 @@ export const chatBody: Schema = {
   },
 };
 
-export const chatResponse: Schema = {
-  type: 'object',
-  required: ['id', 'object', 'created', 'model', 'choices'],
-  properties: {
-    id: { type: 'string' },
-    object: { type: 'string', enum: ['chat.completion'] },
-    created: { type: 'integer' },
-    model: { type: 'string' },
-    choices: {
-      type: 'array',
-      items: {
-        type: 'object',
-        properties: {
-          index: { type: 'integer' },
-          message: { type: 'object', properties: { role: { type: 'string' }, content: { type: 'string' } } },
-          logprobs: { type: 'null' },
-          finish_reason: { type: 'string' },
-        },
-      },
-    },
-    usage: usageSchema,
-    softpress: softpressExt,
-  },
-};
+export const chatResponse = generationResponse('chat.completion', {
+  index: { type: 'integer' },
+  message: { type: 'object', properties: { role: { type: 'string' }, content: { type: 'string' } } },
+  logprobs: { type: 'null' },
+  finish_reason: { type: 'string' },
+});
 
 export const modelResponse: Schema = {
   type: 'object',

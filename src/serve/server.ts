@@ -16,13 +16,13 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import rateLimit from '@fastify/rate-limit';
-import { HttpError, type CompletionResult, type SoftpressService } from './service.js';
+import type { SoftpressService } from './service.js';
+import { HttpError, errorBody } from './errors.js';
+import { CHAT, TEXT, completionHandler } from './openai.js';
 import { ANONYMOUS, type KeyRing } from './auth.js';
 import * as S from './schemas.js';
-import type { ChatMessage } from '../models/chat.js';
 
 type Schema = Record<string, unknown>;
 
@@ -77,7 +77,6 @@ interface RouteDef {
   handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
 }
 
-const ERROR_TYPE: Record<number, string> = { 400: 'invalid_request_error', 401: 'invalid_request_error', 404: 'not_found_error', 409: 'conflict_error', 413: 'invalid_request_error', 415: 'invalid_request_error', 429: 'rate_limit_error' };
 const ERROR_DOC: Record<number, string> = {
   400: 'Malformed JSON, wrong types, bad ratios or budgets, prompts longer than the window.',
   401: 'No API key, or not one of this server\'s (missing_api_key, invalid_api_key): send Authorization: Bearer KEY.',
@@ -91,11 +90,6 @@ const ERROR_DOC: Record<number, string> = {
   500: 'Internal error (the server keeps running).',
   503: 'The server is shutting down.',
 };
-
-function errorBody(status: number, code: string, message: string, param?: string): Schema {
-  const type = code === 'insufficient_quota' ? 'insufficient_quota' : (ERROR_TYPE[status] ?? (status >= 500 ? 'server_error' : 'invalid_request_error'));
-  return { error: { message, type, code, param: param ?? null } };
-}
 
 /** Whether a request is for the API (/v1...), which keys protect. */
 function isApiRequest(req: FastifyRequest): boolean {
@@ -187,48 +181,6 @@ function openapiDocument(routes: RouteDef[], service: SoftpressService, access: 
     paths,
     components,
   };
-}
-
-function newId(prefix: string): string {
-  return `${prefix}-${randomBytes(12).toString('hex')}`;
-}
-
-function stopList(stop: unknown): string[] {
-  if (stop === undefined || stop === null) return [];
-  return typeof stop === 'string' ? [stop] : (stop as string[]);
-}
-
-function usage(r: CompletionResult): Schema {
-  return { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens };
-}
-
-function softpressExt(r: CompletionResult): Schema {
-  return {
-    context_id: r.context?.id ?? null,
-    soft_tokens: r.context?.softTokens ?? null,
-    source_tokens: r.context?.sourceTokens ?? null,
-    load_ms: r.timings.loadMs,
-    prefix_ms: r.timings.prefixMs,
-    queue_ms: r.timings.queueMs,
-    prefill_ms: r.timings.prefillMs,
-    decode_ms: r.timings.decodeMs,
-    total_ms: r.timings.totalMs,
-    batch_size: r.timings.batchSize,
-  };
-}
-
-interface OpenAiCommon {
-  model: string;
-  max_tokens?: number | null;
-  max_completion_tokens?: number | null;
-  temperature?: number | null;
-  top_p?: number | null;
-  n?: number | null;
-  seed?: number | null;
-  stop?: string | string[] | null;
-  stream?: boolean | null;
-  stream_options?: { include_usage?: boolean } | null;
-  context_id?: string;
 }
 
 /** Builds the Fastify app over a service (not listening yet). */
@@ -343,65 +295,6 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       },
     });
   }
-
-  const common = (b: OpenAiCommon, owner: string) => {
-    service.checkModel(b.model);
-    if (b.n !== undefined && b.n !== null && b.n !== 1) throw new HttpError(400, 'unsupported_parameter', 'n > 1 is not supported', 'n');
-    return {
-      temperature: b.temperature ?? 1,
-      topP: b.top_p ?? undefined,
-      seed: b.seed ?? undefined,
-      contextId: b.context_id,
-      owner,
-    };
-  };
-
-  /**
-   * Streams a running completion as OpenAI server-sent events: an optional opening chunk per
-   * choice, a chunk per text delta, a closing chunk per choice with its finish_reason, the usage
-   * chunk when asked, then `data: [DONE]`. Errors found before the stream starts (validation,
-   * 404, 409, 429) are ordinary JSON error responses; later ones become an error event.
-   */
-  interface StreamShape {
-    delta(i: number, text: string): Schema;
-    finish(i: number, reason: string): Schema;
-    opening?: (i: number) => Schema;
-    usage(r: CompletionResult): Schema;
-  }
-  const stream = async (reply: FastifyReply, start: (onDelta: (i: number, d: string) => void) => { result: Promise<CompletionResult>; cancel(): void }, shape: StreamShape, choices: number, includeUsage: boolean): Promise<void> => {
-    const raw = reply.raw;
-    let open = false;
-    const write = (obj: Schema | string) => {
-      if (open && !raw.writableEnded && !raw.destroyed) raw.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`);
-    };
-    const run = start((i, d) => write(shape.delta(i, d))); // throws (4xx) before anything is sent
-    reply.hijack();
-    raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-    open = true;
-    if (shape.opening) for (let i = 0; i < choices; i++) write(shape.opening(i));
-    let finished = false;
-    raw.on('close', () => {
-      if (!finished) run.cancel();
-    });
-    try {
-      const r = await run.result;
-      for (const c of r.choices) write(shape.finish(c.index, c.finishReason));
-      if (includeUsage) write(shape.usage(r));
-    } catch (e) {
-      const status = e instanceof HttpError ? e.status : 500;
-      write(errorBody(status, e instanceof HttpError ? e.code : 'internal_error', (e as Error).message));
-    } finally {
-      finished = true;
-      write('[DONE]');
-      raw.end();
-    }
-  };
-
-  const onClientGone = (reply: FastifyReply, cancel: () => void) => {
-    reply.raw.on('close', () => {
-      if (!reply.raw.writableFinished) cancel();
-    });
-  };
 
   const routes: RouteDef[] = [
     {
@@ -544,46 +437,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       response: S.completionsResponse,
       streams: true,
       errors: [400, 404, 409, 413, 415, 429, 500],
-      handler: async (req, reply) => {
-        const b = req.body as OpenAiCommon & { prompt: string | string[]; echo?: boolean | null; logprobs?: number | null; best_of?: number | null; suffix?: string | null };
-        const c = common(b, req.owner);
-        if (b.echo) throw new HttpError(400, 'unsupported_parameter', 'echo is not supported', 'echo');
-        if (b.logprobs !== undefined && b.logprobs !== null) throw new HttpError(400, 'unsupported_parameter', 'logprobs are not supported', 'logprobs');
-        if (b.best_of !== undefined && b.best_of !== null && b.best_of !== 1) throw new HttpError(400, 'unsupported_parameter', 'best_of > 1 is not supported', 'best_of');
-        if (b.suffix) throw new HttpError(400, 'unsupported_parameter', 'suffix is not supported', 'suffix');
-        const prompts = typeof b.prompt === 'string' ? [b.prompt] : b.prompt;
-        const request = { ...c, prompts, maxTokens: b.max_tokens ?? 16, stop: stopList(b.stop) };
-        const id = newId('cmpl');
-        const created = Math.floor(Date.now() / 1000);
-        const model = service.modelName;
-        if (b.stream) {
-          const base = { id, object: 'text_completion', created, model };
-          await stream(
-            reply,
-            (onDelta) => service.startCompletion(request, onDelta),
-            {
-              delta: (i, text) => ({ ...base, choices: [{ text, index: i, logprobs: null, finish_reason: null }] }),
-              finish: (i, reason) => ({ ...base, choices: [{ text: '', index: i, logprobs: null, finish_reason: reason }] }),
-              usage: (r) => ({ ...base, choices: [], usage: usage(r) }),
-            },
-            prompts.length,
-            !!b.stream_options?.include_usage,
-          );
-          return reply;
-        }
-        const run = service.startCompletion(request);
-        onClientGone(reply, run.cancel);
-        const r = await run.result;
-        return {
-          id,
-          object: 'text_completion',
-          created,
-          model,
-          choices: r.choices.map((ch) => ({ text: ch.text, index: ch.index, logprobs: null, finish_reason: ch.finishReason })),
-          usage: usage(r),
-          softpress: softpressExt(r),
-        };
-      },
+      handler: completionHandler(service, TEXT),
     },
     {
       method: 'POST',
@@ -599,54 +453,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       response: S.chatResponse,
       streams: true,
       errors: [400, 404, 409, 413, 415, 429, 500],
-      handler: async (req, reply) => {
-        const b = req.body as OpenAiCommon & { messages: ChatMessage[] };
-        const c = common(b, req.owner);
-        const chat = service.chatPrompt(b.messages, stopList(b.stop));
-        const request = { ...c, prompts: [chat.prompt], maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined, stop: chat.stop, stopIds: chat.stopIds, special: chat.templated };
-        const id = newId('chatcmpl');
-        const created = Math.floor(Date.now() / 1000);
-        const model = service.modelName;
-        if (b.stream) {
-          const base = { id, object: 'chat.completion.chunk', created, model };
-          let leading = chat.trimLead;
-          await stream(
-            reply,
-            (onDelta) =>
-              service.startCompletion(request, (i, d) => {
-                // a plain chat's reply starts after "Assistant:": its first delta loses the leading space
-                if (leading) {
-                  d = d.replace(/^\s+/, '');
-                  if (!d) return;
-                  leading = false;
-                }
-                onDelta(i, d);
-              }),
-            {
-              opening: (i) => ({ ...base, choices: [{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] }),
-              delta: (i, content) => ({ ...base, choices: [{ index: i, delta: { content }, logprobs: null, finish_reason: null }] }),
-              finish: (i, reason) => ({ ...base, choices: [{ index: i, delta: {}, logprobs: null, finish_reason: reason }] }),
-              usage: (r) => ({ ...base, choices: [], usage: usage(r) }),
-            },
-            1,
-            !!b.stream_options?.include_usage,
-          );
-          return reply;
-        }
-        const run = service.startCompletion(request);
-        onClientGone(reply, run.cancel);
-        const r = await run.result;
-        return {
-          id,
-          object: 'chat.completion',
-          created,
-          model,
-          // the same text as the streamed deltas: a plain chat's reply without its leading space
-          choices: r.choices.map((ch) => ({ index: ch.index, message: { role: 'assistant', content: chat.trimLead ? ch.text.replace(/^\s+/, '') : ch.text }, logprobs: null, finish_reason: ch.finishReason })),
-          usage: usage(r),
-          softpress: softpressExt(r),
-        };
-      },
+      handler: completionHandler(service, CHAT),
     },
   ];
 
