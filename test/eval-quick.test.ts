@@ -95,6 +95,27 @@ test('softpress eval --task babi --data <file> --methods full,none --json prints
   }
 });
 
+test('--resume reuses the (method, ratio, task) results an earlier run kept, and only those that match', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {
+  const d = tinyBase();
+  const out = join(d, 'resume-report');
+  const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(d, 'base'), '--n', '2', '--json', '--out', out, '--no-png'];
+  const first = cli([...args, '--methods', 'full,none']);
+  assert.equal(first.status, 0, first.stderr);
+  assert.equal(readdirSync(join(out, 'plans')).filter((f) => f.endsWith('.json')).length, 2);
+  // Again with one more method: full and none come back from the kept results, truncate runs.
+  const second = cli([...args, '--methods', 'full,none,truncate', '--ratios', '4', '--resume']);
+  assert.equal(second.status, 0, second.stderr);
+  assert.equal((second.stderr.match(/results of an earlier run reused/g) ?? []).length, 2);
+  assert.match(second.stderr, /truncate@4 · babi \(/);
+  const rows = (o: string, method: string) => o.trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.method === method).map((x) => ({ ...x, retention: null }));
+  for (const m of ['full', 'none']) assert.deepEqual(rows(second.stdout, m), rows(first.stdout, m));
+  assert.ok(rows(second.stdout, 'truncate').length > 0);
+  // Other examples (another seed) are not the kept ones: nothing is reused.
+  const third = cli([...args, '--methods', 'full,none', '--seed', '1', '--resume']);
+  assert.equal(third.status, 0, third.stderr);
+  assert.doesNotMatch(third.stderr, /reused/);
+});
+
 test('compressors from folders: by --methods DIR, and found beside the base model', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {
   const d = tinyBase();
   // A (untrained) mean-pool compressor saved beside a copy of the base model.

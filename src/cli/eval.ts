@@ -2,7 +2,7 @@
  * softpress eval — the evaluation harness from the command line.
  *
  *   softpress eval [--suite default|quick] [--out DIR] [--task T[,T]] [--methods full,none,truncate,DIR,...]
- *                  [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--json] [--seed S] [--batch B]
+ *                  [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--json] [--seed S] [--batch B] [--resume]
  *   softpress eval --task perplexity [--split test|valid] [--base DIR]
  *
  * --split chooses the documents passages are drawn from (perplexity, reconstruct, continue,
@@ -13,11 +13,14 @@
  * v1.1 / v2.0 .json or a JSONL file: --data FILE, else the committed data/qa/prose-test.json) and
  * perplexity (the base model's document-level perplexity and bits per byte on a split). With
  * both babi and qa asked for, --data goes to qa when it is a .json / .jsonl / .ndjson file, else
- * to babi. Methods: the strategies
+ * to babi. Each (method, ratio, task) run's results are kept in OUT/plans/ as it ends; --resume
+ * reuses those made with the same base, compressor files, examples and batching (an interrupted
+ * evaluation goes on where it stopped). Methods: the strategies
  * by name and trained compressors by folder; by default full, none, truncate and every
  * compressor folder beside the base model made for it.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { getNumThreads, setNumThreads } from '../tensor/index.js';
@@ -42,6 +45,8 @@ import {
   writeReport,
   type EvalMethod,
   type EvalReport,
+  type PlanCache,
+  type PlanResult,
   type PerplexityReport,
   type SuiteName,
   type TaskName,
@@ -50,7 +55,7 @@ import {
 
 const USAGE = `usage: softpress eval [--suite default|quick] [--out DIR] [--task T[,T]] [--methods full,none,truncate,DIR,...]
                      [--ratios 4,8] [--data PATH] [--base DIR] [--n N] [--split test|valid] [--json] [--seed S] [--batch 4]
-                     [--threads T] [--no-png] [--quiet]
+                     [--threads T] [--no-png] [--quiet] [--resume]
        softpress eval --task perplexity [--split test|valid] [--base DIR] [--json]
        softpress eval --task qa --data FILE.json|FILE.jsonl [--methods ...] [--ratios ...] [--base DIR] [--n N] [--json]
 tasks: ${TASK_NAMES.join(', ')}, perplexity
@@ -106,6 +111,37 @@ function discoverCompressors(base: string, fingerprint: string): string[] {
   return out;
 }
 
+/** sha256 of a compressor folder's config and weights (what its results depend on). */
+function folderDigest(dir: string): string {
+  const h = createHash('sha256');
+  for (const f of readdirSync(dir).filter((x) => x === 'compressor.json' || x.endsWith('.safetensors')).sort()) {
+    h.update(f);
+    h.update(readFileSync(join(dir, f)));
+  }
+  return h.digest('hex');
+}
+
+/** Results of (method, ratio, task) runs as files under dir, one per key. */
+function planCache(dir: string, reuse: boolean): PlanCache {
+  return {
+    get(key) {
+      const path = join(dir, `${key}.json`);
+      if (!reuse || !existsSync(path)) return undefined;
+      try {
+        return JSON.parse(readFileSync(path, 'utf8')) as PlanResult;
+      } catch {
+        return undefined; // a file cut short by a kill: run again
+      }
+    },
+    set(key, result) {
+      mkdirSync(dir, { recursive: true });
+      const path = join(dir, `${key}.json`);
+      writeFileSync(`${path}.tmp-${process.pid}`, JSON.stringify(result));
+      renameSync(`${path}.tmp-${process.pid}`, path);
+    },
+  };
+}
+
 function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | undefined, notes: string[], tokenizer?: Tokenizer): EvalMethod[] {
   const methods: EvalMethod[] = [];
   const labels = new Set<string>();
@@ -115,7 +151,7 @@ function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | und
       const c = loadCompressor(spec, model);
       let label = c.method;
       if (labels.has(label) || ['full', 'none', 'truncate'].includes(label)) label = `${c.method}:${basename(resolve(spec))}`;
-      m = { label, compressor: c, ratios: ratiosFor(c, ratios), source: spec };
+      m = { label, compressor: c, ratios: ratiosFor(c, ratios), source: spec, identity: folderDigest(spec) };
     } else if (compressorNames().includes(spec)) {
       const c = createCompressor(spec, model, {}, { tokenizer });
       if (c.module) notes.push(`${spec} was created by name, untrained (give a trained compressor's folder to evaluate it)`);
@@ -160,6 +196,7 @@ export async function run(argv: string[]): Promise<void> {
       dtype: { type: 'string', default: 'float32' },
       'no-png': { type: 'boolean', default: false },
       quiet: { type: 'boolean', default: false },
+      resume: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -269,6 +306,8 @@ export async function run(argv: string[]): Promise<void> {
         bar.update(Math.round((1000 * done) / total));
       },
       onNote: (msg) => (bar ? bar.note(msg) : log(msg)),
+      // Each (method, ratio, task) result is kept in OUT/plans; --resume reuses those that match.
+      cache: out ? planCache(join(out, 'plans'), values.resume!) : undefined,
     });
     bar?.done();
     predictions = run.predictions;

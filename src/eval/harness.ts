@@ -23,6 +23,7 @@
  *   memory KV:   the bytes of the memory's keys and values (+ the [BOS] row)
  * plus, for the total, the tail (prompt and generated tokens).
  */
+import { createHash } from 'node:crypto';
 import { DTYPE_SIZE, noGrad, tidy, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
@@ -38,6 +39,11 @@ export interface EvalMethod {
   ratios: (number | null)[];
   /** Where a loaded compressor came from. */
   source?: string;
+  /**
+   * What else decides this method's results besides its label and kind: for a trained
+   * compressor, a digest of its files. Part of the key under which results are reused.
+   */
+  identity?: string;
 }
 
 export interface ResultRow {
@@ -139,6 +145,39 @@ export interface HarnessOptions {
   onProgress?: (done: number, total: number) => void;
   /** When a (method, ratio, task) starts or fails. */
   onNote?: (message: string) => void;
+  /**
+   * Results of (method, ratio, task) runs kept between runs: each run's results are stored
+   * under planKey() when it ends, and one already stored is reused instead of run again (an
+   * interrupted evaluation continues where it stopped).
+   */
+  cache?: PlanCache;
+}
+
+/** The results of one (method, ratio, task) run. */
+export interface PlanResult {
+  rows: ResultRow[];
+  latency: LatencyRow[];
+  errors: EvalError[];
+  predictions: Prediction[];
+}
+
+export interface PlanCache {
+  get(key: string): PlanResult | undefined;
+  set(key: string, result: PlanResult): void;
+}
+
+/**
+ * The key of a (method, ratio, task) run's results: a digest of everything they depend on —
+ * the base model, the method (label, kind, identity), the ratio, the task's format and every
+ * example, and the batching.
+ */
+export function planKey(model: LlamaModel, p: Pick<Plan, 'method' | 'ratio' | 'task' | 'batches'>): string {
+  const { method: m, task } = p;
+  const h = createHash('sha256');
+  h.update(JSON.stringify({ version: 1, base: model.fingerprint(), label: m.label, method: m.compressor.method, config: m.compressor.config, identity: m.identity ?? null, ratio: p.ratio }));
+  h.update(JSON.stringify({ name: task.name, mode: task.mode, stopAtNewline: task.stopAtNewline, lead: task.lead ?? null, objective: task.objective ?? null, stopIds: task.stopIds ?? null, batches: p.batches }));
+  for (const ex of task.examples) h.update(JSON.stringify(ex));
+  return h.digest('hex');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,7 +265,7 @@ function seqLength(method: Compressor, ratio: number | null, ex: EvalExample): n
   return method.module ? Math.max(t, prefill) : prefill;
 }
 
-interface Plan {
+export interface Plan {
   method: EvalMethod;
   ratio: number | null;
   task: EvalTask;
@@ -575,6 +614,21 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
   for (const m of o.methods) m.compressor.setTraining(false);
   for (const p of plans) {
     const { method: m, ratio, task } = p;
+    const key = o.cache ? planKey(model, p) : '';
+    const kept = o.cache?.get(key);
+    if (kept) {
+      rows.push(...kept.rows);
+      latency.push(...kept.latency);
+      errors.push(...kept.errors);
+      predictions.push(...kept.predictions);
+      o.onNote?.(`${methodKey(m.label, ratio)} · ${task.name}: results of an earlier run reused`);
+      o.onProgress?.((done += p.work.reduce((a, w) => a + w, 0)), total);
+      continue;
+    }
+    const firstPrediction = predictions.length;
+    const firstRow = rows.length;
+    const firstLatency = latency.length;
+    const firstErrorRow = errors.length;
     o.onNote?.(`${methodKey(m.label, ratio)} · ${task.name} (${task.examples.length} examples, ${p.batches.length} batches)`);
     const stops = [...new Set([tok.eos, ...(task.stopIds ?? []), ...(task.stopAtNewline ? newline : [])])];
     const scored: ExampleScore[] = [];
@@ -637,6 +691,7 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
     if (failedExamples) errors.push({ task: task.name, method: m.label, ratio, message: firstError, examples: failedExamples });
     rows.push(...scoreTask(task, m.label, ratio, scored, task.mode === 'loss' ? { perGroup } : null).filter((r) => !failedGroups.has(r.group)));
     latency.push(...summariseLatency(task, m.label, ratio, costs).filter((l) => !failedGroups.has(l.group)));
+    o.cache?.set(key, { rows: rows.slice(firstRow), latency: latency.slice(firstLatency), errors: errors.slice(firstErrorRow), predictions: predictions.slice(firstPrediction) });
   }
   addRetention(rows);
   return { rows, latency, errors, predictions, seconds: (performance.now() - t0) / 1000 };
