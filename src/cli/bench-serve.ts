@@ -1,7 +1,9 @@
 /**
  * softpress bench serve [--json] [--base DIR | --random-base] [--method M] [--clients 1,8]
  *                       [--seconds 5] [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8]
- *                       [--reps 3] [--compressor DIR ...]
+ *                       [--reps 3] [--compressor DIR ...] [--fresh METHOD]
+ *                       [--load-only] [--load-seconds 10] [--load-tokens 2048] [--load-method M]
+ *                       [--no-compress-worker]
  *
  * Benchmarks the serving path over real HTTP (the server runs in this process on an ephemeral
  * port with a fresh temporary store; the clients are fetch calls in the same process):
@@ -17,6 +19,16 @@
  *     strategy when it fits the base window; otherwise (1,024 or 2,048 tokens with a 1,024-token
  *     window, which must also hold BOS, the question and the answer) it is the longest tail that
  *     fits (`truncate` with a token budget), reported as full_mode "truncated" with full_tokens.
+ *  3. light requests under compression load (bench-serve-load.ts): /health every 20 ms and a
+ *     one-question ask over a stored soft context every 250 ms (or every 4 times a warm ask's
+ *     latency, whichever is longer, so asks alone stay below capacity), open-loop, first with nothing
+ *     else running, then while one client compresses --load-tokens-token texts back to back
+ *     (with --load-method, default the method under test): p50/p99/max of each.
+ *     --load-only runs this part alone.
+ * --fresh METHOD adds an untrained compressor of that method (random initial weights) for bases
+ * that have no trained one (e.g. smollm2-135m-instruct): its costs are real, its answers noise.
+ * The server runs compressions in its worker thread, as `softpress serve` does, unless
+ * --no-compress-worker (then on the event loop, one engine unit each).
  * With --json the last stdout line is one JSON object.
  *
  * softpress bench serve --soak ...: the server under load and kill -9 (bench-serve-soak.ts).
@@ -33,10 +45,14 @@ import { loadCorpus } from '../data/corpora.js';
 import { splitDocuments } from '../data/splits.js';
 import { makeNeedleExamples, type QAExample } from '../data/qa.js';
 import { qaPrompt } from '../serve/text.js';
+import { loadModel } from '../models/load.js';
+import { resolveModelRef } from '../io/model-source.js';
+import { createCompressor, freeCompressor, saveCompressor } from '../compress/index.js';
 
 const USAGE =
   'usage: softpress bench serve [--json] [--base DIR | --random-base] [--method M] [--clients 1,8] [--seconds 5]\n' +
-  '                             [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8] [--reps 3] [--compressor DIR ...]';
+  '                             [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8] [--reps 3] [--compressor DIR ...] [--fresh METHOD]\n' +
+  '                             [--load-only] [--load-seconds 10] [--load-tokens 2048] [--load-method M] [--no-compress-worker]';
 
 function list(name: string, v: string | undefined, dflt: number[]): number[] {
   if (v === undefined) return dflt;
@@ -196,6 +212,19 @@ async function measure(client: Client, text: string, question: string, make: Jso
   return { tokens, compressMs: r1(percentile(compress, 50)), firstMs: r1(percentile(first, 50)), warmMs: r1(percentile(warm, 50)), answerTokens: r1(answerTokens / reps) };
 }
 
+/** Saves an untrained compressor of `method` over the base model into dir (for --fresh). */
+function freshCompressor(base: string, method: string, dir: string): string {
+  const { model } = loadModel(resolveModelRef(base));
+  try {
+    const c = createCompressor(method, model);
+    saveCompressor(c, dir);
+    freeCompressor(c);
+  } finally {
+    model.free();
+  }
+  return dir;
+}
+
 export async function run(argv: string[]): Promise<void> {
   if (argv.includes('--soak')) return (await import('./bench-serve-soak.js')).runSoak(argv);
   const { values } = parseArgs({
@@ -212,6 +241,12 @@ export async function run(argv: string[]): Promise<void> {
       lengths: { type: 'string' },
       ratios: { type: 'string' },
       reps: { type: 'string' },
+      fresh: { type: 'string' },
+      'load-only': { type: 'boolean', default: false },
+      'load-seconds': { type: 'string' },
+      'load-tokens': { type: 'string' },
+      'load-method': { type: 'string' },
+      'no-compress-worker': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -226,6 +261,8 @@ export async function run(argv: string[]): Promise<void> {
   const lengths = list('lengths', values.lengths, [512, 1024, 2048]).map(Math.round);
   const ratios = list('ratios', values.ratios, [4, 8]);
   const reps = Math.round(positive('reps', values.reps, 3));
+  const loadSeconds = positive('load-seconds', values['load-seconds'], 10);
+  const loadTokens = Math.round(positive('load-tokens', values['load-tokens'], 2048));
   const say = (line: string) => process.stderr.write(`bench serve: ${line}\n`);
 
   const tmp = mkdtempSync(join(tmpdir(), 'softpress-bench-serve-'));
@@ -235,7 +272,9 @@ export async function run(argv: string[]): Promise<void> {
     base = writeRandomBase(join(tmp, 'random-base'), { ...BASE_SHAPE, seed: 1 });
     say(`random weights in the base architecture (${BASE_SHAPE.layers} layers, dim ${BASE_SHAPE.hiddenSize}, window ${BASE_SHAPE.window}): timings only, answers are noise`);
   }
-  const service = openService({ base, compressorDirs: values.compressor ?? [], storePath: join(tmp, 'store', 'contexts.mdb'), storeMaxBytes: 2 ** 30, log: say });
+  const compressorDirs = [...(values.compressor ?? [])];
+  if (values.fresh) compressorDirs.push(freshCompressor(base, values.fresh, join(tmp, `fresh-${values.fresh}`)));
+  const service = openService({ base, compressorDirs, compressWorker: !values['no-compress-worker'], storePath: join(tmp, 'store', 'contexts.mdb'), storeMaxBytes: 2 ** 30, log: say });
   const app = buildServer(service);
   try {
     await app.listen({ port: 0, host: '127.0.0.1' });
@@ -249,14 +288,15 @@ export async function run(argv: string[]): Promise<void> {
     const needles = (tokens: number, n: number, seed: string): QAExample[] => makeNeedleExamples(docs, { count: n, tokens, countTokens: count, seed, depth: 0.5 });
     say(`base ${service.modelName} (${service.fingerprint}), window ${service.window}, method ${method}${learned ? '' : ' (a strategy: no learned compressor loaded)'}, ${getNumThreads()} threads`);
 
+    const loadOnly = values['load-only'];
     // 1. throughput on cached contexts
+    const tp: ThroughputRow[] = [];
     const tpDocs = needles(512, 4, 'bench-serve-throughput');
     const ids: string[] = [];
     for (const ex of tpDocs) ids.push(((await client.ok('/v1/contexts', { text: ex.context, method, ratio: 4 })).json.id as string));
     const questions = tpDocs.map((ex) => ex.question);
     for (const [i, id] of ids.entries()) await client.ok(`/v1/contexts/${id}/ask`, { questions: [questions[i]], maxTokens }); // warm
-    const tp: ThroughputRow[] = [];
-    for (const n of clientsList) {
+    for (const n of loadOnly ? [] : clientsList) {
       const row = await throughput(client, service, ids, questions, n, seconds, maxTokens);
       tp.push(row);
       say(`throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, ${row.mean_decode_rows} rows per decode step, ${row.errors} errors`);
@@ -266,7 +306,7 @@ export async function run(argv: string[]): Promise<void> {
     const cfg = service.model.config;
     const kvBytesPer = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * (service.model.dtype === 'float32' ? 4 : 2);
     const lat: LatencyRow[] = [];
-    for (const L of lengths) {
+    for (const L of loadOnly ? [] : lengths) {
       const ex = needles(L, 1, `bench-serve-latency-${L}`)[0];
       const promptTokens = tok.encode(qaPrompt(ex.question)).length;
       const room = service.window - 1 - promptTokens - maxTokens;
@@ -305,6 +345,24 @@ export async function run(argv: string[]): Promise<void> {
       }
     }
 
+    // 3. light requests while compressions run back to back
+    const { lightRequests, formatLoadRows } = await import('./bench-serve-load.js');
+    const loadMethod = values['load-method'] ?? method;
+    const loadText = needles(loadTokens, 1, 'bench-serve-load')[0].context;
+    // the ask stays light: one every 250 ms, or every 4 idle asks' time on a slower model
+    const warm: number[] = [];
+    for (let i = 0; i < 3; i++) warm.push((await client.ok(`/v1/contexts/${ids[0]}/ask`, { questions: [questions[0]], maxTokens })).ms);
+    const askEveryMs = Math.max(250, Math.ceil(4 * percentile(warm, 50)));
+    const loadOpts = { url: client.url, contextId: ids[0], question: questions[0], maxTokens, compressBody: { text: loadText, method: loadMethod, ratio: 4 }, seconds: loadSeconds, healthEveryMs: 20, askEveryMs };
+    const loadRows = [];
+    for (const compressing of [false, true]) {
+      const row = await lightRequests(loadOpts, compressing);
+      loadRows.push(row);
+      say(`${row.phase}: ${row.compressions} compressions (p50 ${row.compress_ms_p50} ms); /health p50 ${row.health.p50_ms} p99 ${row.health.p99_ms} max ${row.health.max_ms} ms; ask p50 ${row.ask.p50_ms} p99 ${row.ask.p99_ms} ms`);
+    }
+    const rssMb = Math.round(process.memoryUsage().rss / 2 ** 20); // the process after the load: with the worker, two copies of the model
+    const loadWhat = `(process RSS ${rssMb} MiB; /health every 20 ms, an ask every ${askEveryMs} ms; ${loadTokens}-token compressions by ${loadMethod}; ${service.compressWorker ? 'model work in a worker thread' : 'model work on the event loop'})`;
+
     const out = process.stdout;
     out.write(`softpress bench serve (${getNumThreads()} threads, base ${service.modelName}, window ${service.window}, method ${method}, ${maxTokens} answer tokens at most)\n`);
     out.write('  clients  req/s    p50 ms   p99 ms   rows/decode step\n');
@@ -317,6 +375,7 @@ export async function run(argv: string[]): Promise<void> {
           `${(r.soft_kv_bytes / 2 ** 20).toFixed(2)}/${(r.full_kv_bytes / 2 ** 20).toFixed(2)}\n`,
       );
     }
+    out.write(formatLoadRows(loadRows, loadWhat));
     if (values.json) {
       const result = {
         bench: 'serve',
@@ -330,6 +389,7 @@ export async function run(argv: string[]): Promise<void> {
         prefix_cache: service.prefixCache,
         engine: service.engine.opts,
         throughput: tp,
+        under_load: { tokens: loadTokens, method: loadMethod, ask_every_ms: askEveryMs, compress_worker: service.compressWorker, rss_mb: rssMb, rows: loadRows },
         latency: lat,
       };
       out.write(JSON.stringify(result) + '\n');

@@ -2,7 +2,7 @@
  * softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME]
  *                 [--compressor DIR ...] [--store-mb N] [--cache-mb N] [--body-limit-mb N]
  *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--method NAME] [--no-discover]
- *                 [--no-prefix-cache] [--log]
+ *                 [--no-prefix-cache] [--no-compress-worker] [--log]
  *                 [--api-key KEY ...] [--api-keys FILE] [--insecure-no-auth]
  *                 [--quota-contexts N] [--quota-mb N] [--rate-limit N]
  *
@@ -12,6 +12,9 @@
  * missing). Learned compressors saved in or beside the base model's folder (for a GGUF file, the
  * folder holding it; folders with compressor.json made for this base model) are loaded too,
  * besides any --compressor; the strategies full, none and truncate are always available.
+ * Compressions run in a worker thread with its own copy of the model, so the server keeps
+ * answering while they run; --no-compress-worker runs them on the event loop instead (the
+ * memory of one model less, but a long compression then stalls every other request).
  *
  * Access: API keys from --api-key, --api-keys FILE and SOFTPRESS_API_KEYS protect every /v1
  * route (src/serve/auth.ts). Listening beyond loopback without a key is refused (before the
@@ -27,7 +30,8 @@ import { checkExposure, collectKeys, isLoopback, type KeyRing } from '../serve/a
 export const SERVE_USAGE =
   'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME] [--compressor DIR ...]\n' +
   '                       [--store-mb 1024] [--cache-mb 256] [--body-limit-mb 4] [--max-batch 16] [--batch-window-ms 3]\n' +
-  '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache] [--log]\n' +
+  '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache]\n' +
+  '                       [--no-compress-worker] [--log]\n' +
   '                       [--api-key KEY ...] [--api-keys FILE] [--insecure-no-auth] (or SOFTPRESS_API_KEYS=KEY,KEY)\n' +
   '                       [--quota-contexts 1000] [--quota-mb 256] [--rate-limit 120 (requests/minute per key; 0: none)]';
 
@@ -88,6 +92,7 @@ export async function run(argv: string[]): Promise<void> {
       method: { type: 'string' },
       'no-discover': { type: 'boolean', default: false },
       'no-prefix-cache': { type: 'boolean', default: false },
+      'no-compress-worker': { type: 'boolean', default: false },
       log: { type: 'boolean', default: false },
       'api-key': { type: 'string', multiple: true },
       'api-keys': { type: 'string' },
@@ -118,6 +123,7 @@ export async function run(argv: string[]): Promise<void> {
     storeMaxBytes: num('store-mb', values['store-mb'], 1024, { min: 1 }) * 2 ** 20,
     cacheBytes: num('cache-mb', values['cache-mb'], 256, { min: 1 }) * 2 ** 20,
     prefixCache: !values['no-prefix-cache'],
+    compressWorker: !values['no-compress-worker'],
     engine: {
       maxBatch: num('max-batch', values['max-batch'], 16, { int: true, min: 1 }),
       batchWindowMs: num('batch-window-ms', values['batch-window-ms'], 3),
@@ -143,6 +149,7 @@ export async function run(argv: string[]): Promise<void> {
   const address = await app.listen({ port, host });
   const methods = service.methods().map((m) => m.name);
   log(`base ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window}); methods ${methods.join(', ')} (default ${service.defaultMethod})`);
+  log(`compressions: ${service.compressWorker ? 'in a worker thread (the event loop keeps answering)' : 'on the event loop (--no-compress-worker)'}`);
   log(`chat: ${service.tokenizer.chatTemplate ? "the model's chat template" : 'plain "User:" lines'}; questions: ${service.qaFormat.oneShot ? 'after a one-shot demonstration' : 'after BOS'}`);
   log(`store ${service.store.path}: ${service.store.count} contexts, ${(service.store.totalBytes / 2 ** 20).toFixed(1)} of ${(service.store.maxBytes / 2 ** 20).toFixed(0)} MiB`);
   if (access.keys) log(`API keys: ${access.keys.size} (${access.keys.names.join(', ')}); every /v1 route needs Authorization: Bearer KEY`);
