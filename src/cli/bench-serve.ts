@@ -23,7 +23,7 @@
  *     one-question ask over a stored soft context every 250 ms (or every 4 times a warm ask's
  *     latency, whichever is longer, so asks alone stay below capacity), open-loop, first with nothing
  *     else running, then while one client compresses --load-tokens-token texts back to back
- *     (with --load-method, default the method under test): p50/p99/max of each.
+ *     at the largest --ratios (with --load-method, default the method under test): p50/p99/max of each.
  *     --load-only runs this part alone.
  * --fresh METHOD adds an untrained compressor of that method (random initial weights) for bases
  * that have no trained one (e.g. smollm2-135m-instruct): its costs are real, its answers noise.
@@ -353,7 +353,7 @@ export async function run(argv: string[]): Promise<void> {
     const warm: number[] = [];
     for (let i = 0; i < 3; i++) warm.push((await client.ok(`/v1/contexts/${ids[0]}/ask`, { questions: [questions[0]], maxTokens })).ms);
     const askEveryMs = Math.max(250, Math.ceil(4 * percentile(warm, 50)));
-    const loadOpts = { url: client.url, contextId: ids[0], question: questions[0], maxTokens, compressBody: { text: loadText, method: loadMethod, ratio: 4 }, seconds: loadSeconds, healthEveryMs: 20, askEveryMs };
+    const loadOpts = { url: client.url, contextId: ids[0], question: questions[0], maxTokens, compressBody: { text: loadText, method: loadMethod, ratio: Math.max(...ratios) }, seconds: loadSeconds, healthEveryMs: 20, askEveryMs };
     const loadRows = [];
     for (const compressing of [false, true]) {
       const row = await lightRequests(loadOpts, compressing);
