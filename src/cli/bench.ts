@@ -3,6 +3,7 @@
  * softpress bench model --config S|M|smol [--json] ...   (src/cli/bench-model.ts)
  * softpress bench serve [--json] ...                (src/cli/bench-serve.ts)
  * softpress bench generate --model NAME|PATH [--json] ... (src/cli/bench-generate.ts)
+ * softpress bench train [--nproc 1,2] [--json] ...        (src/cli/bench-train.ts)
  *
  * The engine benchmark (../shared/bench-spec.md): fp32 1024^3 matmul throughput and the per-op
  * cost of the binding (an add of two 8-element tensors called from TypeScript). Each figure is
@@ -16,7 +17,8 @@ const USAGE =
   'usage: softpress bench engine [--json] [--threads N] [--reps N]\n       softpress bench model --config S|M|smol [--json] [--threads N] [--reps N]\n' +
   '       softpress bench serve [--json] [--base DIR | --random-base] [--clients 1,8] [--seconds 5] [--lengths 512,1024,2048] [--ratios 4,8]\n' +
   '       softpress bench serve --soak [--requests 10000] [--clients 8] [--kills N] [--method truncate] [--json]\n' +
-  '       softpress bench generate --model NAME|PATH [--json] [--threads 2] [--prompt-tokens 512] [--gen-tokens 128] [--reps 3] [--profile]';
+  '       softpress bench generate --model NAME|PATH [--json] [--threads 2] [--prompt-tokens 512] [--gen-tokens 128] [--reps 3] [--profile]\n' +
+  '       softpress bench train [--nproc 1,2] [--json] [--base models/softpress-base] [--method icae] [--steps 8] [--batch 8] [--context-len 256]';
 const WARMUPS = 3;
 
 export function median(xs: number[]): number {
@@ -117,6 +119,10 @@ export async function run(argv: string[]): Promise<void> {
     }
     case 'generate': {
       const m = await import('./bench-generate.js');
+      return m.run(rest);
+    }
+    case 'train': {
+      const m = await import('./bench-train.js');
       return m.run(rest);
     }
     case undefined:

@@ -20,7 +20,7 @@ async function pullNamedModels(argv: string[]): Promise<void> {
 }
 
 const COMMANDS: Record<string, { about: string; load: () => Promise<{ run: Runner }> }> = {
-  bench: { about: 'benchmarks: bench engine | bench model --config S|M|smol | bench serve | bench generate --model NAME [--json]', load: () => import('./bench.js') },
+  bench: { about: 'benchmarks: bench engine | bench model --config S|M|smol | bench serve | bench generate --model NAME | bench train --nproc 1,2 [--json]', load: () => import('./bench.js') },
   eval: { about: 'evaluate methods x ratios x tasks: [--suite default|quick] [--out DIR] [--task T,..] [--methods full,none,truncate,DIR,..] [--json]; --task perplexity [--split test|valid]', load: () => import('./eval.js') },
   generate: { about: 'generate text: --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--seed S]', load: () => import('./generate.js') },
   convert: { about: 'convert a llama2.c checkpoint to a Hugging Face folder: --in FILE.bin [--tokenizer tok.bin] --out DIR', load: () => import('./convert.js') },

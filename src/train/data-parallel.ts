@@ -39,6 +39,17 @@ export function syncStart(g: ProcessGroup, params: Parameter[], opt: AdamW, star
   const lead = g.rank === 0;
   return tidy(() =>
     noGrad(() => {
+      // Every rank must train the same parameters (the same flags, base and method everywhere).
+      const own = [params.length, params.reduce((a, p) => a + p.value.numel, 0)];
+      const hi = tensor(own, [2], { dtype: 'float64' });
+      const lo = tensor(own, [2], { dtype: 'float64' });
+      g.allreduce(hi, 'max');
+      g.allreduce(lo, 'min');
+      const [h0, h1] = Array.from(hi.toArray() as Float64Array);
+      const [l0, l1] = Array.from(lo.toArray() as Float64Array);
+      if (h0 !== l0 || h1 !== l1) {
+        throw new Error(`rank ${g.rank} trains ${own[0]} tensors (${own[1]} values), others between ${l0} and ${h0} tensors (${l1} to ${h1} values): give every rank the same base, method and flags`);
+      }
       // Header: step, elapsed, optimiser step count, then each parameter's own step (-1: no state).
       const sd = lead ? opt.stateDict({ copy: false }) : undefined;
       const header = tensor(lead ? [start.step, start.elapsed, sd!.step, ...params.map((_, i) => sd!.state.get(i)?.step ?? -1)] : new Array(3 + params.length).fill(0), [3 + params.length], { dtype: 'float64' });
@@ -84,14 +95,17 @@ export function microStats(g: ProcessGroup, tokens: number, loss: number): { tok
 
 /**
  * Averages the trainable parameters' gradients over the ranks, in place; returns whether some
- * rank asked to stop (`stop` of any rank) and the seconds spent.
+ * rank asked to stop (`stop` of any rank), the seconds spent waiting for the slowest rank to
+ * reach the averaging (`wait`), and the seconds of the averaging itself (`seconds`).
  */
-export function averageGradients(g: ProcessGroup, params: Parameter[], stop: boolean, bucketBytes = BUCKET_BYTES): { stop: boolean; seconds: number } {
+export function averageGradients(g: ProcessGroup, params: Parameter[], stop: boolean, bucketBytes = BUCKET_BYTES): { stop: boolean; wait: number; seconds: number } {
   const t0 = performance.now();
+  let t1 = t0;
   const anyStop = tidy(() =>
     noGrad(() => {
       const has = tensor([stop ? 1 : 0, ...params.map((p) => (p.value.grad === null ? 0 : 1))], [params.length + 1], { dtype: 'float32' });
-      g.allreduce(has, 'sum');
+      g.allreduce(has, 'sum'); // returns when every rank is here
+      t1 = performance.now();
       const flags = has.toArray() as Float32Array;
       const grads: Tensor[] = [];
       params.forEach((p, i) => {
@@ -132,5 +146,5 @@ export function averageGradients(g: ProcessGroup, params: Parameter[], stop: boo
       return flags[0] > 0;
     }),
   );
-  return { stop: anyStop, seconds: (performance.now() - t0) / 1000 };
+  return { stop: anyStop, wait: (t1 - t0) / 1000, seconds: (performance.now() - t1) / 1000 };
 }

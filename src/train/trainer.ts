@@ -312,7 +312,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       let tokens = 0;
       let lossSum = 0;
       const parts: Record<string, number> = {};
-      let commSeconds = 0;
+      let comm = { wait: 0, seconds: 0 };
       const micro = Array.from({ length: accum }, (_, m) => m);
       let gradNorm = 0;
       tidy(() => {
@@ -338,7 +338,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
         if (dist) {
           const avg = averageGradients(dist, params, interrupted);
           interrupted = avg.stop;
-          commSeconds = avg.seconds;
+          comm = avg;
         }
         gradNorm = o.clip ? clipGradNorm(params, o.clip) : 0;
         opt.step();
@@ -349,7 +349,7 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       lastLoss = lossSum / accum;
       if (!Number.isFinite(lastLoss)) throw new Error(`train: loss is ${lastLoss} at step ${step}; stopping (lower the learning rate?)`);
       const secs = (performance.now() - stepStart) / 1000;
-      const row: LogRow = { step, loss: lastLoss, ...parts, lr, tok_s: tokens / secs, grad_norm: gradNorm, ...(dist ? { comm_s: commSeconds } : {}), time: elapsedBefore + (performance.now() - t0) / 1000 };
+      const row: LogRow = { step, loss: lastLoss, ...parts, lr, tok_s: tokens / secs, grad_norm: gradNorm, ...(dist ? { comm_s: comm.seconds, wait_s: comm.wait } : {}), time: elapsedBefore + (performance.now() - t0) / 1000 };
       if (lead) appendFileSync(logPath, JSON.stringify(row) + '\n');
       progress.update(step, { loss: lastLoss, 'tok/s': tokens / secs, lr });
       const last = step === o.totalSteps;
