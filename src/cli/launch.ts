@@ -62,6 +62,25 @@ export function joinGroup(plan: Extract<DistPlan, { kind: 'join' }>): ProcessGro
   return ProcessGroup.init({ rank: plan.rank, worldSize: plan.worldSize, master: plan.master, timeoutMs: plan.timeoutMs });
 }
 
+/**
+ * Runs a training command as its flags plan it: launches the local workers (returns undefined:
+ * they report), or runs `body` with the group it joins (closed after) or alone. Returns body's
+ * result where it is to be reported (rank 0, or the single process), undefined elsewhere.
+ */
+export async function runPlanned<T>(command: string, argv: string[], plan: DistPlan, body: (dist?: ProcessGroup) => Promise<T>, opts: { quiet?: boolean } = {}): Promise<T | undefined> {
+  if (plan.kind === 'launch') {
+    await launchWorkers(command, argv, plan.nproc, opts.quiet ? { log: () => {} } : {});
+    return undefined;
+  }
+  const dist = plan.kind === 'join' ? joinGroup(plan) : undefined;
+  try {
+    const result = await body(dist);
+    return dist && dist.rank !== 0 ? undefined : result;
+  } finally {
+    dist?.destroy();
+  }
+}
+
 /** A free TCP port on loopback (for the rendezvous of local workers). */
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 import { compressorNames } from '../compress/index.js';
 import { TRAIN_DEFAULTS, applyRecipe, parseStages, trainCompressor, type CompressorTrainConfig } from '../train/train-compressor.js';
 import { methodOptions, numberOpt, ratioList } from './args.js';
-import { DIST_OPTIONS, DIST_USAGE, distPlan, joinGroup, launchWorkers } from './launch.js';
+import { DIST_OPTIONS, DIST_USAGE, distPlan, runPlanned } from './launch.js';
 
 const USAGE = `usage: softpress train --base DIR --method NAME [--ratio R[,R2...] | --budget K] --stage ae|lm|qa|ae+lm|ae:W,lm:W --out DIR
   [--resume] [--steps ${TRAIN_DEFAULTS.steps}] [--batch ${TRAIN_DEFAULTS.batch}] [--accum ${TRAIN_DEFAULTS.accum}]
@@ -159,18 +159,9 @@ export async function run(argv: string[]): Promise<void> {
   if (corpora.length === 0 && !cfg.data) throw new Error('no training text: give --corpora and/or --data');
   const stopAfter = numberOpt('stop-after', values['stop-after'], { integer: true, min: 1 });
   const plan = distPlan(values);
-  if (plan.kind === 'launch') {
-    if (cfg.batch < plan.nproc) throw new Error(`a batch of ${cfg.batch} cannot be shared by ${plan.nproc} processes: use --batch ${plan.nproc} or more`);
-    return launchWorkers('train', argv, plan.nproc, values.quiet ? { log: () => {} } : {});
-  }
-  const dist = plan.kind === 'join' ? joinGroup(plan) : undefined;
-  let result: Awaited<ReturnType<typeof trainCompressor>>;
-  try {
-    result = await trainCompressor(cfg, values.out!, { resume: values.resume, stopAfter, quiet: values.quiet, dist });
-  } finally {
-    dist?.destroy();
-  }
-  if (dist && dist.rank !== 0) return;
+  if (plan.kind === 'launch' && cfg.batch < plan.nproc) throw new Error(`a batch of ${cfg.batch} cannot be shared by ${plan.nproc} processes: use --batch ${plan.nproc} or more`);
+  const result = await runPlanned('train', argv, plan, (dist) => trainCompressor(cfg, values.out!, { resume: values.resume, stopAfter, quiet: values.quiet, dist }), { quiet: values.quiet });
+  if (!result) return; // reported by rank 0
   const { summary, saved } = result;
   const valid = summary.lastValid ? `; valid ${Object.entries(summary.lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : '';
   process.stdout.write(`${summary.alreadyFinished ? 'already trained' : saved ? 'trained' : 'stopped'} ${cfg.method} to step ${summary.steps}/${cfg.steps} in ${summary.seconds.toFixed(1)} s; last loss ${Number.isFinite(summary.lastLoss) ? summary.lastLoss.toFixed(4) : 'n/a'}${valid}${saved ? `; saved in ${values.out}` : ''}\n`);

@@ -14,7 +14,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { crossEntropy, manualSeed, noGrad, tensor, tidy, type Tensor } from '../tensor/index.js';
+import { crossEntropy, manualSeed, noGrad, tensor, tidy, type ProcessGroup, type Tensor } from '../tensor/index.js';
 import { warmupCosine } from '../nn/index.js';
 import { configFromHf } from '../models/config.js';
 import { LlamaModel, type ForwardResult } from '../models/llama.js';
@@ -22,6 +22,7 @@ import { loadWeights, readHfWeights, saveModel } from '../models/load.js';
 import { BpeTokenizer } from '../models/bpe.js';
 import { buildMixture, type ExtraDocuments } from '../data/pretrain-mix.js';
 import { ChunkSampler, cachedTokenStream } from '../data/lm.js';
+import { shardRange } from '../data/shard.js';
 import { loadCheckpointParams, train, writeLossPlot, type TrainSummary, type TrainTask } from './trainer.js';
 import type { PretrainConfig } from './pretrain-config.js';
 
@@ -80,18 +81,24 @@ export interface PretrainOptions {
   quiet?: boolean;
   exportOnly?: boolean;
   extensions?: PretrainExtensions;
+  /** Data-parallel over this process group (plain runs: no loss terms); rank 0 alone writes outDir. */
+  dist?: ProcessGroup;
 }
 
 export async function pretrain(cfg: PretrainConfig, outDir: string, opts: PretrainOptions = {}): Promise<TrainSummary> {
+  const lead = !opts.dist || opts.dist.rank === 0;
+  if (opts.dist && opts.exportOnly) throw new Error('pretrain: --export runs in one process');
+  if (opts.dist && opts.extensions?.terms?.length) throw new Error('pretrain: runs with loss terms do not train data-parallel');
+  if (opts.dist && cfg.batchSize < opts.dist.worldSize) throw new Error(`pretrain: a batch of ${cfg.batchSize} rows cannot be shared by ${opts.dist.worldSize} ranks`);
   mkdirSync(outDir, { recursive: true });
   const cfgPath = join(outDir, 'pretrain-config.json');
-  if ((opts.resume || opts.exportOnly) && existsSync(cfgPath)) {
+  if (lead && (opts.resume || opts.exportOnly) && existsSync(cfgPath)) {
     const before = readFileSync(cfgPath, 'utf8');
     if (before !== JSON.stringify(cfg, null, 2)) throw new Error(`${outDir}: --resume with a different config than the run was started with (${cfgPath})`);
   }
-  writeFileSync(cfgPath, JSON.stringify(cfg, null, 2));
+  if (lead) writeFileSync(cfgPath, JSON.stringify(cfg, null, 2));
   const log = (s: string) => {
-    if (!opts.quiet) process.stderr.write(s + '\n');
+    if (!opts.quiet && lead) process.stderr.write(s + '\n');
   };
 
   const tokenizer = BpeTokenizer.fromFile(cfg.tokenizer);
@@ -135,7 +142,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
     return { loss: crossEntropy(logits, targets), rows: { ids, rows: n, len, forward, logits, targets } satisfies TextRows };
   };
   const params = model.namedParameters().filter(([, p]) => p.trainable);
-  if (cfg.init && !opts.resume && !opts.exportOnly) {
+  // Rank 0 alone loads an init: the trainer starts the other ranks from its weights.
+  if (cfg.init && !opts.resume && !opts.exportOnly && lead) {
     if (existsSync(join(cfg.init, 'model.safetensors')) || existsSync(join(cfg.init, 'model.safetensors.index.json'))) {
       loadWeights(model, readHfWeights(cfg.init), cfg.init);
       log(`initialised from the model in ${cfg.init}`);
@@ -146,7 +154,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
   }
   const task: TrainTask = {
     params,
-    microBatch(step, micro) {
+    sharded: terms.length === 0,
+    microBatch(step, micro, shard) {
       model.train();
       const parts: Record<string, number> = {};
       let loss: Tensor | undefined;
@@ -163,10 +172,13 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
         }
       }
       if (cfg.batchSize > 0) {
-        const text = textLoss(sampler.batch(step * cfg.gradAccum + micro, cfg.batchSize), cfg.batchSize, wants);
+        // A shard's rows of the batch (all of them in one process).
+        const [a, b] = shardRange(cfg.batchSize, shard);
+        const ids = sampler.batch(step * cfg.gradAccum + micro, cfg.batchSize).subarray(a * (len + 1), b * (len + 1));
+        const text = textLoss(ids, b - a, wants);
         add({ loss: text.loss, parts: { text_loss: text.loss.item() } });
         for (const extra of terms.map((t) => t.onText?.(text.rows))) if (extra) add(extra);
-        tokens += cfg.batchSize * len;
+        tokens += (b - a) * len;
       }
       // A plain run logs just its loss.
       return terms.length ? { loss: loss!, tokens, parts } : { loss: loss!, tokens };
@@ -207,8 +219,9 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
     stopAfter: opts.stopAfter,
     title: 'pretraining loss',
     quiet: opts.quiet,
+    dist: opts.dist,
   });
-  if (summary.steps >= cfg.steps) writeModel(summary);
+  if (summary.steps >= cfg.steps && lead) writeModel(summary);
   return summary;
 
   function writeModel(summary: TrainSummary): void {
