@@ -64,7 +64,6 @@ if (HAVE_FIXTURES) {
   prompts = [runs[0].prompt_tokens, runs[1].prompt_tokens, runs[3].prompt_tokens]; // 5, 9, 10 tokens
 } else {
   source = 'a random model';
-  // eslint-disable-next-line no-console
   console.log(`# stories260K fixtures not found at ${FIXTURES}; generation tests use a random model`);
   model = randomModel();
   prompts = [

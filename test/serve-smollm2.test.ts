@@ -27,6 +27,8 @@ const skip = path ? false : `${NAME} is not in the model cache (${modelDir(NAME)
 // 135M model (Q4_1) tends to name the last place. John in the middle of three is answered right.
 const STORY = 'Daniel went back to the kitchen. John went to the hallway. Mary moved to the bathroom.';
 
+// Response bodies are read field by field in the assertions.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = Record<string, any>;
 
 describe(`serve: ${NAME}`, { skip, timeout: 240_000 }, () => {

@@ -50,7 +50,7 @@ describe('serve: the compression worker', () => {
       for (const m of [...learned, 'full', 'truncate', 'none']) assert.ok(methods.includes(m), m);
       for (const method of methods) {
         const made = await Promise.all(apps.map((app) => app.inject({ method: 'POST', url: '/v1/contexts', payload: { text: DOC, method, ratio: 4 } })));
-        const [a, b] = made.map((r) => JSON.parse(r.body) as Record<string, any>);
+        const [a, b] = made.map((r) => JSON.parse(r.body) as { id: string; softTokens: number; sourceTokens: number });
         assert.equal(made[0].statusCode, 201, made[0].body);
         assert.equal(made[1].statusCode, 201, made[1].body);
         assert.equal(b.softTokens, a.softTokens, method);
@@ -67,12 +67,12 @@ describe('serve: the compression worker', () => {
           freeSoftContext(cb);
         }
         const asks = await Promise.all(
-          [a, b].map((c, i) => apps[i].inject({ method: 'POST', url: `/v1/contexts/${c.id as string}/ask`, payload: { questions: ['What is the code?'], maxTokens: 6 } })),
+          [a, b].map((c, i) => apps[i].inject({ method: 'POST', url: `/v1/contexts/${c.id}/ask`, payload: { questions: ['What is the code?'], maxTokens: 6 } })),
         );
         assert.equal(asks[1].statusCode, 200, asks[1].body);
         assert.equal(JSON.parse(asks[1].body).answers[0].answer, JSON.parse(asks[0].body).answers[0].answer, `${method}: the same answer`);
       }
-      const health = [await apps[0].inject({ url: '/health' }), await apps[1].inject({ url: '/health' })].map((r) => JSON.parse(r.body) as Record<string, any>);
+      const health = [await apps[0].inject({ url: '/health' }), await apps[1].inject({ url: '/health' })].map((r) => JSON.parse(r.body) as { compressWorker: unknown; engine: { jobs: number } });
       assert.equal(health[0].compressWorker, null);
       assert.deepEqual(health[1].compressWorker, { pending: 0, done: methods.length, failed: null });
       assert.equal(health[1].engine.jobs, health[0].engine.jobs - methods.length, 'the worker, not the engine, ran the compressions');

@@ -39,6 +39,8 @@ function open(name: string, o: Partial<OpenServiceOptions> = {}): SoftpressServi
   return openService({ base: baseDir, storePath: join(tmp, name, 'contexts.mdb'), storeMaxBytes: 64 * 2 ** 20, discover: false, ...o });
 }
 
+// Response bodies are read field by field in the assertions.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = Record<string, any>;
 
 async function call(app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', url: string, payload?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: Json; headers: Record<string, unknown>; raw: string }> {

@@ -66,7 +66,7 @@ const ABBREVIATION = /(?:^|[\s(])(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Gen|Col|Capt|Gov|Rev|H
 export function splitSentences(paragraph: string): string[] {
   const flat = paragraph.replace(/\s+/g, ' ').trim();
   if (flat === '') return [];
-  const raw = flat.split(/(?<=[.!?]["'\u201d\u2019)\]]*) (?=["'\u201c\u2018(\[]?[A-Z0-9])/);
+  const raw = flat.split(/(?<=[.!?]["'\u201d\u2019)\]]*) (?=["'\u201c\u2018([]?[A-Z0-9])/);
   const out: string[] = [];
   for (const s of raw) {
     const last = out.length - 1;

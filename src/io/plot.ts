@@ -43,7 +43,8 @@ export function plotFrame(series: Series[], opts: PlotOptions) {
   const all = series.flatMap((s) => s.points).filter(ok);
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => fy(p[1]));
-  let [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
+  const x0 = xs.length ? Math.min(...xs) : 0;
+  let x1 = xs.length ? Math.max(...xs) : 1;
   let [y0, y1] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [0, 1];
   if (x1 === x0) x1 = x0 + 1;
   if (y1 === y0) y1 = y0 + 1;

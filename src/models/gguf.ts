@@ -134,7 +134,9 @@ export function readGgufModel(path: string): GgufModelParts {
   for (const info of file.tensors.values()) {
     const name = hfTensorName(info.name);
     if (!name) throw new GgufError(path, `tensor '${info.name}' has no place in a ${config.modelType} decoder`, { field: info.name, offset: info.offset });
-    let { shape, data } = readGgufTensor(file, info.name);
+    const read = readGgufTensor(file, info.name);
+    const shape = read.shape;
+    let data = read.data;
     if (arch.permutedQk && /\.self_attn\.[qk]_proj\./.test(name)) {
       const heads = name.includes('.q_proj.') ? config.numHeads : config.numKvHeads;
       data = unpermuteQk(data, shape[0], heads);

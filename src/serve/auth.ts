@@ -83,6 +83,7 @@ export function parseKeysFile(path: string): KeySource[] {
     const problem = keyProblem(m[1]);
     if (problem) throw new Error(`--api-keys: ${origin}: ${problem} (a line is: KEY [NAME])`);
     const name = (m[2] ?? '').trim() || `${path.split(/[\\/]/).pop()}:${i + 1}`;
+    // eslint-disable-next-line no-control-regex -- control characters are what this refuses
     if (/[\u0000-\u001f\u007f]/.test(name) || name.length > 64) throw new Error(`--api-keys: ${origin}: the name must be at most 64 printable characters`);
     out.push({ key: m[1], name, origin });
   });

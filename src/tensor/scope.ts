@@ -27,7 +27,7 @@ export function track(t: Tensor, release = false): void {
   }
 }
 
-function collect(value: unknown, out: Set<Tensor>, seen: Set<unknown>, TensorClass: Function): void {
+function collect(value: unknown, out: Set<Tensor>, seen: Set<unknown>, TensorClass: abstract new (...args: never[]) => unknown): void {
   if (value === null || typeof value !== 'object' || seen.has(value)) return;
   seen.add(value);
   if (value instanceof TensorClass) {
@@ -43,9 +43,9 @@ function collect(value: unknown, out: Set<Tensor>, seen: Set<unknown>, TensorCla
   }
 }
 
-let tensorClass: Function | undefined;
+let tensorClass: (abstract new (...args: never[]) => unknown) | undefined;
 /** Set once by tensor.ts (avoids an import cycle at module evaluation). */
-export function registerTensorClass(c: Function): void {
+export function registerTensorClass(c: abstract new (...args: never[]) => unknown): void {
   tensorClass = c;
 }
 
