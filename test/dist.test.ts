@@ -38,7 +38,13 @@ test.before(() => {
   const { model } = tinyBase();
   saveModel(model, baseDir);
   fs.copyFileSync(TOKENIZER_PATH, path.join(baseDir, 'tokenizer.json'));
-  fs.writeFileSync(corpus, loadMobyDick().slice(1, 25).map((d) => d.text.slice(0, 3000)).join('\n\f\n'));
+  fs.writeFileSync(
+    corpus,
+    loadMobyDick()
+      .slice(1, 25)
+      .map((d) => d.text.slice(0, 3000))
+      .join('\n\f\n'),
+  );
 });
 test.after(() => fs.rmSync(root, { recursive: true, force: true }));
 
@@ -99,7 +105,11 @@ async function group(scenario: string, opts: { timeoutMs?: number; joinTimeoutMs
   const runs = (opts.ranks ?? Array.from({ length: size }, (_, r) => r)).map(
     (rank) =>
       new Promise<WorkerOut>((resolve, reject) => {
-        const c = spawn(process.execPath, [script, String(rank), String(size), String(p), scenario, String(opts.timeoutMs ?? 20_000), String(opts.joinTimeoutMs ?? 30_000)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SOFTPRESS_THREADS: '1' } });
+        const c = spawn(
+          process.execPath,
+          [script, String(rank), String(size), String(p), scenario, String(opts.timeoutMs ?? 20_000), String(opts.joinTimeoutMs ?? 30_000)],
+          { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SOFTPRESS_THREADS: '1' } },
+        );
         let stdout = '';
         let stderr = '';
         c.stdout.on('data', (d) => (stdout += d));
@@ -161,7 +171,13 @@ test('shards cover every row once; the data-parallel flags are checked', () => {
   assert.deepEqual(distPlan({}), { kind: 'single' });
   assert.deepEqual(distPlan({ nproc: '1' }), { kind: 'single' });
   assert.deepEqual(distPlan({ nproc: '3' }), { kind: 'launch', nproc: 3 });
-  assert.deepEqual(distPlan({ rank: '1', 'world-size': '2', master: '10.0.0.1:29500', 'dist-timeout': '5' }), { kind: 'join', rank: 1, worldSize: 2, master: '10.0.0.1:29500', timeoutMs: 5000 });
+  assert.deepEqual(distPlan({ rank: '1', 'world-size': '2', master: '10.0.0.1:29500', 'dist-timeout': '5' }), {
+    kind: 'join',
+    rank: 1,
+    worldSize: 2,
+    master: '10.0.0.1:29500',
+    timeoutMs: 5000,
+  });
   assert.throws(() => distPlan({ rank: '2', 'world-size': '2', master: '10.0.0.1:29500' }), /--rank must be an integer >= 0 <= 1/);
   assert.throws(() => distPlan({ rank: '0', 'world-size': '2' }), /needs all of --rank R --world-size W --master ADDR:PORT/);
   assert.throws(() => distPlan({ rank: '0', 'world-size': '2', master: 'nohost' }), /--master must be ADDR:PORT/);
@@ -170,7 +186,41 @@ test('shards cover every row once; the data-parallel flags are checked', () => {
 
 // ---- softpress train --nproc 2 ---------------------------------------------------------------
 
-const TRAIN = ['--corpora', 'none', '--batch', '4', '--accum', '2', '--context-len', '32', '--continuation-len', '16', '--lr', '1e-2', '--eval-every', '2', '--checkpoint-every', '2', '--method', 'icae', '--ratio', '4', '--stage', 'ae:0.5,qa:0.5', '--qa-examples', '16', '--method-option', 'maxSlots=32', '--method-option', 'loraRank=4', '--method-option', 'loraDropout=0', '--steps', '4', '--quiet'];
+const TRAIN = [
+  '--corpora',
+  'none',
+  '--batch',
+  '4',
+  '--accum',
+  '2',
+  '--context-len',
+  '32',
+  '--continuation-len',
+  '16',
+  '--lr',
+  '1e-2',
+  '--eval-every',
+  '2',
+  '--checkpoint-every',
+  '2',
+  '--method',
+  'icae',
+  '--ratio',
+  '4',
+  '--stage',
+  'ae:0.5,qa:0.5',
+  '--qa-examples',
+  '16',
+  '--method-option',
+  'maxSlots=32',
+  '--method-option',
+  'loraRank=4',
+  '--method-option',
+  'loraDropout=0',
+  '--steps',
+  '4',
+  '--quiet',
+];
 const trainArgs = (out: string, ...more: string[]) => ['train', '--base', baseDir, '--data', corpus, ...TRAIN, '--out', out, ...more];
 
 /** softpress in a child process (the launcher must be the real entry point). */
@@ -185,7 +235,8 @@ async function inProcess(args: string[]): Promise<number> {
   process.exitCode = 0;
   const write = process.stdout.write;
   // Text is dropped; the test runner's own reports to its parent (binary) pass on.
-  process.stdout.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => (typeof chunk === 'string' ? true : (write as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest))) as typeof process.stdout.write;
+  process.stdout.write = ((chunk: string | Uint8Array, ...rest: unknown[]) =>
+    typeof chunk === 'string' ? true : (write as (...a: unknown[]) => boolean).call(process.stdout, chunk, ...rest)) as typeof process.stdout.write;
   try {
     await main(args);
   } finally {
@@ -210,7 +261,11 @@ function weightsDiff(a: string, b: string, file = 'weights.safetensors'): number
   const tb = readSafetensors(path.join(b, file)).tensors;
   assert.deepEqual([...ta.keys()].sort(), [...tb.keys()].sort());
   let d = 0;
-  for (const [name, raw] of ta) d = Math.max(d, tidy(() => maxDiff(rawToTensor(raw, name), rawToTensor(tb.get(name)!, name))));
+  for (const [name, raw] of ta)
+    d = Math.max(
+      d,
+      tidy(() => maxDiff(rawToTensor(raw, name), rawToTensor(tb.get(name)!, name))),
+    );
   return d;
 }
 
@@ -246,7 +301,10 @@ test('train --nproc 2 matches one process on the same global batches; resume acr
   assert.equal(r2.stdout.trim().split('\n').length, 1, 'rank 0 alone prints the result');
   const rowsTwo = logRows(two);
   assertSameLog(rowsOne, rowsTwo, '1 vs 2 processes');
-  assert.ok(rowsTwo.filter((r) => r.loss !== undefined).every((r) => r.comm_s >= 0), 'the log has the averaging time');
+  assert.ok(
+    rowsTwo.filter((r) => r.loss !== undefined).every((r) => r.comm_s >= 0),
+    'the log has the averaging time',
+  );
   const d = weightsDiff(one, two);
   process.stderr.write(`# 1 vs 2 processes: max abs weight diff ${d}\n`);
   assert.ok(d <= WEIGHT_TOL, `weights of 1 vs 2 processes differ by ${d}`);
@@ -292,12 +350,7 @@ test('pretrain --nproc 2 matches one process', async () => {
 /** The pids of a process's children (Linux). */
 function childPids(pid: number): number[] {
   try {
-    return fs
-      .readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   } catch {
     return [];
   }
@@ -306,12 +359,19 @@ const alive = (pid: number) => fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.
 
 test('a killed worker stops the others and the launcher exits non-zero', async () => {
   const out = path.join(root, 'killed');
-  const launcher = spawn(process.execPath, [BIN, ...trainArgs(out, '--steps', '400', '--eval-every', '1000'), '--nproc', '2'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SOFTPRESS_THREADS: '1' } });
+  const launcher = spawn(process.execPath, [BIN, ...trainArgs(out, '--steps', '400', '--eval-every', '1000'), '--nproc', '2'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, SOFTPRESS_THREADS: '1' },
+  });
   let stderr = '';
   launcher.stderr.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => launcher.on('exit', (code) => resolve(code)));
   // Training has started once rank 0 logged a step.
-  await waitFor(() => fs.existsSync(path.join(out, 'log.jsonl')) && fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').length > 0, () => `a first step\n${stderr}`, { timeoutMs: 60_000, everyMs: 50 });
+  await waitFor(
+    () => fs.existsSync(path.join(out, 'log.jsonl')) && fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').length > 0,
+    () => `a first step\n${stderr}`,
+    { timeoutMs: 60_000, everyMs: 50 },
+  );
   const workers = childPids(launcher.pid!);
   assert.equal(workers.length, 2, `the launcher's workers: ${workers.join(', ')}`);
   const rankOf = (pid: number) => /--rank\0(\d+)\0/.exec(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'))?.[1];

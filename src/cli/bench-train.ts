@@ -58,10 +58,42 @@ export async function run(argv: string[]): Promise<void> {
     for (const n of counts) {
       const threads = Math.max(1, Math.floor(cores / n));
       const out = join(root, `nproc-${n}`);
-      const args = [bin, 'train', '--base', values.base, '--method', values.method, '--ratio', '4', '--stage', 'ae', '--steps', String(steps), '--batch', String(batch), '--context-len', String(contextLen), '--continuation-len', '32', '--corpora', 'sotu', '--eval-every', String(steps), '--valid-batches', '1', '--checkpoint-every', String(steps), '--out', out, '--quiet'];
+      const args = [
+        bin,
+        'train',
+        '--base',
+        values.base,
+        '--method',
+        values.method,
+        '--ratio',
+        '4',
+        '--stage',
+        'ae',
+        '--steps',
+        String(steps),
+        '--batch',
+        String(batch),
+        '--context-len',
+        String(contextLen),
+        '--continuation-len',
+        '32',
+        '--corpora',
+        'sotu',
+        '--eval-every',
+        String(steps),
+        '--valid-batches',
+        '1',
+        '--checkpoint-every',
+        String(steps),
+        '--out',
+        out,
+        '--quiet',
+      ];
       if (values.method === 'icae') args.push('--method-option', 'loraRank=8', '--method-option', 'loraDropout=0');
       if (n > 1) args.push('--nproc', String(n));
-      say(`bench train: ${n} process${n > 1 ? 'es' : ''} x ${threads} thread${threads > 1 ? 's' : ''} (${steps} steps of ${batch} x ${contextLen} tokens, ${values.method} on ${values.base})`);
+      say(
+        `bench train: ${n} process${n > 1 ? 'es' : ''} x ${threads} thread${threads > 1 ? 's' : ''} (${steps} steps of ${batch} x ${contextLen} tokens, ${values.method} on ${values.base})`,
+      );
       const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, SOFTPRESS_THREADS: String(threads) } });
       if (r.status !== 0) throw new Error(`the run with ${n} process(es) failed:\n${r.stderr}`);
       const rows = readFileSync(join(out, 'log.jsonl'), 'utf8')
@@ -72,7 +104,15 @@ export async function run(argv: string[]): Promise<void> {
       const times = rows.slice(2).map((x, i) => x.time - rows[i + 1].time);
       const stepS = median(times);
       const tokS = median(rows.slice(2).map((x) => x.tok_s));
-      runs.push({ nproc: n, threads, step_s: stepS, tok_s: tokS, comm_s: n > 1 ? median(rows.slice(2).map((x) => x.comm_s)) : 0, wait_s: n > 1 ? median(rows.slice(2).map((x) => x.wait_s)) : 0, speedup: runs.length ? runs[0].step_s / stepS : 1 });
+      runs.push({
+        nproc: n,
+        threads,
+        step_s: stepS,
+        tok_s: tokS,
+        comm_s: n > 1 ? median(rows.slice(2).map((x) => x.comm_s)) : 0,
+        wait_s: n > 1 ? median(rows.slice(2).map((x) => x.wait_s)) : 0,
+        speedup: runs.length ? runs[0].step_s / stepS : 1,
+      });
     }
   } finally {
     if (!values.keep) rmSync(root, { recursive: true, force: true });
@@ -80,9 +120,30 @@ export async function run(argv: string[]): Promise<void> {
   const out = process.stdout;
   out.write(`softpress bench train (${cores} cores, ${values.method} on ${values.base}, batch ${batch} x ${contextLen} tokens, median of steps 3..${steps})\n`);
   out.write('processes x threads   s/step   tokens/s   averaging s/step   waiting s/step   speed-up\n');
-  for (const x of runs) out.write(`${`${x.nproc} x ${x.threads}`.padEnd(22)}${x.step_s.toFixed(3).padStart(6)}   ${x.tok_s.toFixed(0).padStart(8)}   ${x.comm_s.toFixed(4).padStart(16)}   ${x.wait_s.toFixed(4).padStart(14)}   ${x.speedup.toFixed(2).padStart(8)}\n`);
+  for (const x of runs)
+    out.write(
+      `${`${x.nproc} x ${x.threads}`.padEnd(22)}${x.step_s.toFixed(3).padStart(6)}   ${x.tok_s.toFixed(0).padStart(8)}   ${x.comm_s.toFixed(4).padStart(16)}   ${x.wait_s.toFixed(4).padStart(14)}   ${x.speedup.toFixed(2).padStart(8)}\n`,
+    );
   if (values.json) {
     const round = (v: number, d: number) => Number(v.toFixed(d));
-    out.write(JSON.stringify({ bench: 'train', cores, method: values.method, base: values.base, batch, contextLen, steps, runs: runs.map((x) => ({ ...x, step_s: round(x.step_s, 4), tok_s: round(x.tok_s, 1), comm_s: round(x.comm_s, 5), wait_s: round(x.wait_s, 5), speedup: round(x.speedup, 3) })) }) + '\n');
+    out.write(
+      JSON.stringify({
+        bench: 'train',
+        cores,
+        method: values.method,
+        base: values.base,
+        batch,
+        contextLen,
+        steps,
+        runs: runs.map((x) => ({
+          ...x,
+          step_s: round(x.step_s, 4),
+          tok_s: round(x.tok_s, 1),
+          comm_s: round(x.comm_s, 5),
+          wait_s: round(x.wait_s, 5),
+          speedup: round(x.speedup, 3),
+        })),
+      }) + '\n',
+    );
   }
 }

@@ -28,7 +28,8 @@ export const DIST_OPTIONS = {
 
 export const DIST_USAGE = '[--nproc N | --rank R --world-size W --master ADDR:PORT] [--dist-timeout SECONDS]';
 
-export type DistPlan = { kind: 'single' } | { kind: 'launch'; nproc: number } | { kind: 'join'; rank: number; worldSize: number; master: string; timeoutMs: number };
+export type DistPlan =
+  { kind: 'single' } | { kind: 'launch'; nproc: number } | { kind: 'join'; rank: number; worldSize: number; master: string; timeoutMs: number };
 
 /** What the flags ask for: one process, a launcher of N local workers, or a rank of a group. */
 export function distPlan(v: { nproc?: string; rank?: string; 'world-size'?: string; master?: string; 'dist-timeout'?: string }): DistPlan {
@@ -37,7 +38,8 @@ export function distPlan(v: { nproc?: string; rank?: string; 'world-size'?: stri
   if (nproc !== undefined && joining) throw new Error('--nproc starts local workers itself: give it without --rank/--world-size/--master');
   const timeoutS = numberOpt('dist-timeout', v['dist-timeout'], { gt: 0 });
   if (joining) {
-    if (v.rank === undefined || v['world-size'] === undefined || v.master === undefined) throw new Error('joining a group needs all of --rank R --world-size W --master ADDR:PORT');
+    if (v.rank === undefined || v['world-size'] === undefined || v.master === undefined)
+      throw new Error('joining a group needs all of --rank R --world-size W --master ADDR:PORT');
     const worldSize = numberOpt('world-size', v['world-size'], { integer: true, min: 1 })!;
     const rank = numberOpt('rank', v.rank, { integer: true, min: 0, max: worldSize - 1 })!;
     parseMaster(v.master);
@@ -67,7 +69,13 @@ export function joinGroup(plan: Extract<DistPlan, { kind: 'join' }>): ProcessGro
  * they report), or runs `body` with the group it joins (closed after) or alone. Returns body's
  * result where it is to be reported (rank 0, or the single process), undefined elsewhere.
  */
-export async function runPlanned<T>(command: string, argv: string[], plan: DistPlan, body: (dist?: ProcessGroup) => Promise<T>, opts: { quiet?: boolean } = {}): Promise<T | undefined> {
+export async function runPlanned<T>(
+  command: string,
+  argv: string[],
+  plan: DistPlan,
+  body: (dist?: ProcessGroup) => Promise<T>,
+  opts: { quiet?: boolean } = {},
+): Promise<T | undefined> {
   if (plan.kind === 'launch') {
     await launchWorkers(command, argv, plan.nproc, opts.quiet ? { log: () => {} } : {});
     return undefined;
@@ -135,11 +143,15 @@ export async function launchWorkers(command: string, argv: string[], nproc: numb
       };
       for (let rank = 0; rank < nproc; rank++) {
         // Detached: a Ctrl-C at the terminal reaches the launcher alone, which passes it on once.
-        const child = spawn(process.execPath, [...process.execArgv, bin, command, ...rest, '--rank', String(rank), '--world-size', String(nproc), '--master', `127.0.0.1:${port}`], {
-          stdio: ['ignore', 'inherit', 'inherit'],
-          detached: true,
-          env: { ...process.env, SOFTPRESS_THREADS: threads, SOFTPRESS_LAUNCHER_PID: String(process.pid) },
-        });
+        const child = spawn(
+          process.execPath,
+          [...process.execArgv, bin, command, ...rest, '--rank', String(rank), '--world-size', String(nproc), '--master', `127.0.0.1:${port}`],
+          {
+            stdio: ['ignore', 'inherit', 'inherit'],
+            detached: true,
+            env: { ...process.env, SOFTPRESS_THREADS: threads, SOFTPRESS_LAUNCHER_PID: String(process.pid) },
+          },
+        );
         children.push(child);
         const ended = () => {
           if (--left > 0) return;

@@ -103,12 +103,15 @@ export class ProcessGroup {
     const joinTimeout = o.joinTimeoutMs ?? timeout;
     for (const t of [timeout, joinTimeout]) if (!(Number.isFinite(t) && t > 0)) throw new Error(`timeouts must be > 0 ms, got ${t}`);
     const local = o.localAddress ?? localAddressFor(host);
-    const h = wrap('init', o.rank, o.worldSize, () => c10d.distInit(o.rank, o.worldSize, host, port, local, Math.round(timeout), o.threads ?? 2, Math.round(joinTimeout)));
+    const h = wrap('init', o.rank, o.worldSize, () =>
+      c10d.distInit(o.rank, o.worldSize, host, port, local, Math.round(timeout), o.threads ?? 2, Math.round(joinTimeout)),
+    );
     return new ProcessGroup(h, o.rank, o.worldSize);
   }
 
   private group(op: string): GroupHandle {
-    if (!this.handle) throw new DistError(`c10d ${op} (rank ${this.rank} of ${this.worldSize}): the process group was destroyed`, op, this.rank, this.worldSize);
+    if (!this.handle)
+      throw new DistError(`c10d ${op} (rank ${this.rank} of ${this.worldSize}): the process group was destroyed`, op, this.rank, this.worldSize);
     return this.handle;
   }
 
@@ -116,14 +119,30 @@ export class ProcessGroup {
   allreduce(tensors: Tensor | Tensor[], op: ReduceOp = 'sum'): void {
     const g = this.group('allreduce');
     const ts = Array.isArray(tensors) ? tensors : [tensors];
-    wrap('allreduce', this.rank, this.worldSize, () => tidy(() => c10d.distAllreduce(g, ts.map((t) => t.detach().handle), REDUCE[op])));
+    wrap('allreduce', this.rank, this.worldSize, () =>
+      tidy(() =>
+        c10d.distAllreduce(
+          g,
+          ts.map((t) => t.detach().handle),
+          REDUCE[op],
+        ),
+      ),
+    );
   }
 
   /** Every rank's tensors take root's values (in place; contiguous tensors). */
   broadcast(tensors: Tensor | Tensor[], root = 0): void {
     const g = this.group('broadcast');
     const ts = Array.isArray(tensors) ? tensors : [tensors];
-    wrap('broadcast', this.rank, this.worldSize, () => tidy(() => c10d.distBroadcast(g, ts.map((t) => t.detach().handle), root)));
+    wrap('broadcast', this.rank, this.worldSize, () =>
+      tidy(() =>
+        c10d.distBroadcast(
+          g,
+          ts.map((t) => t.detach().handle),
+          root,
+        ),
+      ),
+    );
   }
 
   /** Returns when every rank has reached it. */

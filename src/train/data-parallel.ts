@@ -48,11 +48,17 @@ export function syncStart(g: ProcessGroup, params: Parameter[], opt: AdamW, star
       const [h0, h1] = Array.from(hi.toArray() as Float64Array);
       const [l0, l1] = Array.from(lo.toArray() as Float64Array);
       if (h0 !== l0 || h1 !== l1) {
-        throw new Error(`rank ${g.rank} trains ${own[0]} tensors (${own[1]} values), others between ${l0} and ${h0} tensors (${l1} to ${h1} values): give every rank the same base, method and flags`);
+        throw new Error(
+          `rank ${g.rank} trains ${own[0]} tensors (${own[1]} values), others between ${l0} and ${h0} tensors (${l1} to ${h1} values): give every rank the same base, method and flags`,
+        );
       }
       // Header: step, elapsed, optimiser step count, then each parameter's own step (-1: no state).
       const sd = lead ? opt.stateDict({ copy: false }) : undefined;
-      const header = tensor(lead ? [start.step, start.elapsed, sd!.step, ...params.map((_, i) => sd!.state.get(i)?.step ?? -1)] : new Array(3 + params.length).fill(0), [3 + params.length], { dtype: 'float64' });
+      const header = tensor(
+        lead ? [start.step, start.elapsed, sd!.step, ...params.map((_, i) => sd!.state.get(i)?.step ?? -1)] : new Array(3 + params.length).fill(0),
+        [3 + params.length],
+        { dtype: 'float64' },
+      );
       g.broadcast(header, 0);
       const h = Array.from(header.toArray() as Float64Array);
       const [step, elapsed, optStep] = h;
@@ -98,7 +104,12 @@ export function microStats(g: ProcessGroup, tokens: number, loss: number): { tok
  * rank asked to stop (`stop` of any rank), the seconds spent waiting for the slowest rank to
  * reach the averaging (`wait`), and the seconds of the averaging itself (`seconds`).
  */
-export function averageGradients(g: ProcessGroup, params: Parameter[], stop: boolean, bucketBytes = BUCKET_BYTES): { stop: boolean; wait: number; seconds: number } {
+export function averageGradients(
+  g: ProcessGroup,
+  params: Parameter[],
+  stop: boolean,
+  bucketBytes = BUCKET_BYTES,
+): { stop: boolean; wait: number; seconds: number } {
   const t0 = performance.now();
   let t1 = t0;
   const anyStop = tidy(() =>
