@@ -43,7 +43,9 @@ if (!existsSync(header)) {
 const glooHeaders = [...(libtorch ? [join(libtorch, 'include', 'gloo', 'algorithm.h')] : []), '/usr/include/gloo/algorithm.h'];
 if (!glooHeaders.some((h) => existsSync(h))) {
   say(
-    "Gloo's headers are missing (no " + glooHeaders.join(' or ') + '), which the data-parallel training needs. ' +
+    "Gloo's headers are missing (no " +
+      glooHeaders.join(' or ') +
+      '), which the data-parallel training needs. ' +
       'Install the apt package libgloo-dev (sudo apt-get install libgloo-dev), then reinstall softpress.',
   );
   process.exit(1);

@@ -4,7 +4,9 @@
 import { writeFileSync } from 'node:fs';
 import { compressorNames, compressorRecipe, recipeReport } from '../dist/src/compress/index.js';
 
-const recipes = compressorNames({ learnedOnly: true }).map((m) => compressorRecipe(m)).filter(Boolean);
+const recipes = compressorNames({ learnedOnly: true })
+  .map((m) => compressorRecipe(m))
+  .filter(Boolean);
 const notes = `
 ## What our compute and bases force
 

@@ -89,7 +89,8 @@ export interface StreamOptions extends AskOptions {
 
 /** @internal The compressor of a folder or a strategy name, and its default budget. */
 export function openCompressor(model: LlamaModel, dir: string | undefined, method: string | undefined): { compressor: Compressor; defaultBudget?: Budget } {
-  if ((dir === undefined) === (method === undefined)) throw new OptionsError('give --compressor DIR (a trained compressor) or --method NAME (full, none, truncate), exactly one');
+  if ((dir === undefined) === (method === undefined))
+    throw new OptionsError('give --compressor DIR (a trained compressor) or --method NAME (full, none, truncate), exactly one');
   if (dir !== undefined) {
     if (!existsSync(dir)) throw new LoadError(`compressor folder not found: ${dir}`);
     const compressor = loadCompressor(dir, model);
@@ -300,7 +301,8 @@ export class Softpress implements Disposable {
 
   #check(ctx: SoftContext): RawSoftContext {
     const raw = ctx.raw;
-    if (raw.meta.baseFingerprint !== this.model.fingerprint()) throw new LoadError(`this context was made for base model ${raw.meta.baseFingerprint}, not the open one (${this.model.fingerprint()})`);
+    if (raw.meta.baseFingerprint !== this.model.fingerprint())
+      throw new LoadError(`this context was made for base model ${raw.meta.baseFingerprint}, not the open one (${this.model.fingerprint()})`);
     if (raw.meta.method !== this.method) throw new LoadError(`this context was made by '${raw.meta.method}', the open compressor is '${this.method}'`);
     return raw;
   }
@@ -325,7 +327,14 @@ export class Softpress implements Disposable {
     const tok = this.#tokenizer;
     const format = qaPromptFormat(tok);
     this.#stops ??= [...new Set([...answerStopIds(tok), ...format.stopIds])];
-    const results = await drain(this.#decode(raw, list.map((q) => format.tail(q)), { ...opts, maxTokens }, new Set(this.#stops)));
+    const results = await drain(
+      this.#decode(
+        raw,
+        list.map((q) => format.tail(q)),
+        { ...opts, maxTokens },
+        new Set(this.#stops),
+      ),
+    );
     return {
       answers: results.map((r, i) => ({ question: list[i], answer: tok.decode(r.tokens).split('\n')[0].trim(), tokens: r.tokens.length })),
       prefillMs: Math.max(...results.map((r) => r.prefillMs)),
@@ -380,7 +389,10 @@ export class Softpress implements Disposable {
         const { embeds, mask } = contextPrefix(model, raw, lead); // [1, P', dim], [1, P']
         const flat = embeds.reshape(embeds.size(1), model.dim);
         const keep: number[] = [];
-        mask.reshape(-1).toArray().forEach((v, i) => v && keep.push(i));
+        mask
+          .reshape(-1)
+          .toArray()
+          .forEach((v, i) => v && keep.push(i));
         return keep.length === flat.size(0) ? flat : flat.indexSelect(0, tensor(keep, [keep.length], { dtype: 'int64' }));
       }),
     ).keep();

@@ -45,7 +45,9 @@ function referenceAnswers(sp: Softpress, ctx: SoftContext, questions: string[], 
   const tok = sp.tokenizer;
   const format = qaPromptFormat(tok);
   const stopTokens = [...new Set([...answerStopIds(tok), ...format.stopIds])];
-  return questions.map((q) => tidy(() => noGrad(() => generateWithContext(model, ctx.raw, [format.tail(q)], format.lead, { maxTokens, temperature: 0, stopTokens }).tokens[0])));
+  return questions.map((q) =>
+    tidy(() => noGrad(() => generateWithContext(model, ctx.raw, [format.tail(q)], format.lead, { maxTokens, temperature: 0, stopTokens }).tokens[0])),
+  );
 }
 
 test('open → compress → save → load → ask, answers equal to the evaluation decoder', async () => {
@@ -64,7 +66,11 @@ test('open → compress → save → load → ask, answers equal to the evaluati
 
     const fresh = await sp.askDetailed(ctx, QUESTIONS, { maxTokens: 6 });
     const stored = await sp.ask(loaded, QUESTIONS, { maxTokens: 6 });
-    assert.deepEqual(stored, fresh.answers.map((a) => a.answer), 'a stored context answers as the fresh one');
+    assert.deepEqual(
+      stored,
+      fresh.answers.map((a) => a.answer),
+      'a stored context answers as the fresh one',
+    );
     const reference = referenceAnswers(sp, ctx, QUESTIONS, 6);
     fresh.answers.forEach((a, i) => {
       assert.equal(a.question, QUESTIONS[i]);
@@ -95,7 +101,11 @@ test('a trained compressor folder: its default ratio, its method checked on stor
   using truncate = await Softpress.open({ base: baseDir, method: 'truncate' });
   using stored = await SoftContext.load(file);
   await assert.rejects(truncate.ask(stored, 'Who?'), (e: unknown) => e instanceof LoadError && /made by 'meanpool'/.test((e as Error).message));
-  await assert.rejects(Softpress.open({ base: otherBaseDir, compressor: meanpoolDir }), /trained for base model/, 'a compressor for another base model is refused');
+  await assert.rejects(
+    Softpress.open({ base: otherBaseDir, compressor: meanpoolDir }),
+    /trained for base model/,
+    'a compressor for another base model is refused',
+  );
   using other = await Softpress.open({ base: otherBaseDir, method: 'truncate' });
   await assert.rejects(SoftContext.load(file, other), LoadError, 'a context made for another base model is refused');
 });
@@ -108,7 +118,13 @@ test('stream: the pieces are the reply the decoder gives, and an abandoned strea
   for await (const piece of sp.stream(ctx, prompt, { maxTokens: 12 })) pieces.push(piece);
   const tok = sp.tokenizer;
   const format = qaPromptFormat(tok);
-  const ref = tidy(() => noGrad(() => generateWithContext(sp.model, ctx.raw, [tok.encode(`\n${prompt}\n`)], format.lead, { maxTokens: 12, temperature: 0, stopTokens: format.stopIds }).tokens[0]));
+  const ref = tidy(() =>
+    noGrad(
+      () =>
+        generateWithContext(sp.model, ctx.raw, [tok.encode(`\n${prompt}\n`)], format.lead, { maxTokens: 12, temperature: 0, stopTokens: format.stopIds })
+          .tokens[0],
+    ),
+  );
   assert.equal(pieces.join(''), tok.decode(ref.filter((id) => !format.stopIds.includes(id))));
 
   await collectGarbage();

@@ -16,18 +16,34 @@ import { maxDiff } from './helpers/close.js';
 
 const { model: base, tokenizer: tok } = tinyBase();
 
-
 const ids = (row: number[]) => tensor(row, [1, row.length], { dtype: 'int64' });
 const ctxA = tok.encode('Call me Ishmael. Some years ago, never mind how long precisely, having little money.');
 const ctxB = tok.encode('It is a way I have of driving off the spleen.');
 
 test('meanpool groups: ratio (last group shorter, fractional ratios) and token budgets', () => {
-  assert.deepEqual(poolGroups(7, { ratio: 4 }), [[0, 4], [4, 7]]);
-  assert.deepEqual(poolGroups(8, { ratio: 4 }), [[0, 4], [4, 8]]);
+  assert.deepEqual(poolGroups(7, { ratio: 4 }), [
+    [0, 4],
+    [4, 7],
+  ]);
+  assert.deepEqual(poolGroups(8, { ratio: 4 }), [
+    [0, 4],
+    [4, 8],
+  ]);
   assert.deepEqual(poolGroups(1, { ratio: 8 }), [[0, 1]]);
-  assert.deepEqual(poolGroups(5, { ratio: 2.5 }), [[0, 2], [2, 5]]);
-  assert.deepEqual(poolGroups(7, { tokens: 3 }), [[0, 2], [2, 4], [4, 7]]);
-  assert.deepEqual(poolGroups(2, { tokens: 3 }), [[0, 1], [0, 1], [1, 2]]);
+  assert.deepEqual(poolGroups(5, { ratio: 2.5 }), [
+    [0, 2],
+    [2, 5],
+  ]);
+  assert.deepEqual(poolGroups(7, { tokens: 3 }), [
+    [0, 2],
+    [2, 4],
+    [4, 7],
+  ]);
+  assert.deepEqual(poolGroups(2, { tokens: 3 }), [
+    [0, 1],
+    [0, 1],
+    [1, 2],
+  ]);
   assert.deepEqual(poolGroups(0, { ratio: 4 }), []);
   for (const T of [1, 5, 31, 50]) {
     for (const budget of [{ ratio: 3 }, { ratio: 4 }, { ratio: 8 }, { tokens: 5 }]) {
@@ -50,9 +66,13 @@ test('meanpool untrained = exact group means (identity projector) of embeddings 
         for (const budget of [{ ratio: 4 }, { tokens: 3 }]) {
           const ctx = c.compress([ctxA, ctxB], budget);
           [ctxA, ctxB].forEach((row, i) => {
-            const reps = source === 'embeddings' ? base.embed(ids(row)) : base.forward({ ids: ids([tok.bos, ...row]), logits: 'none' }).hidden.narrow(1, 1, row.length);
+            const reps =
+              source === 'embeddings' ? base.embed(ids(row)) : base.forward({ ids: ids([tok.bos, ...row]), logits: 'none' }).hidden.narrow(1, 1, row.length);
             const groups = poolGroups(row.length, budget);
-            const want = cat(groups.map(([s, e]) => reps.narrow(1, s, e - s).mean(1, true)), 1);
+            const want = cat(
+              groups.map(([s, e]) => reps.narrow(1, s, e - s).mean(1, true)),
+              1,
+            );
             const got = ctx.softTokens!.narrow(0, i, 1).narrow(1, 0, groups.length);
             assert.ok(maxDiff(got, want) < 1e-5, `${source} ${JSON.stringify(budget)} item ${i}`);
           });
@@ -85,7 +105,10 @@ test('icae: slot limit, options from strings, LoRA kept off the base model', () 
   assert.equal(names.filter((n) => n.startsWith('lora.')).length, base.config.numLayers * 3 * 2);
   assert.deepEqual(c.module.memory.value.shape, [8, base.dim]);
   assert.equal(base.namedParameters().filter(([n]) => n.includes('lora')).length, 0, 'no adapter attached to the shared base');
-  assert.throws(() => c.compress([ctxA], { ratio: 2 }), new RegExp(`asks for ${Math.ceil(ctxA.length / 2)} memory tokens for a context of ${ctxA.length} tokens, but this compressor has 8 slots \\(maxSlots\\)`));
+  assert.throws(
+    () => c.compress([ctxA], { ratio: 2 }),
+    new RegExp(`asks for ${Math.ceil(ctxA.length / 2)} memory tokens for a context of ${ctxA.length} tokens, but this compressor has 8 slots \\(maxSlots\\)`),
+  );
   assert.throws(() => c.compress([ctxA], { tokens: 9 }), /maxSlots/);
   assert.throws(() => createCompressor('icae', base, { loraTargets: 'q,x' }), /loraTargets/);
   tidy(() => noGrad(() => assert.deepEqual(c.compress([ctxA], { ratio: 3 }).meta.softTokens, [Math.ceil(ctxA.length / 3)])));
@@ -103,7 +126,16 @@ test('icae: memory rows start as learned vectors at the embedding scale (or near
       const mem = c.module.memory.value;
       const memStd = mem.square().mean().sqrt().item();
       assert.ok(Math.abs(memStd / std - 1) < 0.1, `memory rms ${memStd} vs embedding std ${std}`);
-      assert.ok(mem.narrow(0, 0, 1).sub(mem.narrow(0, 1, 1)).abs().max().item() > 0.1 * std, 'rows differ');
+      assert.ok(
+        mem
+          .narrow(0, 0, 1)
+          .sub(mem.narrow(0, 1, 1))
+          .abs()
+          .max()
+          .item() >
+          0.1 * std,
+        'rows differ',
+      );
       // The [AE] token is a learned vector too; [LM] is off by default (the official code's default).
       assert.deepEqual(c.module.ae!.value.shape, [base.dim]);
       assert.equal(c.module.lm, undefined);
@@ -129,7 +161,11 @@ test('icae: memory rows start as learned vectors at the embedding scale (or near
 
 test('icae: LoRA dropout follows the compressor mode (the shared base stays in eval mode)', () => {
   const c = new IcaeCompressor(base, { maxSlots: 16, loraDropout: 0.5 });
-  tidy(() => noGrad(() => { for (const [n, p] of c.module.namedParameters()) if (n.includes('lora_B')) p.value.add_(randn(p.value.shape).mul(0.5)); }));
+  tidy(() =>
+    noGrad(() => {
+      for (const [n, p] of c.module.namedParameters()) if (n.includes('lora_B')) p.value.add_(randn(p.value.shape).mul(0.5));
+    }),
+  );
   tidy(() =>
     noGrad(() => {
       c.setTraining(true);
@@ -146,13 +182,20 @@ test('icae: LoRA dropout follows the compressor mode (the shared base stays in e
 });
 
 test('strategies: full and none ignore the budget; the soft tokens they announce are the ones they make', () => {
-  const contexts = [[5, 6, 7, 8, 9, 10, 11], [12, 13]];
+  const contexts = [
+    [5, 6, 7, 8, 9, 10, 11],
+    [12, 13],
+  ];
   for (const method of ['full', 'none', 'truncate']) {
     const c = createCompressor(method, base);
     assert.equal(!!c.budgetFree, method !== 'truncate', `${method}: budget-free`);
     for (const budget of [{ ratio: 1 }, { ratio: 3 }, { tokens: 1 }]) {
       const made = c.compress(contexts, budget).meta.softTokens;
-      assert.deepEqual(contexts.map((x) => softTokensOf(c, x.length, budget)), made, `${method} at ${JSON.stringify(budget)}`);
+      assert.deepEqual(
+        contexts.map((x) => softTokensOf(c, x.length, budget)),
+        made,
+        `${method} at ${JSON.stringify(budget)}`,
+      );
     }
   }
   assert.deepEqual(createCompressor('truncate', base).compress(contexts, { ratio: 3 }).meta.softTokens, [3, 1]);

@@ -21,8 +21,30 @@ const BIN = path.resolve(process.cwd(), 'bin/softpress.js');
 
 // What llama-bench -o json prints (fields trimmed), one pp and one tg entry.
 const LLAMA_BENCH_JSON = JSON.stringify([
-  { build_commit: 'abc', model_filename: 'x.gguf', n_threads: 2, n_prompt: 16, n_gen: 0, avg_ns: 1, stddev_ns: 0, avg_ts: 812.5, stddev_ts: 3.1, samples_ts: [812.5] },
-  { build_commit: 'abc', model_filename: 'x.gguf', n_threads: 2, n_prompt: 0, n_gen: 4, avg_ns: 1, stddev_ns: 0, avg_ts: 95.25, stddev_ts: 1.2, samples_ts: [95.25] },
+  {
+    build_commit: 'abc',
+    model_filename: 'x.gguf',
+    n_threads: 2,
+    n_prompt: 16,
+    n_gen: 0,
+    avg_ns: 1,
+    stddev_ns: 0,
+    avg_ts: 812.5,
+    stddev_ts: 3.1,
+    samples_ts: [812.5],
+  },
+  {
+    build_commit: 'abc',
+    model_filename: 'x.gguf',
+    n_threads: 2,
+    n_prompt: 0,
+    n_gen: 4,
+    avg_ns: 1,
+    stddev_ns: 0,
+    avg_ts: 95.25,
+    stddev_ts: 1.2,
+    samples_ts: [95.25],
+  },
 ]);
 
 function tmpDir(): string {
@@ -72,7 +94,13 @@ test('bench prompt: exactly n ids of text in the tokenizer, seeded random ids wi
 test('llama-bench missing gives null figures with a note', async () => {
   const home = tmpDir();
   try {
-    const viaEnv = await benchLlamaCpp(GGUF, { threads: 2, promptTokens: 16, genTokens: 4, env: { LLAMA_BENCH: path.join(home, 'no-such-llama-bench') }, home });
+    const viaEnv = await benchLlamaCpp(GGUF, {
+      threads: 2,
+      promptTokens: 16,
+      genTokens: 4,
+      env: { LLAMA_BENCH: path.join(home, 'no-such-llama-bench') },
+      home,
+    });
     assert.deepEqual([viaEnv.prefill_tok_s, viaEnv.decode_tok_s], [null, null]);
     assert.match(viaEnv.note, /does not exist/);
     const none = await benchLlamaCpp(GGUF, { threads: 2, promptTokens: 16, genTokens: 4, env: {}, home });
@@ -119,7 +147,10 @@ test('a failing llama-bench is an error with the last line of its stderr; bad JS
   const home = tmpDir();
   try {
     const failing = fakeLlamaBench(home, "echo 'loading model' >&2\necho 'error: failed to load model x.gguf' >&2\nexit 1");
-    await assert.rejects(benchLlamaCpp(GGUF, { threads: 2, promptTokens: 16, genTokens: 4, env: { LLAMA_BENCH: failing }, home }), /llama-bench failed \(exit 1\): error: failed to load model x\.gguf$/);
+    await assert.rejects(
+      benchLlamaCpp(GGUF, { threads: 2, promptTokens: 16, genTokens: 4, env: { LLAMA_BENCH: failing }, home }),
+      /llama-bench failed \(exit 1\): error: failed to load model x\.gguf$/,
+    );
     const garbage = fakeLlamaBench(tmpDir(), 'echo not json');
     await assert.rejects(benchLlamaCpp(GGUF, { threads: 2, promptTokens: 16, genTokens: 4, env: { LLAMA_BENCH: garbage }, home }), /no JSON array/);
     fs.rmSync(path.dirname(garbage), { recursive: true, force: true });
@@ -139,7 +170,8 @@ test('softpress bench generate --json: the last stdout line is the one JSON obje
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
     const json = JSON.parse(lines[lines.length - 1]) as Record<string, unknown>;
-    for (const k of ['bench', 'model', 'threads', 'prefill_tok_s', 'decode_tok_s', 'llamacpp_prefill_tok_s', 'llamacpp_decode_tok_s']) assert.ok(k in json, `missing ${k}`);
+    for (const k of ['bench', 'model', 'threads', 'prefill_tok_s', 'decode_tok_s', 'llamacpp_prefill_tok_s', 'llamacpp_decode_tok_s'])
+      assert.ok(k in json, `missing ${k}`);
     assert.equal(json.bench, 'generate');
     assert.equal(json.threads, 2);
     assert.ok(positive(json.prefill_tok_s) && positive(json.decode_tok_s));
@@ -147,7 +179,10 @@ test('softpress bench generate --json: the last stdout line is the one JSON obje
     assert.equal(json.llamacpp_decode_tok_s, null);
     assert.equal(lines.filter((l) => l.startsWith('{')).length, 1);
     assert.match(r.stderr, /not a GGUF file/);
-    const bad = spawnSync(process.execPath, [BIN, 'bench', 'generate', '--model', path.join(home, 'nope')], { encoding: 'utf8', env: { ...process.env, SOFTPRESS_HOME: home } });
+    const bad = spawnSync(process.execPath, [BIN, 'bench', 'generate', '--model', path.join(home, 'nope')], {
+      encoding: 'utf8',
+      env: { ...process.env, SOFTPRESS_HOME: home },
+    });
     assert.equal(bad.status, 1);
     assert.match(bad.stderr.trim().split('\n').pop()!, /^softpress bench: model not found: /);
   } finally {

@@ -89,8 +89,14 @@ function unit(name: string, fn: () => void | Promise<void>): void {
 // ---- (a) encoder ---------------------------------------------------------------------------------
 
 unit('segment plan and memory windows follow (j+1) l / c', () => {
-  assert.deepEqual([0, 1, 2, 3].map((j) => memoryWindowEnd(j, 16, 4)), [4, 8, 12, 16]);
-  assert.deepEqual([0, 1, 2].map((j) => memoryWindowEnd(j, 10, 3)), [4, 7, 10]); // ceil for a ragged split
+  assert.deepEqual(
+    [0, 1, 2, 3].map((j) => memoryWindowEnd(j, 16, 4)),
+    [4, 8, 12, 16],
+  );
+  assert.deepEqual(
+    [0, 1, 2].map((j) => memoryWindowEnd(j, 10, 3)),
+    [4, 7, 10],
+  ); // ceil for a ragged split
   assert.deepEqual(segmentPlan(20, 8, 2), [
     { start: 0, length: 8, slots: 2 },
     { start: 8, length: 8, slots: 2 },
@@ -99,45 +105,54 @@ unit('segment plan and memory windows follow (j+1) l / c', () => {
   assert.deepEqual(segmentPlan(20, 8, 2, 'full')[2], { start: 16, length: 4, slots: 2 });
 });
 
-unit('(a) encoder: memory j attends exactly tokens [0, (j+1) l/c) and itself, at position (j+1) l/c', scoped(() => {
-  const model = tinyModel();
-  const ccf = tinyCcf(model, 16);
-  const l = 16;
-  const c = 4;
-  const seg = tokens(l, 1);
-  const latents = ccf.encode(ids([seg]), c); // per layer [1, c, dim]
-  assert.equal(latents.length, TINY.num_hidden_layers);
-  for (const m of latents) assert.deepEqual(m.shape, [1, c, TINY.hidden_size]);
+unit(
+  '(a) encoder: memory j attends exactly tokens [0, (j+1) l/c) and itself, at position (j+1) l/c',
+  scoped(() => {
+    const model = tinyModel();
+    const ccf = tinyCcf(model, 16);
+    const l = 16;
+    const c = 4;
+    const seg = tokens(l, 1);
+    const latents = ccf.encode(ids([seg]), c); // per layer [1, c, dim]
+    assert.equal(latents.length, TINY.num_hidden_layers);
+    for (const m of latents) assert.deepEqual(m.shape, [1, c, TINY.hidden_size]);
 
-  // Reference: memory j alone after its window, under the ordinary causal mask, at position e_j.
-  for (let j = 0; j < c; j++) {
-    const e = ((j + 1) * l) / c;
-    const embeds = cat([model.embed(ids([seg.slice(0, e)])), ccf.net.pi.value.view(1, 1, -1)], 1);
-    const positionIds = tensor([...Array.from({ length: e }, (_, i) => i), e], [e + 1], { dtype: 'int64' });
-    const ref = model.forward({ inputsEmbeds: embeds, positionIds, outputAttnInputs: true, logits: 'none', lora: ccf.net.encoder }).attnInputs!;
-    ref.forEach((h, n) => assertClose(latents[n].narrow(1, j, 1), h.narrow(1, e, 1), 1e-10, `memory ${j} layer ${n} vs its window alone`));
-  }
-
-  // Perturbing a token changes exactly the memories whose window holds it. (Layer 0's memory is
-  // the normalised pi itself, the same for every segment: its attention input precedes any mixing.)
-  for (const pos of [5, 12]) {
-    const other = seg.slice();
-    other[pos] = (other[pos] % (TINY.vocab_size - 1)) + 1;
-    const moved = ccf.encode(ids([other]), c);
+    // Reference: memory j alone after its window, under the ordinary causal mask, at position e_j.
     for (let j = 0; j < c; j++) {
-      const inWindow = pos < ((j + 1) * l) / c;
-      assert.ok(maxDiff(latents[0].narrow(1, j, 1), moved[0].narrow(1, j, 1)) === 0, 'layer 0 memory depends only on pi');
-      for (let n = 1; n < latents.length; n++) {
-        const d = maxDiff(latents[n].narrow(1, j, 1), moved[n].narrow(1, j, 1));
-        if (inWindow) assert.ok(d > 1e-6, `token ${pos} is in memory ${j}'s window: layer ${n} should change (diff ${d})`);
-        else assert.ok(d < 1e-12, `token ${pos} is outside memory ${j}'s window: layer ${n} changed by ${d}`);
+      const e = ((j + 1) * l) / c;
+      const embeds = cat([model.embed(ids([seg.slice(0, e)])), ccf.net.pi.value.view(1, 1, -1)], 1);
+      const positionIds = tensor([...Array.from({ length: e }, (_, i) => i), e], [e + 1], { dtype: 'int64' });
+      const ref = model.forward({ inputsEmbeds: embeds, positionIds, outputAttnInputs: true, logits: 'none', lora: ccf.net.encoder }).attnInputs!;
+      ref.forEach((h, n) => assertClose(latents[n].narrow(1, j, 1), h.narrow(1, e, 1), 1e-10, `memory ${j} layer ${n} vs its window alone`));
+    }
+
+    // Perturbing a token changes exactly the memories whose window holds it. (Layer 0's memory is
+    // the normalised pi itself, the same for every segment: its attention input precedes any mixing.)
+    for (const pos of [5, 12]) {
+      const other = seg.slice();
+      other[pos] = (other[pos] % (TINY.vocab_size - 1)) + 1;
+      const moved = ccf.encode(ids([other]), c);
+      for (let j = 0; j < c; j++) {
+        const inWindow = pos < ((j + 1) * l) / c;
+        assert.ok(maxDiff(latents[0].narrow(1, j, 1), moved[0].narrow(1, j, 1)) === 0, 'layer 0 memory depends only on pi');
+        for (let n = 1; n < latents.length; n++) {
+          const d = maxDiff(latents[n].narrow(1, j, 1), moved[n].narrow(1, j, 1));
+          if (inWindow) assert.ok(d > 1e-6, `token ${pos} is in memory ${j}'s window: layer ${n} should change (diff ${d})`);
+          else assert.ok(d < 1e-12, `token ${pos} is outside memory ${j}'s window: layer ${n} changed by ${d}`);
+        }
       }
     }
-  }
-  // The encoder LoRA and pi are in the memories.
-  const noLora = model.forward({ inputsEmbeds: cat([model.embed(ids([seg])), ccf.net.pi.value.view(1, 1, -1).expand(1, c, -1)], 1), positionIds: ccf.encoderLayout(l, c).positions, attnMask: ccf.encoderLayout(l, c).mask, outputAttnInputs: true, logits: 'none' }).attnInputs!;
-  assertDiffer(latents[1], noLora[1].narrow(1, l, c), 1e-4, 'encoder with vs without its LoRA');
-}));
+    // The encoder LoRA and pi are in the memories.
+    const noLora = model.forward({
+      inputsEmbeds: cat([model.embed(ids([seg])), ccf.net.pi.value.view(1, 1, -1).expand(1, c, -1)], 1),
+      positionIds: ccf.encoderLayout(l, c).positions,
+      attnMask: ccf.encoderLayout(l, c).mask,
+      outputAttnInputs: true,
+      logits: 'none',
+    }).attnInputs!;
+    assertDiffer(latents[1], noLora[1].narrow(1, l, c), 1e-4, 'encoder with vs without its LoRA');
+  }),
+);
 
 // ---- (b) decoder -----------------------------------------------------------------------------------
 
@@ -147,10 +162,11 @@ function ropeByHand(model: LlamaModel, x: Tensor): Tensor {
   const inv = ropeInvFreq(model.config);
   const cos: number[] = [];
   const sin: number[] = [];
-  for (let p = 0; p < t; p++) for (let j = 0; j < hd / 2; j++) {
-    cos.push(Math.cos(p * inv[j]));
-    sin.push(Math.sin(p * inv[j]));
-  }
+  for (let p = 0; p < t; p++)
+    for (let j = 0; j < hd / 2; j++) {
+      cos.push(Math.cos(p * inv[j]));
+      sin.push(Math.sin(p * inv[j]));
+    }
   const cosT = tensor(cos, [1, 1, t, hd / 2], { dtype: 'float64' });
   const sinT = tensor(sin, [1, 1, t, hd / 2], { dtype: 'float64' });
   const x1 = x.narrow(-1, 0, hd / 2);
@@ -158,46 +174,58 @@ function ropeByHand(model: LlamaModel, x: Tensor): Tensor {
   return cat([x1.mul(cosT).sub(x2.mul(sinT)), x2.mul(cosT).add(x1.mul(sinT))], -1);
 }
 
-unit('(b) decoder: memory keys/values use the decoder LoRA; tokens read them with positions after the memory', scoped(() => {
-  const model = tinyModel();
-  const ccf = tinyCcf(model, 8);
-  const { numKvHeads: kvh, headDim: hd } = model.config;
-  const context = [tokens(16, 3), tokens(16, 4)];
-  const ctx = ccf.compress(context, { ratio: 4 }); // 2 segments x 2 slots
-  const m = 4;
-  assert.equal(ctx.memoryKv!.length, TINY.num_hidden_layers);
-  assert.deepEqual(ctx.memoryKv![0].k.shape, [2, kvh, m, hd]);
-  assert.deepEqual(ctx.meta.softTokens, [m, m]);
+unit(
+  '(b) decoder: memory keys/values use the decoder LoRA; tokens read them with positions after the memory',
+  scoped(() => {
+    const model = tinyModel();
+    const ccf = tinyCcf(model, 8);
+    const { numKvHeads: kvh, headDim: hd } = model.config;
+    const context = [tokens(16, 3), tokens(16, 4)];
+    const ctx = ccf.compress(context, { ratio: 4 }); // 2 segments x 2 slots
+    const m = 4;
+    assert.equal(ctx.memoryKv!.length, TINY.num_hidden_layers);
+    assert.deepEqual(ctx.memoryKv![0].k.shape, [2, kvh, m, hd]);
+    assert.deepEqual(ctx.meta.softTokens, [m, m]);
 
-  // Layer 0 by hand: latents of both segments, base k/v projections + scale * B A m, RoPE 0..m-1.
-  const lat = [0, 8].map((s) => ccf.encode(ids(context.map((r) => r.slice(s, s + 8))), 2)[0]);
-  const mem0 = cat(lat, 1); // [2, 4, dim]
-  const attn = model.layers[0].selfAttn;
-  const adapter = (target: string, x: Tensor) => {
-    const p = new Map(ccf.net.decoder.namedParameters());
-    const a = p.get(`0.${target}.lora_A.weight`)!.value;
-    const b = p.get(`0.${target}.lora_B.weight`)!.value;
-    return linear(linear(x, a), b).mul(ccf.net.decoder.scale);
-  };
-  const heads = (x: Tensor) => x.view(2, m, kvh, hd).transpose(1, 2);
-  const kByHand = ropeByHand(model, heads(linear(mem0, attn.kProj.weight.value).add(adapter('k', mem0))));
-  const vByHand = heads(linear(mem0, attn.vProj.weight.value).add(adapter('v', mem0)));
-  assertClose(ctx.memoryKv![0].k, kByHand, 1e-6, 'layer 0 memory keys'); // the model's RoPE tables are float32
-  assertClose(ctx.memoryKv![0].v, vByHand, 1e-10, 'layer 0 memory values');
+    // Layer 0 by hand: latents of both segments, base k/v projections + scale * B A m, RoPE 0..m-1.
+    const lat = [0, 8].map((s) => ccf.encode(ids(context.map((r) => r.slice(s, s + 8))), 2)[0]);
+    const mem0 = cat(lat, 1); // [2, 4, dim]
+    const attn = model.layers[0].selfAttn;
+    const adapter = (target: string, x: Tensor) => {
+      const p = new Map(ccf.net.decoder.namedParameters());
+      const a = p.get(`0.${target}.lora_A.weight`)!.value;
+      const b = p.get(`0.${target}.lora_B.weight`)!.value;
+      return linear(linear(x, a), b).mul(ccf.net.decoder.scale);
+    };
+    const heads = (x: Tensor) => x.view(2, m, kvh, hd).transpose(1, 2);
+    const kByHand = ropeByHand(model, heads(linear(mem0, attn.kProj.weight.value).add(adapter('k', mem0))));
+    const vByHand = heads(linear(mem0, attn.vProj.weight.value).add(adapter('v', mem0)));
+    assertClose(ctx.memoryKv![0].k, kByHand, 1e-6, 'layer 0 memory keys'); // the model's RoPE tables are float32
+    assertClose(ctx.memoryKv![0].v, vByHand, 1e-10, 'layer 0 memory values');
 
-  // Decoding: tokens at positions m.. (base projections), every memory slot visible.
-  const tail = ids([tokens(5, 5), tokens(5, 6)]);
-  const dec = ccf.decodeLogits(tail, ctx.memoryKv);
-  const explicit = model.forward({ ids: tail, kvPrefix: ctx.memoryKv, positionIds: arange(m, m + 5) }).logits!;
-  assertClose(dec, explicit, 1e-12, 'decoder positions continue after the memory');
-  assertDiffer(dec, model.forward({ ids: tail }).logits!, 1e-4, 'decoding with vs without memory');
-  const withoutLora: LayerKv[] = model.layers.map((_, n) =>model.prefixKv(n, cat([0, 8].map((s) => ccf.encode(ids(context.map((r) => r.slice(s, s + 8))), 2)[n]), 1), 0));
-  assertDiffer(dec, ccf.decodeLogits(tail, withoutLora), 1e-4, 'memory keys with vs without the decoder LoRA');
+    // Decoding: tokens at positions m.. (base projections), every memory slot visible.
+    const tail = ids([tokens(5, 5), tokens(5, 6)]);
+    const dec = ccf.decodeLogits(tail, ctx.memoryKv);
+    const explicit = model.forward({ ids: tail, kvPrefix: ctx.memoryKv, positionIds: arange(m, m + 5) }).logits!;
+    assertClose(dec, explicit, 1e-12, 'decoder positions continue after the memory');
+    assertDiffer(dec, model.forward({ ids: tail }).logits!, 1e-4, 'decoding with vs without memory');
+    const withoutLora: LayerKv[] = model.layers.map((_, n) =>
+      model.prefixKv(
+        n,
+        cat(
+          [0, 8].map((s) => ccf.encode(ids(context.map((r) => r.slice(s, s + 8))), 2)[n]),
+          1,
+        ),
+        0,
+      ),
+    );
+    assertDiffer(dec, ccf.decodeLogits(tail, withoutLora), 1e-4, 'memory keys with vs without the decoder LoRA');
 
-  // The shared decoder path (decode.ts) reads the context too.
-  const { loss } = tailLoss(model, ctx, [tokens(6, 7), tokens(6, 8)], [0, 0], { bos: 0, pad: 0 });
-  assert.ok(Number.isFinite(loss.item()));
-}));
+    // The shared decoder path (decode.ts) reads the context too.
+    const { loss } = tailLoss(model, ctx, [tokens(6, 7), tokens(6, 8)], [0, 0], { bos: 0, pad: 0 });
+    assert.ok(Number.isFinite(loss.item()));
+  }),
+);
 
 // ---- (c) the training procedure's gradients ------------------------------------------------------
 
@@ -222,7 +250,10 @@ function gradDiff(a: Grads, b: Grads): { encoder: number; decoder: number; scale
   let scale = 0;
   for (const [name, ga] of a) {
     const d = maxDiff(ga, b.get(name)!);
-    scale = Math.max(scale, tidy(() => b.get(name)!.abs().max().item()));
+    scale = Math.max(
+      scale,
+      tidy(() => b.get(name)!.abs().max().item()),
+    );
     if (name.startsWith('decoder.')) decoder = Math.max(decoder, d);
     else encoder = Math.max(encoder, d);
   }
@@ -243,7 +274,17 @@ function referenceBackward(ccf: CcfCompressor, doc: number[][], ratio: number, a
     const latents = plan.map((p) => ccf.encode(all.narrow(1, p.start, p.length), p.slots));
     const losses: Tensor[] = [];
     plan.forEach((p, u) => {
-      const memory = u === 0 ? undefined : ccf.memoryKv(ccf.base.layers.map((_, n) => cat(latents.slice(0, u).map((lat, s) => (attached(s, u) ? lat[n] : lat[n].detach())), 1)));
+      const memory =
+        u === 0
+          ? undefined
+          : ccf.memoryKv(
+              ccf.base.layers.map((_, n) =>
+                cat(
+                  latents.slice(0, u).map((lat, s) => (attached(s, u) ? lat[n] : lat[n].detach())),
+                  1,
+                ),
+              ),
+            );
       const logits = ccf.decodeLogits(all.narrow(1, p.start, p.length), memory);
       losses.push(crossEntropy(logits.reshape(b * p.length, -1), all.narrow(1, p.start + 1, p.length).reshape(b * p.length), { reduction: 'sum' }));
     });
@@ -290,7 +331,11 @@ unit('(c) reservoir k >= segments gives the gradients of full backpropagation; s
       assert.ok(d.encoder < 1e-10 && d.decoder < 1e-10, `k=${k}: gradients differ from full backpropagation (relative ${d.encoder}, ${d.decoder})`);
     }
 
-    for (const [k, seed] of [[1, 3], [2, 5], [2, 9]] as const) {
+    for (const [k, seed] of [
+      [1, 3],
+      [2, 5],
+      [2, 9],
+    ] as const) {
       const g = gradsOf(ccf, () => ccfDocumentGradients(ccf, doc, { ratio, reservoir: k, rng: new Rng(seed) }));
       // Sanity: the encoder side loses gradient, the decoder side never does.
       const d = gradDiff(g, full);
@@ -301,9 +346,13 @@ unit('(c) reservoir k >= segments gives the gradients of full backpropagation; s
       const at = releaseTimes(segments, k, new Rng(seed));
       const sparse = gradsOf(ccf, () => referenceBackward(ccf, doc, ratio, (s, u) => u <= at[s]));
       const e = gradDiff(g, sparse);
-      assert.ok(e.encoder < 1e-10 && e.decoder < 1e-10, `k=${k} seed ${seed} (releases ${at.join(',')}): not the specified sparse gradients (relative ${e.encoder}, ${e.decoder})`);
+      assert.ok(
+        e.encoder < 1e-10 && e.decoder < 1e-10,
+        `k=${k} seed ${seed} (releases ${at.join(',')}): not the specified sparse gradients (relative ${e.encoder}, ${e.decoder})`,
+      );
     }
-  }));
+  }),
+);
 
 unit('the procedure and the stream leave no native handle behind', async () => {
   const model = tinyModel();
@@ -350,7 +399,10 @@ interface MemoryFigure {
  */
 const PROBE_RATIO = 32;
 function memoryProbe(segments: number, k: number): MemoryFigure {
-  const model = tinyModel({ dtype: 'float32', over: { vocab_size: 128, hidden_size: 256, intermediate_size: 512, num_attention_heads: 4, num_key_value_heads: 4, max_position_embeddings: 1024 } });
+  const model = tinyModel({
+    dtype: 'float32',
+    over: { vocab_size: 128, hidden_size: 256, intermediate_size: 512, num_attention_heads: 4, num_key_value_heads: 4, max_position_embeddings: 1024 },
+  });
   const ccf = new CcfCompressor(model, { segmentLen: 64, rank: 8, alpha: 16 });
   const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
   const doc = (n: number) => [0, 1].map((r) => tokens(n * 64 + 1, 100 + r, 128));
@@ -386,14 +438,21 @@ unit('(d) peak memory: flat in document length with k = 2, growing with k = segm
   const run = (segments: number, k: number): MemoryFigure => {
     const env: Record<string, string | undefined> = { ...process.env, [PROBE_ENV]: `${segments}:${k}`, SOFTPRESS_THREADS: '1' };
     delete env.NODE_TEST_CONTEXT;
-    const r = spawnSync(process.execPath, ['--expose-gc', '--max-semi-space-size=1', fileURLToPath(import.meta.url)], { env, encoding: 'utf8', timeout: 120_000 });
+    const r = spawnSync(process.execPath, ['--expose-gc', '--max-semi-space-size=1', fileURLToPath(import.meta.url)], {
+      env,
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
     assert.equal(r.status, 0, `memory probe ${segments}:${k} failed: ${r.stderr}`);
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as MemoryFigure;
   };
   const figures: MemoryFigure[] = [];
   for (const k of [2, 0]) for (const s of [4, 8, 16]) figures.push(run(s, k || s));
   const at = (segments: number, k: number) => figures.find((f) => f.segments === segments && f.k === k)!;
-  for (const f of figures) console.log(`  ccf memory: ${f.segments} segments, k=${f.k}: peak +${f.peakRssMB.toFixed(1)} MB RSS, +${f.peakLiveHandles} live handles, ${f.maxHeldGraphs} encoder graphs held, ${f.seconds.toFixed(2)} s`);
+  for (const f of figures)
+    console.log(
+      `  ccf memory: ${f.segments} segments, k=${f.k}: peak +${f.peakRssMB.toFixed(1)} MB RSS, +${f.peakLiveHandles} live handles, ${f.maxHeldGraphs} encoder graphs held, ${f.seconds.toFixed(2)} s`,
+    );
   for (const s of [4, 8, 16]) assert.ok(at(s, 2).maxHeldGraphs <= 3, `k=2 held ${at(s, 2).maxHeldGraphs} graphs`);
   assert.equal(at(16, 16).maxHeldGraphs, 16);
   // k = 2: the peak hardly grows with the document (only what reads the growing memory does);
@@ -406,101 +465,116 @@ unit('(d) peak memory: flat in document length with k = 2, growing with k = segm
 
 // ---- (e) streaming -----------------------------------------------------------------------------
 
-unit('(e) CcfStream: memory grows by c per layer per segment, equals compress(), scores what the trainer counts', scoped(() => {
-  const model = tinyModel();
-  const ccf = tinyCcf(model, 8);
-  const doc = [tokens(33, 21), tokens(33, 22)]; // 4 segments of 8, plus the last target
-  const stream = new CcfStream(ccf, { ratio: 4 });
-  try {
-    let bytesPerSegment = 0;
-    for (let t = 0; t < 4; t++) {
-      const score = stream.perplexityOf(doc.map((r) => r.slice(t * 8, t * 8 + 8)));
-      assert.equal(score.tokens, t === 0 ? 2 * 7 : 2 * 8);
-      assert.ok(Number.isFinite(score.loss));
-      assert.equal(stream.memoryLength, 2 * (t + 1));
-      for (const kv of stream.memoryKv!) assert.deepEqual(kv.k.shape, [2, TINY.num_key_value_heads, 2 * (t + 1), 8]);
-      if (t === 0) bytesPerSegment = stream.memoryBytes;
-      assert.equal(stream.memoryBytes, (t + 1) * bytesPerSegment);
+unit(
+  '(e) CcfStream: memory grows by c per layer per segment, equals compress(), scores what the trainer counts',
+  scoped(() => {
+    const model = tinyModel();
+    const ccf = tinyCcf(model, 8);
+    const doc = [tokens(33, 21), tokens(33, 22)]; // 4 segments of 8, plus the last target
+    const stream = new CcfStream(ccf, { ratio: 4 });
+    try {
+      let bytesPerSegment = 0;
+      for (let t = 0; t < 4; t++) {
+        const score = stream.perplexityOf(doc.map((r) => r.slice(t * 8, t * 8 + 8)));
+        assert.equal(score.tokens, t === 0 ? 2 * 7 : 2 * 8);
+        assert.ok(Number.isFinite(score.loss));
+        assert.equal(stream.memoryLength, 2 * (t + 1));
+        for (const kv of stream.memoryKv!) assert.deepEqual(kv.k.shape, [2, TINY.num_key_value_heads, 2 * (t + 1), 8]);
+        if (t === 0) bytesPerSegment = stream.memoryBytes;
+        assert.equal(stream.memoryBytes, (t + 1) * bytesPerSegment);
+      }
+      // 3 layers x (k + v) x [2 rows, 2 kv heads, 2 slots, 8] float64
+      assert.equal(bytesPerSegment, 3 * 2 * 2 * 2 * 2 * 8 * 8);
+      const ctx = ccf.compress(
+        doc.map((r) => r.slice(0, 32)),
+        { ratio: 4 },
+      );
+      stream.memoryKv!.forEach((kv, n) => {
+        assertClose(kv.k, ctx.memoryKv![n].k, 1e-10, `stream vs compress keys, layer ${n}`);
+        assertClose(kv.v, ctx.memoryKv![n].v, 1e-10, `stream vs compress values, layer ${n}`);
+      });
+      // The last target (a 1-token segment): the stream has now scored all 2 x 32 predictions.
+      stream.perplexityOf(doc.map((r) => r.slice(32)));
+      assert.equal(stream.memoryLength, 9); // ceil(1 * 2 / 8) = 1 slot for a 1-token segment
+      const res = noGrad(() => ccfDocumentGradients(ccf, doc, { ratio: 4, rng: new Rng(0) }));
+      assert.equal(stream.tokens, res.tokens);
+      assert.ok(Math.abs(stream.nll / stream.tokens - res.loss) < 1e-10, `stream loss ${stream.nll / stream.tokens} vs trainer ${res.loss}`);
+    } finally {
+      stream.free();
     }
-    // 3 layers x (k + v) x [2 rows, 2 kv heads, 2 slots, 8] float64
-    assert.equal(bytesPerSegment, 3 * 2 * 2 * 2 * 2 * 8 * 8);
-    const ctx = ccf.compress(doc.map((r) => r.slice(0, 32)), { ratio: 4 });
-    stream.memoryKv!.forEach((kv, n) => {
-      assertClose(kv.k, ctx.memoryKv![n].k, 1e-10, `stream vs compress keys, layer ${n}`);
-      assertClose(kv.v, ctx.memoryKv![n].v, 1e-10, `stream vs compress values, layer ${n}`);
-    });
-    // The last target (a 1-token segment): the stream has now scored all 2 x 32 predictions.
-    stream.perplexityOf(doc.map((r) => r.slice(32)));
-    assert.equal(stream.memoryLength, 9); // ceil(1 * 2 / 8) = 1 slot for a 1-token segment
-    const res = noGrad(() => ccfDocumentGradients(ccf, doc, { ratio: 4, rng: new Rng(0) }));
-    assert.equal(stream.tokens, res.tokens);
-    assert.ok(Math.abs(stream.nll / stream.tokens - res.loss) < 1e-10, `stream loss ${stream.nll / stream.tokens} vs trainer ${res.loss}`);
-  } finally {
-    stream.free();
-  }
-  assert.throws(() => new CcfStream(ccf, { ratio: 3 }), /ratio 3 .*supported: 2, 4, 8/);
-}));
+    assert.throws(() => new CcfStream(ccf, { ratio: 3 }), /ratio 3 .*supported: 2, 4, 8/);
+  }),
+);
 
 // ---- (f) shapes, budgets, errors, saving, training runs ------------------------------------------
 
-unit('(f) shapes for ratios 8 and 32 with l = 64; budgets and errors', scoped(() => {
-  const model = tinyModel({ dtype: 'float32' });
-  const ccf = createCompressor('ccf', model, { segmentLen: 64 }) as CcfCompressor;
-  assert.deepEqual(ccf.ratios, [2, 4, 8, 16, 32, 64]);
-  const contexts = [tokens(128, 31), tokens(128, 32)];
-  for (const [ratio, m] of [[8, 16], [32, 4]] as const) {
-    const ctx = ccf.compress(contexts, { ratio });
-    assert.equal(ctx.memoryKv!.length, TINY.num_hidden_layers);
-    for (const kv of ctx.memoryKv!) {
-      assert.deepEqual(kv.k.shape, [2, TINY.num_key_value_heads, m, 8]);
-      assert.deepEqual(kv.v.shape, [2, TINY.num_key_value_heads, m, 8]);
+unit(
+  '(f) shapes for ratios 8 and 32 with l = 64; budgets and errors',
+  scoped(() => {
+    const model = tinyModel({ dtype: 'float32' });
+    const ccf = createCompressor('ccf', model, { segmentLen: 64 }) as CcfCompressor;
+    assert.deepEqual(ccf.ratios, [2, 4, 8, 16, 32, 64]);
+    const contexts = [tokens(128, 31), tokens(128, 32)];
+    for (const [ratio, m] of [
+      [8, 16],
+      [32, 4],
+    ] as const) {
+      const ctx = ccf.compress(contexts, { ratio });
+      assert.equal(ctx.memoryKv!.length, TINY.num_hidden_layers);
+      for (const kv of ctx.memoryKv!) {
+        assert.deepEqual(kv.k.shape, [2, TINY.num_key_value_heads, m, 8]);
+        assert.deepEqual(kv.v.shape, [2, TINY.num_key_value_heads, m, 8]);
+      }
+      assert.deepEqual(ctx.meta.softTokens, [m, m]);
+      assert.deepEqual(ctx.memoryMask!.shape, [2, m]);
     }
-    assert.deepEqual(ctx.meta.softTokens, [m, m]);
-    assert.deepEqual(ctx.memoryMask!.shape, [2, m]);
-  }
-  // A partial last segment keeps the ratio: ceil(100 / 8) = 13 = 8 + ceil(36 / 8).
-  assert.equal(ccf.compress([tokens(100, 33)], { ratio: 8 }).memoryKv![0].k.size(2), 13);
-  // A budget of k slots: k / segments per segment.
-  assert.equal(ccf.compress(contexts, { tokens: 8 }).memoryKv![0].k.size(2), 8);
-  assert.equal(ccf.compress(contexts, { tokens: 0 }).memoryKv, undefined);
-  // Encoding segments in several calls gives the same memory.
-  const small = createCompressor('ccf', model, { segmentLen: 64, encodeBatch: 1 }) as CcfCompressor;
-  small.net.loadStateDict(ccf.net.stateDict());
-  assertClose(small.compress(contexts, { ratio: 8 }).memoryKv![1].k, ccf.compress(contexts, { ratio: 8 }).memoryKv![1].k, 1e-5, 'encodeBatch 1 vs 16');
+    // A partial last segment keeps the ratio: ceil(100 / 8) = 13 = 8 + ceil(36 / 8).
+    assert.equal(ccf.compress([tokens(100, 33)], { ratio: 8 }).memoryKv![0].k.size(2), 13);
+    // A budget of k slots: k / segments per segment.
+    assert.equal(ccf.compress(contexts, { tokens: 8 }).memoryKv![0].k.size(2), 8);
+    assert.equal(ccf.compress(contexts, { tokens: 0 }).memoryKv, undefined);
+    // Encoding segments in several calls gives the same memory.
+    const small = createCompressor('ccf', model, { segmentLen: 64, encodeBatch: 1 }) as CcfCompressor;
+    small.net.loadStateDict(ccf.net.stateDict());
+    assertClose(small.compress(contexts, { ratio: 8 }).memoryKv![1].k, ccf.compress(contexts, { ratio: 8 }).memoryKv![1].k, 1e-5, 'encodeBatch 1 vs 16');
 
-  assert.throws(() => ccf.compress(contexts, { ratio: 3 }), /ratio 3 needs an integer number of memory slots .*supported: 2, 4, 8, 16, 32, 64/);
-  assert.throws(() => ccf.compress(contexts, { tokens: 5 }), /5 memory slots must split evenly over the 2 segments/);
-  assert.throws(() => ccf.compress([tokens(128, 1), tokens(100, 2)], { ratio: 8 }), /equal lengths \(got 128, 100\)/);
-  assert.throws(() => createCompressor('ccf', model, { segmentLen: 0 }), /segmentLen' must be an integer >= 1/);
-  assert.throws(() => createCompressor('ccf', model, { memTokenId: 999 }), /outside the vocabulary/);
-}));
+    assert.throws(() => ccf.compress(contexts, { ratio: 3 }), /ratio 3 needs an integer number of memory slots .*supported: 2, 4, 8, 16, 32, 64/);
+    assert.throws(() => ccf.compress(contexts, { tokens: 5 }), /5 memory slots must split evenly over the 2 segments/);
+    assert.throws(() => ccf.compress([tokens(128, 1), tokens(100, 2)], { ratio: 8 }), /equal lengths \(got 128, 100\)/);
+    assert.throws(() => createCompressor('ccf', model, { segmentLen: 0 }), /segmentLen' must be an integer >= 1/);
+    assert.throws(() => createCompressor('ccf', model, { memTokenId: 999 }), /outside the vocabulary/);
+  }),
+);
 
-unit('pi starts as a token every tokenizer has (EOS), or a given one, or the mean embedding; save and load round trip', scoped(() => {
-  const model = tinyModel();
-  const withEos = tinyModel({ over: { eos_token_id: 2 } });
-  const eos = new CcfCompressor(withEos, { segmentLen: 8 });
-  assertClose(eos.net.pi.value, withEos.model.embedTokens.weight.value.select(0, 2), 0, 'pi from EOS');
-  assert.equal(eos.config.memTokenId, 2);
-  const given = new CcfCompressor(model, { segmentLen: 8, memTokenId: 6 });
-  assertClose(given.net.pi.value, model.model.embedTokens.weight.value.select(0, 6), 0, 'pi from a given token');
-  // memTokenId null (how models/ccf was saved) and a base without EOS: the mean embedding.
-  for (const mean of [new CcfCompressor(withEos, { segmentLen: 8, memTokenId: null }), new CcfCompressor(model, { segmentLen: 8 })]) {
-    assertClose(mean.net.pi.value, mean.base.model.embedTokens.weight.value.mean(0), 1e-12, 'pi from the mean embedding');
-    assert.equal(mean.config.memTokenId, null);
-  }
+unit(
+  'pi starts as a token every tokenizer has (EOS), or a given one, or the mean embedding; save and load round trip',
+  scoped(() => {
+    const model = tinyModel();
+    const withEos = tinyModel({ over: { eos_token_id: 2 } });
+    const eos = new CcfCompressor(withEos, { segmentLen: 8 });
+    assertClose(eos.net.pi.value, withEos.model.embedTokens.weight.value.select(0, 2), 0, 'pi from EOS');
+    assert.equal(eos.config.memTokenId, 2);
+    const given = new CcfCompressor(model, { segmentLen: 8, memTokenId: 6 });
+    assertClose(given.net.pi.value, model.model.embedTokens.weight.value.select(0, 6), 0, 'pi from a given token');
+    // memTokenId null (how models/ccf was saved) and a base without EOS: the mean embedding.
+    for (const mean of [new CcfCompressor(withEos, { segmentLen: 8, memTokenId: null }), new CcfCompressor(model, { segmentLen: 8 })]) {
+      assertClose(mean.net.pi.value, mean.base.model.embedTokens.weight.value.mean(0), 1e-12, 'pi from the mean embedding');
+      assert.equal(mean.config.memTokenId, null);
+    }
 
-  const trained = tinyCcf(model, 8);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-ccf-'));
-  try {
-    saveCompressor(trained, dir);
-    const back = loadCompressor(dir, model) as CcfCompressor;
-    assert.equal(back.segmentLen, 8);
-    const ctx = [tokens(16, 41)];
-    assertClose(back.compress(ctx, { ratio: 4 }).memoryKv![1].v, trained.compress(ctx, { ratio: 4 }).memoryKv![1].v, 1e-12, 'memory after save/load');
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-}));
+    const trained = tinyCcf(model, 8);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-ccf-'));
+    try {
+      saveCompressor(trained, dir);
+      const back = loadCompressor(dir, model) as CcfCompressor;
+      assert.equal(back.segmentLen, 8);
+      const ctx = [tokens(16, 41)];
+      assertClose(back.compress(ctx, { ratio: 4 }).memoryKv![1].v, trained.compress(ctx, { ratio: 4 }).memoryKv![1].v, 1e-12, 'memory after save/load');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }),
+);
 
 unit('the training procedure under the shared trainer: a short run logs and validates; interrupted + resumed run equals an uninterrupted one', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-ccf-train-'));
@@ -517,9 +591,28 @@ unit('the training procedure under the shared trainer: a short run logs and vali
     const model = tinyModel({ dtype: 'float32' });
     manualSeed(3);
     const ccf = new CcfCompressor(model, { segmentLen: 8, rank: 4, alpha: 8 });
-    const task = ccf.trainingProcedure({ stages: ['lm'], ratios: [4], trainStream: stream, validStream: stream, docSeparator: 0, batchSize: 1, gradAccum: 1, seed: 0, validBatches: 2, docLen: 32 });
+    const task = ccf.trainingProcedure({
+      stages: ['lm'],
+      ratios: [4],
+      trainStream: stream,
+      validStream: stream,
+      docSeparator: 0,
+      batchSize: 1,
+      gradAccum: 1,
+      seed: 0,
+      validBatches: 2,
+      docLen: 32,
+    });
     assert.deepEqual(task.training, { docLen: 32, segments: 4, reservoir: 2, documents: 'inside single documents' });
-    const summary = await train(task, { outDir, totalSteps: 6, schedule: warmupCosine({ peakLr: 3e-3, warmupSteps: 1, totalSteps: 6, minLr: 0 }), checkpointEvery: 2, evalEvery: 3, quiet: true, ...opts });
+    const summary = await train(task, {
+      outDir,
+      totalSteps: 6,
+      schedule: warmupCosine({ peakLr: 3e-3, warmupSteps: 1, totalSteps: 6, minLr: 0 }),
+      checkpointEvery: 2,
+      evalEvery: 3,
+      quiet: true,
+      ...opts,
+    });
     return { ccf, summary };
   };
   try {
@@ -527,12 +620,19 @@ unit('the training procedure under the shared trainer: a short run logs and vali
     assert.equal(a.summary.steps, 6);
     assert.ok(Number.isFinite(a.summary.lastLoss));
     assert.ok(a.summary.lastValid && Number.isFinite(a.summary.lastValid.ppl));
-    const rows = fs.readFileSync(path.join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const rows = fs
+      .readFileSync(path.join(dir, 'a', 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     assert.equal(rows.filter((r) => r.loss !== undefined).length, 6);
     const untrainedBase = tinyModel({ dtype: 'float32' });
     manualSeed(3);
     const untrained = new Map(new CcfCompressor(untrainedBase, { segmentLen: 8, rank: 4, alpha: 8 }).net.namedParameters());
-    assert.ok(a.ccf.net.namedParameters().some(([name, p]) => maxDiff(p.value, untrained.get(name)!.value) > 0), 'training changed the parameters');
+    assert.ok(
+      a.ccf.net.namedParameters().some(([name, p]) => maxDiff(p.value, untrained.get(name)!.value) > 0),
+      'training changed the parameters',
+    );
 
     const first = await run(path.join(dir, 'b'), { stopAfter: 4 });
     assert.equal(first.summary.steps, 4);
@@ -547,23 +647,32 @@ unit('the training procedure under the shared trainer: a short run logs and vali
 
 // ---- positions, long documents (issue #28) ------------------------------------------------------
 
-unit('positions: memory + segment beyond the base window is a clear error, never a silent RoPE extension', scoped(() => {
-  const model = tinyModel({ dtype: 'float32' }); // 128 positions
-  assert.throws(() => new CcfCompressor(model, { segmentLen: 128 }), /segments of 128 tokens do not fit the base model's 128 positions/);
-  const ccf = new CcfCompressor(model, { segmentLen: 32, rank: 4, alpha: 8 });
-  assert.equal(new CcfCompressor(model, {}).segmentLen, 32, 'default: a quarter of the window (the paper\'s 1024 does not fit)');
-  // Ratio 2: 16 slots per segment. 7 segments of memory (112) + a segment of 32 = 144 > 128.
-  assert.equal(ccf.positionsNeeded(8 * 32, 2), 7 * 16 + 32);
-  const stream = new CcfStream(ccf, { ratio: 2 });
-  try {
-    for (let t = 0; t < 7; t++) stream.perplexityOf(tokens(32, 50 + t)); // the 7th reads 96 + 32 = 128: fits
-    assert.equal(stream.memoryLength, 112);
-    assert.throws(() => stream.perplexityOf(tokens(32, 60)), /112 memory slots and 32 tokens need positions up to 143, beyond the base model's window of 128 positions/);
-  } finally {
-    stream.free();
-  }
-  assert.throws(() => noGrad(() => ccfDocumentGradients(ccf, [tokens(8 * 32 + 1, 70)], { ratio: 2, rng: new Rng(0) })), /beyond the base model's window of 128 positions/);
-}));
+unit(
+  'positions: memory + segment beyond the base window is a clear error, never a silent RoPE extension',
+  scoped(() => {
+    const model = tinyModel({ dtype: 'float32' }); // 128 positions
+    assert.throws(() => new CcfCompressor(model, { segmentLen: 128 }), /segments of 128 tokens do not fit the base model's 128 positions/);
+    const ccf = new CcfCompressor(model, { segmentLen: 32, rank: 4, alpha: 8 });
+    assert.equal(new CcfCompressor(model, {}).segmentLen, 32, "default: a quarter of the window (the paper's 1024 does not fit)");
+    // Ratio 2: 16 slots per segment. 7 segments of memory (112) + a segment of 32 = 144 > 128.
+    assert.equal(ccf.positionsNeeded(8 * 32, 2), 7 * 16 + 32);
+    const stream = new CcfStream(ccf, { ratio: 2 });
+    try {
+      for (let t = 0; t < 7; t++) stream.perplexityOf(tokens(32, 50 + t)); // the 7th reads 96 + 32 = 128: fits
+      assert.equal(stream.memoryLength, 112);
+      assert.throws(
+        () => stream.perplexityOf(tokens(32, 60)),
+        /112 memory slots and 32 tokens need positions up to 143, beyond the base model's window of 128 positions/,
+      );
+    } finally {
+      stream.free();
+    }
+    assert.throws(
+      () => noGrad(() => ccfDocumentGradients(ccf, [tokens(8 * 32 + 1, 70)], { ratio: 2, rng: new Rng(0) })),
+      /beyond the base model's window of 128 positions/,
+    );
+  }),
+);
 
 unit('long documents: chunks lie inside single documents; the default length fits the window', async () => {
   const { DocumentChunkSampler } = await import('../src/data/lm.js');

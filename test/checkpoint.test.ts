@@ -63,7 +63,10 @@ test(
     const bytes = readFileSync(file);
     bytes[bytes.length - 1] ^= 0x01; // the last byte of the data buffer
     writeFileSync(file, bytes);
-    await assert.rejects(train(task(), opts(damaged, { resume: true })), (e: unknown) => e instanceof ChecksumError && /params\.safetensors: content checksum mismatch/.test(e.message));
+    await assert.rejects(
+      train(task(), opts(damaged, { resume: true })),
+      (e: unknown) => e instanceof ChecksumError && /params\.safetensors: content checksum mismatch/.test(e.message),
+    );
   }),
 );
 
@@ -85,7 +88,10 @@ test(
     assert.equal(r.steps, 6);
     assert.ok(!existsSync(join(out, `checkpoint.tmp-${dead}`)) && !existsSync(join(out, `checkpoint.old-${dead}`)));
     assert.ok(existsSync(join(out, live)), 'a live process keeps its folder');
-    assert.deepEqual([...readSafetensors(join(out, 'checkpoint', 'params.safetensors')).tensors.get('w')!.data], [...readSafetensors(join(straight, 'checkpoint', 'params.safetensors')).tensors.get('w')!.data]);
+    assert.deepEqual(
+      [...readSafetensors(join(out, 'checkpoint', 'params.safetensors')).tensors.get('w')!.data],
+      [...readSafetensors(join(straight, 'checkpoint', 'params.safetensors')).tensors.get('w')!.data],
+    );
     assert.equal(r.lastLoss, s.lastLoss);
     rmSync(join(out, live), { recursive: true });
     assert.deepEqual(cleanStaleCheckpoints(out), { removed: [], restored: undefined });

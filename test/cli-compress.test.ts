@@ -32,8 +32,17 @@ test.before(() => {
   saveModel(model, baseDir);
   fs.copyFileSync(TOKENIZER_PATH, path.join(baseDir, 'tokenizer.json'));
   // 24 documents (form-feed separated) of Moby-Dick: enough for train / valid / test splits.
-  fs.writeFileSync(corpus, loadMobyDick().slice(1, 25).map((d) => d.text.slice(0, 3000)).join('\n\f\n'));
-  fs.writeFileSync(contextFile, 'The secret code of the blue box is 4817. Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little and see the watery part of the world.\n');
+  fs.writeFileSync(
+    corpus,
+    loadMobyDick()
+      .slice(1, 25)
+      .map((d) => d.text.slice(0, 3000))
+      .join('\n\f\n'),
+  );
+  fs.writeFileSync(
+    contextFile,
+    'The secret code of the blue box is 4817. Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little and see the watery part of the world.\n',
+  );
 });
 test.after(() => fs.rmSync(root, { recursive: true, force: true }));
 
@@ -85,7 +94,25 @@ function ok(r: CliResult, what: string): void {
   assert.equal(r.code, 0, `${what} failed:\n${r.stderr}`);
 }
 
-const COMMON = ['--base', baseDir, '--corpora', 'none', '--data', corpus, '--batch', '4', '--context-len', '32', '--continuation-len', '16', '--lr', '1e-2', '--eval-every', '10', '--quiet'];
+const COMMON = [
+  '--base',
+  baseDir,
+  '--corpora',
+  'none',
+  '--data',
+  corpus,
+  '--batch',
+  '4',
+  '--context-len',
+  '32',
+  '--continuation-len',
+  '16',
+  '--lr',
+  '1e-2',
+  '--eval-every',
+  '10',
+  '--quiet',
+];
 
 test('train meanpool (ae+lm, 20 steps) -> compress -> ask', async () => {
   const out = path.join(root, 'meanpool');
@@ -97,16 +124,26 @@ test('train meanpool (ae+lm, 20 steps) -> compress -> ask', async () => {
   assert.equal(saved.baseFingerprint, loadModel(baseDir).model.fingerprint());
   assert.deepEqual(saved.training.ratios, [4]);
   assert.ok(fs.existsSync(path.join(out, 'weights.safetensors')));
-  const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const log = fs
+    .readFileSync(path.join(out, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   assert.equal(log.filter((r) => r.loss !== undefined).length, 20);
-  assert.deepEqual(log.filter((r) => r.valid_loss !== undefined).map((r) => r.step), [10, 20]);
+  assert.deepEqual(
+    log.filter((r) => r.valid_loss !== undefined).map((r) => r.step),
+    [10, 20],
+  );
   assert.ok(log.some((r) => r.valid_ae_loss !== undefined && r.valid_lm_loss !== undefined));
   // The references on the same validation batches: in the card and on the plot.
   const refs = saved.training.validReferences as Record<string, number>;
   assert.deepEqual(Object.keys(refs).sort(), ['full', 'none']);
   for (const v of Object.values(refs)) assert.ok(Number.isFinite(v) && v > 0);
   assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, 'references.json'), 'utf8')), refs);
-  assert.match(fs.readFileSync(path.join(out, 'README.md'), 'utf8'), /Validation loss \d+\.\d{4} nats\/token after 20 steps in [\d.]+ h \(on the same batches: full context \d+\.\d{4}, no context \d+\.\d{4}\)/);
+  assert.match(
+    fs.readFileSync(path.join(out, 'README.md'), 'utf8'),
+    /Validation loss \d+\.\d{4} nats\/token after 20 steps in [\d.]+ h \(on the same batches: full context \d+\.\d{4}, no context \d+\.\d{4}\)/,
+  );
   assert.match(fs.readFileSync(path.join(out, 'loss.svg'), 'utf8'), /valid, full[\s\S]*valid, none/);
 
   // A finished run is not silently overwritten.
@@ -141,7 +178,10 @@ test('train meanpool (ae+lm, 20 steps) -> compress -> ask', async () => {
   assert.equal(answers.length, 2);
   for (const x of answers) assert.ok(x.tokens >= 1 && x.tokens <= 6);
   // Same compressor, same context: the stored and the fresh soft context answer alike.
-  assert.deepEqual(answers.map((x) => x.answer), a1.stdout.split('\n').slice(0, 2));
+  assert.deepEqual(
+    answers.map((x) => x.answer),
+    a1.stdout.split('\n').slice(0, 2),
+  );
   const a3 = await cli('ask', '--base', baseDir, '--method', 'truncate', '--ratio', '4', '--context', contextFile, ...q);
   ok(a3, 'ask truncate');
 });
@@ -149,7 +189,27 @@ test('train meanpool (ae+lm, 20 steps) -> compress -> ask', async () => {
 test('train icae with a QA stage, then continue from it with --init', async () => {
   const out = path.join(root, 'icae');
   const babi = fs.existsSync(BABI) ? ['--babi', BABI] : [];
-  const t = await cli('train', ...COMMON, '--method', 'icae', '--ratio', '4,8', '--stage', 'ae:0.5,qa:0.5', '--steps', '10', '--qa-examples', '16', '--method-option', 'maxSlots=32', '--method-option', 'loraRank=4', ...babi, '--out', out);
+  const t = await cli(
+    'train',
+    ...COMMON,
+    '--method',
+    'icae',
+    '--ratio',
+    '4,8',
+    '--stage',
+    'ae:0.5,qa:0.5',
+    '--steps',
+    '10',
+    '--qa-examples',
+    '16',
+    '--method-option',
+    'maxSlots=32',
+    '--method-option',
+    'loraRank=4',
+    ...babi,
+    '--out',
+    out,
+  );
   ok(t, 'train icae');
   const saved = JSON.parse(fs.readFileSync(path.join(out, 'compressor.json'), 'utf8'));
   assert.equal(saved.maxSlots, 32);
@@ -162,7 +222,24 @@ test('train icae with a QA stage, then continue from it with --init', async () =
   const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8');
   assert.match(log, /valid_qa_loss/);
   const stage2 = path.join(root, 'icae-qa');
-  const t2 = await cli('train', ...COMMON, '--method', 'icae', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--qa-examples', '8', '--out', stage2);
+  const t2 = await cli(
+    'train',
+    ...COMMON,
+    '--method',
+    'icae',
+    '--init',
+    out,
+    '--ratio',
+    '4',
+    '--stage',
+    'qa',
+    '--steps',
+    '3',
+    '--qa-examples',
+    '8',
+    '--out',
+    stage2,
+  );
   ok(t2, 'train --init');
   assert.equal(JSON.parse(fs.readFileSync(path.join(stage2, 'compressor.json'), 'utf8')).training.init, out);
   // ship carries both stages: their records, a table in the card, and each stage's loss plot.
@@ -178,14 +255,45 @@ test('train icae with a QA stage, then continue from it with --init', async () =
   const again = path.join(root, 'icae-shipped-again');
   ok(await cli('ship', '--base', baseDir, '--compressor', shipped, '--out', again), 'ship again');
   assert.deepEqual(JSON.parse(fs.readFileSync(path.join(again, 'compressor.json'), 'utf8')).earlierStages, [stage1Training]);
-  const wrong = await cli('train', ...COMMON, '--method', 'meanpool', '--init', out, '--ratio', '4', '--stage', 'qa', '--steps', '3', '--out', path.join(root, 'wrong'));
+  const wrong = await cli(
+    'train',
+    ...COMMON,
+    '--method',
+    'meanpool',
+    '--init',
+    out,
+    '--ratio',
+    '4',
+    '--stage',
+    'qa',
+    '--steps',
+    '3',
+    '--out',
+    path.join(root, 'wrong'),
+  );
   assert.equal(wrong.code, 1);
   assert.match(wrong.stderr, /holds a 'icae' compressor, not 'meanpool'/);
 });
 
-test('train takes the method\'s recipe for every flag not given, and the card records it', async () => {
+test("train takes the method's recipe for every flag not given, and the card records it", async () => {
   // GMSA without --ratio, --lr, --warmup, --clip, --weight-decay: the paper's (papers/gmsa.md).
-  const base = ['--base', baseDir, '--corpora', 'none', '--data', corpus, '--batch', '2', '--context-len', '32', '--continuation-len', '16', '--eval-every', '10', '--quiet'];
+  const base = [
+    '--base',
+    baseDir,
+    '--corpora',
+    'none',
+    '--data',
+    corpus,
+    '--batch',
+    '2',
+    '--context-len',
+    '32',
+    '--continuation-len',
+    '16',
+    '--eval-every',
+    '10',
+    '--quiet',
+  ];
   const out = path.join(root, 'gmsa-recipe');
   const t = await cli('train', ...base, '--method', 'gmsa', '--stage', 'ae', '--steps', '10', '--method-option', 'loraRank=4', '--out', out);
   ok(t, 'train gmsa');
@@ -207,7 +315,12 @@ test('train takes the method\'s recipe for every flag not given, and the card re
   assert.match(card, /## Differences from the paper/);
   assert.match(card, /\*\*gmsa\*\* — arXiv 2505\.12215/);
   // The run really used them: the logged learning rate peaks at 1e-4.
-  const log = fs.readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.lr !== undefined);
+  const log = fs
+    .readFileSync(path.join(out, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((r) => r.lr !== undefined);
   assert.ok(Math.abs(Math.max(...log.map((r) => r.lr)) - 1e-4) < 1e-12, `peak lr ${Math.max(...log.map((r) => r.lr))}`);
   // ship keeps the card.
   const shipped = path.join(root, 'gmsa-shipped');
@@ -235,7 +348,24 @@ test('train ccf: long documents of many segments from inside single documents, c
   assert.equal(saved.training.documents, 'inside single documents');
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'train-config.json'), 'utf8')).weightDecay, 0.1); // not the CLI's old 0.01
   // A document whose memory and last segment do not fit the window is refused, clearly.
-  const far = await cli('train', ...COMMON, '--method', 'ccf', '--stage', 'lm', '--steps', '2', '--ratio', '2', '--doc-len', '512', '--method-option', 'rank=4', '--out', path.join(root, 'ccf-far'));
+  const far = await cli(
+    'train',
+    ...COMMON,
+    '--method',
+    'ccf',
+    '--stage',
+    'lm',
+    '--steps',
+    '2',
+    '--ratio',
+    '2',
+    '--doc-len',
+    '512',
+    '--method-option',
+    'rank=4',
+    '--out',
+    path.join(root, 'ccf-far'),
+  );
   assert.equal(far.code, 1);
   assert.match(far.stderr, /a document of 512 tokens at ratio 2 needs 288 positions .* beyond the base model's window of 256/);
 });
@@ -243,14 +373,26 @@ test('train ccf: long documents of many segments from inside single documents, c
 test('clear errors', async () => {
   const cases: [string[], RegExp][] = [
     [['train', '--base', baseDir, '--method', 'meanpool', '--stage', 'ae', '--out', path.join(root, 'e1')], /give --ratio R\[,R2...\] or --budget K/],
-    [['train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae', '--out', path.join(root, 'e2'), '--method-option', 'colour=red'], /meanpool: unknown option\(s\) colour \(known: source, bos\)/],
-    [['train', ...COMMON, '--method', 'truncate', '--ratio', '4', '--stage', 'ae', '--out', path.join(root, 'e3')], /'truncate' is a strategy with nothing to train/],
+    [
+      ['train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae', '--out', path.join(root, 'e2'), '--method-option', 'colour=red'],
+      /meanpool: unknown option\(s\) colour \(known: source, bos\)/,
+    ],
+    [
+      ['train', ...COMMON, '--method', 'truncate', '--ratio', '4', '--stage', 'ae', '--out', path.join(root, 'e3')],
+      /'truncate' is a strategy with nothing to train/,
+    ],
     [['train', ...COMMON, '--method', 'meanpool', '--ratio', '0.5', '--stage', 'ae', '--out', path.join(root, 'e4')], /--ratio must be a number >= 1/],
     [['train', ...COMMON, '--method', 'meanpool', '--ratio', '4', '--stage', 'ae+xx', '--out', path.join(root, 'e5')], /unknown stage 'xx'/],
     [['train', '--bogus'], /^softpress train: Unknown option '--bogus'/],
-    [['compress', '--base', baseDir, '--method', 'meanpool', '--ratio', '4', '--in', contextFile, '--out', path.join(root, 'x.softctx')], /'meanpool' is a learned method: give --compressor DIR/],
+    [
+      ['compress', '--base', baseDir, '--method', 'meanpool', '--ratio', '4', '--in', contextFile, '--out', path.join(root, 'x.softctx')],
+      /'meanpool' is a learned method: give --compressor DIR/,
+    ],
     [['compress', '--base', baseDir, '--method', 'truncate', '--in', contextFile, '--out', path.join(root, 'x.softctx')], /give --ratio R .* or --budget K/],
-    [['compress', '--base', baseDir, '--method', 'truncate', '--ratio', '4', '--in', path.join(root, 'missing.txt'), '--out', path.join(root, 'x.softctx')], /file not found/],
+    [
+      ['compress', '--base', baseDir, '--method', 'truncate', '--ratio', '4', '--in', path.join(root, 'missing.txt'), '--out', path.join(root, 'x.softctx')],
+      /file not found/,
+    ],
     [['ask', '--base', baseDir, '--method', 'full', '--context', contextFile], /at least one --question/],
     [['ask', '--base', baseDir, '--method', 'none', '--context', contextFile, '--question', 'q', '--max-tokens', '0'], /--max-tokens must be an integer >= 1/],
   ];
@@ -279,7 +421,22 @@ test('a compressor that changes the base model is caught and nothing is saved', 
     return rogue;
   });
   const out = path.join(root, 'rogue');
-  const cfg = { ...TRAIN_DEFAULTS, base: baseDir, method: 'rogue-test', methodOptions: {}, stages: parseStages('ae'), ratios: [4], steps: 3, batch: 2, contextLen: 32, continuationLen: 0, corpora: [], data: corpus, evalEvery: 100, warmup: 1 };
+  const cfg = {
+    ...TRAIN_DEFAULTS,
+    base: baseDir,
+    method: 'rogue-test',
+    methodOptions: {},
+    stages: parseStages('ae'),
+    ratios: [4],
+    steps: 3,
+    batch: 2,
+    contextLen: 32,
+    continuationLen: 0,
+    corpora: [],
+    data: corpus,
+    evalEvery: 100,
+    warmup: 1,
+  };
   await assert.rejects(trainCompressor(cfg, out, { quiet: true }), /the base model's weights changed during training .* nothing was saved/);
   assert.ok(!fs.existsSync(path.join(out, 'compressor.json')));
 });

@@ -89,7 +89,13 @@ const { model: otherBase } = tinyBase({ seed: 99 });
 let streamCache: Int32Array | undefined;
 /** ~5k tokens of Moby-Dick (three chapters), tokenized with the real tokenizer. */
 function stream(): Int32Array {
-  if (!streamCache) streamCache = tokenizeStream(loadMobyDick().slice(1, 4).map((d) => d.text.slice(0, 6000)), tok);
+  if (!streamCache)
+    streamCache = tokenizeStream(
+      loadMobyDick()
+        .slice(1, 4)
+        .map((d) => d.text.slice(0, 6000)),
+      tok,
+    );
   return streamCache;
 }
 
@@ -109,7 +115,6 @@ function tmpDir(tag: string): string {
 }
 
 const bytes = (t: Tensor): Buffer => Buffer.from(tidy(() => t.detach().contiguous().toBytes()));
-
 
 /** The soft context's tensors as bytes, for bit-identity checks. */
 function ctxBytes(ctx: SoftContext): Buffer[] {
@@ -141,7 +146,11 @@ function checkShapes(c: Compressor, ctx: SoftContext, contexts: number[][], budg
   const b = contexts.length;
   const want = contexts.map((x) => (o.expectCount ?? softCount)(x.length, budget));
   assert.equal(ctx.meta.method, c.method, `${what}: meta.method`);
-  assert.deepEqual(ctx.meta.sourceTokens, contexts.map((x) => x.length), `${what}: meta.sourceTokens`);
+  assert.deepEqual(
+    ctx.meta.sourceTokens,
+    contexts.map((x) => x.length),
+    `${what}: meta.sourceTokens`,
+  );
   assert.deepEqual(ctx.meta.softTokens, want, `${what}: meta.softTokens (budget honoured)`);
   assert.deepEqual(ctx.meta.budget, budget, `${what}: meta.budget`);
   assert.equal(ctx.meta.baseFingerprint, base.fingerprint(), `${what}: meta.baseFingerprint`);
@@ -151,7 +160,10 @@ function checkShapes(c: Compressor, ctx: SoftContext, contexts: number[][], budg
   const expectMask = want.flatMap((n) => Array.from({ length: k }, (_, j) => (j < n ? 1 : 0)));
   if (ctx.softTokens) {
     assert.deepEqual(ctx.softTokens.shape, [b, k, base.dim], `${what}: softTokens shape`);
-    assert.ok(tidy(() => ctx.softTokens!.isFloatingPoint && (ctx.softTokens!.numel === 0 || ctx.softTokens!.abs().max().item() < Infinity)), `${what}: soft tokens are finite`);
+    assert.ok(
+      tidy(() => ctx.softTokens!.isFloatingPoint && (ctx.softTokens!.numel === 0 || ctx.softTokens!.abs().max().item() < Infinity)),
+      `${what}: soft tokens are finite`,
+    );
     assert.ok(ctx.mask, `${what}: a learned method returns a mask with its soft tokens`);
   }
   if (ctx.mask) {
@@ -177,7 +189,8 @@ function checkShapes(c: Compressor, ctx: SoftContext, contexts: number[][], budg
 function perturb(c: Compressor): void {
   tidy(() =>
     noGrad(() => {
-      for (const m of [c.module, c.decoderLora]) for (const [, p] of m?.namedParameters() ?? []) if (p.value.isFloatingPoint) p.value.add_(randn(p.value.shape).mul(0.05).to(p.value.dtype));
+      for (const m of [c.module, c.decoderLora])
+        for (const [, p] of m?.namedParameters() ?? []) if (p.value.isFloatingPoint) p.value.add_(randn(p.value.shape).mul(0.05).to(p.value.dtype));
     }),
   );
 }
@@ -212,7 +225,11 @@ test('objectives: autoencoding lengths drawn per micro-batch from aeLengths', ()
       assert.deepEqual(b.contexts[r].slice(0, short), a.contexts[r].slice(0, short));
     }
   }
-  assert.deepEqual([...seen].sort((x, y) => x - y), [8, 24], 'both lengths occur');
+  assert.deepEqual(
+    [...seen].sort((x, y) => x - y),
+    [8, 24],
+    'both lengths occur',
+  );
   assert.throws(() => new ObjectiveSampler({ ...cfg, aeLengths: [25] }, { tokenizer: tok, stream: stream() }), /ae length 25/);
 });
 
@@ -297,7 +314,8 @@ for (const method of learned) {
       assert.ok(allTrainable.size > 0, 'some stage trains something');
       // Trainable parameters are the compressor's own (saved with it).
       const own = new Set([...(c.module?.namedParameters() ?? []), ...(c.decoderLora?.namedParameters() ?? [])].map(([, p]) => p));
-      for (const stage of ['ae', 'lm', 'qa'] as Stage[]) for (const [n, p] of c.trainable(stage)) assert.ok(own.has(p), `trainable '${n}' at ${stage} is not part of the compressor's modules`);
+      for (const stage of ['ae', 'lm', 'qa'] as Stage[])
+        for (const [n, p] of c.trainable(stage)) assert.ok(own.has(p), `trainable '${n}' at ${stage} is not part of the compressor's modules`);
       for (const m of [c.module, c.decoderLora]) m?.zeroGrad();
       c.setTraining(false);
     });
@@ -313,7 +331,11 @@ for (const method of learned) {
         const loaded = loadCompressor(dir, base);
         assert.equal(loaded.method, method);
         for (const budget of budgetsFor(c, o)) {
-          tidy(() => noGrad(() => assert.deepEqual(ctxBytes(loaded.compress(contexts, budget)), ctxBytes(c.compress(contexts, budget)), `round trip at ${JSON.stringify(budget)}`)));
+          tidy(() =>
+            noGrad(() =>
+              assert.deepEqual(ctxBytes(loaded.compress(contexts, budget)), ctxBytes(c.compress(contexts, budget)), `round trip at ${JSON.stringify(budget)}`),
+            ),
+          );
         }
         assert.throws(() => loadCompressor(dir, otherBase), /trained for base model/);
       } finally {
@@ -361,7 +383,10 @@ for (const method of learned) {
             const { tails, lossFrom } = aeTails(contexts);
             const r = tailLoss(base, ctx, tails, lossFrom, { bos: tok.bos, pad: tok.pad, lora: c.decoderLora });
             assert.ok(Number.isFinite(r.loss.item()) && r.loss.item() > 0, `tailLoss at ${JSON.stringify(budget)}`);
-            assert.equal(r.tokens, contexts.reduce((a, x) => a + x.length + 1, 0));
+            assert.equal(
+              r.tokens,
+              contexts.reduce((a, x) => a + x.length + 1, 0),
+            );
             const prompts = contexts.map(() => tok.encode('\nQuestion: what?\nAnswer:'));
             const g = generateWithContext(base, ctx, prompts, tok.bos, { maxTokens: 4, lora: c.decoderLora });
             assert.equal(g.tokens.length, contexts.length);
@@ -375,48 +400,55 @@ for (const method of learned) {
     });
 
     const trainOpts = o.train === false ? undefined : (o.train ?? {});
-    test('end to end: train() on autoencoding lowers the loss well below no context; the base is untouched', { skip: o.train === false ? `${method} opts out of the training check` : false }, async (t) => {
-      const steps = trainOpts?.steps ?? 80;
-      const lr = trainOpts?.lr ?? 1e-2;
-      const minDrop = trainOpts?.minDrop ?? 2;
-      const c = make();
-      const sampler = new ObjectiveSampler({ stages: { ae: 1 }, ratios: [4], contextLen: 24, continuationLen: 0, batchSize: 4, seed: 1 }, { tokenizer: tok, stream: stream() });
-      const none = createCompressor('none', base);
-      const held = [0, 1, 2].map((i) => sampler.batch(100000 + i, 0)); // never drawn while training
-      const evalLoss = (comp: Compressor) => {
-        comp.setTraining(false);
-        return noGrad(() => held.reduce((a, bt) => a + tidy(() => batchLoss(comp, bt, tok).loss.item()), 0) / held.length);
-      };
-      const noneLoss = evalLoss(none);
-      const before = evalLoss(c);
-      const snapshot = snapshotBytes(base);
-      const fingerprint = base.fingerprint();
-      const dir = tmpDir(`${method}-train`);
-      const t0 = performance.now();
-      try {
-        const summary = await train(compressorTask(c, sampler, 'ae'), {
-          outDir: dir,
-          totalSteps: steps,
-          schedule: warmupCosine({ peakLr: lr, warmupSteps: 5, totalSteps: steps, minLr: lr / 10 }),
-          clip: 1,
-          weightDecay: 0,
-          quiet: true,
-        });
-        assert.equal(summary.steps, steps);
-      } finally {
-        fs.rmSync(dir, { recursive: true, force: true });
-      }
-      const secs = (performance.now() - t0) / 1000;
-      const after = evalLoss(c);
-      const note = `${method}: held-out AE loss none ${noneLoss.toFixed(3)}, untrained ${before.toFixed(3)}, after ${steps} steps ${after.toFixed(3)} (${secs.toFixed(1)} s)`;
-      t.diagnostic(note);
-      assert.ok(after < noneLoss - minDrop, `${note}: not ${minDrop} nats below no context`);
-      assert.ok(after < before - 0.5, `${note}: not 0.5 nats below the untrained compressor`);
-      const now = snapshotBytes(base);
-      for (const [name, b] of snapshot) assert.ok(b.equals(now.get(name)!), `base parameter '${name}' changed during training`);
-      base.invalidateFingerprint();
-      assert.equal(base.fingerprint(), fingerprint);
-    });
+    test(
+      'end to end: train() on autoencoding lowers the loss well below no context; the base is untouched',
+      { skip: o.train === false ? `${method} opts out of the training check` : false },
+      async (t) => {
+        const steps = trainOpts?.steps ?? 80;
+        const lr = trainOpts?.lr ?? 1e-2;
+        const minDrop = trainOpts?.minDrop ?? 2;
+        const c = make();
+        const sampler = new ObjectiveSampler(
+          { stages: { ae: 1 }, ratios: [4], contextLen: 24, continuationLen: 0, batchSize: 4, seed: 1 },
+          { tokenizer: tok, stream: stream() },
+        );
+        const none = createCompressor('none', base);
+        const held = [0, 1, 2].map((i) => sampler.batch(100000 + i, 0)); // never drawn while training
+        const evalLoss = (comp: Compressor) => {
+          comp.setTraining(false);
+          return noGrad(() => held.reduce((a, bt) => a + tidy(() => batchLoss(comp, bt, tok).loss.item()), 0) / held.length);
+        };
+        const noneLoss = evalLoss(none);
+        const before = evalLoss(c);
+        const snapshot = snapshotBytes(base);
+        const fingerprint = base.fingerprint();
+        const dir = tmpDir(`${method}-train`);
+        const t0 = performance.now();
+        try {
+          const summary = await train(compressorTask(c, sampler, 'ae'), {
+            outDir: dir,
+            totalSteps: steps,
+            schedule: warmupCosine({ peakLr: lr, warmupSteps: 5, totalSteps: steps, minLr: lr / 10 }),
+            clip: 1,
+            weightDecay: 0,
+            quiet: true,
+          });
+          assert.equal(summary.steps, steps);
+        } finally {
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+        const secs = (performance.now() - t0) / 1000;
+        const after = evalLoss(c);
+        const note = `${method}: held-out AE loss none ${noneLoss.toFixed(3)}, untrained ${before.toFixed(3)}, after ${steps} steps ${after.toFixed(3)} (${secs.toFixed(1)} s)`;
+        t.diagnostic(note);
+        assert.ok(after < noneLoss - minDrop, `${note}: not ${minDrop} nats below no context`);
+        assert.ok(after < before - 0.5, `${note}: not 0.5 nats below the untrained compressor`);
+        const now = snapshotBytes(base);
+        for (const [name, b] of snapshot) assert.ok(b.equals(now.get(name)!), `base parameter '${name}' changed during training`);
+        base.invalidateFingerprint();
+        assert.equal(base.fingerprint(), fingerprint);
+      },
+    );
   });
 }
 

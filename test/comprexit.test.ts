@@ -30,7 +30,19 @@ const VOCAB = 64;
 
 /** A small random base model (H = 32, L = 2), weights redrawn so hidden states differ by layer. */
 function tinyBase(seed = 3): LlamaModel {
-  return randomModel({ vocab_size: VOCAB, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512, rms_norm_eps: 1e-5 }, { seed });
+  return randomModel(
+    {
+      vocab_size: VOCAB,
+      hidden_size: 32,
+      intermediate_size: 64,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      max_position_embeddings: 512,
+      rms_norm_eps: 1e-5,
+    },
+    { seed },
+  );
 }
 
 /** Deterministic pseudo-random ids in [1, VOCAB). */
@@ -50,7 +62,11 @@ const SINKHORN = { epsilon: COMPREXIT_DEFAULTS.epsilon, iterations: COMPREXIT_DE
 
 /** Masks for N windows of W tokens and K slots, valid prefixes of the given lengths. */
 function prefixMask(lengths: number[], size: number): Tensor {
-  return tensor(lengths.flatMap((n) => Array.from({ length: size }, (_, i) => (i < n ? 1 : 0))), [lengths.length, size], { dtype: 'bool' });
+  return tensor(
+    lengths.flatMap((n) => Array.from({ length: size }, (_, i) => (i < n ? 1 : 0))),
+    [lengths.length, size],
+    { dtype: 'bool' },
+  );
 }
 
 // ---- Sinkhorn ------------------------------------------------------------------------------------
@@ -101,8 +117,18 @@ test(
     assert.ok(worstRow < 1e-3, `row sums within 1e-3 of a (worst ${worstRow})`);
     assert.ok(worstCol < 1e-3, `column sums within 1e-3 of b (worst ${worstCol})`);
     // The masses themselves: a sums to 1 over real tokens (0 in the empty window), b = 1 / K_valid.
-    near(A.slice(0, W).reduce((s, x) => s + x, 0), 1, 1e-5, 'sum a');
-    near(A.slice(3 * W).reduce((s, x) => s + x, 0), 0, 0, 'sum a of the empty window');
+    near(
+      A.slice(0, W).reduce((s, x) => s + x, 0),
+      1,
+      1e-5,
+      'sum a',
+    );
+    near(
+      A.slice(3 * W).reduce((s, x) => s + x, 0),
+      0,
+      0,
+      'sum a of the empty window',
+    );
     near(B[K + 3], 1 / 20, 1e-7, 'b');
   }),
 );
@@ -144,7 +170,7 @@ test(
 );
 
 test(
-  'width module: slots are block means of W_v\' LN(x) when the cost favours the diagonal blocks',
+  "width module: slots are block means of W_v' LN(x) when the cost favours the diagonal blocks",
   scoped(() => {
     const c = new ComprExIT(tinyBase(), {});
     const width = c.module.width;
@@ -192,13 +218,29 @@ test(
       assert.ok(g.every(Number.isFinite), `${n}: finite gradient`);
     }
     const ws = grads.get('width.source_weight')!;
-    assert.ok(ws.some((v) => Math.abs(v) > 1e-7), `w_s gets a non-zero gradient at w_s = 0 (max |g| ${Math.max(...ws.map(Math.abs))})`);
+    assert.ok(
+      ws.some((v) => Math.abs(v) > 1e-7),
+      `w_s gets a non-zero gradient at w_s = 0 (max |g| ${Math.max(...ws.map(Math.abs))})`,
+    );
     // b_s shifts every score of a window equally, and the softmax over tokens cancels a shift:
     // its gradient is zero by construction (up to rounding), though finite.
     const bs = grads.get('width.source_bias')!;
     assert.ok(Math.abs(bs[0]) < 1e-4 * Math.max(...ws.map(Math.abs)) + 1e-9, `b_s gradient ~ 0 by shift invariance (${bs[0]})`);
-    for (const part of ['depth.layer_logits', 'depth.layer_emb', 'depth.q_proj.weight', 'depth.k_proj.weight', 'depth.v_proj.weight', 'width.cost_proj.weight', 'width.v_proj.weight', 'projector.fc1.weight', 'projector.fc2.bias']) {
-      assert.ok(grads.get(part)!.some((v) => v !== 0), `${part} gets a non-zero gradient`);
+    for (const part of [
+      'depth.layer_logits',
+      'depth.layer_emb',
+      'depth.q_proj.weight',
+      'depth.k_proj.weight',
+      'depth.v_proj.weight',
+      'width.cost_proj.weight',
+      'width.v_proj.weight',
+      'projector.fc1.weight',
+      'projector.fc2.bias',
+    ]) {
+      assert.ok(
+        grads.get(part)!.some((v) => v !== 0),
+        `${part} gets a non-zero gradient`,
+      );
     }
   }),
 );
@@ -249,8 +291,16 @@ test(
         const row = A.slice((b * 10 + t) * 3, (b * 10 + t + 1) * 3);
         const real = t < contexts[b].length;
         if (real) {
-          near(row.reduce((s, x) => s + x, 0), 1, 1e-5, `alpha sums to 1 at item ${b} token ${t}`);
-          assert.ok(row.every((x) => x >= 0), 'alpha >= 0');
+          near(
+            row.reduce((s, x) => s + x, 0),
+            1,
+            1e-5,
+            `alpha sums to 1 at item ${b} token ${t}`,
+          );
+          assert.ok(
+            row.every((x) => x >= 0),
+            'alpha >= 0',
+          );
         } else assert.deepEqual(row, [0, 0, 0], `alpha is 0 at padding (item ${b} token ${t})`);
       }
     }
@@ -259,7 +309,10 @@ test(
     const q = depth.query.forward(mix.matmul(states)); // [B, T, 1, dk]
     const k = depth.key.forward(states).add(depth.layerEmb.value); // [B, T, L+1, dk]
     const v = depth.value.forward(states); // [B, T, L+1, H]
-    const ref = q.matmul(k.transpose(-2, -1)).mul(1 / Math.sqrt(256) / 0.7).softmax(-1); // [B, T, 1, L+1]
+    const ref = q
+      .matmul(k.transpose(-2, -1))
+      .mul(1 / Math.sqrt(256) / 0.7)
+      .softmax(-1); // [B, T, 1, L+1]
     const R = ref.toNumbers();
     const refAnchors = ref.matmul(v).squeeze(2).toNumbers();
     const X = anchors.toNumbers();
@@ -275,40 +328,44 @@ test(
 
 // ---- shapes, masks, budgets ---------------------------------------------------------------------
 
-test(
-  'layout: blocks of r tokens per 128-token window; per-item counts sum ceil(n_w / r) over windows',
-  () => {
-    const lengths = [300, 129, 7, 0];
-    const expect = (r: number) => lengths.map((n) => [0, 1, 2].reduce((s, w) => s + Math.ceil(Math.min(128, Math.max(0, n - 128 * w)) / r), 0));
-    for (const r of [4, 8, 16]) {
-      const l = layoutBlocks(lengths, { ratio: r }, 128);
-      assert.equal(l.windows, 3);
-      assert.equal(l.slots, 128 / r);
-      assert.deepEqual(l.counts, expect(r), `counts at ratio ${r}`);
-      // Powers of two divide the window: the count is ceil(T / r), as softCount says.
-      assert.deepEqual(l.counts, lengths.map((n) => Math.ceil(n / r)));
-      assert.equal(l.blockOf[5], Math.floor(5 / r));
-      assert.equal(l.blockOf[(3 * 3 + 0) * 128 + 7], -1, 'padding (the empty item) is in no block');
-      assert.equal(l.blockOf[(2 * 3 + 0) * 128 + 7], -1, 'padding after 7 tokens is in no block');
-    }
-    // A ratio that does not divide 128, and a non-integer one.
-    assert.deepEqual(layoutBlocks([300], { ratio: 3 }, 128).counts, [43 + 43 + 15]);
-    const l25 = layoutBlocks([10], { ratio: 2.5 }, 128);
-    assert.deepEqual(l25.counts, [4]);
-    assert.deepEqual(Array.from(l25.blockOf.slice(0, 10)), [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]);
-    // Fixed budgets: exactly k for every item, spread by tokens per window.
-    const lk = layoutBlocks([300, 129, 50], { tokens: 20 }, 128);
-    assert.deepEqual(lk.counts, [20, 20, 20]);
-    assert.deepEqual(lk.perWindow, [[9, 8, 3], [19, 1, 0], [20, 0, 0]]);
-    assert.deepEqual(Array.from(lk.blockOf.slice(2 * 3 * 128, 2 * 3 * 128 + 6)), [0, 0, 0, 1, 1, 2]);
-    assert.throws(() => layoutBlocks([300], { tokens: 2 }, 128), /at least 3/);
-    assert.throws(() => layoutBlocks([50], { tokens: 60 }, 128), /at least 60 context tokens/);
-    assert.throws(() => layoutBlocks([50], { ratio: 0.5 }, 128), /ratio must be/);
-    // Ratios above the window: one slot per window; 1.1 does not divide exactly in floating point.
-    assert.deepEqual(layoutBlocks([300], { ratio: 1e12 }, 128).counts, [3]);
-    assert.deepEqual(layoutBlocks([11], { ratio: 1.1 }, 128).counts, [10]);
-  },
-);
+test('layout: blocks of r tokens per 128-token window; per-item counts sum ceil(n_w / r) over windows', () => {
+  const lengths = [300, 129, 7, 0];
+  const expect = (r: number) => lengths.map((n) => [0, 1, 2].reduce((s, w) => s + Math.ceil(Math.min(128, Math.max(0, n - 128 * w)) / r), 0));
+  for (const r of [4, 8, 16]) {
+    const l = layoutBlocks(lengths, { ratio: r }, 128);
+    assert.equal(l.windows, 3);
+    assert.equal(l.slots, 128 / r);
+    assert.deepEqual(l.counts, expect(r), `counts at ratio ${r}`);
+    // Powers of two divide the window: the count is ceil(T / r), as softCount says.
+    assert.deepEqual(
+      l.counts,
+      lengths.map((n) => Math.ceil(n / r)),
+    );
+    assert.equal(l.blockOf[5], Math.floor(5 / r));
+    assert.equal(l.blockOf[(3 * 3 + 0) * 128 + 7], -1, 'padding (the empty item) is in no block');
+    assert.equal(l.blockOf[(2 * 3 + 0) * 128 + 7], -1, 'padding after 7 tokens is in no block');
+  }
+  // A ratio that does not divide 128, and a non-integer one.
+  assert.deepEqual(layoutBlocks([300], { ratio: 3 }, 128).counts, [43 + 43 + 15]);
+  const l25 = layoutBlocks([10], { ratio: 2.5 }, 128);
+  assert.deepEqual(l25.counts, [4]);
+  assert.deepEqual(Array.from(l25.blockOf.slice(0, 10)), [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]);
+  // Fixed budgets: exactly k for every item, spread by tokens per window.
+  const lk = layoutBlocks([300, 129, 50], { tokens: 20 }, 128);
+  assert.deepEqual(lk.counts, [20, 20, 20]);
+  assert.deepEqual(lk.perWindow, [
+    [9, 8, 3],
+    [19, 1, 0],
+    [20, 0, 0],
+  ]);
+  assert.deepEqual(Array.from(lk.blockOf.slice(2 * 3 * 128, 2 * 3 * 128 + 6)), [0, 0, 0, 1, 1, 2]);
+  assert.throws(() => layoutBlocks([300], { tokens: 2 }, 128), /at least 3/);
+  assert.throws(() => layoutBlocks([50], { tokens: 60 }, 128), /at least 60 context tokens/);
+  assert.throws(() => layoutBlocks([50], { ratio: 0.5 }, 128), /ratio must be/);
+  // Ratios above the window: one slot per window; 1.1 does not divide exactly in floating point.
+  assert.deepEqual(layoutBlocks([300], { ratio: 1e12 }, 128).counts, [3]);
+  assert.deepEqual(layoutBlocks([11], { ratio: 1.1 }, 128).counts, [10]);
+});
 
 test(
   'compress: ragged batches at ratios 4, 8 and 16 — shapes, masks, meta, zero padding',
@@ -330,9 +387,21 @@ test(
       const S = ctx.softTokens!.toNumbers();
       assert.ok(S.every(Number.isFinite), 'finite soft tokens');
       for (let b = 0; b < 4; b++) {
-        assert.deepEqual(M.slice(b * k, (b + 1) * k), Array.from({ length: k }, (_, i) => (i < counts[b] ? 1 : 0)), `mask row ${b}`);
-        for (let i = counts[b]; i < k; i++) assert.ok(S.slice((b * k + i) * 32, (b * k + i + 1) * 32).every((x) => x === 0), 'padding soft tokens are 0');
-        if (counts[b] > 0) assert.ok(S.slice(b * k * 32, (b * k + 1) * 32).some((x) => x !== 0), 'a real soft token is not 0');
+        assert.deepEqual(
+          M.slice(b * k, (b + 1) * k),
+          Array.from({ length: k }, (_, i) => (i < counts[b] ? 1 : 0)),
+          `mask row ${b}`,
+        );
+        for (let i = counts[b]; i < k; i++)
+          assert.ok(
+            S.slice((b * k + i) * 32, (b * k + i + 1) * 32).every((x) => x === 0),
+            'padding soft tokens are 0',
+          );
+        if (counts[b] > 0)
+          assert.ok(
+            S.slice(b * k * 32, (b * k + 1) * 32).some((x) => x !== 0),
+            'a real soft token is not 0',
+          );
       }
     }
     // A fixed budget: exactly k each.
@@ -349,7 +418,7 @@ test(
 );
 
 test(
-  'compress: an item\'s soft tokens do not depend on the rest of the batch (padding is invisible)',
+  "compress: an item's soft tokens do not depend on the rest of the batch (padding is invisible)",
   scoped(() => {
     const c = new ComprExIT(tinyBase(), {});
     const long = ids(200, 5);
@@ -389,9 +458,16 @@ test(
     }
     for (const [name, p] of base.namedParameters()) assert.equal(p.value.grad, null, `${name} has no gradient`);
     const names = c.trainable('lm').map(([n]) => n);
-    assert.deepEqual(names, c.module.namedParameters().map(([n]) => n), 'trainable = the compressor module');
+    assert.deepEqual(
+      names,
+      c.module.namedParameters().map(([n]) => n),
+      'trainable = the compressor module',
+    );
     assert.ok(names.every((n) => /^(depth|width|projector)\./.test(n)));
-    assert.deepEqual(c.trainable('qa').map(([n]) => n), names);
+    assert.deepEqual(
+      c.trainable('qa').map(([n]) => n),
+      names,
+    );
   }),
 );
 
@@ -440,13 +516,34 @@ test(
     const c = new ComprExIT(withBos, {});
     assert.deepEqual([c.separateNorms, c.bias, c.bos], [true, true, true]);
     const names = c.module.namedParameters().map(([n]) => n);
-    for (const n of ['width.anchor_norm.weight', 'width.proto_norm.weight', 'width.value_norm.bias', 'depth.q_proj.bias', 'depth.k_proj.bias', 'depth.v_proj.bias', 'width.cost_proj.bias', 'width.v_proj.bias']) assert.ok(names.includes(n), n);
+    for (const n of [
+      'width.anchor_norm.weight',
+      'width.proto_norm.weight',
+      'width.value_norm.bias',
+      'depth.q_proj.bias',
+      'depth.k_proj.bias',
+      'depth.v_proj.bias',
+      'width.cost_proj.bias',
+      'width.v_proj.bias',
+    ])
+      assert.ok(names.includes(n), n);
     assert.ok(!names.includes('width.norm.weight'));
     // The encoder reads [BOS] context; the states are the context's only.
     const ctx = ids(20, 9);
     const { states } = c.baseStates([ctx], 20);
     const ref = withBos.forward({ ids: tensor([1, ...ctx], [1, 21], { dtype: 'int64' }), outputHiddenStates: true, logits: 'none' }).hiddenStates!;
-    for (let l = 0; l < ref.length; l++) near(states.select(2, l).sub(ref[l].narrow(1, 1, 20)).abs().max().item(), 0, 1e-5, `layer ${l} states after BOS`);
+    for (let l = 0; l < ref.length; l++)
+      near(
+        states
+          .select(2, l)
+          .sub(ref[l].narrow(1, 1, 20))
+          .abs()
+          .max()
+          .item(),
+        0,
+        1e-5,
+        `layer ${l} states after BOS`,
+      );
     // A tokenizer that starts sequences without BOS (SmolLM2's) turns it off.
     const noBos = createCompressor('comprexit', withBos, {}, { tokenizer: { addsBos: false } as never }) as ComprExIT;
     assert.equal(noBos.bos, false);
@@ -464,7 +561,10 @@ test(
       assert.ok(back.module.namedParameters().some(([n]) => n === 'width.norm.weight'));
       assert.equal(back.module.width.protoNorm, back.module.width.norm, 'one LayerNorm for every role');
       const x = noGrad(() => old.compress([ctx], { ratio: 4 }).softTokens!.toNumbers());
-      assert.deepEqual(noGrad(() => back.compress([ctx], { ratio: 4 }).softTokens!.toNumbers()), x);
+      assert.deepEqual(
+        noGrad(() => back.compress([ctx], { ratio: 4 }).softTokens!.toNumbers()),
+        x,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -78,16 +78,14 @@ test('sotu and moby-dick metadata', () => {
 
 test('Brown: tags stripped and punctuation detokenised', () => {
   const tagged =
-    '\n\n\tThe/at jury/nn said/vbd ,/, ``/`` it/pps deserves/vbz praise/nn \'\'/\'\' ./.\n\n' +
+    "\n\n\tThe/at jury/nn said/vbd ,/, ``/`` it/pps deserves/vbz praise/nn ''/'' ./.\n\n" +
     'He/pps was/bedz (/( sadly/rb )/) won/vbn by/in Ivan/np Allen/np Jr./np ./.\n\n' +
     'Merger/nn-hl proposed/vbn-hl\n\n' +
     "\tShe/pps said/vbd ,/, '/' Don't/do* worry/vb '/' ;/. ;/.\n" +
     'Was/bedz it/pps 1-1/2/cd miles/nns ?/. ?/.\n';
   assert.equal(
     brownToText(tagged),
-    'The jury said, "it deserves praise". He was (sadly) won by Ivan Allen Jr.\n\n' +
-      'Merger proposed\n\n' +
-      "She said, 'Don't worry'; Was it 1-1/2 miles?",
+    'The jury said, "it deserves praise". He was (sadly) won by Ivan Allen Jr.\n\n' + 'Merger proposed\n\n' + "She said, 'Don't worry'; Was it 1-1/2 miles?",
   );
   assert.equal(detokenize(['a', '--', 'b', ',', 'c', ':', 'd', '!']), 'a--b, c: d!');
   const first = loadBrown()[0] as Doc;
@@ -141,10 +139,16 @@ test('loadTextCorpus: JSONL errors name the file and line', (t) => {
   const dir = tempDir(t);
   const bad = join(dir, 'bad.jsonl');
   writeFileSync(bad, '{"text": "ok"}\n{"text": "broken"\n');
-  assert.throws(() => loadTextCorpus(bad), (err: Error) => err.message.includes(`${bad}:2: invalid JSON`));
+  assert.throws(
+    () => loadTextCorpus(bad),
+    (err: Error) => err.message.includes(`${bad}:2: invalid JSON`),
+  );
   const noText = join(dir, 'notext.jsonl');
   writeFileSync(noText, '{"text": "ok"}\n\n{"body": "x"}\n');
-  assert.throws(() => loadTextCorpus(noText), (err: Error) => err.message.includes(`${noText}:3: missing string field "text"`));
+  assert.throws(
+    () => loadTextCorpus(noText),
+    (err: Error) => err.message.includes(`${noText}:3: missing string field "text"`),
+  );
   const arr = join(dir, 'arr.jsonl');
   writeFileSync(arr, '["text"]\n');
   assert.throws(() => loadTextCorpus(arr), /arr\.jsonl:1: expected a JSON object/);
@@ -159,10 +163,16 @@ test('Rng: deterministic streams, forks, ranges', () => {
   const a = new Rng(42);
   const b = new Rng(42);
   const xs = Array.from({ length: 100 }, () => a.next());
-  assert.deepEqual(xs, Array.from({ length: 100 }, () => b.next()));
+  assert.deepEqual(
+    xs,
+    Array.from({ length: 100 }, () => b.next()),
+  );
   assert.ok(xs.every((x) => x >= 0 && x < 1));
   const other = new Rng(43);
-  assert.notDeepEqual(xs.slice(0, 5), Array.from({ length: 5 }, () => other.next()));
+  assert.notDeepEqual(
+    xs.slice(0, 5),
+    Array.from({ length: 5 }, () => other.next()),
+  );
   const r = new Rng('seed');
   for (let i = 0; i < 1000; i++) {
     const k = r.intBetween(-3, 3);
@@ -192,7 +202,10 @@ test('splits: deterministic, disjoint, covering, non-empty per corpus', () => {
   assert.equal(new Set(all).size, docs.length);
   for (const source of CORPUS_NAMES) {
     for (const name of SPLIT_NAMES) {
-      assert.ok(s0[name].some((d) => d.source === source), `${source} has ${name} documents`);
+      assert.ok(
+        s0[name].some((d) => d.source === source),
+        `${source} has ${name} documents`,
+      );
     }
   }
   const trainShare = s0.train.length / docs.length;

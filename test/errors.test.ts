@@ -75,7 +75,13 @@ test('item() of a multi-element tensor', () =>
 test('crossEntropy with the wrong target dtype or shape', () =>
   tidy(() => {
     const logits = randn([4, 3]);
-    throwsTensorError(() => crossEntropy(logits, tensor([0, 1, 2, 1], undefined, { dtype: 'int32' })), /cross_entropy/, /Long/, /float32\[4, 3\]/, /int32\[4\]/);
+    throwsTensorError(
+      () => crossEntropy(logits, tensor([0, 1, 2, 1], undefined, { dtype: 'int32' })),
+      /cross_entropy/,
+      /Long/,
+      /float32\[4, 3\]/,
+      /int32\[4\]/,
+    );
     throwsTensorError(() => crossEntropy(logits, tensor([0, 1, 2, 1])), /cross_entropy/, /float32\[4, 3\]/, /float32\[4\]/);
     throwsTensorError(() => crossEntropy(logits, tensor([0, 1], undefined, { dtype: 'int64' })), /cross_entropy/, /float32\[4, 3\]/, /int64\[2\]/);
   }));
@@ -126,6 +132,11 @@ test('the process and libtorch keep working after errors, without leaking handle
     });
   }
   assert.equal(memoryStats().liveHandles, before);
-  const v = tidy(() => ones([2, 2]).matmul(ones([2, 2])).sum().item());
+  const v = tidy(() =>
+    ones([2, 2])
+      .matmul(ones([2, 2]))
+      .sum()
+      .item(),
+  );
   assert.equal(v, 8);
 });

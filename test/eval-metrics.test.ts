@@ -8,7 +8,20 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { inflateSync } from 'node:zlib';
 
-import { bitsPerByte, corpusBleu, exactMatch, exactPrefixLength, f1Score, lcsLength, lmScore, normalizeAnswer, perplexity, retention, rougeL, sentenceBleu } from '../src/eval/metrics.js';
+import {
+  bitsPerByte,
+  corpusBleu,
+  exactMatch,
+  exactPrefixLength,
+  f1Score,
+  lcsLength,
+  lmScore,
+  normalizeAnswer,
+  perplexity,
+  retention,
+  rougeL,
+  sentenceBleu,
+} from '../src/eval/metrics.js';
 import { crc32, encodePng, linePlotPng } from '../src/eval/png.js';
 
 const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps, `${a} != ${b}`);
@@ -30,7 +43,7 @@ test('exact match and token F1 (SQuAD)', () => {
   // pred "blue big box" vs gold "the big red box": common {big, box} = 2; P = 2/3, R = 2/3.
   close(f1Score('blue big box', 'the big red box'), 2 / 3);
   // pred "a a b" vs gold "a b b" -> normalised "b" vs "b b": common 1, P 1, R 1/2, F1 2/3.
-  close(f1Score('x x y', 'x y y'), 2 * ((2 / 3) * (2 / 3)) / (4 / 3));
+  close(f1Score('x x y', 'x y y'), (2 * ((2 / 3) * (2 / 3))) / (4 / 3));
   close(f1Score('a a b', 'a b b'), 2 / 3);
   assert.equal(f1Score('nothing', 'kitchen'), 0);
   // Both empty after normalisation -> 1; one empty -> 0.
@@ -168,7 +181,26 @@ test('PNG: valid framing, CRCs and pixel data; a plot renders', () => {
   }
   assert.deepEqual(types, ['IHDR', 'IDAT', 'IEND']);
   assert.deepEqual([...inflateSync(idat)], [0, 255, 0, 0, 0, 255, 0, 0, 0, 0, 255, 255, 255, 255]);
-  const plot = linePlotPng([{ name: 'a', points: [[4, 0.5], [8, 0.3]] }, { name: 'full', points: [[4, 0.9], [8, 0.9]], dashed: true }], { title: 'EM vs ratio', xLabel: 'ratio', yLabel: 'EM' });
+  const plot = linePlotPng(
+    [
+      {
+        name: 'a',
+        points: [
+          [4, 0.5],
+          [8, 0.3],
+        ],
+      },
+      {
+        name: 'full',
+        points: [
+          [4, 0.9],
+          [8, 0.9],
+        ],
+        dashed: true,
+      },
+    ],
+    { title: 'EM vs ratio', xLabel: 'ratio', yLabel: 'EM' },
+  );
   assert.equal(plot.readUInt32BE(16), 720);
   assert.equal(plot.readUInt32BE(20), 420);
 });

@@ -15,7 +15,17 @@ import { spawnSync } from 'node:child_process';
 import { noGrad, tensor, tidy } from '../src/tensor/index.js';
 import { loadModel, saveModel } from '../src/models/load.js';
 import { createCompressor, saveCompressor } from '../src/compress/index.js';
-import { answerText, babiFiles, buildTasks, documentPerplexity, evalDocuments, makeBabiTask, newlineTokens, ratiosFor, runEvaluation } from '../src/eval/index.js';
+import {
+  answerText,
+  babiFiles,
+  buildTasks,
+  documentPerplexity,
+  evalDocuments,
+  makeBabiTask,
+  newlineTokens,
+  ratiosFor,
+  runEvaluation,
+} from '../src/eval/index.js';
 import { tinyBase as tinyBaseModel } from './helpers/tiny.js';
 
 const TOKENIZER = resolve('models/softpress-base/tokenizer.json');
@@ -40,7 +50,11 @@ test.after(() => {
 
 function cli(args: string[]): { stdout: string; stderr: string; status: number | null; seconds: number } {
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['bin/softpress.js', 'eval', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, SOFTPRESS_THREADS: '2' } });
+  const r = spawnSync(process.execPath, ['bin/softpress.js', 'eval', ...args], {
+    encoding: 'utf8',
+    timeout: 180_000,
+    env: { ...process.env, SOFTPRESS_THREADS: '2' },
+  });
   return { stdout: r.stdout, stderr: r.stderr, status: r.status, seconds: (performance.now() - t0) / 1000 };
 }
 
@@ -61,13 +75,22 @@ test('softpress eval --suite quick writes report.md, results.json and plots (< 3
   assert.deepEqual(rep.errors, []);
   for (const row of rep.results) assert.deepEqual(Object.keys(row).sort(), [...RESULT_KEYS].sort());
   const tasks = new Set(rep.results.map((x: { task: string }) => x.task));
-  for (const t of ['reconstruct', 'continue', 'needle', 'cloze', ...(existsSync(BABI_FILE) ? ['babi'] : []), ...(existsSync('data/qa/prose-test.json') ? ['qa'] : [])]) assert.ok(tasks.has(t), `no results for ${t}`);
+  for (const t of [
+    'reconstruct',
+    'continue',
+    'needle',
+    'cloze',
+    ...(existsSync(BABI_FILE) ? ['babi'] : []),
+    ...(existsSync('data/qa/prose-test.json') ? ['qa'] : []),
+  ])
+    assert.ok(tasks.has(t), `no results for ${t}`);
   const methods = new Set(rep.results.map((x: { method: string; ratio: number | null }) => `${x.method}@${x.ratio}`));
   assert.deepEqual([...methods].sort(), ['full@null', 'none@null', 'truncate@4', 'truncate@8']);
   // Retention is 1 for full and 0 for none wherever it is defined.
   for (const row of rep.results) if (row.method === 'full' && row.retention !== null) assert.ok(Math.abs(row.retention - 1) < 1e-9);
   for (const l of rep.latency) {
-    for (const k of ['compressMs', 'prefillMs', 'generateMs', 'endToEndMs', 'contextKvBytes', 'kvBytes']) assert.ok(Number.isFinite(l[k]) && l[k] >= 0, `${k} of ${JSON.stringify(l)}`);
+    for (const k of ['compressMs', 'prefillMs', 'generateMs', 'endToEndMs', 'contextKvBytes', 'kvBytes'])
+      assert.ok(Number.isFinite(l[k]) && l[k] >= 0, `${k} of ${JSON.stringify(l)}`);
   }
   // KV bytes of the soft-token context: 2 * layers * kvHeads * headDim * 4 bytes * (1 + k) = 256 * (1 + k).
   const cont = rep.latency.find((l: { task: string; method: string; group: string }) => l.task === 'continue' && l.method === 'full' && l.group === 'all');
@@ -80,59 +103,89 @@ test('softpress eval --suite quick writes report.md, results.json and plots (< 3
   assert.equal(rep.meta.split, 'test');
 });
 
-test('softpress eval --task babi --data <file> --methods full,none --json prints EM per task', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {
-  const d = tinyBase();
-  const r = cli(['--task', 'babi', '--data', BABI_FILE, '--methods', 'full,none', '--base', join(d, 'base'), '--n', '6', '--json', '--quiet']);
-  assert.equal(r.status, 0, r.stderr);
-  const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
-  for (const row of rows) assert.deepEqual(Object.keys(row).sort(), [...RESULT_KEYS].sort());
-  for (const method of ['full', 'none']) {
-    const em = rows.find((x) => x.method === method && x.metric === 'em' && x.group === 'task=qa1');
-    assert.ok(em, `no EM for qa1 (${method})`);
-    assert.equal(em.task, 'babi');
-    assert.equal(em.n, 6);
-    assert.ok(em.value >= 0 && em.value <= 1);
-  }
-});
+test(
+  'softpress eval --task babi --data <file> --methods full,none --json prints EM per task',
+  { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') },
+  () => {
+    const d = tinyBase();
+    const r = cli(['--task', 'babi', '--data', BABI_FILE, '--methods', 'full,none', '--base', join(d, 'base'), '--n', '6', '--json', '--quiet']);
+    assert.equal(r.status, 0, r.stderr);
+    const rows = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    for (const row of rows) assert.deepEqual(Object.keys(row).sort(), [...RESULT_KEYS].sort());
+    for (const method of ['full', 'none']) {
+      const em = rows.find((x) => x.method === method && x.metric === 'em' && x.group === 'task=qa1');
+      assert.ok(em, `no EM for qa1 (${method})`);
+      assert.equal(em.task, 'babi');
+      assert.equal(em.n, 6);
+      assert.ok(em.value >= 0 && em.value <= 1);
+    }
+  },
+);
 
-test('--resume reuses the (method, ratio, task) results an earlier run kept, and only those that match', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {
-  const d = tinyBase();
-  const out = join(d, 'resume-report');
-  const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(d, 'base'), '--n', '2', '--json', '--out', out, '--no-png'];
-  const first = cli([...args, '--methods', 'full,none']);
-  assert.equal(first.status, 0, first.stderr);
-  assert.equal(readdirSync(join(out, 'plans')).filter((f) => f.endsWith('.json')).length, 2);
-  // Again with one more method: full and none come back from the kept results, truncate runs.
-  const second = cli([...args, '--methods', 'full,none,truncate', '--ratios', '4', '--resume']);
-  assert.equal(second.status, 0, second.stderr);
-  assert.equal((second.stderr.match(/results of an earlier run reused/g) ?? []).length, 2);
-  assert.match(second.stderr, /truncate@4 · babi \(/);
-  const rows = (o: string, method: string) => o.trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.method === method).map((x) => ({ ...x, retention: null }));
-  for (const m of ['full', 'none']) assert.deepEqual(rows(second.stdout, m), rows(first.stdout, m));
-  assert.ok(rows(second.stdout, 'truncate').length > 0);
-  // Other examples (another seed) are not the kept ones: nothing is reused.
-  const third = cli([...args, '--methods', 'full,none', '--seed', '1', '--resume']);
-  assert.equal(third.status, 0, third.stderr);
-  assert.doesNotMatch(third.stderr, /reused/);
-});
+test(
+  '--resume reuses the (method, ratio, task) results an earlier run kept, and only those that match',
+  { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') },
+  () => {
+    const d = tinyBase();
+    const out = join(d, 'resume-report');
+    const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(d, 'base'), '--n', '2', '--json', '--out', out, '--no-png'];
+    const first = cli([...args, '--methods', 'full,none']);
+    assert.equal(first.status, 0, first.stderr);
+    assert.equal(readdirSync(join(out, 'plans')).filter((f) => f.endsWith('.json')).length, 2);
+    // Again with one more method: full and none come back from the kept results, truncate runs.
+    const second = cli([...args, '--methods', 'full,none,truncate', '--ratios', '4', '--resume']);
+    assert.equal(second.status, 0, second.stderr);
+    assert.equal((second.stderr.match(/results of an earlier run reused/g) ?? []).length, 2);
+    assert.match(second.stderr, /truncate@4 · babi \(/);
+    const rows = (o: string, method: string) =>
+      o
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+        .filter((x) => x.method === method)
+        .map((x) => ({ ...x, retention: null }));
+    for (const m of ['full', 'none']) assert.deepEqual(rows(second.stdout, m), rows(first.stdout, m));
+    assert.ok(rows(second.stdout, 'truncate').length > 0);
+    // Other examples (another seed) are not the kept ones: nothing is reused.
+    const third = cli([...args, '--methods', 'full,none', '--seed', '1', '--resume']);
+    assert.equal(third.status, 0, third.stderr);
+    assert.doesNotMatch(third.stderr, /reused/);
+  },
+);
 
-test('compressors from folders: by --methods DIR, and found beside the base model', { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') }, () => {
-  const d = tinyBase();
-  // A (untrained) mean-pool compressor saved beside a copy of the base model.
-  const home = join(d, 'models');
-  mkdirSync(join(home, 'base'), { recursive: true });
-  for (const f of readdirSync(join(d, 'base'))) copyFileSync(join(d, 'base', f), join(home, 'base', f));
-  const { model } = loadModel(join(home, 'base'));
-  saveCompressor(createCompressor('meanpool', model), join(home, 'softpress-meanpool'));
-  const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(home, 'base'), '--n', '2', '--json', '--quiet'];
-  const explicit = cli([...args, '--methods', `none,${join(home, 'softpress-meanpool')}`, '--ratios', '4']);
-  assert.equal(explicit.status, 0, explicit.stderr);
-  const keys = (out: string) => [...new Set(out.trim().split('\n').map((l) => JSON.parse(l)).map((x) => `${x.method}@${x.ratio}`))].sort();
-  assert.deepEqual(keys(explicit.stdout), ['meanpool@4', 'none@null']);
-  const found = cli(args);
-  assert.equal(found.status, 0, found.stderr);
-  assert.deepEqual(keys(found.stdout), ['full@null', 'meanpool@4', 'meanpool@8', 'none@null', 'truncate@4', 'truncate@8']);
-});
+test(
+  'compressors from folders: by --methods DIR, and found beside the base model',
+  { skip: skip || (!existsSync(BABI_FILE) && 'needs the bAbI fixtures') },
+  () => {
+    const d = tinyBase();
+    // A (untrained) mean-pool compressor saved beside a copy of the base model.
+    const home = join(d, 'models');
+    mkdirSync(join(home, 'base'), { recursive: true });
+    for (const f of readdirSync(join(d, 'base'))) copyFileSync(join(d, 'base', f), join(home, 'base', f));
+    const { model } = loadModel(join(home, 'base'));
+    saveCompressor(createCompressor('meanpool', model), join(home, 'softpress-meanpool'));
+    const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(home, 'base'), '--n', '2', '--json', '--quiet'];
+    const explicit = cli([...args, '--methods', `none,${join(home, 'softpress-meanpool')}`, '--ratios', '4']);
+    assert.equal(explicit.status, 0, explicit.stderr);
+    const keys = (out: string) =>
+      [
+        ...new Set(
+          out
+            .trim()
+            .split('\n')
+            .map((l) => JSON.parse(l))
+            .map((x) => `${x.method}@${x.ratio}`),
+        ),
+      ].sort();
+    assert.deepEqual(keys(explicit.stdout), ['meanpool@4', 'none@null']);
+    const found = cli(args);
+    assert.equal(found.status, 0, found.stderr);
+    assert.deepEqual(keys(found.stdout), ['full@null', 'meanpool@4', 'meanpool@8', 'none@null', 'truncate@4', 'truncate@8']);
+  },
+);
 
 test('tasks: deterministic by seed, test split only, lengths as asked', { skip }, () => {
   const { tokenizer } = loadModel(join(tinyBase(), 'base'));
@@ -142,8 +195,12 @@ test('tasks: deterministic by seed, test split only, lengths as asked', { skip }
   const b = buildTasks(tok, { suite: 'quick', tasks: ['reconstruct', 'continue', 'needle', 'cloze'], seed: 3 });
   const c = buildTasks(tok, { suite: 'quick', tasks: ['reconstruct'], seed: 4 });
   assert.deepEqual(a, b);
-  assert.notDeepEqual(a[0]!.examples.map((e) => e.context), c[0]!.examples.map((e) => e.context));
-  for (const t of a) for (const ex of t.examples) for (const id of ex.docIds ?? []) assert.ok(test.has(id), `${t.name} ${ex.id} drew from ${id}, not a test document`);
+  assert.notDeepEqual(
+    a[0]!.examples.map((e) => e.context),
+    c[0]!.examples.map((e) => e.context),
+  );
+  for (const t of a)
+    for (const ex of t.examples) for (const id of ex.docIds ?? []) assert.ok(test.has(id), `${t.name} ${ex.id} drew from ${id}, not a test document`);
   const [rec, cont, needle] = a;
   assert.deepEqual([rec!.lead, rec!.objective, rec!.stopIds], [[tok.bos], 'ae', [tok.eos]]);
   for (const ex of rec!.examples) {
@@ -167,9 +224,16 @@ test('tasks: deterministic by seed, test split only, lengths as asked', { skip }
   writeFileSync(join(bd, 'qa1_single-supporting-fact_train.txt'), story('Mary', 'garden') + story('Sandra', 'office') + story('Daniel', 'kitchen'));
   writeFileSync(join(bd, 'qa1_single-supporting-fact_test.txt'), story('Mary', 'bathroom') + story('Sandra', 'cellar'));
   writeFileSync(join(bd, 'qa2_two-supporting-facts_train.txt'), story('Mary', 'garden') + story('Sandra', 'office') + story('Daniel', 'kitchen'));
-  assert.deepEqual(babiFiles(bd).map((f) => f.slice(bd.length + 1)), ['qa1_single-supporting-fact_test.txt', 'qa2_two-supporting-facts_train.txt']);
+  assert.deepEqual(
+    babiFiles(bd).map((f) => f.slice(bd.length + 1)),
+    ['qa1_single-supporting-fact_test.txt', 'qa2_two-supporting-facts_train.txt'],
+  );
   const small = makeBabiTask(bd, tok, { n: 10 });
-  assert.deepEqual(small.examples.map((e) => [e.groups.task, e.answer]).sort(), [['qa1', 'bathroom'], ['qa1', 'cellar'], ['qa2', 'kitchen']]);
+  assert.deepEqual(small.examples.map((e) => [e.groups.task, e.answer]).sort(), [
+    ['qa1', 'bathroom'],
+    ['qa1', 'cellar'],
+    ['qa2', 'kitchen'],
+  ]);
   assert.equal(tok.decode(small.examples.find((e) => e.answer === 'kitchen')!.context), 'Daniel moved to the kitchen.\nJohn went to the hallway.');
   // Model-free references: qa1's test file knows its own two answers (1/2 each; 'bathroom', the
   // first most frequent, is right once); qa2's held-out 'kitchen' is no training answer (0, 0).
@@ -198,7 +262,16 @@ test('harness in-process: full equals the plain decoder on continue; perplexity 
   for (const e of ex) {
     const ids = [tok.bos, ...e.context, ...e.tail];
     const v = model.config.vocabSize;
-    const rows = noGrad(() => tidy(() => model.forward({ ids: tensor(ids, [1, ids.length], { dtype: 'int64' }) }).logits!.reshape(ids.length, -1).logSoftmax(-1).toArray() as Float32Array));
+    const rows = noGrad(() =>
+      tidy(
+        () =>
+          model
+            .forward({ ids: tensor(ids, [1, ids.length], { dtype: 'int64' }) })
+            .logits!.reshape(ids.length, -1)
+            .logSoftmax(-1)
+            .toArray() as Float32Array,
+      ),
+    );
     for (let j = 1 + e.context.length; j < ids.length; j++) {
       nats -= rows[(j - 1) * v + ids[j]!]!;
       count++;
@@ -207,10 +280,18 @@ test('harness in-process: full equals the plain decoder on continue; perplexity 
   assert.ok(Math.abs(Math.log(ppl('full')) - nats / count) < 1e-4, `${ppl('full')} vs ${Math.exp(nats / count)}`);
   assert.ok(Math.abs(Math.log(ppl('none')) - nats / count) > 1e-3, 'none should differ from full');
   assert.ok(Number.isFinite(ppl('none')) && Number.isFinite(ppl('truncate')));
-  const docs = evalDocuments('test').slice(0, 2).map((d) => d.text.slice(0, 3000));
+  const docs = evalDocuments('test')
+    .slice(0, 2)
+    .map((d) => d.text.slice(0, 3000));
   const p = documentPerplexity(model, tok, docs, { window: 256 });
-  assert.equal(p.bytes, docs.reduce((a, t) => a + Buffer.byteLength(t), 0));
-  assert.equal(p.tokens, docs.reduce((a, t) => a + tok.encode(t).length + 1, 0));
+  assert.equal(
+    p.bytes,
+    docs.reduce((a, t) => a + Buffer.byteLength(t), 0),
+  );
+  assert.equal(
+    p.tokens,
+    docs.reduce((a, t) => a + tok.encode(t).length + 1, 0),
+  );
   assert.ok(Math.abs(p.bpb - p.nats / Math.LN2 / p.bytes) < 1e-12);
   // Window size does not change the token count, only the context each token sees.
   assert.equal(documentPerplexity(model, tok, docs, { window: 97 }).tokens, p.tokens);

@@ -31,7 +31,7 @@ function permuteLikeLlamaCpp(data: Float32Array, rows: number, heads: number): F
   return out;
 }
 
-test('unpermuteQk undoes llama.cpp\'s q/k row permutation (weights and biases, GQA head counts)', () => {
+test("unpermuteQk undoes llama.cpp's q/k row permutation (weights and biases, GQA head counts)", () => {
   for (const [heads, hd, cols] of [
     [3, 8, 5],
     [1, 4, 1],
@@ -108,7 +108,15 @@ test('convert: a GGUF becomes a Hugging Face folder that loads back to the same 
     const logits = (p: string) => {
       const m = loadModel(p);
       assert.deepEqual(m.tokenizer!.encode('The quick brown fox jumps over the lazy dog.'), ids);
-      const v = tidy(() => noGrad(() => m.model.forward({ ids: tensor(ids, [1, ids.length], { dtype: 'int64' }) }).logits!.to('float32').toArray() as Float32Array));
+      const v = tidy(() =>
+        noGrad(
+          () =>
+            m.model
+              .forward({ ids: tensor(ids, [1, ids.length], { dtype: 'int64' }) })
+              .logits!.to('float32')
+              .toArray() as Float32Array,
+        ),
+      );
       m.model.free();
       return v;
     };

@@ -34,7 +34,16 @@ interface DequantCase {
   tensor?: { name: string; dims: number[]; offset: number; byteLength: number };
 }
 interface DequantFixture {
-  real: { file: string; size: number; version: number; tensorCount: number; dataOffset: number; embedding_length: number; tokenCount: number; firstTokens: string[] } | null;
+  real: {
+    file: string;
+    size: number;
+    version: number;
+    tensorCount: number;
+    dataOffset: number;
+    embedding_length: number;
+    tokenCount: number;
+    firstTokens: string[];
+  } | null;
   cases: DequantCase[];
 }
 type Expected = number | string | boolean | { bigint: string } | Expected[];
@@ -118,7 +127,16 @@ class W {
 }
 
 // Metadata value types.
-const U8 = 0, I8 = 1, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STR = 8, ARR = 9, U64 = 10, I64 = 11;
+const U8 = 0,
+  I8 = 1,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  BOOL = 7,
+  STR = 8,
+  ARR = 9,
+  U64 = 10,
+  I64 = 11;
 
 interface TensorSpec {
   name: string;
@@ -194,13 +212,20 @@ test('gguf: every supported type dequantizes bit-for-bit as gguf-py does', () =>
     shifted.set(bytes, 1);
     sameFloats(dequantize(ggmlTypeInfo(c.type)!.type, shifted.subarray(1), c.count), floats(c.values), `${c.name} (unaligned)`);
   }
-  assert.ok(fixture.cases.some((c) => c.tensor), 'the fixture should carry slices of the real SmolLM2 file');
+  assert.ok(
+    fixture.cases.some((c) => c.tensor),
+    'the fixture should carry slices of the real SmolLM2 file',
+  );
 });
 
 test('gguf: dequantize refuses unknown and unsupported types, bad counts and short input', () => {
   for (const type of ['Q2_K', 10, 'Q3_K', 'Q8_K', 'IQ2_XXS', 'Q8_1', 'I32']) {
     const name = typeof type === 'number' ? ggmlTypeName(type) : type;
-    throwsGguf(() => dequantize(type, new Uint8Array(1024), 256), [new RegExp(`type ${name}, which softpress cannot dequantize \\(supported: F32, F16, BF16, Q8_0`)], '<dequantize>');
+    throwsGguf(
+      () => dequantize(type, new Uint8Array(1024), 256),
+      [new RegExp(`type ${name}, which softpress cannot dequantize \\(supported: F32, F16, BF16, Q8_0`)],
+      '<dequantize>',
+    );
   }
   throwsGguf(() => dequantize('Q9_9', new Uint8Array(8), 1), [/unknown ggml type 'Q9_9'/], '<dequantize>');
   throwsGguf(() => dequantize(4, new Uint8Array(8), 1), [/unknown ggml type 4/], '<dequantize>');
@@ -211,8 +236,23 @@ test('gguf: dequantize refuses unknown and unsupported types, bad counts and sho
 });
 
 test('gguf: type names', () => {
-  const names: [number, string][] = [[0, 'F32'], [1, 'F16'], [2, 'Q4_0'], [3, 'Q4_1'], [6, 'Q5_0'], [7, 'Q5_1'], [8, 'Q8_0'], [9, 'Q8_1'],
-    [10, 'Q2_K'], [11, 'Q3_K'], [12, 'Q4_K'], [13, 'Q5_K'], [14, 'Q6_K'], [15, 'Q8_K'], [30, 'BF16']];
+  const names: [number, string][] = [
+    [0, 'F32'],
+    [1, 'F16'],
+    [2, 'Q4_0'],
+    [3, 'Q4_1'],
+    [6, 'Q5_0'],
+    [7, 'Q5_1'],
+    [8, 'Q8_0'],
+    [9, 'Q8_1'],
+    [10, 'Q2_K'],
+    [11, 'Q3_K'],
+    [12, 'Q4_K'],
+    [13, 'Q5_K'],
+    [14, 'Q6_K'],
+    [15, 'Q8_K'],
+    [30, 'BF16'],
+  ];
   for (const [id, name] of names) {
     assert.equal(ggmlTypeName(id), name);
     assert.equal(ggmlTypeInfo(name)?.type, id);
@@ -228,12 +268,19 @@ function checkTiny(file: GgufFile, expected: TinyFixture): void {
   assert.equal(file.version, expected.version);
   assert.equal(file.alignment, expected.alignment);
   assert.equal(file.dataOffset, expected.dataOffset);
-  assert.deepEqual([...file.metadata.keys()], expected.metadata.map((m) => m.key), 'keys in file order');
+  assert.deepEqual(
+    [...file.metadata.keys()],
+    expected.metadata.map((m) => m.key),
+    'keys in file order',
+  );
   for (const m of expected.metadata) {
     assert.deepEqual(file.metadata.get(m.key), expectedValue(m.value), m.key);
     assert.equal(file.metadataTypes.get(m.key), m.type, `${m.key} type`);
   }
-  assert.deepEqual([...file.tensors.keys()], expected.tensors.map((t) => t.name));
+  assert.deepEqual(
+    [...file.tensors.keys()],
+    expected.tensors.map((t) => t.name),
+  );
   for (const t of expected.tensors) {
     const info = file.tensors.get(t.name)!;
     assert.equal(info.typeName, t.type);
@@ -242,7 +289,10 @@ function checkTiny(file: GgufFile, expected: TinyFixture): void {
     assert.deepEqual(info.shape, [...t.dims].reverse());
     assert.equal(info.offset, t.offset);
     assert.equal(info.byteLength, t.byteLength);
-    assert.equal(info.numel, t.dims.reduce((a, b) => a * b, 1));
+    assert.equal(
+      info.numel,
+      t.dims.reduce((a, b) => a * b, 1),
+    );
     const { shape, data } = readGgufTensor(file, t.name);
     assert.deepEqual(shape, info.shape);
     sameFloats(data, floats(t.values), t.name);
@@ -345,29 +395,77 @@ test('gguf: a truncated file is an error at every cut before the end of the tens
   throwsGguf(() => parseGguf(bytes.slice(0, 700)), [/metadata key 't.arr_i16': needs 8 bytes but only 5 remain \(truncated file\?\) \(at byte 695\)/]);
   throwsGguf(() => parseGguf(bytes.slice(0, 1200)), [/metadata key 't.nested_i32': array length 3 exceeds the 6 bytes left/]);
   throwsGguf(() => parseGguf(bytes.slice(0, 1500)), [/tensor 'a.f32': needs 8 bytes but only 1 remain/]);
-  throwsGguf(() => parseGguf(bytes.slice(0, dataEnd - 1)), [/tensor 'c.q8_0': data \[1792, 1928\) runs past the end of the file \(1927 bytes; truncated file\?\)/]);
+  throwsGguf(
+    () => parseGguf(bytes.slice(0, dataEnd - 1)),
+    [/tensor 'c.q8_0': data \[1792, 1928\) runs past the end of the file \(1927 bytes; truncated file\?\)/],
+  );
 });
 
 test('gguf: lengths and counts beyond the bytes left are refused before allocating', () => {
   // A string (a key) claiming 2^64-1 bytes.
-  let e = throwsGguf(() => parseGguf(build({ kv: (w) => (w.u64(2n ** 64n - 1n), 1) })), [/metadata entry #1 key: string length 18446744073709551615 exceeds the \d+ bytes left/]);
+  let e = throwsGguf(
+    () => parseGguf(build({ kv: (w) => (w.u64(2n ** 64n - 1n), 1) })),
+    [/metadata entry #1 key: string length 18446744073709551615 exceeds the \d+ bytes left/],
+  );
   assert.equal(typeof e.offset, 'number');
   // A string value just one byte too long.
-  throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(STR).u64(10_000), 1), tensors: [], data: 0 })), [/metadata key 'k': string length 10000 exceeds the \d+ bytes left/]);
+  throwsGguf(
+    () => parseGguf(build({ kv: (w) => (w.str('k').u32(STR).u64(10_000), 1), tensors: [], data: 0 })),
+    [/metadata key 'k': string length 10000 exceeds the \d+ bytes left/],
+  );
   // Arrays: of strings, of u32, of arrays.
-  e = throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('tokenizer.ggml.tokens').u32(ARR).u32(STR).u64(4294967295), 1) })),
-    [/metadata key 'tokenizer.ggml.tokens': array length 4294967295 exceeds the \d+ bytes left \(each item takes at least 8 bytes\)/]);
+  e = throwsGguf(
+    () => parseGguf(build({ kv: (w) => (w.str('tokenizer.ggml.tokens').u32(ARR).u32(STR).u64(4294967295), 1) })),
+    [/metadata key 'tokenizer.ggml.tokens': array length 4294967295 exceeds the \d+ bytes left \(each item takes at least 8 bytes\)/],
+  );
   assert.equal(e.field, 'tokenizer.ggml.tokens');
-  throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(ARR).u32(U32).u64(2n ** 62n), 1) })), [/array length 4611686018427387904 exceeds/]);
+  throwsGguf(
+    () =>
+      parseGguf(
+        build({
+          kv: (w) => (
+            w
+              .str('k')
+              .u32(ARR)
+              .u32(U32)
+              .u64(2n ** 62n),
+            1
+          ),
+        }),
+      ),
+    [/array length 4611686018427387904 exceeds/],
+  );
   throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(ARR).u32(ARR).u64(1000), 1) })), [/array length 1000 exceeds .* at least 12 bytes/]);
   // Counts in the header.
   throwsGguf(() => parseGguf(build({ tensorCount: 2n ** 63n })), [/tensor count 9223372036854775808 exceeds the \d+ bytes left/]);
   throwsGguf(() => parseGguf(build({ kvCount: 1_000_000 })), [/metadata count 1000000 exceeds the \d+ bytes left/]);
-  throwsGguf(() => parseGguf(build({ kvCount: 2n ** 40n, tensors: [], data: 2 ** 20 })), [/header: metadata count 1099511627776 exceeds the 1048\d+ bytes left/]);
+  throwsGguf(
+    () => parseGguf(build({ kvCount: 2n ** 40n, tensors: [], data: 2 ** 20 })),
+    [/header: metadata count 1099511627776 exceeds the 1048\d+ bytes left/],
+  );
   // Counts that fit the bytes but not softpress's caps (no real model comes near them).
-  throwsGguf(() => parseGguf(build({ kvCount: 2 ** 21, tensors: [], data: 2 ** 21 * 14 })), [/header: metadata count 2097152 is over softpress's limit of 1048576/]);
-  throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(ARR).u32(U8).u64(2 ** 24 + 1), 1), tensors: [], data: 2 ** 24 + 8 })),
-    [/metadata key 'k': array length 16777217 is over softpress's limit of 16777216/]);
+  throwsGguf(
+    () => parseGguf(build({ kvCount: 2 ** 21, tensors: [], data: 2 ** 21 * 14 })),
+    [/header: metadata count 2097152 is over softpress's limit of 1048576/],
+  );
+  throwsGguf(
+    () =>
+      parseGguf(
+        build({
+          kv: (w) => (
+            w
+              .str('k')
+              .u32(ARR)
+              .u32(U8)
+              .u64(2 ** 24 + 1),
+            1
+          ),
+          tensors: [],
+          data: 2 ** 24 + 8,
+        }),
+      ),
+    [/metadata key 'k': array length 16777217 is over softpress's limit of 16777216/],
+  );
   throwsGguf(() => parseGguf(build({ kvCount: 5 })), [/./]); // more entries than written: runs into the tensor infos
 });
 
@@ -375,8 +473,14 @@ test('gguf: malformed metadata values', () => {
   throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(13).u8(0), 1) })), [/metadata key 'k': unknown value type 13/]);
   throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(ARR).u32(77).u64(1), 1) })), [/metadata key 'k': unknown array element type 77/]);
   throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('k').u32(BOOL).u8(2), 1) })), [/metadata key 'k': bool value must be 0 or 1, got 2/]);
-  throwsGguf(() => parseGguf(build({ kv: (w) => (w.str('general.architecture').u32(STR).str('x'), 1) })), [/metadata key 'general.architecture': appears twice/]);
-  throwsGguf(() => parseGguf(build({ kv: (w) => (w.u64(2).bytes([0xc3, 0x28]).u32(U8).u8(1), 1) })), [/metadata entry #1 key: string of 2 bytes is not valid UTF-8/]);
+  throwsGguf(
+    () => parseGguf(build({ kv: (w) => (w.str('general.architecture').u32(STR).str('x'), 1) })),
+    [/metadata key 'general.architecture': appears twice/],
+  );
+  throwsGguf(
+    () => parseGguf(build({ kv: (w) => (w.u64(2).bytes([0xc3, 0x28]).u32(U8).u8(1), 1) })),
+    [/metadata entry #1 key: string of 2 bytes is not valid UTF-8/],
+  );
   // A real U+FFFD is valid UTF-8 and stays.
   assert.equal(parseGguf(build({ kv: (w) => (w.str('k').u32(STR).str('a\uFFFDb'), 1) })).metadata.get('k'), 'a\uFFFDb');
   // Arrays nested deeper than 16 are refused (100 000 deep would overflow the stack).
@@ -390,7 +494,20 @@ test('gguf: malformed metadata values', () => {
   throwsGguf(() => parseGguf(build({ kv: deep(16) })), [/metadata key 'k': arrays nested more than 16 deep/]);
   throwsGguf(() => parseGguf(build({ kv: deep(100_000) })), [/nested more than 16 deep/]);
   // Signed and 64-bit values.
-  const f = parseGguf(build({ kv: (w) => (w.str('i8').u32(I8).u8(0xff), w.str('i64').u32(I64).u64(-5), w.str('u64').u32(U64).u64(2n ** 60n), w.str('f').u32(F32).bytes([0, 0, 0xc0, 0x3f]), 4) }));
+  const f = parseGguf(
+    build({
+      kv: (w) => (
+        w.str('i8').u32(I8).u8(0xff),
+        w.str('i64').u32(I64).u64(-5),
+        w
+          .str('u64')
+          .u32(U64)
+          .u64(2n ** 60n),
+        w.str('f').u32(F32).bytes([0, 0, 0xc0, 0x3f]),
+        4
+      ),
+    }),
+  );
   assert.equal(f.metadata.get('i8'), -1);
   assert.equal(f.metadata.get('i64'), -5);
   assert.equal(f.metadata.get('u64'), 2n ** 60n);
@@ -413,18 +530,54 @@ test('gguf: bad dims, types, alignment, offsets and overlaps', () => {
   assert.equal(e.message, `<buffer>: tensor 't': data offset 4 is not a multiple of the alignment 32 (at byte ${e.offset})`);
   throwsGguf(() => parseGguf(one({ offset: 2n ** 64n - 32n })), [/data offset 18446744073709551584 is past the end of the file/]);
   throwsGguf(() => parseGguf(one({ offset: 64 }, { data: 32 })), [/tensor 't': data \[\d+, \d+\) runs past the end of the file/]);
-  throwsGguf(() => parseGguf(build({ tensors: [{ name: 'x', dims: [8], type: 0, offset: 0 }, { name: 'x', dims: [8], type: 0, offset: 32 }] })), [/tensor 'x': appears twice/]);
-  throwsGguf(() => parseGguf(build({ tensors: [{ name: 'a', dims: [64], type: 0, offset: 0 }, { name: 'b', dims: [32, 2], type: 8, offset: 128 }, { name: 'c', dims: [16], type: 0, offset: 224 }] })),
-    [/tensor 'b': data \[\d+, \d+\) overlaps tensor 'a'/]);
+  throwsGguf(
+    () =>
+      parseGguf(
+        build({
+          tensors: [
+            { name: 'x', dims: [8], type: 0, offset: 0 },
+            { name: 'x', dims: [8], type: 0, offset: 32 },
+          ],
+        }),
+      ),
+    [/tensor 'x': appears twice/],
+  );
+  throwsGguf(
+    () =>
+      parseGguf(
+        build({
+          tensors: [
+            { name: 'a', dims: [64], type: 0, offset: 0 },
+            { name: 'b', dims: [32, 2], type: 8, offset: 128 },
+            { name: 'c', dims: [16], type: 0, offset: 224 },
+          ],
+        }),
+      ),
+    [/tensor 'b': data \[\d+, \d+\) overlaps tensor 'a'/],
+  );
   // Alignment: a UINT32 power of two, honoured by the data section and the offsets.
-  const aligned = (a: number, type = U32) => (w: W) => (w.str('general.alignment').u32(type).u32(a), 1);
+  const aligned =
+    (a: number, type = U32) =>
+    (w: W) => (w.str('general.alignment').u32(type).u32(a), 1);
   throwsGguf(() => parseGguf(build({ kv: aligned(48), pad: 48 })), [/metadata key 'general.alignment': alignment 48 is not a power of two/]);
   throwsGguf(() => parseGguf(build({ kv: aligned(0) })), [/alignment 0 is not a power of two/]);
   throwsGguf(() => parseGguf(build({ kv: aligned(64, I32) })), [/'general.alignment': must be a UINT32, got INT32/]);
-  const f = parseGguf(build({ kv: aligned(64), pad: 64, tensors: [{ name: 'a', dims: [8], type: 0, offset: 0 }, { name: 'b', dims: [32], type: 8, offset: 64 }] }));
+  const f = parseGguf(
+    build({
+      kv: aligned(64),
+      pad: 64,
+      tensors: [
+        { name: 'a', dims: [8], type: 0, offset: 0 },
+        { name: 'b', dims: [32], type: 8, offset: 64 },
+      ],
+    }),
+  );
   assert.equal(f.alignment, 64);
   assert.equal(f.dataOffset % 64, 0);
-  throwsGguf(() => parseGguf(build({ kv: aligned(64), pad: 64, tensors: [{ name: 'b', dims: [32], type: 8, offset: 32 }] })), [/data offset 32 is not a multiple of the alignment 64/]);
+  throwsGguf(
+    () => parseGguf(build({ kv: aligned(64), pad: 64, tensors: [{ name: 'b', dims: [32], type: 8, offset: 32 }] })),
+    [/data offset 32 is not a multiple of the alignment 64/],
+  );
 });
 
 test('gguf: an unsupported tensor type parses but is named when read', () => {
@@ -432,8 +585,12 @@ test('gguf: an unsupported tensor type parses but is named when read', () => {
   const info = file.tensors.get('blk.0.ffn_down.weight')!;
   assert.equal(info.typeName, 'Q2_K');
   assert.equal(info.byteLength, 2 * 84);
-  const e = throwsGguf(() => readGgufTensor(file, 'blk.0.ffn_down.weight'),
-    [/tensor 'blk.0.ffn_down.weight' has type Q2_K, which softpress cannot dequantize \(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K\)/]);
+  const e = throwsGguf(
+    () => readGgufTensor(file, 'blk.0.ffn_down.weight'),
+    [
+      /tensor 'blk.0.ffn_down.weight' has type Q2_K, which softpress cannot dequantize \(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K\)/,
+    ],
+  );
   assert.equal(e.field, 'blk.0.ffn_down.weight');
   assert.equal(readGgufTensorBytes(file, 'blk.0.ffn_down.weight').length, 168, 'its raw bytes are still readable');
 });
@@ -448,7 +605,11 @@ test('gguf: file errors (missing file, file changed after parsing)', () => {
     const file = readGguf(copy);
     fs.truncateSync(copy, file.tensors.get('c.q8_0')!.offset + 10);
     assert.equal(readGgufTensor(file, 'a.f32').data.length, 15);
-    throwsGguf(() => readGgufTensor(file, 'c.q8_0'), [/tensor 'c.q8_0': data \[1792, 1928\) runs past the end of the file \(1802 bytes; changed since it was parsed\?\)/], copy);
+    throwsGguf(
+      () => readGgufTensor(file, 'c.q8_0'),
+      [/tensor 'c.q8_0': data \[1792, 1928\) runs past the end of the file \(1802 bytes; changed since it was parsed\?\)/],
+      copy,
+    );
     throwsGguf(() => readGguf(copy), [/runs past the end of the file/], copy);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

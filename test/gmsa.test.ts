@@ -34,7 +34,23 @@ const VOCAB = 61;
 
 /** A tiny random frozen base (dim 32, 4 layers, GQA 4/2 heads, tied embeddings like ours). */
 function tinyBase(seed = 3): LlamaModel {
-  return randomModel({ vocab_size: VOCAB, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: true, bos_token_id: BOS, eos_token_id: EOS }, { seed, freeze: true });
+  return randomModel(
+    {
+      vocab_size: VOCAB,
+      hidden_size: 32,
+      intermediate_size: 48,
+      num_hidden_layers: 4,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      max_position_embeddings: 64,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      tie_word_embeddings: true,
+      bos_token_id: BOS,
+      eos_token_id: EOS,
+    },
+    { seed, freeze: true },
+  );
 }
 
 function randomIds(n: number, seed: number): number[] {
@@ -50,9 +66,11 @@ function snapshot(m: Module): Map<string, Buffer> {
   return new Map(m.namedParameters().map(([n, p]) => [n, Buffer.from(p.value.toBytes())]));
 }
 function changed(before: Map<string, Buffer>, m: Module): string[] {
-  return m.namedParameters().filter(([n, p]) => !before.get(n)!.equals(Buffer.from(p.value.toBytes()))).map(([n]) => n);
+  return m
+    .namedParameters()
+    .filter(([n, p]) => !before.get(n)!.equals(Buffer.from(p.value.toBytes())))
+    .map(([n]) => n);
 }
-
 
 /** [rows][cols] of a [B, k, H] tensor's item b. */
 function rowsOf(t: Tensor, b: number): number[][] {
@@ -80,7 +98,10 @@ function lossOf(c: Compressor, contexts: number[][], budget: Budget, withDelta =
 /** A few AdamW steps of a stage's objective over its trainable parameters. */
 function trainSteps(c: Compressor, stage: 'ae' | 'qa', steps: number, lr = 1e-2): number[] {
   const params = c.trainable(stage);
-  const opt = new AdamW(params.map(([, p]) => p), { lr, weightDecay: 0.01 });
+  const opt = new AdamW(
+    params.map(([, p]) => p),
+    { lr, weightDecay: 0.01 },
+  );
   const contexts = [randomIds(12, 1), randomIds(9, 2)];
   const losses: number[] = [];
   c.setTraining(true);
@@ -192,13 +213,21 @@ test('LSA starts as an exact copy of the decoder first layer and final norm; sta
   // LoRA on all seven projections of each encoder layer, nothing above it.
   const enc = ae.filter((n) => n.startsWith('encoder.'));
   assert.equal(enc.length, 2 * 7 * 2);
-  for (const l of [0, 1]) for (const t of ['q', 'k', 'v', 'o', 'gate', 'up', 'down']) assert.ok(enc.includes(`encoder.${l}.${t}.lora_A.weight`) && enc.includes(`encoder.${l}.${t}.lora_B.weight`), `${l}.${t}`);
+  for (const l of [0, 1])
+    for (const t of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'])
+      assert.ok(enc.includes(`encoder.${l}.${t}.lora_A.weight`) && enc.includes(`encoder.${l}.${t}.lora_B.weight`), `${l}.${t}`);
   assert.equal(ae.length, enc.length + names.length);
-  assert.ok(c.decoderLora.namedParameters().every(([, p]) => !p.trainable), 'ae: the decoder delta records no gradients');
+  assert.ok(
+    c.decoderLora.namedParameters().every(([, p]) => !p.trainable),
+    'ae: the decoder delta records no gradients',
+  );
 
   const qa = c.trainable('qa').map(([n]) => n);
   assert.deepEqual(qa.sort(), [0, 1, 2, 3].flatMap((l) => ['q', 'k', 'v'].map((t) => `${l}.${t}.delta.weight`)).sort());
-  assert.ok(c.module.parameters().every((p) => !p.trainable), 'qa: encoder and LSA record no gradients');
+  assert.ok(
+    c.module.parameters().every((p) => !p.trainable),
+    'qa: encoder and LSA record no gradients',
+  );
   assert.ok(c.decoderLora.parameters().every((p) => p.trainable));
 });
 
@@ -241,14 +270,29 @@ test('ragged batches at ratios 4 and 8 and a token budget: shapes, masks, counts
       assert.equal(ctx.meta.method, 'gmsa');
       assert.deepEqual(ctx.softTokens!.shape, [5, k, 32]);
       assert.deepEqual(ctx.mask!.shape, [5, k]);
-      assert.deepEqual(Array.from(ctx.mask!.toNumbers()), counts.flatMap((n) => Array.from({ length: k }, (_, i) => (i < n ? 1 : 0))));
+      assert.deepEqual(
+        Array.from(ctx.mask!.toNumbers()),
+        counts.flatMap((n) => Array.from({ length: k }, (_, i) => (i < n ? 1 : 0))),
+      );
       assert.equal(ctx.softTokens!.requiresGrad, false, 'eval mode: no graph');
       contexts.forEach((ids, b) => {
         const row = ctx.softTokens!.select(0, b);
-        if (counts[b] < k) assert.equal(row.narrow(0, counts[b], k - counts[b]).abs().max().item(), 0, 'padded rows are zero');
+        if (counts[b] < k)
+          assert.equal(
+            row
+              .narrow(0, counts[b], k - counts[b])
+              .abs()
+              .max()
+              .item(),
+            0,
+            'padded rows are zero',
+          );
         if (counts[b] === 0) return;
         const alone = c.compress([ids], budget);
-        assert.ok(maxDiff(row.narrow(0, 0, counts[b]).unsqueeze(0), alone.softTokens!) < 1e-5, `item ${b} differs from itself alone (${JSON.stringify(budget)})`);
+        assert.ok(
+          maxDiff(row.narrow(0, 0, counts[b]).unsqueeze(0), alone.softTokens!) < 1e-5,
+          `item ${b} differs from itself alone (${JSON.stringify(budget)})`,
+        );
       });
       // The decoder reads it.
       const { tails, lossFrom } = aeTails(contexts);
@@ -274,8 +318,14 @@ test('stage ae trains encoder LoRA and LSA only; the decoder delta, the copied n
   const losses = trainSteps(c, 'ae', 6);
   assert.ok(losses.every(Number.isFinite));
   const moved = changed(own, c.module);
-  assert.ok(moved.some((n) => n.startsWith('encoder.') && n.endsWith('lora_B.weight')), 'encoder LoRA trained');
-  assert.ok(moved.some((n) => n.startsWith('lsa.layer.')), 'LSA block trained');
+  assert.ok(
+    moved.some((n) => n.startsWith('encoder.') && n.endsWith('lora_B.weight')),
+    'encoder LoRA trained',
+  );
+  assert.ok(
+    moved.some((n) => n.startsWith('lsa.layer.')),
+    'LSA block trained',
+  );
   assert.ok(!moved.includes('lsa.norm.weight'), 'the copied norm stays frozen');
   assert.deepEqual(changed(dec, c.decoderLora), [], 'decoder delta untouched');
   assert.deepEqual(changed(baseBefore, base), [], 'base model untouched');
@@ -305,7 +355,13 @@ test('stage qa (through the trainer) trains only the decoder delta; encoder, LSA
           const ctx = c.compress(contexts, { ratio: 4 });
           // QA-style: loss on the "answer" only (the last 4 tail tokens).
           const tails = contexts.map((x) => [4, ...x, EOS]);
-          return tailLoss(base, ctx, tails, tails.map((t) => t.length - 4), { bos: BOS, pad: PAD, lora: c.decoderLora });
+          return tailLoss(
+            base,
+            ctx,
+            tails,
+            tails.map((t) => t.length - 4),
+            { bos: BOS, pad: PAD, lora: c.decoderLora },
+          );
         },
       },
       { outDir: dir, totalSteps: 3, schedule: constant({ lr: 1e-2 }), clip: 2, weightDecay: 0.01, quiet: true },
@@ -329,7 +385,13 @@ test('options: ablations through createCompressor, defaults in the config, bad v
   const c = createCompressor('gmsa', base, { merge: 'strided', lsa: false, baseFingerprint: 'ignored' });
   assert.deepEqual(c.config, { method: 'gmsa', encoderLayers: 2, loraRank: 32, loraAlpha: 32, loraDropout: 0.05, merge: 'strided', lsa: false, bos: true });
   assert.equal((c as GmsaCompressor).module.lsa.layer, undefined, 'no LSA block without LSA');
-  assert.deepEqual(c.trainable('ae').map(([n]) => n).filter((n) => n.startsWith('lsa')), []);
+  assert.deepEqual(
+    c
+      .trainable('ae')
+      .map(([n]) => n)
+      .filter((n) => n.startsWith('lsa')),
+    [],
+  );
   // CLI-style string values are read too.
   assert.equal(createCompressor('gmsa', base, { encoderLayers: '3', lsa: 'true' }).config.encoderLayers, 3);
   assert.throws(() => createCompressor('gmsa', base, { merge: 'max' }), /merge.*mean, strided, queries/);
@@ -350,12 +412,19 @@ test('save/load round-trips weights.safetensors, decoder.safetensors and the opt
       const loaded = loadCompressor(dir, base) as GmsaCompressor;
       assert.deepEqual(loaded.config, c.config);
       const same = (a: [string, Parameter][], b: [string, Parameter][], what: string) => {
-        assert.deepEqual(a.map(([n]) => n), b.map(([n]) => n), what);
+        assert.deepEqual(
+          a.map(([n]) => n),
+          b.map(([n]) => n),
+          what,
+        );
         a.forEach(([n, p], i) => assert.ok(Buffer.from(p.value.toBytes()).equals(Buffer.from(b[i][1].value.toBytes())), `${what} ${n}`));
       };
       same(loaded.module.namedParameters(), c.module.namedParameters(), 'weights');
       same(loaded.decoderLora.namedParameters(), c.decoderLora.namedParameters(), 'decoder');
-      assert.ok(c.decoderLora.parameters().some((p) => tidy(() => p.value.abs().max().item()) > 0), 'a non-zero delta was saved');
+      assert.ok(
+        c.decoderLora.parameters().some((p) => tidy(() => p.value.abs().max().item()) > 0),
+        'a non-zero delta was saved',
+      );
       tidy(() => {
         const contexts = [randomIds(11, 7)];
         assert.equal(maxDiff(loaded.compress(contexts, { ratio: 4 }).softTokens!, c.compress(contexts, { ratio: 4 }).softTokens!), 0);
@@ -370,7 +439,19 @@ test('save/load round-trips weights.safetensors, decoder.safetensors and the opt
 test('parameter counts at the real base dimensions (hidden 256, 6 layers, ffn 688, 8 heads, 4 kv heads)', (t) => {
   manualSeed(0);
   const base = noGrad(() =>
-    new LlamaModel(configFromHf({ model_type: 'llama', vocab_size: 64, hidden_size: 256, intermediate_size: 688, num_hidden_layers: 6, num_attention_heads: 8, num_key_value_heads: 4, tie_word_embeddings: true, bos_token_id: 1 })).freeze(),
+    new LlamaModel(
+      configFromHf({
+        model_type: 'llama',
+        vocab_size: 64,
+        hidden_size: 256,
+        intermediate_size: 688,
+        num_hidden_layers: 6,
+        num_attention_heads: 8,
+        num_key_value_heads: 4,
+        tie_word_embeddings: true,
+        bos_token_id: 1,
+      }),
+    ).freeze(),
   );
   const c = new GmsaCompressor(base);
   assert.equal(c.encoderLayers, 3);
@@ -390,5 +471,7 @@ test('parameter counts at the real base dimensions (hidden 256, 6 layers, ffn 68
   assert.equal(count(c.trainable('ae')), encoder + lsaBlock);
   assert.equal(count(c.trainable('qa')), delta);
   const layerParams = base.layers[0].numParameters();
-  t.diagnostic(`encoder LoRA ${encoder} (${((100 * encoder) / (3 * layerParams)).toFixed(1)}% of the 3 encoder blocks), LSA block ${lsaBlock}, frozen norm ${norm}, decoder delta ${delta}; stage ae trains ${encoder + lsaBlock}, stage qa ${delta}`);
+  t.diagnostic(
+    `encoder LoRA ${encoder} (${((100 * encoder) / (3 * layerParams)).toFixed(1)}% of the 3 encoder blocks), LSA block ${lsaBlock}, frozen norm ${norm}, decoder delta ${delta}; stage ae trains ${encoder + lsaBlock}, stage qa ${delta}`,
+  );
 });

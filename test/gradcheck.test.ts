@@ -64,7 +64,7 @@ const RTOL = 1e-5;
 type Fn = (...xs: Tensor[]) => Tensor | (Tensor | null)[];
 
 function outputsOf(v: Tensor | (Tensor | null)[]): Tensor[] {
-  return (Array.isArray(v) ? v : [v]).filter((t): t is Tensor => t !== null && (t.dtype === 'float64'));
+  return (Array.isArray(v) ? v : [v]).filter((t): t is Tensor => t !== null && t.dtype === 'float64');
 }
 
 /** Asserts analytic == numeric gradients of fn at the given inputs. */
@@ -76,7 +76,12 @@ function gradcheck(fn: Fn, inputs: Input[], opts: { atol?: number; rtol?: number
     const outs = outputsOf(fn(...xs));
     assert.ok(outs.length > 0, 'fn returned no float64 output');
     const r = rng(12345);
-    const weights = outs.map((o) => tensor(Float64Array.from({ length: o.numel }, () => 2 * r() - 1), o.shape));
+    const weights = outs.map((o) =>
+      tensor(
+        Float64Array.from({ length: o.numel }, () => 2 * r() - 1),
+        o.shape,
+      ),
+    );
     const objective = (os: Tensor[]) => os.map((o, k) => o.mul(weights[k]).sum()).reduce((a, b) => a.add(b));
     objective(outs).backward();
     const analytic = xs.map((x) => {
@@ -317,7 +322,9 @@ test('gradients accumulate over two backward passes', () => {
   tidy(() => {
     const x = tensor(new Float64Array([1, 2]), [2], { requiresGrad: true });
     x.mul(3).sum().backward();
-    x.mul(ones([2], { dtype: 'float64' })).sum().backward();
+    x.mul(ones([2], { dtype: 'float64' }))
+      .sum()
+      .backward();
     assert.deepEqual(x.grad!.toNumbers(), [4, 4]);
   });
 });

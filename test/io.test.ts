@@ -21,14 +21,7 @@ import {
   type RawTensor,
   type SafeDType,
 } from '../src/io/safetensors.js';
-import {
-  Llama2cError,
-  Llama2cTokenizer,
-  llama2cCheckpointBytes,
-  llama2cToHfConfig,
-  readLlama2cCheckpoint,
-  type Llama2cConfig,
-} from '../src/io/llama2c.js';
+import { Llama2cError, Llama2cTokenizer, llama2cCheckpointBytes, llama2cToHfConfig, readLlama2cCheckpoint, type Llama2cConfig } from '../src/io/llama2c.js';
 
 const FIXTURES = path.resolve(process.cwd(), '../shared/fixtures/stories260K');
 const HAVE_FIXTURES = fs.existsSync(path.join(FIXTURES, 'stories260K.bin'));
@@ -81,7 +74,7 @@ test('safetensors: round trip of every dtype through a file', () => {
     const dtypes = Object.keys(DTYPE_SIZE) as SafeDType[];
     const tensors = new Map<string, RawTensor>();
     dtypes.forEach((dtype, i) => {
-      const shape = [2, 3, i % 3 + 1];
+      const shape = [2, 3, (i % 3) + 1];
       const n = shape.reduce((a, b) => a * b, 1);
       tensors.set(`t.${dtype.toLowerCase()}`, { dtype, shape, data: bytesOf(n * DTYPE_SIZE[dtype], i) });
     });
@@ -203,12 +196,15 @@ test('safetensors: rejects corrupt files with clear errors', () => {
   try {
     const file = path.join(dir, 'bad.safetensors');
     fs.writeFileSync(file, good.subarray(0, good.length - 1));
-    assert.throws(() => readSafetensors(file), (e: unknown) => {
-      assert.ok(e instanceof SafetensorsError);
-      assert.equal(e.source, file);
-      assert.ok(e.message.startsWith(`${file}: tensor "a"`), e.message);
-      return true;
-    });
+    assert.throws(
+      () => readSafetensors(file),
+      (e: unknown) => {
+        assert.ok(e instanceof SafetensorsError);
+        assert.equal(e.source, file);
+        assert.ok(e.message.startsWith(`${file}: tensor "a"`), e.message);
+        return true;
+      },
+    );
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -220,18 +216,9 @@ test('safetensors: the writer validates its input', () => {
     const file = path.join(dir, 'w.safetensors');
     const bad = { x: { dtype: 'F32' as const, shape: [3], data: new Uint8Array(8) } };
     assert.throws(() => writeSafetensors(file, bad), /w\.safetensors: tensor "x": F32 \[3\] needs 12 bytes, data has 8/);
-    assert.throws(
-      () => serializeSafetensors({ x: { dtype: 'F33' as SafeDType, shape: [1], data: new Uint8Array(4) } }),
-      /tensor "x": unknown dtype "F33"/,
-    );
-    assert.throws(
-      () => serializeSafetensors({ __metadata__: { dtype: 'U8', shape: [1], data: new Uint8Array(1) } }),
-      /reserved/,
-    );
-    assert.throws(
-      () => serializeSafetensors({}, { n: 5 as unknown as string }),
-      /metadata\["n"\] must be a string/,
-    );
+    assert.throws(() => serializeSafetensors({ x: { dtype: 'F33' as SafeDType, shape: [1], data: new Uint8Array(4) } }), /tensor "x": unknown dtype "F33"/);
+    assert.throws(() => serializeSafetensors({ __metadata__: { dtype: 'U8', shape: [1], data: new Uint8Array(1) } }), /reserved/);
+    assert.throws(() => serializeSafetensors({}, { n: 5 as unknown as string }), /metadata\["n"\] must be a string/);
     assert.deepEqual(fs.readdirSync(dir), [], 'nothing written on a validation error');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -268,10 +255,7 @@ test('f16 conversions: edge values round to nearest even', () => {
 
   const back = f16ToF32(Uint16Array.of(0x0000, 0x8000, 0x3c00, 0x7bff, 0x0001, 0x03ff, 0x0400, 0x7c00, 0xfc00, 0x7e00, 0x3555));
   assert.ok(Object.is(back[1], -0));
-  assert.deepEqual(
-    [...back.subarray(0, 9)],
-    [0, -0, 1, 65504, 2 ** -24, 1023 * 2 ** -24, 2 ** -14, Infinity, -Infinity],
-  );
+  assert.deepEqual([...back.subarray(0, 9)], [0, -0, 1, 65504, 2 ** -24, 1023 * 2 ** -24, 2 ** -14, Infinity, -Infinity]);
   assert.ok(Number.isNaN(back[9]));
   assert.equal(back[10], 0.333251953125);
 
@@ -366,7 +350,11 @@ test('llama2c: stories260K checkpoint', (t) => {
   let total = 0;
   for (const [name, w] of weights) {
     assert.deepEqual(w.shape, expected.get(name), name);
-    assert.equal(w.data.length, w.shape.reduce((a, b) => a * b, 1), name);
+    assert.equal(
+      w.data.length,
+      w.shape.reduce((a, b) => a * b, 1),
+      name,
+    );
     total += w.data.length;
   }
   assert.equal(total, 260_032);
@@ -455,11 +443,14 @@ test('llama2c: separate classifier and the exact file order', () => {
 
     // Size mismatches are reported with the header's view of the file.
     writeCountingCheckpoint(file, [4, 6, 2, 2, 1, -5, 3], floats - 1);
-    assert.throws(() => readLlama2cCheckpoint(file), (e: unknown) => {
-      assert.ok(e instanceof Llama2cError);
-      assert.match(e.message, /tiny\.bin: file is \d+ bytes but the header .*vocab_size -5.* implies \d+ bytes \(truncated\?\)/);
-      return true;
-    });
+    assert.throws(
+      () => readLlama2cCheckpoint(file),
+      (e: unknown) => {
+        assert.ok(e instanceof Llama2cError);
+        assert.match(e.message, /tiny\.bin: file is \d+ bytes but the header .*vocab_size -5.* implies \d+ bytes \(truncated\?\)/);
+        return true;
+      },
+    );
     writeCountingCheckpoint(file, [4, 6, 2, 2, 1, -5, 3], floats + 1);
     assert.throws(() => readLlama2cCheckpoint(file), /trailing data or a different layout/);
     writeCountingCheckpoint(file, [4, 6, 2, 3, 1, 5, 3], 10);
@@ -553,7 +544,7 @@ test('llama2c tokenizer: encode matches run.c', (t) => {
   const chars = [...alphabet];
   for (let s = 0; s < 40; s++) {
     let str = '';
-    const len = 1 + (s * 13) % 90;
+    const len = 1 + ((s * 13) % 90);
     for (let i = 0; i < len; i++) {
       seed = (seed * 1103515245 + 12345) >>> 0;
       str += chars[(seed >>> 8) % chars.length];
@@ -629,7 +620,10 @@ test('llama2c tokenizer: encode/decode round trips, with byte fallback', (t) => 
   }
   // Characters outside the 512-piece vocabulary fall back to their UTF-8 bytes (+3).
   const ids = tok.encode('日', { bos: true });
-  assert.deepEqual(ids.slice(2), [...Buffer.from('日', 'utf8')].map((b) => b + 3));
+  assert.deepEqual(
+    ids.slice(2),
+    [...Buffer.from('日', 'utf8')].map((b) => b + 3),
+  );
   assert.equal(tok.decode(ids), '日');
   // keepSpecial shows BOS/EOS pieces as stored.
   assert.equal(tok.decode([1, 403, 2], { keepSpecial: true }), '\n<s>\nOnce\n</s>\n');
@@ -663,7 +657,10 @@ test('llama2c tokenizer: rejects malformed files', () => {
   assert.deepEqual(tiedTok.encode('ab'), [263, 261]);
   assert.deepEqual(tiedTok.encode('ab', { bos: true }), referenceEncode(tiedTok, 'ab', true));
 
-  assert.throws(() => Llama2cTokenizer.fromBytes(ok.subarray(0, ok.length - 1), 'mini.bin'), /mini\.bin: piece 263: byte length 2 at byte \d+ runs past the end/);
+  assert.throws(
+    () => Llama2cTokenizer.fromBytes(ok.subarray(0, ok.length - 1), 'mini.bin'),
+    /mini\.bin: piece 263: byte length 2 at byte \d+ runs past the end/,
+  );
   assert.throws(() => Llama2cTokenizer.fromBytes(ok.subarray(0, ok.length - 6), 'mini.bin'), /piece 263: truncated score\/length/);
   assert.throws(() => Llama2cTokenizer.fromBytes(ok.subarray(0, 2), 'mini.bin'), /too short/);
   assert.throws(() => Llama2cTokenizer.fromBytes(Buffer.concat([header, ...pieces.slice(0, 100)]), 'mini.bin'), /byte fallback needs at least 259/);

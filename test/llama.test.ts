@@ -44,7 +44,6 @@ function tmpDir(): string {
 
 const ids = (rows: number[][]): Tensor => tensor(rows.flat(), [rows.length, rows[0].length], { dtype: 'int64' });
 
-
 const BASE = {
   model_type: 'llama',
   vocab_size: 53,
@@ -192,176 +191,208 @@ test('stories260K as a Hugging Face folder (saveModel, single and sharded): same
 
 // ---- B. forward options on small random models -------------------------------------------------
 
-test('inputsEmbeds = embed(ids) gives the same logits as ids', scoped(() => {
-  const m = tiny();
-  const x = ids([tokens(7, 1), tokens(7, 2)]);
-  const a = m.forward({ ids: x }).logits!;
-  const b = m.forward({ inputsEmbeds: m.embed(x) }).logits!;
-  assert.deepEqual(a.shape, [2, 7, BASE.vocab_size]);
-  assert.equal(a.dtype, 'float64');
-  assertClose(a, b, 0, 'ids vs inputsEmbeds');
-  assertDiffer(a.select(1, 0), a.select(1, 6), 1e-2, 'logits at different positions');
-}));
+test(
+  'inputsEmbeds = embed(ids) gives the same logits as ids',
+  scoped(() => {
+    const m = tiny();
+    const x = ids([tokens(7, 1), tokens(7, 2)]);
+    const a = m.forward({ ids: x }).logits!;
+    const b = m.forward({ inputsEmbeds: m.embed(x) }).logits!;
+    assert.deepEqual(a.shape, [2, 7, BASE.vocab_size]);
+    assert.equal(a.dtype, 'float64');
+    assertClose(a, b, 0, 'ids vs inputsEmbeds');
+    assertDiffer(a.select(1, 0), a.select(1, 6), 1e-2, 'logits at different positions');
+  }),
+);
 
-test('outputHiddenStates and numLayers (bottom of the model)', scoped(() => {
-  const m = tiny();
-  const L = BASE.num_hidden_layers;
-  const x = ids([tokens(6, 3)]);
-  const full = m.forward({ ids: x, outputHiddenStates: true });
-  const hs = full.hiddenStates!;
-  assert.equal(hs.length, L + 1);
-  assertClose(hs[0], m.embed(x), 0, 'hiddenStates[0] is the embedding output');
-  assertClose(hs[L], full.hidden, 0, 'last hidden state is `hidden` (after the final norm)');
-  assertClose(m.head(full.hidden), full.logits!, 1e-12, 'logits = head(hidden)');
-  for (const n of [1, 2]) {
-    const part = m.forward({ ids: x, numLayers: n, outputHiddenStates: true });
-    assert.equal(part.hiddenStates!.length, n + 1);
-    for (let i = 0; i < n; i++) assertClose(part.hiddenStates![i], hs[i], 0, `numLayers ${n}: hiddenStates[${i}]`);
-    // hs[n] (n < L) is block n's raw output in the full run.
-    assertClose(part.hidden, m.model.norm.forward(hs[n]), 1e-12, `numLayers ${n}: hidden = norm(block ${n} output)`);
-    assertDiffer(part.hidden, full.hidden, 1e-3, `numLayers ${n} vs all layers`);
-  }
-}));
-
-test('padding: left and right padded batches equal each prompt alone at real positions', scoped(() => {
-  const m = tiny();
-  const a = tokens(7, 4);
-  const b = tokens(4, 5);
-  const aloneA = m.forward({ ids: ids([a]) }).logits!.squeeze(0);
-  const aloneB = m.forward({ ids: ids([b]) }).logits!.squeeze(0);
-  const pad = (n: number) => new Array<number>(n).fill(0);
-  const mask = (rows: number[][]) => tensor(rows.flat(), [rows.length, rows[0].length], { dtype: 'bool' });
-
-  // Left padding: B's tokens in columns 3..6.
-  const left = m.forward({
-    ids: ids([a, [...pad(3), ...b]]),
-    paddingMask: mask([[1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1]]),
-  }).logits!;
-  assertClose(left.select(0, 0), aloneA, 1e-10, 'left padding, full row');
-  assertClose(left.select(0, 1).narrow(0, 3, 4), aloneB, 1e-10, 'left padding, padded row');
-
-  // Right padding: B's tokens in columns 0..3.
-  const right = m.forward({
-    ids: ids([a, [...b, ...pad(3)]]),
-    paddingMask: mask([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]]),
-  }).logits!;
-  assertClose(right.select(0, 0), aloneA, 1e-10, 'right padding, full row');
-  assertClose(right.select(0, 1).narrow(0, 0, 4), aloneB, 1e-10, 'right padding, padded row');
-
-  // Without the mask the padded row is wrong (the test can fail).
-  const unmasked = m.forward({ ids: ids([a, [...pad(3), ...b]]) }).logits!;
-  assertDiffer(unmasked.select(0, 1).narrow(0, 3, 4), aloneB, 1e-3, 'left padding without a mask');
-}));
-
-test('explicit positionIds and a causal attnMask equal the defaults; block-diagonal mask isolates sequences', scoped(() => {
-  const m = tiny();
-  const a = tokens(5, 6);
-  const b = tokens(4, 7);
-  const x = ids([a, tokens(5, 8)]);
-  const base = m.forward({ ids: x }).logits!;
-  assertClose(m.forward({ ids: x, positionIds: arange(0, 5) }).logits!, base, 1e-12, 'positionIds [T]');
-  assertClose(m.forward({ ids: x, positionIds: arange(0, 5).unsqueeze(0).expand(2, 5).contiguous() }).logits!, base, 1e-12, 'positionIds [B, T]');
-  // RoPE is relative: a uniform shift changes nothing but table rounding; stretched positions do.
-  assertClose(m.forward({ ids: x, positionIds: arange(3, 8) }).logits!, base, 1e-5, 'uniformly shifted positions');
-  assertDiffer(m.forward({ ids: x, positionIds: arange(0, 10, 2) }).logits!, base, 1e-3, 'stretched positions');
-  const causal = ones([5, 5], { dtype: 'bool' }).tril();
-  assertClose(m.forward({ ids: x, attnMask: causal }).logits!, base, 1e-12, 'attnMask = tril');
-  assertClose(m.forward({ ids: x, attnMask: causal.unsqueeze(0).expand(2, 5, 5).contiguous() }).logits!, base, 1e-12, 'attnMask [B, T, T]');
-  assertDiffer(m.forward({ ids: x, attnMask: ones([5, 5], { dtype: 'bool' }) }).logits!, base, 1e-4, 'bidirectional mask');
-
-  // [A; B] with a block-diagonal causal mask and positions restarting at 0 for B.
-  const la = a.length;
-  const lb = b.length;
-  const n = la + lb;
-  const allow: number[] = [];
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) allow.push(j <= i && (i < la) === (j < la) ? 1 : 0);
-  const blockMask = tensor(allow, [n, n], { dtype: 'bool' });
-  const pos = tensor([...Array.from({ length: la }, (_, i) => i), ...Array.from({ length: lb }, (_, i) => i)], [n], { dtype: 'int64' });
-  const both = m.forward({ ids: ids([[...a, ...b]]), attnMask: blockMask, positionIds: pos }).logits!.squeeze(0);
-  assertClose(both.narrow(0, la, lb), m.forward({ ids: ids([b]) }).logits!.squeeze(0), 1e-10, 'B under a block-diagonal mask');
-  assertClose(both.narrow(0, 0, la), m.forward({ ids: ids([a]) }).logits!.squeeze(0), 1e-10, 'A under a block-diagonal mask');
-}));
-
-test('kvPrefix from a KV cache equals attending to the prefix tokens; prefixKv equals the layer', scoped(() => {
-  const m = tiny();
-  const L = BASE.num_hidden_layers;
-  const a = [tokens(6, 9), tokens(6, 10)];
-  const b = [tokens(4, 11), tokens(4, 12)];
-  const whole = m.forward({ ids: ids([0, 1].map((r) => [...a[r], ...b[r]])) }).logits!;
-
-  const cache = new KVCache(L);
-  try {
-    const first = m.forward({ ids: ids(a), cache, outputAttnInputs: true });
-    assert.equal(cache.length, 6);
-    const kvPrefix: LayerKv[] = cache.keys.map((k, i) => ({ k: k!, v: cache.values[i]! }));
-    assert.deepEqual(kvPrefix[0].k.shape, [2, BASE.num_key_value_heads, 6, 8]);
-    const withPrefix = m.forward({ ids: ids(b), kvPrefix }).logits!;
-    assertClose(withPrefix, whole.narrow(1, 6, 4), 1e-10, 'B after a kvPrefix of A');
-    assertDiffer(withPrefix, m.forward({ ids: ids(b) }).logits!, 1e-4, 'B with vs without the prefix');
-
-    // prefixKv(layer, normed inputs, start) reproduces the layer's own keys/values.
-    assert.equal(first.attnInputs!.length, L);
-    for (let i = 0; i < L; i++) {
-      const kv = m.prefixKv(i, first.attnInputs![i], 0);
-      assertClose(kv.k, cache.keys[i]!, 1e-12, `prefixKv layer ${i} k`);
-      assertClose(kv.v, cache.values[i]!, 1e-12, `prefixKv layer ${i} v`);
+test(
+  'outputHiddenStates and numLayers (bottom of the model)',
+  scoped(() => {
+    const m = tiny();
+    const L = BASE.num_hidden_layers;
+    const x = ids([tokens(6, 3)]);
+    const full = m.forward({ ids: x, outputHiddenStates: true });
+    const hs = full.hiddenStates!;
+    assert.equal(hs.length, L + 1);
+    assertClose(hs[0], m.embed(x), 0, 'hiddenStates[0] is the embedding output');
+    assertClose(hs[L], full.hidden, 0, 'last hidden state is `hidden` (after the final norm)');
+    assertClose(m.head(full.hidden), full.logits!, 1e-12, 'logits = head(hidden)');
+    for (const n of [1, 2]) {
+      const part = m.forward({ ids: x, numLayers: n, outputHiddenStates: true });
+      assert.equal(part.hiddenStates!.length, n + 1);
+      for (let i = 0; i < n; i++) assertClose(part.hiddenStates![i], hs[i], 0, `numLayers ${n}: hiddenStates[${i}]`);
+      // hs[n] (n < L) is block n's raw output in the full run.
+      assertClose(part.hidden, m.model.norm.forward(hs[n]), 1e-12, `numLayers ${n}: hidden = norm(block ${n} output)`);
+      assertDiffer(part.hidden, full.hidden, 1e-3, `numLayers ${n} vs all layers`);
     }
-    const second = m.forward({ ids: ids(b), cache, outputAttnInputs: true });
-    for (let i = 0; i < L; i++) {
-      const kv = m.prefixKv(i, second.attnInputs![i], 6);
-      assertClose(kv.k, cache.keys[i]!.narrow(2, 6, 4), 1e-12, `prefixKv layer ${i} k at start 6`);
-      assertClose(kv.v, cache.values[i]!.narrow(2, 6, 4), 1e-12, `prefixKv layer ${i} v at start 6`);
-    }
-    // A prefix built by prefixKv from normed inputs works as a memory KV.
-    const built = first.attnInputs!.map((h, i) => m.prefixKv(i, h, 0));
-    assertClose(m.forward({ ids: ids(b), kvPrefix: built }).logits!, whole.narrow(1, 6, 4), 1e-10, 'B after prefixKv-built prefix');
-  } finally {
-    cache.free();
-  }
-}));
+  }),
+);
 
-test('KV cache: prefix then one token at a time equals the full forward', scoped(() => {
-  const m = tiny();
-  const seq = [tokens(9, 13), tokens(9, 14)];
-  const full = m.forward({ ids: ids(seq) }).logits!;
-  const cache = new KVCache(BASE.num_hidden_layers);
-  try {
-    const parts = [m.forward({ ids: ids(seq.map((s) => s.slice(0, 4))), cache }).logits!];
-    for (let p = 4; p < 9; p++) {
-      parts.push(m.forward({ ids: ids(seq.map((s) => [s[p]])), cache }).logits!);
-      assert.equal(cache.length, p + 1);
-    }
-    assertClose(cat(parts, 1), full, 1e-10, 'incremental vs full');
-    const last = m.forward({ ids: ids(seq.map((s) => [s[0]])), logits: 'last' }).logits!;
-    assert.deepEqual(last.shape, [2, 1, BASE.vocab_size]);
-  } finally {
-    cache.free();
-  }
-}));
+test(
+  'padding: left and right padded batches equal each prompt alone at real positions',
+  scoped(() => {
+    const m = tiny();
+    const a = tokens(7, 4);
+    const b = tokens(4, 5);
+    const aloneA = m.forward({ ids: ids([a]) }).logits!.squeeze(0);
+    const aloneB = m.forward({ ids: ids([b]) }).logits!.squeeze(0);
+    const pad = (n: number) => new Array<number>(n).fill(0);
+    const mask = (rows: number[][]) => tensor(rows.flat(), [rows.length, rows[0].length], { dtype: 'bool' });
 
-test('RoPE layouts: rotate_half model equals interleaved model with q/k rows permuted per head', scoped(() => {
-  const hf = tiny();
-  const il = tiny({ rope_interleaved: true }, { seed: 99 });
-  assert.equal(hf.config.ropeInterleaved, false);
-  assert.equal(il.config.ropeInterleaved, true);
-  const hd = hf.config.headDim;
-  // HF row j pairs with row j + hd/2; interleaved rows 2j, 2j+1 pair. So the interleaved row 2j
-  // is HF row j and row 2j+1 is HF row j + hd/2 (the inverse of NOTES.md's [0,2,4,..,1,3,5,..]).
-  const inHead = Array.from({ length: hd }, (_, r) => (r % 2 === 0 ? r / 2 : (r - 1) / 2 + hd / 2));
-  const rows = (heads: number) => tensor(Array.from({ length: heads * hd }, (_, i) => Math.floor(i / hd) * hd + inHead[i % hd]), undefined, { dtype: 'int64' });
-  const state = new Map<string, Tensor>();
-  for (const [name, t] of hf.stateDict()) {
-    if (name.endsWith('q_proj.weight')) state.set(name, t.indexSelect(0, rows(hf.config.numHeads)));
-    else if (name.endsWith('k_proj.weight')) state.set(name, t.indexSelect(0, rows(hf.config.numKvHeads)));
-    else state.set(name, t);
-  }
-  const x = ids([tokens(8, 15)]);
-  const ref = hf.forward({ ids: x }).logits!;
-  il.loadStateDict(hf.stateDict());
-  assertDiffer(il.forward({ ids: x }).logits!, ref, 1e-3, 'interleaved RoPE on unpermuted weights');
-  il.loadStateDict(state);
-  assertClose(il.forward({ ids: x }).logits!, ref, 1e-10, 'interleaved with permuted q/k rows');
-}));
+    // Left padding: B's tokens in columns 3..6.
+    const left = m.forward({
+      ids: ids([a, [...pad(3), ...b]]),
+      paddingMask: mask([
+        [1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1, 1],
+      ]),
+    }).logits!;
+    assertClose(left.select(0, 0), aloneA, 1e-10, 'left padding, full row');
+    assertClose(left.select(0, 1).narrow(0, 3, 4), aloneB, 1e-10, 'left padding, padded row');
+
+    // Right padding: B's tokens in columns 0..3.
+    const right = m.forward({
+      ids: ids([a, [...b, ...pad(3)]]),
+      paddingMask: mask([
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 0, 0, 0],
+      ]),
+    }).logits!;
+    assertClose(right.select(0, 0), aloneA, 1e-10, 'right padding, full row');
+    assertClose(right.select(0, 1).narrow(0, 0, 4), aloneB, 1e-10, 'right padding, padded row');
+
+    // Without the mask the padded row is wrong (the test can fail).
+    const unmasked = m.forward({ ids: ids([a, [...pad(3), ...b]]) }).logits!;
+    assertDiffer(unmasked.select(0, 1).narrow(0, 3, 4), aloneB, 1e-3, 'left padding without a mask');
+  }),
+);
+
+test(
+  'explicit positionIds and a causal attnMask equal the defaults; block-diagonal mask isolates sequences',
+  scoped(() => {
+    const m = tiny();
+    const a = tokens(5, 6);
+    const b = tokens(4, 7);
+    const x = ids([a, tokens(5, 8)]);
+    const base = m.forward({ ids: x }).logits!;
+    assertClose(m.forward({ ids: x, positionIds: arange(0, 5) }).logits!, base, 1e-12, 'positionIds [T]');
+    assertClose(m.forward({ ids: x, positionIds: arange(0, 5).unsqueeze(0).expand(2, 5).contiguous() }).logits!, base, 1e-12, 'positionIds [B, T]');
+    // RoPE is relative: a uniform shift changes nothing but table rounding; stretched positions do.
+    assertClose(m.forward({ ids: x, positionIds: arange(3, 8) }).logits!, base, 1e-5, 'uniformly shifted positions');
+    assertDiffer(m.forward({ ids: x, positionIds: arange(0, 10, 2) }).logits!, base, 1e-3, 'stretched positions');
+    const causal = ones([5, 5], { dtype: 'bool' }).tril();
+    assertClose(m.forward({ ids: x, attnMask: causal }).logits!, base, 1e-12, 'attnMask = tril');
+    assertClose(m.forward({ ids: x, attnMask: causal.unsqueeze(0).expand(2, 5, 5).contiguous() }).logits!, base, 1e-12, 'attnMask [B, T, T]');
+    assertDiffer(m.forward({ ids: x, attnMask: ones([5, 5], { dtype: 'bool' }) }).logits!, base, 1e-4, 'bidirectional mask');
+
+    // [A; B] with a block-diagonal causal mask and positions restarting at 0 for B.
+    const la = a.length;
+    const lb = b.length;
+    const n = la + lb;
+    const allow: number[] = [];
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) allow.push(j <= i && i < la === j < la ? 1 : 0);
+    const blockMask = tensor(allow, [n, n], { dtype: 'bool' });
+    const pos = tensor([...Array.from({ length: la }, (_, i) => i), ...Array.from({ length: lb }, (_, i) => i)], [n], { dtype: 'int64' });
+    const both = m.forward({ ids: ids([[...a, ...b]]), attnMask: blockMask, positionIds: pos }).logits!.squeeze(0);
+    assertClose(both.narrow(0, la, lb), m.forward({ ids: ids([b]) }).logits!.squeeze(0), 1e-10, 'B under a block-diagonal mask');
+    assertClose(both.narrow(0, 0, la), m.forward({ ids: ids([a]) }).logits!.squeeze(0), 1e-10, 'A under a block-diagonal mask');
+  }),
+);
+
+test(
+  'kvPrefix from a KV cache equals attending to the prefix tokens; prefixKv equals the layer',
+  scoped(() => {
+    const m = tiny();
+    const L = BASE.num_hidden_layers;
+    const a = [tokens(6, 9), tokens(6, 10)];
+    const b = [tokens(4, 11), tokens(4, 12)];
+    const whole = m.forward({ ids: ids([0, 1].map((r) => [...a[r], ...b[r]])) }).logits!;
+
+    const cache = new KVCache(L);
+    try {
+      const first = m.forward({ ids: ids(a), cache, outputAttnInputs: true });
+      assert.equal(cache.length, 6);
+      const kvPrefix: LayerKv[] = cache.keys.map((k, i) => ({ k: k!, v: cache.values[i]! }));
+      assert.deepEqual(kvPrefix[0].k.shape, [2, BASE.num_key_value_heads, 6, 8]);
+      const withPrefix = m.forward({ ids: ids(b), kvPrefix }).logits!;
+      assertClose(withPrefix, whole.narrow(1, 6, 4), 1e-10, 'B after a kvPrefix of A');
+      assertDiffer(withPrefix, m.forward({ ids: ids(b) }).logits!, 1e-4, 'B with vs without the prefix');
+
+      // prefixKv(layer, normed inputs, start) reproduces the layer's own keys/values.
+      assert.equal(first.attnInputs!.length, L);
+      for (let i = 0; i < L; i++) {
+        const kv = m.prefixKv(i, first.attnInputs![i], 0);
+        assertClose(kv.k, cache.keys[i]!, 1e-12, `prefixKv layer ${i} k`);
+        assertClose(kv.v, cache.values[i]!, 1e-12, `prefixKv layer ${i} v`);
+      }
+      const second = m.forward({ ids: ids(b), cache, outputAttnInputs: true });
+      for (let i = 0; i < L; i++) {
+        const kv = m.prefixKv(i, second.attnInputs![i], 6);
+        assertClose(kv.k, cache.keys[i]!.narrow(2, 6, 4), 1e-12, `prefixKv layer ${i} k at start 6`);
+        assertClose(kv.v, cache.values[i]!.narrow(2, 6, 4), 1e-12, `prefixKv layer ${i} v at start 6`);
+      }
+      // A prefix built by prefixKv from normed inputs works as a memory KV.
+      const built = first.attnInputs!.map((h, i) => m.prefixKv(i, h, 0));
+      assertClose(m.forward({ ids: ids(b), kvPrefix: built }).logits!, whole.narrow(1, 6, 4), 1e-10, 'B after prefixKv-built prefix');
+    } finally {
+      cache.free();
+    }
+  }),
+);
+
+test(
+  'KV cache: prefix then one token at a time equals the full forward',
+  scoped(() => {
+    const m = tiny();
+    const seq = [tokens(9, 13), tokens(9, 14)];
+    const full = m.forward({ ids: ids(seq) }).logits!;
+    const cache = new KVCache(BASE.num_hidden_layers);
+    try {
+      const parts = [m.forward({ ids: ids(seq.map((s) => s.slice(0, 4))), cache }).logits!];
+      for (let p = 4; p < 9; p++) {
+        parts.push(m.forward({ ids: ids(seq.map((s) => [s[p]])), cache }).logits!);
+        assert.equal(cache.length, p + 1);
+      }
+      assertClose(cat(parts, 1), full, 1e-10, 'incremental vs full');
+      const last = m.forward({ ids: ids(seq.map((s) => [s[0]])), logits: 'last' }).logits!;
+      assert.deepEqual(last.shape, [2, 1, BASE.vocab_size]);
+    } finally {
+      cache.free();
+    }
+  }),
+);
+
+test(
+  'RoPE layouts: rotate_half model equals interleaved model with q/k rows permuted per head',
+  scoped(() => {
+    const hf = tiny();
+    const il = tiny({ rope_interleaved: true }, { seed: 99 });
+    assert.equal(hf.config.ropeInterleaved, false);
+    assert.equal(il.config.ropeInterleaved, true);
+    const hd = hf.config.headDim;
+    // HF row j pairs with row j + hd/2; interleaved rows 2j, 2j+1 pair. So the interleaved row 2j
+    // is HF row j and row 2j+1 is HF row j + hd/2 (the inverse of NOTES.md's [0,2,4,..,1,3,5,..]).
+    const inHead = Array.from({ length: hd }, (_, r) => (r % 2 === 0 ? r / 2 : (r - 1) / 2 + hd / 2));
+    const rows = (heads: number) =>
+      tensor(
+        Array.from({ length: heads * hd }, (_, i) => Math.floor(i / hd) * hd + inHead[i % hd]),
+        undefined,
+        { dtype: 'int64' },
+      );
+    const state = new Map<string, Tensor>();
+    for (const [name, t] of hf.stateDict()) {
+      if (name.endsWith('q_proj.weight')) state.set(name, t.indexSelect(0, rows(hf.config.numHeads)));
+      else if (name.endsWith('k_proj.weight')) state.set(name, t.indexSelect(0, rows(hf.config.numKvHeads)));
+      else state.set(name, t);
+    }
+    const x = ids([tokens(8, 15)]);
+    const ref = hf.forward({ ids: x }).logits!;
+    il.loadStateDict(hf.stateDict());
+    assertDiffer(il.forward({ ids: x }).logits!, ref, 1e-3, 'interleaved RoPE on unpermuted weights');
+    il.loadStateDict(state);
+    assertClose(il.forward({ ids: x }).logits!, ref, 1e-10, 'interleaved with permuted q/k rows');
+  }),
+);
 
 test('Qwen2-style q/k/v biases: present, saved and loaded by name, and they change the output', () => {
   const dir = tmpDir();
@@ -398,74 +429,83 @@ test('Qwen2-style q/k/v biases: present, saved and loaded by name, and they chan
   }
 });
 
-test('Llama 3 rope scaling: inverse frequencies match a hand computation', scoped(() => {
-  const cfg = configFromHf({
-    ...BASE,
-    hidden_size: 64,
-    num_attention_heads: 4,
-    num_key_value_heads: 4,
-    rope_theta: 10000,
-    rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
-  });
-  assert.equal(cfg.headDim, 16);
-  const got = ropeInvFreq(cfg);
-  assert.equal(got.length, 8);
-  // Hugging Face's _compute_llama3_parameters, written out: wavelengths below 64/4 = 16 keep
-  // their frequency, above 64/1 = 64 are divided by 8, in between are blended.
-  const regimes = new Set<string>();
-  for (let j = 0; j < 8; j++) {
-    const base = Math.pow(10000, -(2 * j) / 16);
-    const wavelen = (2 * Math.PI) / base;
-    let want: number;
-    if (wavelen < 16) {
-      want = base;
-      regimes.add('high');
-    } else if (wavelen > 64) {
-      want = base / 8;
-      regimes.add('low');
-    } else {
-      const smooth = (64 / wavelen - 1) / (4 - 1);
-      want = (1 - smooth) * (base / 8) + smooth * base;
-      regimes.add('mid');
-    }
-    assert.ok(Math.abs(got[j] - want) <= 1e-12 * want, `inv_freq[${j}]: ${got[j]} vs ${want}`);
-  }
-  assert.equal(regimes.size, 3, 'the config exercises all three regimes');
-  // Spot values: j=0 unchanged, j=1 blended, j=7 divided by the factor.
-  assert.ok(Math.abs(got[0] - 1) < 1e-15);
-  assert.ok(Math.abs(got[1] - 0.2443845994) < 1e-9, `inv_freq[1] = ${got[1]}`);
-  assert.ok(Math.abs(got[7] - Math.pow(10000, -14 / 16) / 8) < 1e-15);
-  // And the model's tables use them.
-  manualSeed(0);
-  const m = noGrad(() => new LlamaModel(cfg));
-  const { cos, sin } = m.ropeTables(20);
-  const c = cos.toArray() as Float32Array;
-  const s = sin.toArray() as Float32Array;
-  for (const p of [0, 5, 19]) {
+test(
+  'Llama 3 rope scaling: inverse frequencies match a hand computation',
+  scoped(() => {
+    const cfg = configFromHf({
+      ...BASE,
+      hidden_size: 64,
+      num_attention_heads: 4,
+      num_key_value_heads: 4,
+      rope_theta: 10000,
+      rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
+    });
+    assert.equal(cfg.headDim, 16);
+    const got = ropeInvFreq(cfg);
+    assert.equal(got.length, 8);
+    // Hugging Face's _compute_llama3_parameters, written out: wavelengths below 64/4 = 16 keep
+    // their frequency, above 64/1 = 64 are divided by 8, in between are blended.
+    const regimes = new Set<string>();
     for (let j = 0; j < 8; j++) {
-      assert.ok(Math.abs(c[p * 8 + j] - Math.cos(p * got[j])) < 1e-6);
-      assert.ok(Math.abs(s[p * 8 + j] - Math.sin(p * got[j])) < 1e-6);
+      const base = Math.pow(10000, -(2 * j) / 16);
+      const wavelen = (2 * Math.PI) / base;
+      let want: number;
+      if (wavelen < 16) {
+        want = base;
+        regimes.add('high');
+      } else if (wavelen > 64) {
+        want = base / 8;
+        regimes.add('low');
+      } else {
+        const smooth = (64 / wavelen - 1) / (4 - 1);
+        want = (1 - smooth) * (base / 8) + smooth * base;
+        regimes.add('mid');
+      }
+      assert.ok(Math.abs(got[j] - want) <= 1e-12 * want, `inv_freq[${j}]: ${got[j]} vs ${want}`);
     }
-  }
-}));
+    assert.equal(regimes.size, 3, 'the config exercises all three regimes');
+    // Spot values: j=0 unchanged, j=1 blended, j=7 divided by the factor.
+    assert.ok(Math.abs(got[0] - 1) < 1e-15);
+    assert.ok(Math.abs(got[1] - 0.2443845994) < 1e-9, `inv_freq[1] = ${got[1]}`);
+    assert.ok(Math.abs(got[7] - Math.pow(10000, -14 / 16) / 8) < 1e-15);
+    // And the model's tables use them.
+    manualSeed(0);
+    const m = noGrad(() => new LlamaModel(cfg));
+    const { cos, sin } = m.ropeTables(20);
+    const c = cos.toArray() as Float32Array;
+    const s = sin.toArray() as Float32Array;
+    for (const p of [0, 5, 19]) {
+      for (let j = 0; j < 8; j++) {
+        assert.ok(Math.abs(c[p * 8 + j] - Math.cos(p * got[j])) < 1e-6);
+        assert.ok(Math.abs(s[p * 8 + j] - Math.sin(p * got[j])) < 1e-6);
+      }
+    }
+  }),
+);
 
-test('GQA equals full multi-head attention with repeated kv heads (head i uses kv head i / rep)', scoped(() => {
-  const gqa = tiny({ num_attention_heads: 4, num_key_value_heads: 2 });
-  const mha = tiny({ num_attention_heads: 4, num_key_value_heads: 4 }, { seed: 77 });
-  const hd = gqa.config.headDim;
-  const rep = 2;
-  const rowsFor = (kvOf: (head: number) => number) => tensor(Array.from({ length: 4 * hd }, (_, i) => kvOf(Math.floor(i / hd)) * hd + (i % hd)), undefined, { dtype: 'int64' });
-  const expanded = (kvOf: (head: number) => number) =>
-    new Map(
-      [...gqa.stateDict()].map(([n, t]) => [n, n.endsWith('k_proj.weight') || n.endsWith('v_proj.weight') ? t.indexSelect(0, rowsFor(kvOf)) : t]),
-    );
-  const x = ids([tokens(7, 17), tokens(7, 18)]);
-  const ref = gqa.forward({ ids: x }).logits!;
-  mha.loadStateDict(expanded((h) => Math.floor(h / rep)));
-  assertClose(mha.forward({ ids: x }).logits!, ref, 1e-10, 'GQA vs repeated kv heads');
-  mha.loadStateDict(expanded((h) => h % 2));
-  assertDiffer(mha.forward({ ids: x }).logits!, ref, 1e-4, 'the other grouping (i % kvHeads)');
-}));
+test(
+  'GQA equals full multi-head attention with repeated kv heads (head i uses kv head i / rep)',
+  scoped(() => {
+    const gqa = tiny({ num_attention_heads: 4, num_key_value_heads: 2 });
+    const mha = tiny({ num_attention_heads: 4, num_key_value_heads: 4 }, { seed: 77 });
+    const hd = gqa.config.headDim;
+    const rep = 2;
+    const rowsFor = (kvOf: (head: number) => number) =>
+      tensor(
+        Array.from({ length: 4 * hd }, (_, i) => kvOf(Math.floor(i / hd)) * hd + (i % hd)),
+        undefined,
+        { dtype: 'int64' },
+      );
+    const expanded = (kvOf: (head: number) => number) =>
+      new Map([...gqa.stateDict()].map(([n, t]) => [n, n.endsWith('k_proj.weight') || n.endsWith('v_proj.weight') ? t.indexSelect(0, rowsFor(kvOf)) : t]));
+    const x = ids([tokens(7, 17), tokens(7, 18)]);
+    const ref = gqa.forward({ ids: x }).logits!;
+    mha.loadStateDict(expanded((h) => Math.floor(h / rep)));
+    assertClose(mha.forward({ ids: x }).logits!, ref, 1e-10, 'GQA vs repeated kv heads');
+    mha.loadStateDict(expanded((h) => h % 2));
+    assertDiffer(mha.forward({ ids: x }).logits!, ref, 1e-4, 'the other grouping (i % kvHeads)');
+  }),
+);
 
 test('LoRA: no change at init, changes when B is nonzero, only adapters get gradients when frozen', () =>
   tidy(() => {
@@ -480,12 +520,22 @@ test('LoRA: no change at init, changes when B is nonzero, only adapters get grad
     assert.ok(names.includes('model.layers.1.self_attn.q_proj.lora_A.weight'));
     assert.ok(names.includes('model.layers.1.self_attn.v_proj.lora_B.weight'));
     assert.ok(!names.some((n) => n.includes('k_proj.lora')));
-    assertClose(noGrad(() => m.forward({ ids: x }).logits!), before, 0, 'LoRA at init');
+    assertClose(
+      noGrad(() => m.forward({ ids: x }).logits!),
+      before,
+      0,
+      'LoRA at init',
+    );
     manualSeed(20);
     noGrad(() => {
       for (const l of added) l.loraB!.value.copy_(randn(l.loraB!.value.shape, { dtype: l.loraB!.value.dtype }).mul(0.3));
     });
-    assertDiffer(noGrad(() => m.forward({ ids: x }).logits!), before, 1e-3, 'LoRA with nonzero B');
+    assertDiffer(
+      noGrad(() => m.forward({ ids: x }).logits!),
+      before,
+      1e-3,
+      'LoRA with nonzero B',
+    );
 
     // Frozen base + adapters: gradients reach only lora params.
     const f = tiny({}, { seed: 3 });
@@ -494,9 +544,15 @@ test('LoRA: no change at init, changes when B is nonzero, only adapters get grad
     noGrad(() => {
       for (const l of fl) l.loraB!.value.copy_(randn(l.loraB!.value.shape, { dtype: l.loraB!.value.dtype }).mul(0.3));
     });
-    const trainable = f.namedParameters().filter(([, p]) => p.trainable).map(([n]) => n);
+    const trainable = f
+      .namedParameters()
+      .filter(([, p]) => p.trainable)
+      .map(([n]) => n);
     assert.equal(trainable.length, 4 * BASE.num_hidden_layers);
-    assert.ok(trainable.every((n) => n.includes('.lora_')), `trainable: ${trainable.join(', ')}`);
+    assert.ok(
+      trainable.every((n) => n.includes('.lora_')),
+      `trainable: ${trainable.join(', ')}`,
+    );
     const loss = f.forward({ ids: x }).logits!.square().mean();
     loss.backward();
     for (const [n, p] of f.namedParameters()) {
@@ -509,28 +565,42 @@ test('LoRA: no change at init, changes when B is nonzero, only adapters get grad
     f.zeroGrad();
   }));
 
-test('forward errors: ids/inputsEmbeds, embed dim, paddingMask and attnMask shapes, numLayers', scoped(() => {
-  const m = tiny();
-  const x = ids([tokens(5, 21)]);
-  assert.throws(() => m.forward({}), /exactly one of ids or inputsEmbeds/);
-  assert.throws(() => m.forward({ ids: x, inputsEmbeds: m.embed(x) }), /exactly one of ids or inputsEmbeds/);
-  assert.throws(() => m.forward({ inputsEmbeds: zeros([1, 5, 31], { dtype: 'float64' }) }), /inputsEmbeds must be \[batch, seq, 32\]/);
-  assert.throws(() => m.forward({ inputsEmbeds: zeros([5, 32], { dtype: 'float64' }) }), /inputsEmbeds must be \[batch, seq, 32\]/);
-  assert.throws(() => m.forward({ ids: tensor([1, 2, 3], [3], { dtype: 'int64' }) }), /ids must be \[batch, seq\]/);
-  const pmErr = /paddingMask .*must be \[1, 5\]/;
-  assert.throws(() => m.forward({ ids: x, paddingMask: ones([1, 6], { dtype: 'bool' }) }), pmErr);
-  assert.throws(() => m.forward({ ids: x, paddingMask: ones([1, 4], { dtype: 'bool' }) }), pmErr);
-  assert.throws(() => m.forward({ ids: x, paddingMask: ones([2, 5], { dtype: 'bool' }) }), pmErr);
-  assert.throws(() => m.forward({ ids: x, paddingMask: ones([5], { dtype: 'bool' }) }), pmErr);
-  assert.throws(() => m.forward({ ids: x, attnMask: ones([5, 4], { dtype: 'bool' }) }), /attnMask .*must be \[5, 5\]/);
-  assert.throws(() => m.forward({ ids: x, numLayers: 0 }), /numLayers 0 outside 1\.\.3/);
-  assert.throws(() => m.forward({ ids: x, numLayers: 4 }), /numLayers 4 outside 1\.\.3/);
-}));
+test(
+  'forward errors: ids/inputsEmbeds, embed dim, paddingMask and attnMask shapes, numLayers',
+  scoped(() => {
+    const m = tiny();
+    const x = ids([tokens(5, 21)]);
+    assert.throws(() => m.forward({}), /exactly one of ids or inputsEmbeds/);
+    assert.throws(() => m.forward({ ids: x, inputsEmbeds: m.embed(x) }), /exactly one of ids or inputsEmbeds/);
+    assert.throws(() => m.forward({ inputsEmbeds: zeros([1, 5, 31], { dtype: 'float64' }) }), /inputsEmbeds must be \[batch, seq, 32\]/);
+    assert.throws(() => m.forward({ inputsEmbeds: zeros([5, 32], { dtype: 'float64' }) }), /inputsEmbeds must be \[batch, seq, 32\]/);
+    assert.throws(() => m.forward({ ids: tensor([1, 2, 3], [3], { dtype: 'int64' }) }), /ids must be \[batch, seq\]/);
+    const pmErr = /paddingMask .*must be \[1, 5\]/;
+    assert.throws(() => m.forward({ ids: x, paddingMask: ones([1, 6], { dtype: 'bool' }) }), pmErr);
+    assert.throws(() => m.forward({ ids: x, paddingMask: ones([1, 4], { dtype: 'bool' }) }), pmErr);
+    assert.throws(() => m.forward({ ids: x, paddingMask: ones([2, 5], { dtype: 'bool' }) }), pmErr);
+    assert.throws(() => m.forward({ ids: x, paddingMask: ones([5], { dtype: 'bool' }) }), pmErr);
+    assert.throws(() => m.forward({ ids: x, attnMask: ones([5, 4], { dtype: 'bool' }) }), /attnMask .*must be \[5, 5\]/);
+    assert.throws(() => m.forward({ ids: x, numLayers: 0 }), /numLayers 0 outside 1\.\.3/);
+    assert.throws(() => m.forward({ ids: x, numLayers: 4 }), /numLayers 4 outside 1\.\.3/);
+  }),
+);
 
 test('forward returns the attention probabilities of every layer: causal rows that sum to one', () => {
   tidy(() => {
     manualSeed(3);
-    const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 64, vocab_size: 50, max_position_embeddings: 64 }));
+    const model = new LlamaModel(
+      configFromHf({
+        model_type: 'llama',
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        intermediate_size: 64,
+        vocab_size: 50,
+        max_position_embeddings: 64,
+      }),
+    );
     const ids = tensor([1, 5, 7, 9, 11, 2, 4, 6], [2, 4]).to('int64');
     const { attentions } = model.forward({ ids, outputAttentions: true });
     assert.equal(attentions!.length, 2);

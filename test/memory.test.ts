@@ -29,7 +29,12 @@ class Tiny extends Module {
   }
   forward(ids: Tensor): Tensor {
     const h = this.norm.forward(this.emb.forward(ids));
-    return this.down.forward(this.up.forward(h).silu().add(h.repeat(1, 1, 2)));
+    return this.down.forward(
+      this.up
+        .forward(h)
+        .silu()
+        .add(h.repeat(1, 1, 2)),
+    );
   }
 }
 
@@ -74,7 +79,9 @@ test('10,000 training iterations: live handles and RSS stay flat', async () => {
   const rss10k = process.memoryUsage().rss;
   const seconds = (performance.now() - t0) / 1000;
   const growthMb = (rss10k - rss1k) / 2 ** 20;
-  console.log(`# 10k iterations in ${seconds.toFixed(1)} s; live handles ${handles1k} -> ${handles10k}; RSS ${(rss1k / 2 ** 20).toFixed(0)} -> ${(rss10k / 2 ** 20).toFixed(0)} MB (${growthMb.toFixed(1)} MB); loss ${firstLoss.toFixed(3)} -> ${lastLoss.toFixed(3)}`);
+  console.log(
+    `# 10k iterations in ${seconds.toFixed(1)} s; live handles ${handles1k} -> ${handles10k}; RSS ${(rss1k / 2 ** 20).toFixed(0)} -> ${(rss10k / 2 ** 20).toFixed(0)} MB (${growthMb.toFixed(1)} MB); loss ${firstLoss.toFixed(3)} -> ${lastLoss.toFixed(3)}`,
+  );
   assert.equal(handles10k, handles1k, 'live native handles changed between iteration 1,000 and 10,000');
   assert.ok(growthMb < 30, `RSS grew ${growthMb.toFixed(1)} MB`);
   assert.ok(lastLoss < firstLoss, `the model did not learn: ${firstLoss} -> ${lastLoss}`);

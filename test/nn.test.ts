@@ -2,19 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { Tensor, tensor, tidy, noGrad, manualSeed, randn, crossEntropy, memoryStats } from '../src/tensor/index.js';
-import {
-  Module,
-  Parameter,
-  Linear,
-  Embedding,
-  RMSNorm,
-  LayerNorm,
-  AdamW,
-  clipGradNorm,
-  warmupCosine,
-  warmupLinear,
-  constant,
-} from '../src/nn/index.js';
+import { Module, Parameter, Linear, Embedding, RMSNorm, LayerNorm, AdamW, clipGradNorm, warmupCosine, warmupLinear, constant } from '../src/nn/index.js';
 import { collectGarbage } from './helpers/gc.js';
 
 function near(a: number, b: number, tol = 1e-9, what = ''): void {
@@ -61,7 +49,12 @@ test('an MLP learns XOR with AdamW', () => {
 });
 
 /** AdamW by hand on float64 numbers (the PyTorch algorithm). */
-function adamwReference(p0: number[], gradOf: (p: number[]) => number[], steps: number, o: { lr: number; b1: number; b2: number; eps: number; wd: number }): number[] {
+function adamwReference(
+  p0: number[],
+  gradOf: (p: number[]) => number[],
+  steps: number,
+  o: { lr: number; b1: number; b2: number; eps: number; wd: number },
+): number[] {
   let p = [...p0];
   const m = p.map(() => 0);
   const v = p.map(() => 0);
@@ -250,7 +243,10 @@ test('Module: named parameters, state dict round trip, strict errors', () =>
       ['l1.weight', 'l1.bias', 'l2.weight', 'l2.bias'],
     );
     assert.equal(a.numParameters(), 3 * 4 + 4 + 4 * 2 + 2);
-    assert.deepEqual(a.namedModules().map(([n]) => n), ['', 'l1', 'l2']);
+    assert.deepEqual(
+      a.namedModules().map(([n]) => n),
+      ['', 'l1', 'l2'],
+    );
     manualSeed(2);
     const b = new MLP(3, 4, 2);
     const x = randn([5, 3]);
@@ -259,7 +255,10 @@ test('Module: named parameters, state dict round trip, strict errors', () =>
     const res = b.loadStateDict(a.stateDict());
     assert.deepEqual(res, { missing: [], unexpected: [] });
     assert.deepEqual(b.forward(x).toNumbers(), ya);
-    assert.ok(b.parameters().every((p) => p.trainable), 'trainability survives the load');
+    assert.ok(
+      b.parameters().every((p) => p.trainable),
+      'trainability survives the load',
+    );
     // dtype conversion on load
     const half = new Map([...a.stateDict()].map(([k, v]) => [k, v.to('float64')]));
     b.loadStateDict(half);

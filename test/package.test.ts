@@ -41,9 +41,21 @@ test('npm pack → npm install (builds the addon) → the README example, type-c
   // 1. The tarball: what a user needs, nothing of the repo's own.
   const pack = run('npm', ['pack', '--pack-destination', root, '--loglevel=error'], REPO);
   assert.equal(pack.code, 0, pack.out);
-  const tarball = path.join(root, fs.readdirSync(root).find((f) => f.endsWith('.tgz'))!);
+  const tarball = path.join(
+    root,
+    fs.readdirSync(root).find((f) => f.endsWith('.tgz'))!,
+  );
   const listing = run('tar', ['tzf', tarball], root).out.split('\n').filter(Boolean);
-  for (const f of ['package/dist/src/index.js', 'package/dist/src/index.d.ts', 'package/dist/src/compress/index.d.ts', 'package/native/binding.gyp', 'package/scripts/install.js', 'package/src/serve/playground.html', 'package/bin/softpress.js', 'package/LICENSE']) {
+  for (const f of [
+    'package/dist/src/index.js',
+    'package/dist/src/index.d.ts',
+    'package/dist/src/compress/index.d.ts',
+    'package/native/binding.gyp',
+    'package/scripts/install.js',
+    'package/src/serve/playground.html',
+    'package/bin/softpress.js',
+    'package/LICENSE',
+  ]) {
     assert.ok(listing.includes(f), `the tarball holds ${f}`);
   }
   const stray = listing.filter((f) => /^package\/(test|models|runs|node_modules|native\/build|dist\/test)\/|\.map$/.test(f));
@@ -53,8 +65,24 @@ test('npm pack → npm install (builds the addon) → the README example, type-c
   //    only when allowed); npm builds the addon there.
   const proj = path.join(root, 'project');
   fs.mkdirSync(proj);
-  fs.writeFileSync(path.join(proj, 'package.json'), JSON.stringify({ name: 'uses-softpress', private: true, type: 'module', allowScripts: { softpress: true } }, null, 2));
-  const install = run('npm', ['install', tarball, `typescript@${devVersion('typescript')}`, `@types/node@${devVersion('@types/node')}`, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], proj);
+  fs.writeFileSync(
+    path.join(proj, 'package.json'),
+    JSON.stringify({ name: 'uses-softpress', private: true, type: 'module', allowScripts: { softpress: true } }, null, 2),
+  );
+  const install = run(
+    'npm',
+    [
+      'install',
+      tarball,
+      `typescript@${devVersion('typescript')}`,
+      `@types/node@${devVersion('@types/node')}`,
+      '--prefer-offline',
+      '--no-audit',
+      '--no-fund',
+      '--loglevel=error',
+    ],
+    proj,
+  );
   assert.equal(install.code, 0, install.out);
   assert.ok(fs.existsSync(path.join(proj, 'node_modules/softpress/native/build/Release/softpress_native.node')), `the install built the addon\n${install.out}`);
 
@@ -65,7 +93,14 @@ test('npm pack → npm install (builds the addon) → the README example, type-c
   fs.writeFileSync(path.join(proj, 'example.ts'), example.replace(`'smollm2-135m-instruct'`, JSON.stringify(SMALL_BASE)));
   fs.writeFileSync(
     path.join(proj, 'tsconfig.json'),
-    JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out', types: ['node'] }, files: ['example.ts'] }, null, 2),
+    JSON.stringify(
+      {
+        compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out', types: ['node'] },
+        files: ['example.ts'],
+      },
+      null,
+      2,
+    ),
   );
   const tsc = run(process.execPath, ['node_modules/typescript/bin/tsc', '-p', '.'], proj);
   assert.equal(tsc.code, 0, `tsc:\n${tsc.out}`);

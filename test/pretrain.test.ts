@@ -29,7 +29,12 @@ test('pretraining: interrupted + resumed equals uninterrupted, bit for bit', { t
     const b = readFileSync(join(dir, 'b', 'model', 'model.safetensors'));
     assert.ok(a.equals(b), 'resumed weights differ from the uninterrupted run');
     // The loss log has one row per step, none repeated by the resume.
-    const steps = readFileSync(join(dir, 'b', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; loss?: number }).filter((r) => r.loss !== undefined).map((r) => r.step);
+    const steps = readFileSync(join(dir, 'b', 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { step: number; loss?: number })
+      .filter((r) => r.loss !== undefined)
+      .map((r) => r.step);
     assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
     assert.ok(existsSync(join(dir, 'b', 'loss.svg')));
     // A resume with a different config is refused.
@@ -38,7 +43,8 @@ test('pretraining: interrupted + resumed equals uninterrupted, bit for bit', { t
     const { model, tokenizer } = loadModel(join(dir, 'a', 'model'));
     assert.equal(model.config.hiddenSize, 32);
     assert.ok(tokenizer);
-  }));
+  }),
+);
 
 test('pretraining: a stopped run exports its checkpoint as a model folder', { timeout: 120_000 }, (t) =>
   withRunDir(t, async (dir) => {
@@ -49,7 +55,8 @@ test('pretraining: a stopped run exports its checkpoint as a model folder', { ti
     const training = JSON.parse(readFileSync(join(dir, 'c', 'model', 'training.json'), 'utf8')) as { steps: number; plannedSteps: number };
     assert.equal(training.steps, 3);
     assert.equal(training.plannedSteps, 8);
-  }));
+  }),
+);
 
 test('pretraining: a continued phase starts from another run; the QA mix follows qaShare and babiFraction', { timeout: 120_000 }, (t) =>
   withRunDir(t, async (dir) => {
@@ -78,68 +85,79 @@ test('pretraining: a continued phase starts from another run; the QA mix follows
     assert.equal(loadModel(join(dir, 'c', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
     assert.notEqual(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
     await assert.rejects(pretrain({ ...cont, init: join(dir, 'nowhere') }, join(dir, 'd'), { quiet: true }), /no checkpoint/);
-  }));
+  }),
+);
 
-test('pretraining extensions: a loss term on the text rows and rows of its own adds up in the log, validates and resumes exactly; extra documents join the mixture at their share', { timeout: 120_000 }, (t) =>
-  withRunDir(t, async (dir) => {
-    const data = writeCorpus(dir);
-    const cfg = { ...readPretrainConfig(writeConfig(dir, data)), steps: 4, evalEvery: 2, checkpointEvery: 2 };
-    // Extra documents: their own share of the characters, counted by name, built from the split's documents.
-    const shout: ExtraDocuments = {
-      name: 'shout',
-      share: 0.2,
-      make(docs, _split, chars) {
-        const out: string[] = [];
-        for (let i = 0, n = 0; n < chars; i++) {
-          out.push(docs[i % docs.length]!.text.toUpperCase());
-          n += out[i]!.length;
-        }
-        return out;
-      },
-    };
-    const mix = buildMixture({ corpora: [], data, qaShare: 0.1, extra: [shout], seed: 0 }, 'train');
-    const total = mix.corpusChars + mix.qaChars + mix.extraChars.shout!;
-    assert.ok(mix.counts.shout! > 0 && Math.abs(mix.extraChars.shout! / total - 0.2) < 0.05, `shout share ${mix.extraChars.shout! / total}`);
-    assert.equal(mix.texts.filter((x) => x === x.toUpperCase()).length, mix.counts.shout);
-    assert.throws(() => buildMixture({ corpora: [], data, qaShare: 0.5, extra: [{ ...shout, share: 0.5 }], seed: 0 }, 'train'), /below 0.9/);
-    // A term: half the loss of each text row's first prediction, plus one fixed row of the valid stream.
-    const term = (run: PretrainRun): LossTerm => {
-      const fixed = run.validStream.slice(0, 17);
-      const ownLoss = () => {
-        const ids = tensor(fixed, [1, 17]).to('int64');
-        const logits = run.model.forward({ ids: ids.narrow(1, 0, 16) }).logits!.reshape(16, -1);
-        return crossEntropy(logits, ids.narrow(1, 1, 16).reshape(16));
-      };
-      return {
-        onText: (r) => {
-          const first = crossEntropy(r.logits.narrow(0, 0, 1), r.targets.narrow(0, 0, 1));
-          return { loss: first.mul(0.5), parts: { first_loss: first.item() } };
+test(
+  'pretraining extensions: a loss term on the text rows and rows of its own adds up in the log, validates and resumes exactly; extra documents join the mixture at their share',
+  { timeout: 120_000 },
+  (t) =>
+    withRunDir(t, async (dir) => {
+      const data = writeCorpus(dir);
+      const cfg = { ...readPretrainConfig(writeConfig(dir, data)), steps: 4, evalEvery: 2, checkpointEvery: 2 };
+      // Extra documents: their own share of the characters, counted by name, built from the split's documents.
+      const shout: ExtraDocuments = {
+        name: 'shout',
+        share: 0.2,
+        make(docs, _split, chars) {
+          const out: string[] = [];
+          for (let i = 0, n = 0; n < chars; i++) {
+            out.push(docs[i % docs.length]!.text.toUpperCase());
+            n += out[i]!.length;
+          }
+          return out;
         },
-        ownRows: () => {
-          const l = ownLoss();
-          return { loss: l, parts: { own_loss: l.item() }, tokens: 16 };
-        },
-        validate: () => ({ own_loss: ownLoss().item() }),
-        summary: (steps) => ({ ownTokensSeen: 16 * steps }),
       };
-    };
-    const extensions = { terms: [term], documents: [shout] };
-    await pretrain(cfg, join(dir, 'a'), { quiet: true, extensions });
-    const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
-    const steps = log.filter((r) => r.loss !== undefined);
-    assert.equal(steps.length, 4);
-    for (const r of steps) assert.ok(Math.abs(r.text_loss! + 0.5 * r.first_loss! + r.own_loss! - r.loss!) < 1e-4, `step ${r.step}: ${JSON.stringify(r)}`);
-    assert.ok(log.some((r) => r.valid_own_loss! > 0 && r.valid_ppl! > 0), 'validation has the term\'s figure');
-    const training = JSON.parse(readFileSync(join(dir, 'a', 'model', 'training.json'), 'utf8')) as { ownTokensSeen: number; mixture: Record<string, number> };
-    assert.equal(training.ownTokensSeen, 64);
-    assert.ok(training.mixture.shout! > 0);
-    await pretrain(cfg, join(dir, 'b'), { quiet: true, stopAfter: 2, extensions });
-    await pretrain(cfg, join(dir, 'b'), { quiet: true, resume: true, extensions });
-    assert.equal(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
-    // Experiment fields are not softpress's: a config with one is refused, naming it.
-    const raw = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
-    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyRows: 2 }));
-    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /unknown field\(s\) copyRows .*experiments\/README.md/);
-    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, batchSize: 0 }));
-    assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /'batchSize' must be a positive integer/);
-  }));
+      const mix = buildMixture({ corpora: [], data, qaShare: 0.1, extra: [shout], seed: 0 }, 'train');
+      const total = mix.corpusChars + mix.qaChars + mix.extraChars.shout!;
+      assert.ok(mix.counts.shout! > 0 && Math.abs(mix.extraChars.shout! / total - 0.2) < 0.05, `shout share ${mix.extraChars.shout! / total}`);
+      assert.equal(mix.texts.filter((x) => x === x.toUpperCase()).length, mix.counts.shout);
+      assert.throws(() => buildMixture({ corpora: [], data, qaShare: 0.5, extra: [{ ...shout, share: 0.5 }], seed: 0 }, 'train'), /below 0.9/);
+      // A term: half the loss of each text row's first prediction, plus one fixed row of the valid stream.
+      const term = (run: PretrainRun): LossTerm => {
+        const fixed = run.validStream.slice(0, 17);
+        const ownLoss = () => {
+          const ids = tensor(fixed, [1, 17]).to('int64');
+          const logits = run.model.forward({ ids: ids.narrow(1, 0, 16) }).logits!.reshape(16, -1);
+          return crossEntropy(logits, ids.narrow(1, 1, 16).reshape(16));
+        };
+        return {
+          onText: (r) => {
+            const first = crossEntropy(r.logits.narrow(0, 0, 1), r.targets.narrow(0, 0, 1));
+            return { loss: first.mul(0.5), parts: { first_loss: first.item() } };
+          },
+          ownRows: () => {
+            const l = ownLoss();
+            return { loss: l, parts: { own_loss: l.item() }, tokens: 16 };
+          },
+          validate: () => ({ own_loss: ownLoss().item() }),
+          summary: (steps) => ({ ownTokensSeen: 16 * steps }),
+        };
+      };
+      const extensions = { terms: [term], documents: [shout] };
+      await pretrain(cfg, join(dir, 'a'), { quiet: true, extensions });
+      const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, number>);
+      const steps = log.filter((r) => r.loss !== undefined);
+      assert.equal(steps.length, 4);
+      for (const r of steps) assert.ok(Math.abs(r.text_loss! + 0.5 * r.first_loss! + r.own_loss! - r.loss!) < 1e-4, `step ${r.step}: ${JSON.stringify(r)}`);
+      assert.ok(
+        log.some((r) => r.valid_own_loss! > 0 && r.valid_ppl! > 0),
+        "validation has the term's figure",
+      );
+      const training = JSON.parse(readFileSync(join(dir, 'a', 'model', 'training.json'), 'utf8')) as { ownTokensSeen: number; mixture: Record<string, number> };
+      assert.equal(training.ownTokensSeen, 64);
+      assert.ok(training.mixture.shout! > 0);
+      await pretrain(cfg, join(dir, 'b'), { quiet: true, stopAfter: 2, extensions });
+      await pretrain(cfg, join(dir, 'b'), { quiet: true, resume: true, extensions });
+      assert.equal(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
+      // Experiment fields are not softpress's: a config with one is refused, naming it.
+      const raw = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyRows: 2 }));
+      assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /unknown field\(s\) copyRows .*experiments\/README.md/);
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, batchSize: 0 }));
+      assert.throws(() => readPretrainConfig(join(dir, 'bad.json')), /'batchSize' must be a positive integer/);
+    }),
+);

@@ -39,7 +39,10 @@ const OURS = ['<|restate|>', '<|question|>', '<|answer|>', '<|mem|>', '<|sep|>']
  * other ids (<|restate|>, <|mem|>, ...) become plain added words that no text contains.
  */
 function strippedTokenizer(): BpeTokenizer {
-  const json = JSON.parse(fs.readFileSync(TOKENIZER_PATH, 'utf8')) as { added_tokens: { id: number; content: string; special?: boolean }[]; model: { vocab: Record<string, number> } };
+  const json = JSON.parse(fs.readFileSync(TOKENIZER_PATH, 'utf8')) as {
+    added_tokens: { id: number; content: string; special?: boolean }[];
+    model: { vocab: Record<string, number> };
+  };
   const keep = new Set(['<|bos|>', '<|eos|>', '<|pad|>']);
   for (const t of json.added_tokens) {
     if (keep.has(t.content)) continue;
@@ -88,8 +91,16 @@ const SMALL: Record<string, Record<string, unknown>> = {
 /** Autoencoding batches and the reconstruct task through every learned method. */
 function runAll(tok: Tokenizer, what: string): void {
   const base = randomBase(tok);
-  const stream = tokenizeStream(loadMobyDick().slice(1, 3).map((d) => d.text.slice(0, 3000)), tok);
-  const sampler = new ObjectiveSampler({ stages: { ae: 1 }, ratios: [4], contextLen: 16, continuationLen: 0, batchSize: 2, seed: 1 }, { tokenizer: tok, stream });
+  const stream = tokenizeStream(
+    loadMobyDick()
+      .slice(1, 3)
+      .map((d) => d.text.slice(0, 3000)),
+    tok,
+  );
+  const sampler = new ObjectiveSampler(
+    { stages: { ae: 1 }, ratios: [4], contextLen: 16, continuationLen: 0, batchSize: 2, seed: 1 },
+    { tokenizer: tok, stream },
+  );
   const restate = restateFormat(tok);
   const docs = loadMobyDick().slice(3, 6);
   const task = makeReconstructTask(docs, tok, { n: 1, lengths: [16], slack: 2 });
@@ -111,12 +122,18 @@ function runAll(tok: Tokenizer, what: string): void {
   const run = runEvaluation({ model: base, tokenizer: tok, methods, tasks: [task], batchSize: 2 });
   assert.deepEqual(run.errors, [], `${what}: reconstruct errors`);
   for (const m of methods) {
-    assert.ok(run.rows.some((r) => r.method === m.label && r.task === 'reconstruct' && r.metric === 'bleu4'), `${what}: ${m.label} has a reconstruct score`);
-    assert.ok(run.predictions.some((p) => p.method === m.label), `${what}: ${m.label} restated something`);
+    assert.ok(
+      run.rows.some((r) => r.method === m.label && r.task === 'reconstruct' && r.metric === 'bleu4'),
+      `${what}: ${m.label} has a reconstruct score`,
+    );
+    assert.ok(
+      run.predictions.some((p) => p.method === m.label),
+      `${what}: ${m.label} restated something`,
+    );
   }
 }
 
-test('a tokenizer without softpress\'s task tokens: the restate prompt is text; autoencoding and reconstruction run for every method', () => {
+test("a tokenizer without softpress's task tokens: the restate prompt is text; autoencoding and reconstruction run for every method", () => {
   const tok = strippedTokenizer();
   for (const s of OURS) assert.equal(tok.special.get(s), undefined, `${s} is gone`);
   const f = restateFormat(tok);
@@ -136,25 +153,36 @@ const SMOL = namedModel('smollm2-135m-instruct')!;
 const SMOL_PATH = cachedModelPath(SMOL);
 const NO_SMOL = SMOL_PATH ? false : 'SmolLM2 is not in the cache (npm test pulls it: softpress pull smollm2-135m-instruct)';
 
-test('SmolLM2\'s tokenizer: restate in its chat template, QA trained in the evaluation\'s format, no BOS before the encoders; autoencoding and reconstruction run', { skip: NO_SMOL, timeout: 300_000 }, () => {
-  const files = ggufTokenizer(readGguf(SMOL_PATH!));
-  const tok = new HfTokenizer(files.tokenizer, files.config, { bos: files.bos, eos: files.eos });
-  for (const s of ['<|restate|>', '<|mem|>']) assert.equal(tok.special.get(s), undefined);
-  const f = restateFormat(tok);
-  assert.equal(f.chat, true);
-  assert.match(tok.decode(f.lead, { keepSpecial: true }), /^<\|im_start\|>system\n[\s\S]*<\|im_end\|>\n<\|im_start\|>user\n$/);
-  assert.equal(tok.decode(f.prompt, { keepSpecial: true }), `\n${RESTATE_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n`);
-  assert.equal(f.end, tok.special.get('<|im_end|>'));
-  // QA training reads the evaluation's format: the one-shot lead and "\nQuestion: q\nAnswer:".
-  const qa = qaPromptFormat(tok);
-  const stream = tokenizeStream(['x'], tok);
-  const sampler = new ObjectiveSampler({ stages: { qa: 1 }, ratios: [4], contextLen: 16, continuationLen: 0, batchSize: 1, seed: 1 }, { tokenizer: tok, stream, qa: [{ kind: 'needle', id: 'q', context: 'The box is blue.', question: 'What colour is the box?', answer: 'blue', docIds: [] }] });
-  const b = sampler.batch(0, 0);
-  assert.deepEqual(b.lead, qa.lead);
-  assert.deepEqual(b.tails[0], [...qa.tail('What colour is the box?'), ...tok.encode(' blue'), tok.eos]);
-  assert.equal(b.lossFrom[0], qa.tail('What colour is the box?').length);
-  // Its tokenizer starts sequences without BOS (<|im_start|> is its BOS id): so do the encoders.
-  const base = randomBase(tok);
-  for (const m of ['gmsa', 'icae', 'meanpool', 'comprexit']) assert.equal(createCompressor(m, base, SMALL[m] ?? {}, { tokenizer: tok }).config.bos, false, m);
-  runAll(tok, 'SmolLM2 tokenizer');
-});
+test(
+  "SmolLM2's tokenizer: restate in its chat template, QA trained in the evaluation's format, no BOS before the encoders; autoencoding and reconstruction run",
+  { skip: NO_SMOL, timeout: 300_000 },
+  () => {
+    const files = ggufTokenizer(readGguf(SMOL_PATH!));
+    const tok = new HfTokenizer(files.tokenizer, files.config, { bos: files.bos, eos: files.eos });
+    for (const s of ['<|restate|>', '<|mem|>']) assert.equal(tok.special.get(s), undefined);
+    const f = restateFormat(tok);
+    assert.equal(f.chat, true);
+    assert.match(tok.decode(f.lead, { keepSpecial: true }), /^<\|im_start\|>system\n[\s\S]*<\|im_end\|>\n<\|im_start\|>user\n$/);
+    assert.equal(tok.decode(f.prompt, { keepSpecial: true }), `\n${RESTATE_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n`);
+    assert.equal(f.end, tok.special.get('<|im_end|>'));
+    // QA training reads the evaluation's format: the one-shot lead and "\nQuestion: q\nAnswer:".
+    const qa = qaPromptFormat(tok);
+    const stream = tokenizeStream(['x'], tok);
+    const sampler = new ObjectiveSampler(
+      { stages: { qa: 1 }, ratios: [4], contextLen: 16, continuationLen: 0, batchSize: 1, seed: 1 },
+      {
+        tokenizer: tok,
+        stream,
+        qa: [{ kind: 'needle', id: 'q', context: 'The box is blue.', question: 'What colour is the box?', answer: 'blue', docIds: [] }],
+      },
+    );
+    const b = sampler.batch(0, 0);
+    assert.deepEqual(b.lead, qa.lead);
+    assert.deepEqual(b.tails[0], [...qa.tail('What colour is the box?'), ...tok.encode(' blue'), tok.eos]);
+    assert.equal(b.lossFrom[0], qa.tail('What colour is the box?').length);
+    // Its tokenizer starts sequences without BOS (<|im_start|> is its BOS id): so do the encoders.
+    const base = randomBase(tok);
+    for (const m of ['gmsa', 'icae', 'meanpool', 'comprexit']) assert.equal(createCompressor(m, base, SMALL[m] ?? {}, { tokenizer: tok }).config.bos, false, m);
+    runAll(tok, 'SmolLM2 tokenizer');
+  },
+);

@@ -53,7 +53,19 @@ const TABLES: Record<string, PaperTable> = {
       'train.continuationLen': 128,
     },
     code: { 'options.separateNorms': true, 'options.bias': true, 'options.bos': true },
-    notStated: ['lm.minLrFraction', 'lm.schedule', 'lm.weightDecay', 'lm.betas', 'qa.lr', 'qa.minLrFraction', 'qa.warmupFraction', 'qa.schedule', 'qa.weightDecay', 'qa.betas', 'qa.clip'],
+    notStated: [
+      'lm.minLrFraction',
+      'lm.schedule',
+      'lm.weightDecay',
+      'lm.betas',
+      'qa.lr',
+      'qa.minLrFraction',
+      'qa.warmupFraction',
+      'qa.schedule',
+      'qa.weightDecay',
+      'qa.betas',
+      'qa.clip',
+    ],
   },
   gmsa: {
     paper: {
@@ -106,7 +118,10 @@ const TABLES: Record<string, PaperTable> = {
       'options.aeToken': true,
       'options.lmToken': false,
     },
-    notStated: ['options.maxSlots', ...['ae', 'lm', 'qa'].flatMap((s) => ['lr', 'minLrFraction', 'warmupFraction', 'schedule', 'weightDecay', 'betas', 'clip'].map((k) => `${s}.${k}`))],
+    notStated: [
+      'options.maxSlots',
+      ...['ae', 'lm', 'qa'].flatMap((s) => ['lr', 'minLrFraction', 'warmupFraction', 'schedule', 'weightDecay', 'betas', 'clip'].map((k) => `${s}.${k}`)),
+    ],
   },
   meanpool: {
     paper: { 'options.source': 'embeddings' },
@@ -131,7 +146,10 @@ for (const [method, table] of Object.entries(TABLES)) {
     assert.equal(r.method, method);
     assert.equal(compressorRecipe(method), r, 'the registry serves the same recipe');
     const got = entries(r);
-    for (const [source, want] of [['paper', table.paper], ['code', table.code ?? {}]] as const) {
+    for (const [source, want] of [
+      ['paper', table.paper],
+      ['code', table.code ?? {}],
+    ] as const) {
       for (const [k, v] of Object.entries(want)) {
         const e = got.get(k);
         assert.ok(e, `${method}: ${k} is missing from the recipe`);
@@ -141,7 +159,8 @@ for (const [method, table] of Object.entries(TABLES)) {
     }
     const stated = new Set([...Object.keys(table.paper), ...Object.keys(table.code ?? {})]);
     for (const [k, e] of got) {
-      if (e.source === 'not stated') assert.ok(table.notStated.includes(k), `${method}: ${k} (${JSON.stringify(e.value)}) is 'not stated' in the recipe but not in the table's list`);
+      if (e.source === 'not stated')
+        assert.ok(table.notStated.includes(k), `${method}: ${k} (${JSON.stringify(e.value)}) is 'not stated' in the recipe but not in the table's list`);
       else assert.ok(stated.has(k), `${method}: ${k} = ${JSON.stringify(e.value)} claims the ${e.source} but is not in the table`);
     }
     for (const k of table.notStated) assert.equal(got.get(k)?.source, 'not stated', `${method}: ${k} should be listed as not stated`);
@@ -183,11 +202,17 @@ function wideBase(dtype: 'float32' | 'bfloat16' = 'float32'): LlamaModel {
 test('constructors default to the recipe on a base wide enough for it', () => {
   const base = wideBase();
   const g = createCompressor('gmsa', base) as GmsaCompressor;
-  assert.deepEqual([g.config.encoderLayers, g.config.loraRank, g.config.loraAlpha, g.config.loraDropout, g.config.merge, g.config.lsa], [8, 128, 32, 0.05, 'mean', true]);
+  assert.deepEqual(
+    [g.config.encoderLayers, g.config.loraRank, g.config.loraAlpha, g.config.loraDropout, g.config.merge, g.config.lsa],
+    [8, 128, 32, 0.05, 'mean', true],
+  );
   const c = createCompressor('ccf', base) as CcfCompressor;
   assert.deepEqual([c.config.segmentLen, c.config.rank, c.config.alpha, c.config.memTokenId], [1024, 128, 512, 2]);
   const i = createCompressor('icae', base) as IcaeCompressor;
-  assert.deepEqual([i.config.loraRank, i.config.loraAlpha, i.config.loraDropout, i.config.loraTargets, i.config.aeToken, i.config.lmToken, i.config.memTokenId], [128, 32, 0.05, ['q', 'v'], true, false, null]);
+  assert.deepEqual(
+    [i.config.loraRank, i.config.loraAlpha, i.config.loraDropout, i.config.loraTargets, i.config.aeToken, i.config.lmToken, i.config.memTokenId],
+    [128, 32, 0.05, ['q', 'v'], true, false, null],
+  );
   const x = createCompressor('comprexit', base) as ComprExIT;
   assert.deepEqual([x.separateNorms, x.bias, x.bos], [true, true, true]);
   assert.equal(createCompressor('meanpool', base).config.source, 'embeddings');
@@ -197,7 +222,10 @@ test('constructors default to the recipe on a base wide enough for it', () => {
 
 test('applyRecipe: the recipe for every setting not given, the flag where given; the record says which', () => {
   const ccf = applyRecipe('ccf', { lm: 1 }, 1000, {});
-  assert.deepEqual([ccf.lr, ccf.minLr, ccf.warmup, ccf.weightDecay, ccf.clip, ccf.betas, ccf.schedule, ccf.ratios, ccf.reservoir], [1e-4, 0, 10, 0.1, 1, [0.9, 0.95], 'cosine', [8], 2]);
+  assert.deepEqual(
+    [ccf.lr, ccf.minLr, ccf.warmup, ccf.weightDecay, ccf.clip, ccf.betas, ccf.schedule, ccf.ratios, ccf.reservoir],
+    [1e-4, 0, 10, 0.1, 1, [0.9, 0.95], 'cosine', [8], 2],
+  );
   assert.equal(ccf.recipe.settings.weightDecay.from, 'paper');
   assert.equal(ccf.recipe.settings.reservoir.from, 'code');
   const flagged = applyRecipe('ccf', { lm: 1 }, 1000, { lr: 3e-4, weightDecay: 0.02 });
@@ -218,7 +246,7 @@ test('recordOptions: options against the recipe; deviations forced by the base c
   const rec = recordOptions(applyRecipe('gmsa', { ae: 1 }, 100, {}).recipe, small, { encoderLayers: 3 });
   assert.deepEqual(rec.settings['options.encoderLayers'], { value: 3, from: 'flag', paper: 8 });
   assert.ok(rec.deviations.some((d) => d.key === 'options.encoderLayers' && d.why === 'given by flag'));
-  assert.ok(!rec.deviations.some((d) => d.key === 'options.loraRank'), 'rank 128 is the paper\'s: the standing deviation does not apply');
+  assert.ok(!rec.deviations.some((d) => d.key === 'options.loraRank'), "rank 128 is the paper's: the standing deviation does not apply");
   // CCF's standing deviation (documents far shorter than the paper's) is always recorded.
   const ccf = recordOptions(applyRecipe('ccf', { lm: 1 }, 100, {}).recipe, createCompressor('ccf', wideBase()).config, {});
   assert.ok(ccf.deviations.some((d) => d.key === 'train.docSegments'));
@@ -231,7 +259,11 @@ test('trainable parameters stay float32 over a bfloat16 base, and small AdamW up
   const base = wideBase('bfloat16');
   const ctx = [Array.from({ length: 24 }, (_, i) => 3 + ((i * 7) % 90))];
   for (const method of ['gmsa', 'ccf', 'icae', 'comprexit', 'meanpool']) {
-    const opts: Record<string, Record<string, unknown>> = { gmsa: { encoderLayers: 2, loraRank: 8 }, ccf: { segmentLen: 8, rank: 8 }, icae: { loraRank: 8, maxSlots: 16 } };
+    const opts: Record<string, Record<string, unknown>> = {
+      gmsa: { encoderLayers: 2, loraRank: 8 },
+      ccf: { segmentLen: 8, rank: 8 },
+      icae: { loraRank: 8, maxSlots: 16 },
+    };
     const c = createCompressor(method, base, opts[method] ?? {});
     const stage: Stage = method === 'ccf' ? 'lm' : 'ae';
     const params = c.trainable(stage);
@@ -247,13 +279,21 @@ test('trainable parameters stay float32 over a bfloat16 base, and small AdamW up
     assert.ok(moved.length > 0, `${method}: gradients reach the float32 parameters`);
     // One step of lr 1e-6: a bfloat16 parameter (8 bits of mantissa) would not change at all.
     const before = moved.map(([, p]) => Buffer.from(p.value.toBytes()));
-    const opt = new AdamW(moved.map(([, p]) => p), { lr: 1e-6, weightDecay: 0 });
+    const opt = new AdamW(
+      moved.map(([, p]) => p),
+      { lr: 1e-6, weightDecay: 0 },
+    );
     opt.step();
-    assert.ok(moved.some(([, p], i) => !Buffer.from(p.value.toBytes()).equals(before[i]!)), `${method}: a 1e-6 step changed nothing`);
+    assert.ok(
+      moved.some(([, p], i) => !Buffer.from(p.value.toBytes()).equals(before[i]!)),
+      `${method}: a 1e-6 step changed nothing`,
+    );
     c.setTraining(false);
   }
   // Unchanged inputs for the ICAE memory and CCF pi: the base dtype only where they meet the base.
-  tidy(() => noGrad(() => assert.equal((createCompressor('icae', base, { loraRank: 8, maxSlots: 8 }) as IcaeCompressor).taskEmbeddings('ae')!.dtype, 'bfloat16')));
+  tidy(() =>
+    noGrad(() => assert.equal((createCompressor('icae', base, { loraRank: 8, maxSlots: 8 }) as IcaeCompressor).taskEmbeddings('ae')!.dtype, 'bfloat16')),
+  );
   void tensor;
 });
 

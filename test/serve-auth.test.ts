@@ -49,7 +49,14 @@ function openStore(): SoftpressService {
   return openService({ base: baseDir, storePath, storeMaxBytes: 64 * 2 ** 20, discover: false });
 }
 
-async function call(app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', url: string, who?: Who | null, payload?: unknown, headers: Record<string, string> = {}) {
+async function call(
+  app: FastifyInstance,
+  method: 'GET' | 'POST' | 'DELETE',
+  url: string,
+  who?: Who | null,
+  payload?: unknown,
+  headers: Record<string, string> = {},
+) {
   const h = { ...headers };
   if (who) h.authorization = `Bearer ${KEYS[who]}`;
   const r = await app.inject({ method, url, payload: payload as object | undefined, headers: h });
@@ -126,7 +133,10 @@ describe('serve auth: keys', () => {
     bad(`${KEYS.alice}\nshortkey123 bob\n`, /keys\.txt line 2: a key must have at least 16 characters \(this one has 11\)/, 'shortkey123');
     bad(`alice ${KEYS.alice}\n`, /line 1: a key must have at least 16 characters.*KEY \[NAME\]/);
     writeFileSync(file, `${KEYS.alice} a\n${KEYS.alice} b\n`);
-    assert.throws(() => collectKeys({ file }), (e: Error) => /keys\.txt line 2 is the same key as .*keys\.txt line 1; give each key once/.test(e.message) && !e.message.includes(KEYS.alice));
+    assert.throws(
+      () => collectKeys({ file }),
+      (e: Error) => /keys\.txt line 2 is the same key as .*keys\.txt line 1; give each key once/.test(e.message) && !e.message.includes(KEYS.alice),
+    );
     assert.throws(() => parseKeysFile(join(tmp, 'missing.txt')), /--api-keys: no file at .*missing\.txt/);
     assert.throws(() => parseKeysFile(tmp), /is a folder/);
 
@@ -137,7 +147,10 @@ describe('serve auth: keys', () => {
         [KEYS.bob, 'SOFTPRESS_API_KEYS #2'],
       ],
     );
-    assert.throws(() => parseKeysEnv('tooshort'), (e: Error) => /SOFTPRESS_API_KEYS #1: a key must have at least 16/.test(e.message) && !e.message.includes('tooshort'));
+    assert.throws(
+      () => parseKeysEnv('tooshort'),
+      (e: Error) => /SOFTPRESS_API_KEYS #1: a key must have at least 16/.test(e.message) && !e.message.includes('tooshort'),
+    );
     assert.throws(() => collectKeys({ flags: [KEYS.alice], env: KEYS.alice }), /SOFTPRESS_API_KEYS #1 is the same key as --api-key #1/);
     assert.throws(() => collectKeys({ env: ' , ' }), /SOFTPRESS_API_KEYS has no keys/);
     assert.equal(collectKeys({}), undefined);
@@ -173,7 +186,10 @@ describe('serve auth: keys', () => {
   test('listening beyond loopback needs a key or --insecure-no-auth; quota defaults', async () => {
     for (const h of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1']) assert.ok(isLoopback(h), h);
     for (const h of ['0.0.0.0', '::', '192.168.1.10', '10.0.0.1', 'example.com', '::ffff:10.0.0.1', 'fe80::1']) assert.ok(!isLoopback(h), h);
-    assert.throws(() => checkExposure('0.0.0.0', undefined, false), /refusing to listen on 0\.0\.0\.0 without an API key.*--api-key KEY.*--api-keys FILE.*SOFTPRESS_API_KEYS.*--insecure-no-auth/s);
+    assert.throws(
+      () => checkExposure('0.0.0.0', undefined, false),
+      /refusing to listen on 0\.0\.0\.0 without an API key.*--api-key KEY.*--api-keys FILE.*SOFTPRESS_API_KEYS.*--insecure-no-auth/s,
+    );
     checkExposure('0.0.0.0', ring, false);
     checkExposure('0.0.0.0', undefined, true);
     checkExposure('127.0.0.1', undefined, false);
@@ -190,9 +206,16 @@ describe('serve auth: keys', () => {
     assert.equal(keyed.keys?.size, 2);
     assert.deepEqual(keyed.quotas, { contexts: 1000, bytes: 256 * 2 ** 20, requestsPerMinute: 120 });
     assert.deepEqual(accessFromArgs({ 'insecure-no-auth': true }, '0.0.0.0', {}).quotas, { contexts: 1000, bytes: 256 * 2 ** 20, requestsPerMinute: 120 });
-    assert.deepEqual(accessFromArgs({ 'api-key': [KEYS.alice], 'quota-contexts': '5', 'quota-mb': '0', 'rate-limit': '0' }, '127.0.0.1', {}).quotas, { contexts: 5, bytes: 0, requestsPerMinute: 0 });
+    assert.deepEqual(accessFromArgs({ 'api-key': [KEYS.alice], 'quota-contexts': '5', 'quota-mb': '0', 'rate-limit': '0' }, '127.0.0.1', {}).quotas, {
+      contexts: 5,
+      bytes: 0,
+      requestsPerMinute: 0,
+    });
     assert.throws(() => accessFromArgs({ 'api-key': [KEYS.alice], 'rate-limit': '-1' }, '127.0.0.1', {}), /--rate-limit must be an integer >= 0/);
-    assert.throws(() => accessFromArgs({}, '0.0.0.0', { SOFTPRESS_API_KEYS: 'short' }), (e: Error) => /SOFTPRESS_API_KEYS #1/.test(e.message) && !e.message.includes('short,'));
+    assert.throws(
+      () => accessFromArgs({}, '0.0.0.0', { SOFTPRESS_API_KEYS: 'short' }),
+      (e: Error) => /SOFTPRESS_API_KEYS #1/.test(e.message) && !e.message.includes('short,'),
+    );
   });
 });
 
@@ -239,7 +262,7 @@ describe('serve auth: HTTP', () => {
     assert.equal((await call(open, 'GET', '/health', null)).body.auth, 'none');
   });
 
-  test("a context belongs to its key: another key (or none) cannot read, list, ask, complete with or delete it", async () => {
+  test('a context belongs to its key: another key (or none) cannot read, list, ask, complete with or delete it', async () => {
     const a = app();
     const made = await create(a, 'alice');
     assert.equal(made.status, 201, made.raw);
@@ -249,9 +272,26 @@ describe('serve auth: HTTP', () => {
 
     assertError(await call(a, 'GET', `/v1/contexts/${id}`, 'bob'), 404, 'context_not_found');
     assertError(await call(a, 'POST', `/v1/contexts/${id}/ask`, 'bob', { questions: ['What is the code?'], maxTokens: 3 }), 404, 'context_not_found');
-    assertError(await call(a, 'POST', '/v1/completions', 'bob', { model: service.modelName, prompt: 'The', max_tokens: 2, context_id: id }), 404, 'context_not_found');
-    assertError(await call(a, 'POST', '/v1/chat/completions', 'bob', { model: service.modelName, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2, context_id: id }), 404, 'context_not_found');
-    assertError(await call(a, 'POST', '/v1/completions', 'bob', { model: service.modelName, prompt: 'The', max_tokens: 2, context_id: id, stream: true }), 404, 'context_not_found');
+    assertError(
+      await call(a, 'POST', '/v1/completions', 'bob', { model: service.modelName, prompt: 'The', max_tokens: 2, context_id: id }),
+      404,
+      'context_not_found',
+    );
+    assertError(
+      await call(a, 'POST', '/v1/chat/completions', 'bob', {
+        model: service.modelName,
+        messages: [{ role: 'user', content: 'hi' }],
+        max_tokens: 2,
+        context_id: id,
+      }),
+      404,
+      'context_not_found',
+    );
+    assertError(
+      await call(a, 'POST', '/v1/completions', 'bob', { model: service.modelName, prompt: 'The', max_tokens: 2, context_id: id, stream: true }),
+      404,
+      'context_not_found',
+    );
     assertError(await call(a, 'DELETE', `/v1/contexts/${id}`, 'bob'), 404, 'context_not_found');
     assert.ok(!(await call(a, 'GET', '/v1/contexts', 'bob')).body.data.some((c: Json) => c.id === id));
     assertError(await call(a, 'GET', `/v1/contexts/${id}`, null), 401, 'missing_api_key');
@@ -292,25 +332,50 @@ describe('serve auth: HTTP', () => {
     assert.equal((await call(open, 'DELETE', `/v1/contexts/${id}`, null)).status, 200);
   });
 
-  test('the official openai client with apiKey: works with the right key, 401 with a wrong one, 404 on another key\'s context', async () => {
+  test("the official openai client with apiKey: works with the right key, 401 with a wrong one, 404 on another key's context", async () => {
     const a = app();
     await a.listen({ port: 0, host: '127.0.0.1' });
     const base = `http://127.0.0.1:${(a.server.address() as { port: number }).port}/v1`;
     try {
       const alice = new OpenAI({ baseURL: base, apiKey: KEYS.alice, maxRetries: 0 });
       const models = await alice.models.list();
-      assert.deepEqual(models.data.map((m) => m.id), [service.modelName]);
-      const ctx = (await (await fetch(`${base}/contexts`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${KEYS.alice}` }, body: JSON.stringify({ text: DOC, method: 'truncate', ratio: 4 }) })).json()) as Json;
+      assert.deepEqual(
+        models.data.map((m) => m.id),
+        [service.modelName],
+      );
+      const ctx = (await (
+        await fetch(`${base}/contexts`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${KEYS.alice}` },
+          body: JSON.stringify({ text: DOC, method: 'truncate', ratio: 4 }),
+        })
+      ).json()) as Json;
       assert.match(ctx.id, /^ctx_/);
-      const chat = await alice.chat.completions.create({ model: service.modelName, messages: [{ role: 'user', content: 'Where is the box?' }], max_tokens: 3, temperature: 0, context_id: ctx.id } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+      const chat = await alice.chat.completions.create({
+        model: service.modelName,
+        messages: [{ role: 'user', content: 'Where is the box?' }],
+        max_tokens: 3,
+        temperature: 0,
+        context_id: ctx.id,
+      } as OpenAI.ChatCompletionCreateParamsNonStreaming);
       assert.equal(chat.choices[0].message.role, 'assistant');
-      const stream = await alice.completions.create({ model: service.modelName, prompt: 'The keeper', max_tokens: 3, temperature: 0, stream: true, context_id: ctx.id } as OpenAI.CompletionCreateParamsStreaming);
+      const stream = await alice.completions.create({
+        model: service.modelName,
+        prompt: 'The keeper',
+        max_tokens: 3,
+        temperature: 0,
+        stream: true,
+        context_id: ctx.id,
+      } as OpenAI.CompletionCreateParamsStreaming);
       let chunks = 0;
       for await (const _ of stream) chunks++;
       assert.ok(chunks >= 1);
 
       const wrong = new OpenAI({ baseURL: base, apiKey: WRONG_KEY, maxRetries: 0 });
-      await assert.rejects(wrong.models.list(), (e: unknown) => e instanceof OpenAI.AuthenticationError && e.status === 401 && (e.error as Json)?.code === 'invalid_api_key');
+      await assert.rejects(
+        wrong.models.list(),
+        (e: unknown) => e instanceof OpenAI.AuthenticationError && e.status === 401 && (e.error as Json)?.code === 'invalid_api_key',
+      );
       const bob = new OpenAI({ baseURL: base, apiKey: KEYS.bob, maxRetries: 0 });
       await assert.rejects(
         bob.completions.create({ model: service.modelName, prompt: 'x', max_tokens: 2, context_id: ctx.id } as OpenAI.CompletionCreateParamsNonStreaming),

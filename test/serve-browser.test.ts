@@ -38,7 +38,11 @@ const BROWSER_WAIT = { timeoutMs: 30_000, everyMs: 50 };
 
 async function waitText(page: Page, selector: string, re: RegExp): Promise<void> {
   let last = '';
-  await waitFor(async () => re.test((last = (await page.textContent(selector)) ?? '')), () => `${selector} to match ${re} (last: '${last}')`, BROWSER_WAIT);
+  await waitFor(
+    async () => re.test((last = (await page.textContent(selector)) ?? '')),
+    () => `${selector} to match ${re} (last: '${last}')`,
+    BROWSER_WAIT,
+  );
 }
 
 /** A server on a small random base model and a headless Chromium; closes both after `body`. */
@@ -52,7 +56,16 @@ async function withPlayground(serverOpts: ServerOptions, body: (page: Page, serv
   const browser = await chromium.launchPersistentContext(join(tmp, 'profile'), {
     executablePath: CHROMIUM,
     headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   try {
     const page = browser.pages()[0] ?? (await browser.newPage());
@@ -119,53 +132,63 @@ test('playground: compress, ask, compare with the full context (headless Chromiu
     await page.press('#question', 'Enter');
     await waitText(page, '#ms-full', /^n\/a$/);
     await waitText(page, '#ms-soft', LATENCY);
-    assert.deepEqual(problems.filter((p) => !/status of 413/.test(p)), []);
+    assert.deepEqual(
+      problems.filter((p) => !/status of 413/.test(p)),
+      [],
+    );
     // the playground deleted the contexts it replaced
     assert.equal(service.listContexts().length, 1);
     assert.equal(await page.isVisible('#key-box'), false, 'no key field on a server without keys');
   });
 });
 
-test('playground with API keys: asks for the key, reports a wrong one, works with the right one and keeps it in the page only', { skip, timeout: 120_000 }, async () => {
-  const KEY = 'sk-playground-5e8a1c7d3b9f2046';
-  const keys = new KeyRing([{ key: KEY, name: 'playground', origin: 'test' }]);
-  await withPlayground({ keys, quotas: { contexts: 10, requestsPerMinute: 120 } }, async (page, service, problems) => {
-    await page.waitForSelector('#key-box', { state: 'visible' });
-    await waitText(page, '#auth-status', /needs an API key/);
-    assert.equal(await page.$$eval('#method option', (o) => o.length), 0, 'nothing loaded without the key');
+test(
+  'playground with API keys: asks for the key, reports a wrong one, works with the right one and keeps it in the page only',
+  { skip, timeout: 120_000 },
+  async () => {
+    const KEY = 'sk-playground-5e8a1c7d3b9f2046';
+    const keys = new KeyRing([{ key: KEY, name: 'playground', origin: 'test' }]);
+    await withPlayground({ keys, quotas: { contexts: 10, requestsPerMinute: 120 } }, async (page, service, problems) => {
+      await page.waitForSelector('#key-box', { state: 'visible' });
+      await waitText(page, '#auth-status', /needs an API key/);
+      assert.equal(await page.$$eval('#method option', (o) => o.length), 0, 'nothing loaded without the key');
 
-    await page.fill('#api-key', 'sk-wrong-key-0000000000000');
-    await page.click('#use-key');
-    await waitText(page, '#auth-status', /key refused/);
-    await waitText(page, '#error', /refused this API key \(401\): Incorrect API key/);
+      await page.fill('#api-key', 'sk-wrong-key-0000000000000');
+      await page.click('#use-key');
+      await waitText(page, '#auth-status', /key refused/);
+      await waitText(page, '#error', /refused this API key \(401\): Incorrect API key/);
 
-    await page.fill('#api-key', KEY);
-    await page.press('#api-key', 'Enter');
-    await page.waitForSelector('#method option[value="truncate"]', { state: 'attached' });
-    await waitText(page, '#auth-status', /key accepted/);
-    assert.match((await page.textContent('#model-info')) ?? '', /window 256 tokens/);
-    assert.equal((await page.textContent('#error'))?.trim(), '');
+      await page.fill('#api-key', KEY);
+      await page.press('#api-key', 'Enter');
+      await page.waitForSelector('#method option[value="truncate"]', { state: 'attached' });
+      await waitText(page, '#auth-status', /key accepted/);
+      assert.match((await page.textContent('#model-info')) ?? '', /window 256 tokens/);
+      assert.equal((await page.textContent('#error'))?.trim(), '');
 
-    await page.fill('#doc', DOC);
-    await page.selectOption('#method', 'truncate');
-    await page.click('#compress');
-    await waitText(page, '#full-tokens', /^\d+$/);
-    await page.fill('#question', 'What is the secret code of the blue box?');
-    await page.click('#ask');
-    await waitText(page, '#ms-full', LATENCY);
-    assert.match((await page.textContent('#ms-soft')) ?? '', LATENCY);
-    assert.equal((await page.textContent('#error'))?.trim(), '');
+      await page.fill('#doc', DOC);
+      await page.selectOption('#method', 'truncate');
+      await page.click('#compress');
+      await waitText(page, '#full-tokens', /^\d+$/);
+      await page.fill('#question', 'What is the secret code of the blue box?');
+      await page.click('#ask');
+      await waitText(page, '#ms-full', LATENCY);
+      assert.match((await page.textContent('#ms-soft')) ?? '', LATENCY);
+      assert.equal((await page.textContent('#error'))?.trim(), '');
 
-    // the key is in a variable of the page only
-    // (a string: the tests compile without the DOM library)
-    const kept = (await page.evaluate(
-      "({ local: localStorage.length, session: sessionStorage.length, cookie: document.cookie, field: document.getElementById('api-key').value, html: document.documentElement.outerHTML, url: location.href })",
-    )) as { local: number; session: number; cookie: string; field: string; html: string; url: string };
-    assert.deepEqual([kept.local, kept.session, kept.cookie, kept.field], [0, 0, '', '']);
-    assert.ok(!kept.html.includes(KEY) && !kept.url.includes(KEY));
-    // the two contexts (soft and full) are the key's
-    assert.equal(service.listContexts(100, ownerOf(KEY)).length, 2);
-    assert.equal(service.listContexts(100, ANONYMOUS).length, 0);
-    assert.deepEqual(problems.filter((p) => !/status of 401/.test(p)), []);
-  });
-});
+      // the key is in a variable of the page only
+      // (a string: the tests compile without the DOM library)
+      const kept = (await page.evaluate(
+        "({ local: localStorage.length, session: sessionStorage.length, cookie: document.cookie, field: document.getElementById('api-key').value, html: document.documentElement.outerHTML, url: location.href })",
+      )) as { local: number; session: number; cookie: string; field: string; html: string; url: string };
+      assert.deepEqual([kept.local, kept.session, kept.cookie, kept.field], [0, 0, '', '']);
+      assert.ok(!kept.html.includes(KEY) && !kept.url.includes(KEY));
+      // the two contexts (soft and full) are the key's
+      assert.equal(service.listContexts(100, ownerOf(KEY)).length, 2);
+      assert.equal(service.listContexts(100, ANONYMOUS).length, 0);
+      assert.deepEqual(
+        problems.filter((p) => !/status of 401/.test(p)),
+        [],
+      );
+    });
+  },
+);

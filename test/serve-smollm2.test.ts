@@ -60,7 +60,10 @@ describe(`serve: ${NAME}`, { skip, timeout: 240_000 }, () => {
   test('named by its name; its chat template and QA format are reported', async () => {
     assert.equal(service.modelName, NAME);
     const models = await client.models.list();
-    assert.deepEqual(models.data.map((m) => m.id), [NAME]);
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      [NAME],
+    );
     const health = (await (await fetch(`${url}/health`)).json()) as Json;
     assert.equal(health.model, NAME);
     assert.equal(health.defaultMethod, 'full');

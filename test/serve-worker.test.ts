@@ -39,7 +39,14 @@ describe('serve: the compression worker', () => {
     });
     probe.free();
     const open = (name: string, compressWorker: boolean): SoftpressService =>
-      openService({ base: baseDir, compressorDirs: dirs, discover: false, compressWorker, storePath: join(tmp, name, 'contexts.mdb'), storeMaxBytes: 64 * 2 ** 20 });
+      openService({
+        base: baseDir,
+        compressorDirs: dirs,
+        discover: false,
+        compressWorker,
+        storePath: join(tmp, name, 'contexts.mdb'),
+        storeMaxBytes: 64 * 2 ** 20,
+      });
     const off = open('on-loop', false);
     const on = open('in-worker', true);
     const apps = [buildServer(off), buildServer(on)];
@@ -59,20 +66,26 @@ describe('serve: the compression worker', () => {
         const cb = parseSoftContext(on.store.getBytes(b.id)!, on.model);
         try {
           assert.equal(!!cb.softTokens, !!ca.softTokens, method);
-          if (ca.softTokens && cb.softTokens) assert.ok(maxDiff(ca.softTokens, cb.softTokens) < 1e-5, `${method}: soft tokens differ by ${maxDiff(ca.softTokens, cb.softTokens)}`);
+          if (ca.softTokens && cb.softTokens)
+            assert.ok(maxDiff(ca.softTokens, cb.softTokens) < 1e-5, `${method}: soft tokens differ by ${maxDiff(ca.softTokens, cb.softTokens)}`);
           assert.equal(cb.memoryKv?.length ?? 0, ca.memoryKv?.length ?? 0, method);
-          for (const [l, kv] of (ca.memoryKv ?? []).entries()) assert.ok(maxDiff(kv.k, cb.memoryKv![l].k) + maxDiff(kv.v, cb.memoryKv![l].v) < 1e-5, `${method}: memory of layer ${l}`);
+          for (const [l, kv] of (ca.memoryKv ?? []).entries())
+            assert.ok(maxDiff(kv.k, cb.memoryKv![l].k) + maxDiff(kv.v, cb.memoryKv![l].v) < 1e-5, `${method}: memory of layer ${l}`);
         } finally {
           freeSoftContext(ca);
           freeSoftContext(cb);
         }
         const asks = await Promise.all(
-          [a, b].map((c, i) => apps[i].inject({ method: 'POST', url: `/v1/contexts/${c.id}/ask`, payload: { questions: ['What is the code?'], maxTokens: 6 } })),
+          [a, b].map((c, i) =>
+            apps[i].inject({ method: 'POST', url: `/v1/contexts/${c.id}/ask`, payload: { questions: ['What is the code?'], maxTokens: 6 } }),
+          ),
         );
         assert.equal(asks[1].statusCode, 200, asks[1].body);
         assert.equal(JSON.parse(asks[1].body).answers[0].answer, JSON.parse(asks[0].body).answers[0].answer, `${method}: the same answer`);
       }
-      const health = [await apps[0].inject({ url: '/health' }), await apps[1].inject({ url: '/health' })].map((r) => JSON.parse(r.body) as { compressWorker: unknown; engine: { jobs: number } });
+      const health = [await apps[0].inject({ url: '/health' }), await apps[1].inject({ url: '/health' })].map(
+        (r) => JSON.parse(r.body) as { compressWorker: unknown; engine: { jobs: number } },
+      );
       assert.equal(health[0].compressWorker, null);
       assert.deepEqual(health[1].compressWorker, { pending: 0, done: methods.length, failed: null });
       assert.equal(health[1].engine.jobs, health[0].engine.jobs - methods.length, 'the worker, not the engine, ran the compressions');

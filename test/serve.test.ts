@@ -15,7 +15,16 @@ import type { FastifyInstance } from 'fastify';
 
 import { generate } from '../src/models/generate.js';
 import { memoryStats } from '../src/tensor/index.js';
-import { compressorNames, contextPrefix, createCompressor, freeSoftContext, generateWithContext, loadCompressor, parseSoftContext, saveCompressor } from '../src/compress/index.js';
+import {
+  compressorNames,
+  contextPrefix,
+  createCompressor,
+  freeSoftContext,
+  generateWithContext,
+  loadCompressor,
+  parseSoftContext,
+  saveCompressor,
+} from '../src/compress/index.js';
 import { loadModel } from '../src/models/load.js';
 import { BatchDecode, type DecodeRow } from '../src/serve/decoder.js';
 import { openService, type OpenServiceOptions, type SoftpressService } from '../src/serve/service.js';
@@ -43,7 +52,13 @@ function open(name: string, o: Partial<OpenServiceOptions> = {}): SoftpressServi
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = Record<string, any>;
 
-async function call(app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', url: string, payload?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: Json; headers: Record<string, unknown>; raw: string }> {
+async function call(
+  app: FastifyInstance,
+  method: 'GET' | 'POST' | 'DELETE',
+  url: string,
+  payload?: unknown,
+  headers?: Record<string, string>,
+): Promise<{ status: number; body: Json; headers: Record<string, unknown>; raw: string }> {
   const r = await app.inject({ method, url, payload: payload as string | object | undefined, headers });
   let body: Json = {};
   try {
@@ -143,7 +158,9 @@ describe('serve: contexts and answers', () => {
     }
     const prompts = ['The keeper', 'In the fog the ship', 'Code:'];
     const reqs: { prompt: string; context_id?: string }[] = [...ids.map((id, i) => ({ prompt: prompts[i], context_id: id })), { prompt: 'Once upon a time' }];
-    const responses = await Promise.all(reqs.map((r) => call(app, 'POST', '/v1/completions', { model: service.modelName, max_tokens: 8, temperature: 0, ...r })));
+    const responses = await Promise.all(
+      reqs.map((r) => call(app, 'POST', '/v1/completions', { model: service.modelName, max_tokens: 8, temperature: 0, ...r })),
+    );
     for (const r of responses) assert.equal(r.status, 200, r.raw);
     assert.ok(Math.max(...responses.map((r) => r.body.softpress.batch_size)) >= 3, `batch sizes ${responses.map((r) => r.body.softpress.batch_size)}`);
     // reference: each request alone through the library's generation
@@ -173,7 +190,10 @@ describe('serve: contexts and answers', () => {
         const ctx = (await call(a, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio: 3 })).body.id as string;
         const first = await call(a, 'POST', `/v1/contexts/${ctx}/ask`, { questions: ['What is the code?', 'Where?'], maxTokens: 6 });
         const again = await call(a, 'POST', `/v1/contexts/${ctx}/ask`, { questions: ['What is the code?', 'Where?'], maxTokens: 6 });
-        assert.deepEqual(again.body.answers.map((x: Json) => x.answer), first.body.answers.map((x: Json) => x.answer));
+        assert.deepEqual(
+          again.body.answers.map((x: Json) => x.answer),
+          first.body.answers.map((x: Json) => x.answer),
+        );
         if (a === app) {
           assert.ok(first.body.prefixMs > 0, 'the first ask runs the prefix');
           assert.equal(again.body.prefixMs, 0, 'the second reuses it');
@@ -190,7 +210,13 @@ describe('serve: contexts and answers', () => {
   test('reads are answered while a long generation decodes', async () => {
     const ctx = await call(app, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio: 8 });
     let generationDone = false;
-    const long = call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: 'The', max_tokens: 200, temperature: 0, context_id: ctx.body.id }).then((r) => {
+    const long = call(app, 'POST', '/v1/completions', {
+      model: service.modelName,
+      prompt: 'The',
+      max_tokens: 200,
+      temperature: 0,
+      context_id: ctx.body.id,
+    }).then((r) => {
       generationDone = true;
       return r;
     });
@@ -212,7 +238,16 @@ describe('serve: contexts and answers', () => {
 
   test('chat completions and SSE streaming in the OpenAI chunk format', async () => {
     const ctx = await call(app, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio: 4 });
-    const chat = await call(app, 'POST', '/v1/chat/completions', { model: service.modelName, messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'What is hidden?' }], max_tokens: 6, temperature: 0, context_id: ctx.body.id });
+    const chat = await call(app, 'POST', '/v1/chat/completions', {
+      model: service.modelName,
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'What is hidden?' },
+      ],
+      max_tokens: 6,
+      temperature: 0,
+      context_id: ctx.body.id,
+    });
     assert.equal(chat.status, 200, chat.raw);
     assert.equal(chat.body.object, 'chat.completion');
     assert.equal(chat.body.choices[0].message.role, 'assistant');
@@ -223,11 +258,18 @@ describe('serve: contexts and answers', () => {
       ['/v1/completions', { prompt: 'The keeper', max_tokens: 6 }, 'text_completion'],
       ['/v1/chat/completions', { messages: [{ role: 'user', content: 'Hello' }], max_tokens: 6 }, 'chat.completion.chunk'],
     ] as const) {
-      const r = await app.inject({ method: 'POST', url, payload: { model: service.modelName, temperature: 0, stream: true, context_id: ctx.body.id, stream_options: { include_usage: true }, ...body } });
+      const r = await app.inject({
+        method: 'POST',
+        url,
+        payload: { model: service.modelName, temperature: 0, stream: true, context_id: ctx.body.id, stream_options: { include_usage: true }, ...body },
+      });
       assert.equal(r.statusCode, 200);
       assert.match(String(r.headers['content-type']), /^text\/event-stream/);
       const events = r.body.split('\n\n').filter(Boolean);
-      assert.ok(events.every((e) => e.startsWith('data: ')), r.body);
+      assert.ok(
+        events.every((e) => e.startsWith('data: ')),
+        r.body,
+      );
       assert.equal(events[events.length - 1], 'data: [DONE]');
       const chunks = events.slice(0, -1).map((e) => JSON.parse(e.slice(6)) as Json);
       assert.ok(chunks.every((c) => c.object === object && typeof c.id === 'string' && c.id === chunks[0].id));
@@ -274,8 +316,20 @@ describe('serve: contexts and answers', () => {
       ['POST', '/v1/completions', { model: service.modelName, prompt: 'x', max_tokens: 'many' }, 'invalid_request', /max_tokens must be integer,null/],
       ['POST', '/v1/completions', { model: service.modelName, prompt: 'x', max_tokens: 300 }, 'context_length_exceeded', /maximum context length/],
       ['POST', '/v1/completions', { model: service.modelName, prompt: 'x', logprobs: 2 }, 'unsupported_parameter', /logprobs/],
-      ['POST', '/v1/chat/completions', { model: service.modelName, messages: [{ role: 'robot', content: 'hi' }] }, 'invalid_request', /role must be equal to one of the allowed values/],
-      ['POST', '/v1/chat/completions', { model: service.modelName, messages: [{ role: 'user', content: [{ type: 'image_url' }] }] }, 'unsupported_content', /only text parts/],
+      [
+        'POST',
+        '/v1/chat/completions',
+        { model: service.modelName, messages: [{ role: 'robot', content: 'hi' }] },
+        'invalid_request',
+        /role must be equal to one of the allowed values/,
+      ],
+      [
+        'POST',
+        '/v1/chat/completions',
+        { model: service.modelName, messages: [{ role: 'user', content: [{ type: 'image_url' }] }] },
+        'unsupported_content',
+        /only text parts/,
+      ],
     ];
     for (const [method, url, payload, code, mention] of cases) {
       const r = await call(app, method as 'GET' | 'POST', url, payload);
@@ -313,7 +367,21 @@ describe('serve: contexts and answers', () => {
     const doc = r.body;
     assert.equal(doc.openapi, '3.1.0');
     const ops = Object.entries(doc.paths as Record<string, Record<string, Json>>).flatMap(([p, ms]) => Object.keys(ms).map((m) => `${m.toUpperCase()} ${p}`));
-    for (const want of ['GET /', 'POST /v1/contexts', 'GET /v1/contexts', 'GET /v1/contexts/{id}', 'DELETE /v1/contexts/{id}', 'POST /v1/contexts/{id}/ask', 'POST /v1/completions', 'POST /v1/chat/completions', 'GET /v1/models', 'GET /v1/models/{model}', 'GET /v1/methods', 'GET /health', 'GET /openapi.json']) {
+    for (const want of [
+      'GET /',
+      'POST /v1/contexts',
+      'GET /v1/contexts',
+      'GET /v1/contexts/{id}',
+      'DELETE /v1/contexts/{id}',
+      'POST /v1/contexts/{id}/ask',
+      'POST /v1/completions',
+      'POST /v1/chat/completions',
+      'GET /v1/models',
+      'GET /v1/models/{model}',
+      'GET /v1/methods',
+      'GET /health',
+      'GET /openapi.json',
+    ]) {
       assert.ok(ops.includes(want), `${want} missing from ${ops.join(', ')}`);
     }
     const create = doc.paths['/v1/contexts'].post;
@@ -377,7 +445,7 @@ describe('serve: the batch decoder', () => {
           temperature: 0,
           seed: 0,
           stopTokens: new Set<number>(),
-          onToken: i === 3 ? (() => void (rows[3].cancelled = results[1] !== undefined)) : undefined,
+          onToken: i === 3 ? () => void (rows[3].cancelled = results[1] !== undefined) : undefined,
           onDone: (r) => (results[i] = r.finishReason === 'cancelled' ? 'cancelled' : r.tokens),
           onError: (e) => (results[i] = e.message),
         };
@@ -486,12 +554,23 @@ describe('serve: learned compressors', () => {
     const app = buildServer(service);
     try {
       const tok = service.tokenizer;
-      assert.deepEqual(service.methods().filter((m) => m.learned).map((m) => m.name).sort(), [...methods].sort());
+      assert.deepEqual(
+        service
+          .methods()
+          .filter((m) => m.learned)
+          .map((m) => m.name)
+          .sort(),
+        [...methods].sort(),
+      );
       for (const method of methods) {
         const made = await Promise.all([0, 1].map(() => call(app, 'POST', '/v1/contexts', { text: DOC, method, ratio: 4 })));
         for (const m of made) assert.equal(m.status, 201, `${method}: ${m.raw}`);
         const prompts = ['The keeper', 'Code:'];
-        const rs = await Promise.all(made.map((m, i) => call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: prompts[i], max_tokens: 5, temperature: 0, context_id: m.body.id })));
+        const rs = await Promise.all(
+          made.map((m, i) =>
+            call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: prompts[i], max_tokens: 5, temperature: 0, context_id: m.body.id }),
+          ),
+        );
         for (const r of rs) assert.equal(r.status, 200, `${method}: ${r.raw}`);
         assert.equal(Math.max(...rs.map((r) => r.body.softpress.batch_size)), 2, `${method} rows share a batch`);
         const lora = loadCompressor(dirs[methods.indexOf(method)], service.model).decoderLora; // the adapters the server decodes with
@@ -593,8 +672,12 @@ describe('serve: memory', () => {
       const round = async () => {
         const ids: string[] = [];
         for (const ratio of [2, 4]) ids.push((await call(app, 'POST', '/v1/contexts', { text: DOC, method: 'truncate', ratio })).body.id as string);
-        await Promise.all(ids.flatMap((id) => [0, 1, 2].map((i) => call(app, 'POST', `/v1/contexts/${id}/ask`, { questions: [`q ${i}`, 'why?'], maxTokens: 2 + i }))));
-        await Promise.all(ids.map((id, i) => call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: 'x', max_tokens: 3, context_id: id, stream: i === 0 })));
+        await Promise.all(
+          ids.flatMap((id) => [0, 1, 2].map((i) => call(app, 'POST', `/v1/contexts/${id}/ask`, { questions: [`q ${i}`, 'why?'], maxTokens: 2 + i }))),
+        );
+        await Promise.all(
+          ids.map((id, i) => call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: 'x', max_tokens: 3, context_id: id, stream: i === 0 })),
+        );
         await call(app, 'POST', '/v1/completions', { model: service.modelName, prompt: '', max_tokens: 2 });
         await call(app, 'POST', '/v1/contexts', { text: DOC.repeat(8), method: 'full' }); // refused
         for (const id of ids) await call(app, 'DELETE', `/v1/contexts/${id}`);
@@ -636,19 +719,47 @@ describe('serve: load', () => {
     try {
       const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'not-needed', maxRetries: 0 });
       const models = await client.models.list();
-      assert.deepEqual(models.data.map((m) => m.id), [service.modelName]);
-      const ctx = (await (await fetch(`http://127.0.0.1:${port}/v1/contexts`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: DOC, method: 'truncate', ratio: 4 }) })).json()) as Json;
+      assert.deepEqual(
+        models.data.map((m) => m.id),
+        [service.modelName],
+      );
+      const ctx = (await (
+        await fetch(`http://127.0.0.1:${port}/v1/contexts`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ text: DOC, method: 'truncate', ratio: 4 }),
+        })
+      ).json()) as Json;
 
-      const completion = await client.completions.create({ model: service.modelName, prompt: 'The keeper', max_tokens: 5, temperature: 0, context_id: ctx.id } as OpenAI.CompletionCreateParamsNonStreaming);
+      const completion = await client.completions.create({
+        model: service.modelName,
+        prompt: 'The keeper',
+        max_tokens: 5,
+        temperature: 0,
+        context_id: ctx.id,
+      } as OpenAI.CompletionCreateParamsNonStreaming);
       assert.equal(completion.object, 'text_completion');
       assert.equal(typeof completion.choices[0].text, 'string');
       assert.ok(completion.usage!.completion_tokens >= 1);
 
-      const chat = await client.chat.completions.create({ model: service.modelName, messages: [{ role: 'user', content: 'Where is the box?' }], max_tokens: 5, temperature: 0, context_id: ctx.id } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+      const chat = await client.chat.completions.create({
+        model: service.modelName,
+        messages: [{ role: 'user', content: 'Where is the box?' }],
+        max_tokens: 5,
+        temperature: 0,
+        context_id: ctx.id,
+      } as OpenAI.ChatCompletionCreateParamsNonStreaming);
       assert.equal(chat.choices[0].message.role, 'assistant');
       assert.equal(typeof chat.choices[0].message.content, 'string');
 
-      const stream = await client.chat.completions.create({ model: service.modelName, messages: [{ role: 'user', content: 'Where is the box?' }], max_tokens: 5, temperature: 0, stream: true, context_id: ctx.id } as OpenAI.ChatCompletionCreateParamsStreaming);
+      const stream = await client.chat.completions.create({
+        model: service.modelName,
+        messages: [{ role: 'user', content: 'Where is the box?' }],
+        max_tokens: 5,
+        temperature: 0,
+        stream: true,
+        context_id: ctx.id,
+      } as OpenAI.ChatCompletionCreateParamsStreaming);
       let text = '';
       let finish: string | null = null;
       let chunks = 0;
@@ -661,7 +772,14 @@ describe('serve: load', () => {
       assert.ok(finish === 'stop' || finish === 'length');
       assert.equal(text.trim(), chat.choices[0].message.content);
 
-      const cstream = await client.completions.create({ model: service.modelName, prompt: 'The keeper', max_tokens: 5, temperature: 0, stream: true, context_id: ctx.id } as OpenAI.CompletionCreateParamsStreaming);
+      const cstream = await client.completions.create({
+        model: service.modelName,
+        prompt: 'The keeper',
+        max_tokens: 5,
+        temperature: 0,
+        stream: true,
+        context_id: ctx.id,
+      } as OpenAI.CompletionCreateParamsStreaming);
       let ctext = '';
       for await (const chunk of cstream) ctext += chunk.choices[0]?.text ?? '';
       assert.equal(ctext, completion.choices[0].text);
@@ -670,12 +788,20 @@ describe('serve: load', () => {
         client.completions.create({ model: service.modelName, prompt: 'x', context_id: 'ctx_missing' } as OpenAI.CompletionCreateParamsNonStreaming),
         (e: unknown) => e instanceof OpenAI.NotFoundError && /no context with id 'ctx_missing'/.test(e.message),
       );
-      await assert.rejects(client.completions.create({ model: service.modelName, prompt: 'x', max_tokens: 5000 }), (e: unknown) => e instanceof OpenAI.BadRequestError);
+      await assert.rejects(
+        client.completions.create({ model: service.modelName, prompt: 'x', max_tokens: 5000 }),
+        (e: unknown) => e instanceof OpenAI.BadRequestError,
+      );
 
       // a client that goes away mid-stream cancels its row
       const abort = new AbortController();
       const decodedBefore = service.engine.stats().decodeRows;
-      const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: service.modelName, prompt: 'x', max_tokens: 200, stream: true }), signal: abort.signal });
+      const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: service.modelName, prompt: 'x', max_tokens: 200, stream: true }),
+        signal: abort.signal,
+      });
       const reader = res.body!.getReader();
       await reader.read();
       abort.abort();

@@ -94,25 +94,43 @@ test('SmolLM2 logits: within 1e-3 of an fp32 reference, and of llama.cpp within 
   ours.forEach((row, i) => assert.equal(argmax(row), argmax(fp32.rows[i]), `position ${i}`));
 });
 
-test('SmolLM2 greedy: the same tokens as the fp32 reference, and as llama.cpp wherever an exact forward agrees with it', { skip: SKIP, timeout: 300_000 }, () => {
-  const { model } = smol();
-  const cpp = json('llamacpp-greedy.json').prompts as { name: string; prompt_ids: number[]; ids: number[] }[];
-  const ref = json('fp32-greedy.json').prompts as { name: string; prompt_ids: number[]; ids: number[]; top2_gaps: number[]; common_prefix_with_llamacpp: number }[];
-  assert.ok(cpp.length >= 6);
-  // One batch (left-padded); the references keep the end-of-generation token when they stop.
-  const r = tidy(() => noGrad(() => generate(model, ref.map((p) => p.prompt_ids), { maxTokens: 64, temperature: 0, stopTokens: [0, 2, 4] })));
-  ref.forEach((p, i) => {
-    assert.deepEqual(p.prompt_ids, cpp[i].prompt_ids);
-    // The exact reference: every token, up to its first near tie (top-2 gap under twice our
-    // logit error bound, where float rounding on another CPU may pick either token).
-    let n = p.ids.length;
-    const tie = p.top2_gaps.findIndex((g) => g < 2e-3);
-    if (tie >= 0) n = tie;
-    assert.deepEqual(r.tokens[i].slice(0, n), p.ids.slice(0, n), `prompt '${p.name}' against the fp32 reference`);
-    // llama.cpp rounds activations to 8 bits in its quantised dot products (logits ~0.24 apart
-    // on average, up to 1.05), so its greedy path leaves any exact forward's where two tokens
-    // are close: we must follow it at least as far as the fp32 reference does.
-    const k = Math.min(p.common_prefix_with_llamacpp, n);
-    assert.deepEqual(r.tokens[i].slice(0, k), cpp[i].ids.slice(0, k), `prompt '${p.name}' against llama.cpp (first ${k} tokens)`);
-  });
-});
+test(
+  'SmolLM2 greedy: the same tokens as the fp32 reference, and as llama.cpp wherever an exact forward agrees with it',
+  { skip: SKIP, timeout: 300_000 },
+  () => {
+    const { model } = smol();
+    const cpp = json('llamacpp-greedy.json').prompts as { name: string; prompt_ids: number[]; ids: number[] }[];
+    const ref = json('fp32-greedy.json').prompts as {
+      name: string;
+      prompt_ids: number[];
+      ids: number[];
+      top2_gaps: number[];
+      common_prefix_with_llamacpp: number;
+    }[];
+    assert.ok(cpp.length >= 6);
+    // One batch (left-padded); the references keep the end-of-generation token when they stop.
+    const r = tidy(() =>
+      noGrad(() =>
+        generate(
+          model,
+          ref.map((p) => p.prompt_ids),
+          { maxTokens: 64, temperature: 0, stopTokens: [0, 2, 4] },
+        ),
+      ),
+    );
+    ref.forEach((p, i) => {
+      assert.deepEqual(p.prompt_ids, cpp[i].prompt_ids);
+      // The exact reference: every token, up to its first near tie (top-2 gap under twice our
+      // logit error bound, where float rounding on another CPU may pick either token).
+      let n = p.ids.length;
+      const tie = p.top2_gaps.findIndex((g) => g < 2e-3);
+      if (tie >= 0) n = tie;
+      assert.deepEqual(r.tokens[i].slice(0, n), p.ids.slice(0, n), `prompt '${p.name}' against the fp32 reference`);
+      // llama.cpp rounds activations to 8 bits in its quantised dot products (logits ~0.24 apart
+      // on average, up to 1.05), so its greedy path leaves any exact forward's where two tokens
+      // are close: we must follow it at least as far as the fp32 reference does.
+      const k = Math.min(p.common_prefix_with_llamacpp, n);
+      assert.deepEqual(r.tokens[i].slice(0, k), cpp[i].ids.slice(0, k), `prompt '${p.name}' against llama.cpp (first ${k} tokens)`);
+    });
+  },
+);

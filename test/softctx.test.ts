@@ -36,7 +36,8 @@ function rewrite(bytes: Uint8Array, edit: (tensors: Map<string, RawTensor>, meta
 function refused(bytes: Uint8Array, field: string, pattern: RegExp, code: 'invalid' | 'base_mismatch' = 'invalid'): void {
   assert.throws(
     () => parseSoftContext(bytes, base, 'ctx.softctx'),
-    (e: unknown) => e instanceof SoftContextError && e.field === field && e.code === code && e.message.startsWith(`ctx.softctx: ${field}: `) && pattern.test(e.message),
+    (e: unknown) =>
+      e instanceof SoftContextError && e.field === field && e.code === code && e.message.startsWith(`ctx.softctx: ${field}: `) && pattern.test(e.message),
   );
 }
 
@@ -53,7 +54,10 @@ test('a changed byte or a relabelled dtype is a checksum error', () => {
   const bytes = sampleBytes();
   const flipped = bytes.slice();
   flipped[flipped.length - 7] ^= 0x10; // inside the data buffer
-  assert.throws(() => parseSoftContext(flipped, base, 'ctx.softctx'), (e: unknown) => e instanceof ChecksumError && /ctx\.softctx.*checksum mismatch/.test((e as Error).message));
+  assert.throws(
+    () => parseSoftContext(flipped, base, 'ctx.softctx'),
+    (e: unknown) => e instanceof ChecksumError && /ctx\.softctx.*checksum mismatch/.test((e as Error).message),
+  );
   // F32 -> I32 has the same size, so only the checksum can tell.
   const text = new TextDecoder().decode(bytes.subarray(8, 8 + Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true))));
   assert.ok(text.includes('"F32"'));
@@ -72,9 +76,17 @@ test('tensors that disagree with the metadata or the base are refused, naming th
     'mask',
     /shape/,
   );
-  refused(rewrite(bytes, (t) => t.set('mask', { dtype: 'F32', shape: [2, 3], data: new Uint8Array(24) })), 'mask', /dtype|BOOL|F32/);
+  refused(
+    rewrite(bytes, (t) => t.set('mask', { dtype: 'F32', shape: [2, 3], data: new Uint8Array(24) })),
+    'mask',
+    /dtype|BOOL|F32/,
+  );
   // Mask rows that count other numbers of real tokens than meta.softTokens.
-  refused(rewrite(bytes, (t) => t.set('mask', { dtype: 'BOOL', shape: [2, 3], data: new Uint8Array([1, 1, 1, 1, 1, 1]) })), 'mask', /2|soft/);
+  refused(
+    rewrite(bytes, (t) => t.set('mask', { dtype: 'BOOL', shape: [2, 3], data: new Uint8Array([1, 1, 1, 1, 1, 1]) })),
+    'mask',
+    /2|soft/,
+  );
   // Soft tokens of another width than the base.
   refused(
     rewrite(bytes, (t) => t.set('soft_tokens', { dtype: 'F32', shape: [2, 3, base.dim + 1], data: new Uint8Array(2 * 3 * (base.dim + 1) * 4) })),
@@ -101,5 +113,9 @@ test('tensors that disagree with the metadata or the base are refused, naming th
     'base_mismatch',
   );
   // Not a soft context at all.
-  refused(rewrite(bytes, (_t, m) => delete m.softpress_softctx), 'softpress_softctx', /not a softpress soft context/);
+  refused(
+    rewrite(bytes, (_t, m) => delete m.softpress_softctx),
+    'softpress_softctx',
+    /not a softpress soft context/,
+  );
 });

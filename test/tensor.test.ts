@@ -234,7 +234,10 @@ test('unary math and activations', () =>
     const sig = (v: number) => 1 / (1 + Math.exp(-v));
     close(x.sigmoid(), [-1, 0, 0.5, 2].map(sig));
     close(x.relu(), [0, 0, 0.5, 2]);
-    close(x.silu(), [-1, 0, 0.5, 2].map((v) => v * sig(v)));
+    close(
+      x.silu(),
+      [-1, 0, 0.5, 2].map((v) => v * sig(v)),
+    );
     // gelu(1) = 0.5 * (1 + erf(1/sqrt 2)) = 0.8413447
     close(t([1, -1]).gelu(), [0.8413447460685429, -0.15865525393145707]);
     const gt = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
@@ -344,9 +347,26 @@ test('views, shapes and slicing', () =>
     close(x.select(1, 2), [2, 5]);
     close(x.select(0, -1), [3, 4, 5]);
     const parts = arange(5).split(2);
-    assert.deepEqual(parts.map((p) => p.toNumbers()), [[0, 1], [2, 3], [4]]);
-    assert.deepEqual(arange(5).split([1, 4]).map((p) => p.toNumbers()), [[0], [1, 2, 3, 4]]);
-    assert.deepEqual(arange(6).chunk(3).map((p) => p.toNumbers()), [[0, 1], [2, 3], [4, 5]]);
+    assert.deepEqual(
+      parts.map((p) => p.toNumbers()),
+      [[0, 1], [2, 3], [4]],
+    );
+    assert.deepEqual(
+      arange(5)
+        .split([1, 4])
+        .map((p) => p.toNumbers()),
+      [[0], [1, 2, 3, 4]],
+    );
+    assert.deepEqual(
+      arange(6)
+        .chunk(3)
+        .map((p) => p.toNumbers()),
+      [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+      ],
+    );
     close(ones([3, 3]).tril(), [1, 0, 0, 1, 1, 0, 1, 1, 1]);
     close(ones([3, 3]).triu(1), [0, 1, 1, 0, 0, 1, 0, 0, 0]);
     close(cat([x, t([9, 9, 9], [1, 3])], 0), [0, 1, 2, 3, 4, 5, 9, 9, 9]);

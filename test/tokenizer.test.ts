@@ -5,14 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CORPUS_NAMES, loadCorpora, loadSotu } from '../src/data/corpora.js';
 import { Rng } from '../src/data/rng.js';
-import {
-  BYTE_TO_CHAR,
-  BpeTokenizer,
-  SOFTPRESS_SPECIAL_TOKENS,
-  preTokenize,
-  toByteLevel,
-  trainBpe,
-} from '../src/models/bpe.js';
+import { BYTE_TO_CHAR, BpeTokenizer, SOFTPRESS_SPECIAL_TOKENS, preTokenize, toByteLevel, trainBpe } from '../src/models/bpe.js';
 import { run } from '../src/cli/tokenizer.js';
 
 // One small tokenizer for the whole file: a few State of the Union addresses, vocab 600.
@@ -89,7 +82,10 @@ test('special tokens have the reserved ids and are plain text unless allowed', (
   assert.equal(tok.special.size, 16);
   const text = 'Q<|question|>A';
   const plain = tok.encode(text);
-  assert.ok(plain.every((id) => id >= 16), 'no special ids without allowSpecial');
+  assert.ok(
+    plain.every((id) => id >= 16),
+    'no special ids without allowSpecial',
+  );
   assert.equal(tok.decode(plain), text);
   const parsed = tok.encode(text, { allowSpecial: true });
   assert.equal(parsed.filter((id) => id === 4).length, 1);
@@ -140,14 +136,25 @@ test('save / load keeps the tokenizer identical', (t) => {
   assert.equal(Object.keys(json.model.vocab).length, 600);
   assert.equal(json.added_tokens.length, 16);
   assert.deepEqual(json.added_tokens[0], {
-    id: 0, content: '<|bos|>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+    id: 0,
+    content: '<|bos|>',
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
   });
   const loaded = BpeTokenizer.fromFile(path);
   assert.equal(loaded.vocabSize, tok.vocabSize);
   assert.deepEqual([...loaded.special], [...tok.special]);
   assert.deepEqual([loaded.bos, loaded.eos, loaded.pad], [tok.bos, tok.eos, tok.pad]);
   assert.deepEqual(loaded.toJSON(), tok.toJSON());
-  for (const s of [...EDGE_CASES, ...loadSotu().slice(100, 110).map((d) => d.text)]) {
+  for (const s of [
+    ...EDGE_CASES,
+    ...loadSotu()
+      .slice(100, 110)
+      .map((d) => d.text),
+  ]) {
     assert.deepEqual(loaded.encode(s), tok.encode(s));
   }
   // Merges written as ["a", "b"] pairs (newer tokenizers format) load the same.
@@ -205,7 +212,10 @@ test('@huggingface/tokenizers loads our tokenizer.json and gives the same ids', 
   // Specials: HF splits them out of the text, like our allowSpecial mode.
   const special = 'x <|mem|><|sep|> y';
   assert.deepEqual(hf.encode(special).ids, tok.encode(special, { allowSpecial: true }));
-  assert.equal(hf.decode(tok.encode(special, { allowSpecial: true }), { skip_special_tokens: true, clean_up_tokenization_spaces: false }), tok.decode(tok.encode(special, { allowSpecial: true })));
+  assert.equal(
+    hf.decode(tok.encode(special, { allowSpecial: true }), { skip_special_tokens: true, clean_up_tokenization_spaces: false }),
+    tok.decode(tok.encode(special, { allowSpecial: true })),
+  );
 });
 
 test('CLI: train on a user corpus, write tokenizer.json, reject bad flags', async (t) => {

@@ -28,7 +28,8 @@ import type { LlamaModel } from '../../src/models/llama.js';
  */
 export function answerTargets(ids: Int32Array, rows: number, len: number, stride: number, marker: ArrayLike<number>, stop: ReadonlySet<number>): Int32Array {
   if (marker.length === 0) throw new Error('answerTargets: empty marker');
-  if (!(stride >= len + 1 && ids.length >= rows * stride)) throw new Error(`answerTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} + 1 ids`);
+  if (!(stride >= len + 1 && ids.length >= rows * stride))
+    throw new Error(`answerTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} + 1 ids`);
   const out: number[] = [];
   for (let r = 0; r < rows; r++) {
     const row = ids.subarray(r * stride, r * stride + len + 1);
@@ -77,8 +78,10 @@ export function checkAnswerPointer(p: AnswerPointer, numLayers: number, numHeads
   if (!int(p.layer, 0, numLayers - 1)) throw new Error(`${where}: ${name}.layer must be an integer in [0, ${numLayers - 1}], got ${JSON.stringify(p.layer)}`);
   if (!int(p.head, 0, numHeads - 1)) throw new Error(`${where}: ${name}.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(p.head)}`);
   if (!(typeof p.weight === 'number' && p.weight >= 0)) throw new Error(`${where}: ${name}.weight must be a number >= 0, got ${JSON.stringify(p.weight)}`);
-  if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0)) throw new Error(`${where}: ${name}.copyWeight must be a number >= 0, got ${JSON.stringify(p.copyWeight)}`);
-  if (p.copyAttention !== undefined && p.copyAttention !== 'head' && p.copyAttention !== 'targets') throw new Error(`${where}: ${name}.copyAttention must be "head" or "targets", got ${JSON.stringify(p.copyAttention)}`);
+  if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0))
+    throw new Error(`${where}: ${name}.copyWeight must be a number >= 0, got ${JSON.stringify(p.copyWeight)}`);
+  if (p.copyAttention !== undefined && p.copyAttention !== 'head' && p.copyAttention !== 'targets')
+    throw new Error(`${where}: ${name}.copyAttention must be "head" or "targets", got ${JSON.stringify(p.copyAttention)}`);
 }
 
 export interface PointerTargets {
@@ -93,12 +96,19 @@ export interface PointerTargets {
  * first `len` + 1 are inputs and targets; `marker` is the encoding of "\nAnswer:" and `stops` the
  * ids that end an answer (newline, EOS).
  */
-export function answerPointerTargets(ids: Int32Array, rows: number, len: number, stride: number, marker: ArrayLike<number>, stops: ReadonlySet<number>): PointerTargets {
+export function answerPointerTargets(
+  ids: Int32Array,
+  rows: number,
+  len: number,
+  stride: number,
+  marker: ArrayLike<number>,
+  stops: ReadonlySet<number>,
+): PointerTargets {
   const at = answerTargets(ids, rows, len, stride, marker, stops);
   const queries: number[] = [];
   const keys: number[][] = [];
   // Group the flat target positions into answers: runs of consecutive positions in one row.
-  for (let a = 0; a < at.length; ) {
+  for (let a = 0; a < at.length;) {
     let b = a + 1;
     while (b < at.length && at[b] === (at[b - 1] as number) + 1 && Math.floor((at[b] as number) / len) === Math.floor((at[a] as number) / len)) b++;
     const r = Math.floor((at[a] as number) / len);
@@ -148,7 +158,17 @@ export function answerPointerLoss(attentions: Tensor[], t: PointerTargets, rows:
  * through its slice of the output projection, [Q, dim]) times the output embedding. Needs the
  * layer's normalised attention input ([B, T, dim], forward's outputAttnInputs).
  */
-export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions: Tensor[], t: PointerTargets, ids: Int32Array, rows: number, len: number, stride: number, p: AnswerPointer): Tensor | undefined {
+export function answerCopyLoss(
+  model: LlamaModel,
+  attnInput: Tensor,
+  attentions: Tensor[],
+  t: PointerTargets,
+  ids: Int32Array,
+  rows: number,
+  len: number,
+  stride: number,
+  p: AnswerPointer,
+): Tensor | undefined {
   if (t.queries.length === 0) return undefined;
   const { numHeads: h, numKvHeads: kv, headDim: hd, hiddenSize: d } = model.config;
   const attn = model.layers[p.layer]!.selfAttn;
@@ -157,11 +177,20 @@ export function answerCopyLoss(model: LlamaModel, attnInput: Tensor, attentions:
   const wv = attn.vProj.weight.value.narrow(0, kvHead * hd, hd); // [hd, dim]
   const values = linear(attnInput, wv, attn.vProj.bias?.value.narrow(0, kvHead * hd, hd)); // [B, T, hd]
   const q = tensor(t.queries, [t.queries.length]).to('int64');
-  const mixed = p.copyAttention === 'targets' ? targetMix(values, t, len) : attentions[p.layer]!.select(1, p.head).matmul(values).reshape(rows * len, hd).indexSelect(0, q); // [Q, hd]
+  const mixed =
+    p.copyAttention === 'targets'
+      ? targetMix(values, t, len)
+      : attentions[p.layer]!.select(1, p.head)
+          .matmul(values)
+          .reshape(rows * len, hd)
+          .indexSelect(0, q); // [Q, hd]
   const wo = attn.oProj.weight.value.narrow(1, p.head * hd, hd); // [dim, hd]
   const out = linear(mixed, wo); // [Q, dim]
   if (out.size(1) !== d) throw new Error(`answerCopyLoss: head output has ${out.size(1)} features, expected ${d}`);
-  const targets = tensor(Int32Array.from(t.queries, (x) => ids[Math.floor(x / len) * stride + (x % len) + 1] as number), [t.queries.length]).to('int64');
+  const targets = tensor(
+    Int32Array.from(t.queries, (x) => ids[Math.floor(x / len) * stride + (x % len) + 1] as number),
+    [t.queries.length],
+  ).to('int64');
   return crossEntropy(model.head(out), targets);
 }
 
@@ -175,7 +204,7 @@ function targetMix(values: Tensor, t: PointerTargets, len: number): Tensor {
   const targets = tensor(t.targets, [q, len]).to(values.dtype);
   const w = targets.div(targets.sum(-1, true)); // every query has at least one target
   const blocks: Tensor[] = [];
-  for (let a = 0; a < q; ) {
+  for (let a = 0; a < q;) {
     const r = Math.floor((t.queries[a] as number) / len);
     let b = a + 1;
     while (b < q && Math.floor((t.queries[b] as number) / len) === r) b++;

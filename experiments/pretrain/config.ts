@@ -40,7 +40,20 @@ export interface ExperimentFields {
   softRestate?: SoftRestate;
 }
 
-const EXPERIMENT_FIELDS: readonly (keyof ExperimentFields)[] = ['recallShare', 'restateShare', 'restateShuffled', 'copyRows', 'copyLen', 'copyPool', 'inductionSupervision', 'answerWeight', 'answerPointer', 'restatePointer', 'restateWeight', 'softRestate'];
+const EXPERIMENT_FIELDS: readonly (keyof ExperimentFields)[] = [
+  'recallShare',
+  'restateShare',
+  'restateShuffled',
+  'copyRows',
+  'copyLen',
+  'copyPool',
+  'inductionSupervision',
+  'answerWeight',
+  'answerPointer',
+  'restatePointer',
+  'restateWeight',
+  'softRestate',
+];
 
 export interface ExperimentConfig {
   base: PretrainConfig;
@@ -60,11 +73,14 @@ export function parseExperimentConfig(raw: Record<string, unknown>, path: string
   const bad = (k: string, what: string) => new Error(`${path}: '${k}' must be ${what}, got ${JSON.stringify((x as Record<string, unknown>)[k])}`);
   const num = (v: unknown) => typeof v === 'number' && v >= 0;
   if (x.copyRows !== undefined && !(Number.isInteger(x.copyRows) && x.copyRows >= 0)) throw bad('copyRows', 'an integer >= 0');
-  if (x.copyLen !== undefined && !(Number.isInteger(x.copyLen) && x.copyLen >= 16 && x.copyLen <= base.seqLen)) throw bad('copyLen', 'an integer in [16, seqLen]');
+  if (x.copyLen !== undefined && !(Number.isInteger(x.copyLen) && x.copyLen >= 16 && x.copyLen <= base.seqLen))
+    throw bad('copyLen', 'an integer in [16, seqLen]');
   if (x.copyPool !== undefined && !(Number.isInteger(x.copyPool) && x.copyPool >= 2)) throw bad('copyPool', 'an integer >= 2');
-  for (const k of ['answerWeight', 'restateWeight', 'recallShare', 'restateShare'] as const) if (x[k] !== undefined && !num(x[k])) throw bad(k, 'a number >= 0');
+  for (const k of ['answerWeight', 'restateWeight', 'recallShare', 'restateShare'] as const)
+    if (x[k] !== undefined && !num(x[k])) throw bad(k, 'a number >= 0');
   if ((x.restateWeight ?? 0) > 0 && !((x.restateShare ?? 0) > 0)) throw new Error(`${path}: 'restateWeight' needs restate documents (restateShare > 0)`);
-  if (base.batchSize + (x.copyRows ?? 0) + (x.softRestate?.rows ?? 0) === 0) throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
+  if (base.batchSize + (x.copyRows ?? 0) + (x.softRestate?.rows ?? 0) === 0)
+    throw new Error(`${path}: 'batchSize' is 0 and there are no copy rows: nothing to train on`);
   return { base, experiment: x };
 }
 

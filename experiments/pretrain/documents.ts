@@ -22,7 +22,7 @@ export function restateDocuments(share: number, shuffled = 0): ExtraDocuments {
       const rng = new Rng(`restate:${seed}:${split}`);
       const lengths = [300, 600, 1200, 2400];
       const out: string[] = [];
-      for (let made = 0; made < chars; ) {
+      for (let made = 0; made < chars;) {
         let { text } = samplePassage(docs, rng, { chars: lengths[out.length % lengths.length]! });
         // Drawn only when asked, so mixtures without shuffling stay as they were.
         if (shuffled > 0 && rng.next() < shuffled) {
@@ -52,7 +52,12 @@ export function recallDocuments(share: number): ExtraDocuments {
       let made = 0;
       for (let round = 0; made < chars; round++) {
         const size = [300, 600, 1200, 2400, 4000][round % 5]!;
-        for (const ex of makeRecallExamples(docs, { seed: `${seed}:${split}:r${round}`, count: 8, chars: size, facts: Math.min(2 + (round % 7), Math.floor(size / 120)) })) {
+        for (const ex of makeRecallExamples(docs, {
+          seed: `${seed}:${split}:r${round}`,
+          count: 8,
+          chars: size,
+          facts: Math.min(2 + (round % 7), Math.floor(size / 120)),
+        })) {
           out.push(formatRecall(ex));
           made += out[out.length - 1]!.length;
         }

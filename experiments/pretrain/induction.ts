@@ -44,12 +44,20 @@ export interface InductionSupervision {
 /** Validates a supervision config against a model shape; throws with the offending field. */
 export function checkInductionSupervision(s: InductionSupervision, numLayers: number, numHeads: number, where: string): void {
   const int = (v: unknown, lo: number, hi: number) => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
-  if (!int(s.prevLayer, 0, numLayers - 2)) throw new Error(`${where}: inductionSupervision.prevLayer must be an integer in [0, ${numLayers - 2}], got ${JSON.stringify(s.prevLayer)}`);
-  if (!int(s.inductionLayer, s.prevLayer + 1, numLayers - 1)) throw new Error(`${where}: inductionSupervision.inductionLayer must be an integer in [prevLayer + 1, ${numLayers - 1}], got ${JSON.stringify(s.inductionLayer)}`);
-  if (!int(s.head, 0, numHeads - 1)) throw new Error(`${where}: inductionSupervision.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(s.head)}`);
-  if (s.match !== undefined && !int(s.match, 1, 64)) throw new Error(`${where}: inductionSupervision.match must be an integer in [1, 64], got ${JSON.stringify(s.match)}`);
-  if (s.minMatch !== undefined && !int(s.minMatch, 1, s.match ?? 1)) throw new Error(`${where}: inductionSupervision.minMatch must be an integer in [1, match], got ${JSON.stringify(s.minMatch)}`);
-  if (!(typeof s.weight === 'number' && s.weight >= 0)) throw new Error(`${where}: inductionSupervision.weight must be a number >= 0, got ${JSON.stringify(s.weight)}`);
+  if (!int(s.prevLayer, 0, numLayers - 2))
+    throw new Error(`${where}: inductionSupervision.prevLayer must be an integer in [0, ${numLayers - 2}], got ${JSON.stringify(s.prevLayer)}`);
+  if (!int(s.inductionLayer, s.prevLayer + 1, numLayers - 1))
+    throw new Error(
+      `${where}: inductionSupervision.inductionLayer must be an integer in [prevLayer + 1, ${numLayers - 1}], got ${JSON.stringify(s.inductionLayer)}`,
+    );
+  if (!int(s.head, 0, numHeads - 1))
+    throw new Error(`${where}: inductionSupervision.head must be an integer in [0, ${numHeads - 1}], got ${JSON.stringify(s.head)}`);
+  if (s.match !== undefined && !int(s.match, 1, 64))
+    throw new Error(`${where}: inductionSupervision.match must be an integer in [1, 64], got ${JSON.stringify(s.match)}`);
+  if (s.minMatch !== undefined && !int(s.minMatch, 1, s.match ?? 1))
+    throw new Error(`${where}: inductionSupervision.minMatch must be an integer in [1, match], got ${JSON.stringify(s.minMatch)}`);
+  if (!(typeof s.weight === 'number' && s.weight >= 0))
+    throw new Error(`${where}: inductionSupervision.weight must be a number >= 0, got ${JSON.stringify(s.weight)}`);
 }
 
 export interface InductionTargets {
@@ -66,7 +74,8 @@ export interface InductionTargets {
  * `stride` ids of which the first `len` are the inputs.
  */
 export function inductionTargets(ids: Int32Array, rows: number, len: number, stride = len, match = 1, minMatch = 1): InductionTargets {
-  if (!(len >= 2 && stride >= len && ids.length >= rows * stride)) throw new Error(`inductionTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} inputs`);
+  if (!(len >= 2 && stride >= len && ids.length >= rows * stride))
+    throw new Error(`inductionTargets: ${ids.length} ids cannot hold ${rows} rows of stride ${stride} with ${len} inputs`);
   const targets = new Float32Array(rows * len * len);
   const queries: number[] = [];
   for (let r = 0; r < rows; r++) {
@@ -104,17 +113,41 @@ export function inductionTargets(ids: Int32Array, rows: number, len: number, str
  * plus mean -log of the induction head's total weight on its targets (queries without an earlier
  * occurrence, or without a long enough match, are skipped). Returns both terms (scalars) so they can be logged.
  */
-export function inductionSupervisionLoss(attentions: Tensor[], ids: Int32Array, rows: number, len: number, stride: number, s: InductionSupervision): { prev: Tensor; induction: Tensor } {
+export function inductionSupervisionLoss(
+  attentions: Tensor[],
+  ids: Int32Array,
+  rows: number,
+  len: number,
+  stride: number,
+  s: InductionSupervision,
+): { prev: Tensor; induction: Tensor } {
   const prevProbs = attentions[s.prevLayer].select(1, s.head); // [B, T, T]
   // Weight on the key one to the left of each query: the first sub-diagonal, (i, i - 1) for
   // i >= 1, at flat offsets i * (T + 1) - 1 of each [T, T] map.
-  const sub = tensor(Array.from({ length: len - 1 }, (_, k) => (k + 1) * (len + 1) - 1), [len - 1]).to('int64');
-  const prev = prevProbs.reshape(rows, len * len).indexSelect(1, sub).add(1e-6).log().mean().neg();
+  const sub = tensor(
+    Array.from({ length: len - 1 }, (_, k) => (k + 1) * (len + 1) - 1),
+    [len - 1],
+  ).to('int64');
+  const prev = prevProbs
+    .reshape(rows, len * len)
+    .indexSelect(1, sub)
+    .add(1e-6)
+    .log()
+    .mean()
+    .neg();
   const { targets, queries } = inductionTargets(ids, rows, len, stride, s.match ?? 1, s.minMatch ?? 1);
   const indProbs = attentions[s.inductionLayer].select(1, s.head);
   if (queries.length === 0) return { prev, induction: prev.mul(0) };
-  const onTargets = indProbs.mul(tensor(targets, [rows, len, len]).to(indProbs.dtype)).sum(-1).reshape(rows * len);
-  const induction = onTargets.indexSelect(0, tensor(queries, [queries.length]).to('int64')).add(1e-6).log().mean().neg();
+  const onTargets = indProbs
+    .mul(tensor(targets, [rows, len, len]).to(indProbs.dtype))
+    .sum(-1)
+    .reshape(rows * len);
+  const induction = onTargets
+    .indexSelect(0, tensor(queries, [queries.length]).to('int64'))
+    .add(1e-6)
+    .log()
+    .mean()
+    .neg();
   return { prev, induction };
 }
 
@@ -126,5 +159,11 @@ export function copyRowsLoss(model: LlamaModel, rows: CopyRows, n: number, len: 
   const x = tensor(rows.ids, [n, len + 1]).to('int64');
   const { logits } = model.forward({ ids: x.narrow(1, 0, len) });
   const at = tensor(rows.copied, [rows.copied.length]).to('int64');
-  return crossEntropy(logits!.reshape(n * len, -1).indexSelect(0, at), x.narrow(1, 1, len).reshape(n * len).indexSelect(0, at));
+  return crossEntropy(
+    logits!.reshape(n * len, -1).indexSelect(0, at),
+    x
+      .narrow(1, 1, len)
+      .reshape(n * len)
+      .indexSelect(0, at),
+  );
 }

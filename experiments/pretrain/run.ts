@@ -8,7 +8,14 @@ import { readExperimentConfig } from './config.js';
 import { pretrainExperiment } from './terms.js';
 
 const { values } = parseArgs({
-  options: { config: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false }, 'stop-after': { type: 'string' }, quiet: { type: 'boolean', default: false }, export: { type: 'boolean', default: false } },
+  options: {
+    config: { type: 'string' },
+    out: { type: 'string' },
+    resume: { type: 'boolean', default: false },
+    'stop-after': { type: 'string' },
+    quiet: { type: 'boolean', default: false },
+    export: { type: 'boolean', default: false },
+  },
   strict: true,
 });
 if (!values.config || !values.out) {
@@ -18,4 +25,6 @@ if (!values.config || !values.out) {
 const stopAfter = values['stop-after'] === undefined ? undefined : Number(values['stop-after']);
 const cfg = readExperimentConfig(values.config);
 const s = await pretrainExperiment(cfg, values.out, { resume: values.resume, stopAfter, quiet: values.quiet, exportOnly: values.export });
-process.stdout.write(`${s.steps >= cfg.base.steps ? 'finished' : 'stopped'} at step ${s.steps}/${cfg.base.steps}; last loss ${s.lastLoss}${s.lastValid ? `; valid ${JSON.stringify(s.lastValid)}` : ''}\n`);
+process.stdout.write(
+  `${s.steps >= cfg.base.steps ? 'finished' : 'stopped'} at step ${s.steps}/${cfg.base.steps}; last loss ${s.lastLoss}${s.lastValid ? `; valid ${JSON.stringify(s.lastValid)}` : ''}\n`,
+);

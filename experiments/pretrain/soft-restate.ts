@@ -61,11 +61,15 @@ export function checkSoftRestate(s: SoftRestate, numLayers: number, numHeads: nu
   const bad = (m: string) => new Error(`${where}: softRestate ${m}, got ${JSON.stringify(s)}`);
   if (!s || typeof s !== 'object') throw bad('must be an object');
   if (!(Number.isInteger(s.rows) && s.rows >= 1)) throw bad("'rows' must be an integer >= 1");
-  if (!Array.isArray(s.lengths) || s.lengths.length === 0 || s.lengths.some((n) => !(Number.isInteger(n) && n >= 2))) throw bad("'lengths' must be a non-empty list of integers >= 2");
-  if (!Array.isArray(s.ratios) || s.ratios.length === 0 || s.ratios.some((r) => !(Number.isInteger(r) && r >= 1))) throw bad("'ratios' must be a non-empty list of integers >= 1");
+  if (!Array.isArray(s.lengths) || s.lengths.length === 0 || s.lengths.some((n) => !(Number.isInteger(n) && n >= 2)))
+    throw bad("'lengths' must be a non-empty list of integers >= 2");
+  if (!Array.isArray(s.ratios) || s.ratios.length === 0 || s.ratios.some((r) => !(Number.isInteger(r) && r >= 1)))
+    throw bad("'ratios' must be a non-empty list of integers >= 1");
   const longest = Math.max(...s.lengths);
-  if (2 + Math.ceil(longest / Math.min(...s.ratios)) + longest > maxLen) throw bad(`rows of ${longest} tokens at ratio ${Math.min(...s.ratios)} exceed the model's ${maxLen} positions`);
-  if (s.plainRows !== undefined && !(Number.isInteger(s.plainRows) && s.plainRows >= 0 && s.plainRows <= s.rows)) throw bad("'plainRows' must be an integer in 0..rows");
+  if (2 + Math.ceil(longest / Math.min(...s.ratios)) + longest > maxLen)
+    throw bad(`rows of ${longest} tokens at ratio ${Math.min(...s.ratios)} exceed the model's ${maxLen} positions`);
+  if (s.plainRows !== undefined && !(Number.isInteger(s.plainRows) && s.plainRows >= 0 && s.plainRows <= s.rows))
+    throw bad("'plainRows' must be an integer in 0..rows");
   const plainLongest = (s.plainRows ?? 0) > 0 ? 2 * longest + 1 : 0;
   if (plainLongest > maxLen) throw bad(`plain rows of ${longest} tokens need ${plainLongest} positions, the model has ${maxLen}`);
   if (s.norm !== undefined && s.norm !== 'final' && s.norm !== 'none') throw bad("'norm' must be 'final' or 'none'");
@@ -73,7 +77,13 @@ export function checkSoftRestate(s: SoftRestate, numLayers: number, numHeads: nu
   const p = s.pointer;
   if (p !== undefined) {
     if (!(Number.isInteger(p.layer) && p.layer >= 0 && p.layer < numLayers)) throw bad(`'pointer.layer' must be in 0..${numLayers - 1}`);
-    if (!Array.isArray(p.heads) || p.heads.length === 0 || p.heads.some((h) => !(Number.isInteger(h) && h >= 0 && h < numHeads)) || new Set(p.heads).size !== p.heads.length) throw bad(`'pointer.heads' must be distinct heads in 0..${numHeads - 1}`);
+    if (
+      !Array.isArray(p.heads) ||
+      p.heads.length === 0 ||
+      p.heads.some((h) => !(Number.isInteger(h) && h >= 0 && h < numHeads)) ||
+      new Set(p.heads).size !== p.heads.length
+    )
+      throw bad(`'pointer.heads' must be distinct heads in 0..${numHeads - 1}`);
     if (!(typeof p.weight === 'number' && p.weight >= 0)) throw bad("'pointer.weight' must be a number >= 0");
     if (p.copyWeight !== undefined && !(typeof p.copyWeight === 'number' && p.copyWeight >= 0)) throw bad("'pointer.copyWeight' must be a number >= 0");
   }
@@ -115,7 +125,15 @@ export interface SoftRestateLoss {
  * gradient: the model learns to read them; the embedding table and final norm are not pushed
  * toward what is easy to average.
  */
-export function softRestateLoss(model: LlamaModel, passages: Int32Array, rows: number, n: number, ratio: number, ids: { bos: number; eos: number; restate: number }, s: SoftRestate): SoftRestateLoss {
+export function softRestateLoss(
+  model: LlamaModel,
+  passages: Int32Array,
+  rows: number,
+  n: number,
+  ratio: number,
+  ids: { bos: number; eos: number; restate: number },
+  s: SoftRestate,
+): SoftRestateLoss {
   if (passages.length !== rows * n) throw new Error(`softRestateLoss: ${passages.length} ids for ${rows} rows of ${n}`);
   const k = Math.ceil(n / ratio);
   const passage = tensor(passages, [rows, n], { dtype: 'int64' });
@@ -158,7 +176,11 @@ export function softRestateLoss(model: LlamaModel, passages: Int32Array, rows: n
       const o = value.matmul(attn.oProj.weight.value.narrow(1, head * hd, hd).T); // [rows, k, dim]
       read = read ? read.add(o) : o;
     }
-    const group = tensor(Array.from({ length: n }, (_, j) => Math.floor(j / ratio)), [n], { dtype: 'int64' });
+    const group = tensor(
+      Array.from({ length: n }, (_, j) => Math.floor(j / ratio)),
+      [n],
+      { dtype: 'int64' },
+    );
     const perToken = model.head(read!.indexSelect(1, group)); // [rows, n, vocab]: token j reads its group
     copied = crossEntropy(perToken.reshape(rows * n, -1), passage.reshape(rows * n));
   }

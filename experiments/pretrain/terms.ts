@@ -51,7 +51,11 @@ function copyRowsTerm(x: ExperimentFields, run: PretrainRun): LossTerm {
   const { cfg, model, tokenizer } = run;
   const sup = x.inductionSupervision;
   const specialIds = new Set(tokenizer.special.values());
-  const pool = copyPoolIds(Int32Array.from({ length: tokenizer.vocabSize }, (_, i) => i).filter((i) => !specialIds.has(i)), x.copyPool, cfg.seed);
+  const pool = copyPoolIds(
+    Int32Array.from({ length: tokenizer.vocabSize }, (_, i) => i).filter((i) => !specialIds.has(i)),
+    x.copyPool,
+    cfg.seed,
+  );
   const rows = x.copyRows!;
   const len = x.copyLen ?? cfg.seqLen;
   /** Loss on the copied tokens of n rows (deterministic in the seed string), and optionally the supervision. */
@@ -60,7 +64,13 @@ function copyRowsTerm(x: ExperimentFields, run: PretrainRun): LossTerm {
     const all = tensor(ids, [n, len + 1]).to('int64');
     const out = model.forward({ ids: all.narrow(1, 0, len), outputAttentions: supervise && !!sup });
     const at = tensor(copied, [copied.length]).to('int64');
-    const ce = crossEntropy(out.logits!.reshape(n * len, -1).indexSelect(0, at), all.narrow(1, 1, len).reshape(n * len).indexSelect(0, at));
+    const ce = crossEntropy(
+      out.logits!.reshape(n * len, -1).indexSelect(0, at),
+      all
+        .narrow(1, 1, len)
+        .reshape(n * len)
+        .indexSelect(0, at),
+    );
     return { ce, attn: supervise && sup ? inductionSupervisionLoss(out.attentions!, ids, n, len, len + 1, sup) : undefined };
   };
   return {
@@ -95,7 +105,8 @@ function textTerm(x: ExperimentFields, run: PretrainRun): LossTerm {
   const answerWeight = x.answerWeight ?? 0;
   const restateWeight = x.restateWeight ?? 0;
   const restateId = tokenizer.special.get('<|restate|>');
-  if ((restatePointer || restateWeight > 0) && restateId === undefined) throw new Error(`${where}: ${restatePointer ? 'restatePointer' : 'restateWeight'} needs a tokenizer with <|restate|>`);
+  if ((restatePointer || restateWeight > 0) && restateId === undefined)
+    throw new Error(`${where}: ${restatePointer ? 'restatePointer' : 'restateWeight'} needs a tokenizer with <|restate|>`);
   const marker = tokenizer.encode('\nAnswer:');
   const stops = new Set([...tokenizer.encode('\n'), tokenizer.eos]);
   const copies = (p: typeof pointer) => (p?.copyWeight ?? 0) > 0;
@@ -121,14 +132,24 @@ function textTerm(x: ExperimentFields, run: PretrainRun): LossTerm {
       if (pointer) {
         const pt = answerPointerTargets(ids, rows, len, stride, marker, stops);
         t.add('pointer_attn_loss', answerPointerLoss(forward.attentions!, pt, rows, len, pointer), pointer.weight);
-        if (copies(pointer)) t.add('pointer_copy_loss', answerCopyLoss(model, forward.attnInputs![pointer.layer]!, forward.attentions!, pt, ids, rows, len, stride, pointer), pointer.copyWeight!);
+        if (copies(pointer))
+          t.add(
+            'pointer_copy_loss',
+            answerCopyLoss(model, forward.attnInputs![pointer.layer]!, forward.attentions!, pt, ids, rows, len, stride, pointer),
+            pointer.copyWeight!,
+          );
       }
       if (restatePointer || restateWeight > 0) {
         const rt = restatePointerTargets(ids, rows, len, stride, restateId!, tokenizer.bos);
         if (restateWeight > 0 && rt.queries.length > 0) t.add('restate_loss', lossAt(logits, targets, rt.queries), restateWeight);
         if (restatePointer) {
           t.add('restate_attn_loss', answerPointerLoss(forward.attentions!, rt, rows, len, restatePointer), restatePointer.weight);
-          if (copies(restatePointer)) t.add('restate_copy_loss', answerCopyLoss(model, forward.attnInputs![restatePointer.layer]!, forward.attentions!, rt, ids, rows, len, stride, restatePointer), restatePointer.copyWeight!);
+          if (copies(restatePointer))
+            t.add(
+              'restate_copy_loss',
+              answerCopyLoss(model, forward.attnInputs![restatePointer.layer]!, forward.attentions!, rt, ids, rows, len, stride, restatePointer),
+              restatePointer.copyWeight!,
+            );
         }
       }
       return t.result();
@@ -191,7 +212,8 @@ export function experimentExtensions(x: ExperimentFields): PretrainExtensions {
   if ((x.recallShare ?? 0) > 0) documents.push(recallDocuments(x.recallShare!));
   const made: PretrainExtensions['terms'] = [];
   if ((x.copyRows ?? 0) > 0) made.push((run) => copyRowsTerm(x, run));
-  if (x.inductionSupervision || (x.answerWeight ?? 0) > 0 || x.answerPointer || x.restatePointer || (x.restateWeight ?? 0) > 0) made.push((run) => textTerm(x, run));
+  if (x.inductionSupervision || (x.answerWeight ?? 0) > 0 || x.answerPointer || x.restatePointer || (x.restateWeight ?? 0) > 0)
+    made.push((run) => textTerm(x, run));
   if (x.softRestate) made.push((run) => softRestateTerm(x.softRestate!, run));
   return { documents, terms: made };
 }
@@ -204,7 +226,8 @@ export async function pretrainExperiment(cfg: ExperimentConfig, outDir: string, 
   mkdirSync(outDir, { recursive: true });
   const path = join(outDir, 'experiment-config.json');
   const text = JSON.stringify(cfg.experiment, null, 2);
-  if ((opts.resume || opts.exportOnly) && existsSync(path) && readFileSync(path, 'utf8') !== text) throw new Error(`${outDir}: --resume with different experiment fields than the run was started with (${path})`);
+  if ((opts.resume || opts.exportOnly) && existsSync(path) && readFileSync(path, 'utf8') !== text)
+    throw new Error(`${outDir}: --resume with different experiment fields than the run was started with (${path})`);
   writeFileSync(path, text);
   return pretrain(cfg.base, outDir, { ...opts, extensions: experimentExtensions(cfg.experiment) });
 }

@@ -19,8 +19,12 @@ if (!dir || !existsSync(dir)) {
 const { model, tokenizer } = loadModel(dir, { dtype: 'float32' });
 const special = new Set(tokenizer?.special?.values?.() ?? []);
 const ids = Int32Array.from({ length: model.config.vocabSize }, (_, i) => i).filter((i) => !special.has(i));
-const rows = 8, len = 256;
-for (const [name, pool] of [['1,024-id pool', copyPoolIds(ids, 1024, 0)], ['all ids', ids]]) {
+const rows = 8,
+  len = 256;
+for (const [name, pool] of [
+  ['1,024-id pool', copyPoolIds(ids, 1024, 0)],
+  ['all ids', ids],
+]) {
   const loss = noGrad(() => tidy(() => copyRowsLoss(model, makeCopyRows(new Rng('copy-loss'), { rows, len: len + 1, pool }), rows, len).item()));
   console.log(`${name}: copy loss ${loss.toFixed(3)} (chance ${Math.log(pool.length).toFixed(2)})`);
 }

@@ -26,11 +26,28 @@ if (!['induction', 'offset', 'repeat'].includes(task) || !(steps >= 0)) {
   console.error('usage: node experiments/probes/induction-probe.mjs [steps] [induction|offset|repeat]');
   process.exit(2);
 }
-const seqLen = 96, batch = 16, span = 12, symbols = 120, offset = 5;
+const seqLen = 96,
+  batch = 16,
+  span = 12,
+  symbols = 120,
+  offset = 5;
 manualSeed(0);
-const cfg = configFromHf({ model_type: 'llama', hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4, intermediate_size: 344, vocab_size: 3 + symbols, max_position_embeddings: 256, tie_word_embeddings: true });
+const cfg = configFromHf({
+  model_type: 'llama',
+  hidden_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 4,
+  intermediate_size: 344,
+  vocab_size: 3 + symbols,
+  max_position_embeddings: 256,
+  tie_word_embeddings: true,
+});
 const model = new LlamaModel(cfg);
-const opt = new AdamW(model.namedParameters().map(([, p]) => p), { lr: 1e-3, weightDecay: 0 });
+const opt = new AdamW(
+  model.namedParameters().map(([, p]) => p),
+  { lr: 1e-3, weightDecay: 0 },
+);
 const rng = new Rng(7);
 
 for (let step = 0; step <= steps; step++) {
@@ -39,7 +56,7 @@ for (let step = 0; step <= steps; step++) {
   for (let b = 0; b < batch; b++) {
     const x = Array.from({ length: seqLen }, () => 3 + rng.int(symbols));
     if (task === 'repeat') {
-      for (let start = 0; start < seqLen; ) {
+      for (let start = 0; start < seqLen;) {
         const L = 8 + rng.int(33);
         for (let i = 0; i < L && start + L + i < seqLen; i++) {
           x[start + L + i] = x[start + i];

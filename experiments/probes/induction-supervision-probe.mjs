@@ -20,7 +20,8 @@ if (!(Number.isInteger(steps) && steps >= 0 && weight >= 0 && Number.isInteger(p
   console.error('usage: node experiments/probes/induction-supervision-probe.mjs [steps >= 0] [weight >= 0] [pool 2..8176]');
   process.exit(2);
 }
-const len = 128, batch = 16;
+const len = 128,
+  batch = 16;
 const sup = { prevLayer: 0, inductionLayer: 1, head: 0, weight };
 manualSeed(0);
 const { model } = loadModel('models/softpress-base', { dtype: 'float32' });
@@ -43,7 +44,13 @@ function losses(rows) {
   const x = tensor(ids, [n, len + 1]).to('int64');
   const out = model.forward({ ids: x.narrow(1, 0, len), outputAttentions: true });
   const at = tensor(copied, [copied.length]).to('int64');
-  const copy = crossEntropy(out.logits.reshape(n * len, -1).indexSelect(0, at), x.narrow(1, 1, len).reshape(n * len).indexSelect(0, at));
+  const copy = crossEntropy(
+    out.logits.reshape(n * len, -1).indexSelect(0, at),
+    x
+      .narrow(1, 1, len)
+      .reshape(n * len)
+      .indexSelect(0, at),
+  );
   return { copy, ...inductionSupervisionLoss(out.attentions, ids, n, len, len + 1, sup) };
 }
 
@@ -61,6 +68,8 @@ for (let step = 0; step <= steps; step++) {
   if (step % 25 === 0) {
     model.eval();
     const wide = noGrad(() => tidy(() => copyRowsLoss(model, makeCopyRows(new Rng('eval'), { rows: 16, len: len + 1, pool: everyId }), 16, len).item()));
-    console.log(`step ${step}: copy ${copy.toFixed(3)} (chance ${Math.log(poolSize).toFixed(2)})  prev-token attn ${prev.toFixed(3)}  induction attn ${induction.toFixed(3)}  copy over all ids ${wide.toFixed(3)}  ${((Date.now() - t0) / 1000).toFixed(0)}s`);
+    console.log(
+      `step ${step}: copy ${copy.toFixed(3)} (chance ${Math.log(poolSize).toFixed(2)})  prev-token attn ${prev.toFixed(3)}  induction attn ${induction.toFixed(3)}  copy over all ids ${wide.toFixed(3)}  ${((Date.now() - t0) / 1000).toFixed(0)}s`,
+    );
   }
 }

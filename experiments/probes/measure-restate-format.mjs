@@ -10,7 +10,9 @@ import { evalDocuments } from '../../dist/src/eval/tasks.js';
 import { Rng } from '../../dist/src/data/rng.js';
 import { RESTATE_INSTRUCTION, restateFormat } from '../../dist/src/compress/prompts.js';
 
-const { values } = parseArgs({ options: { model: { type: 'string', default: 'smollm2-135m-instruct' }, n: { type: 'string', default: '8' }, len: { type: 'string', default: '128' } } });
+const { values } = parseArgs({
+  options: { model: { type: 'string', default: 'smollm2-135m-instruct' }, n: { type: 'string', default: '8' }, len: { type: 'string', default: '128' } },
+});
 setNumThreads?.(1);
 const { model, tokenizer: tok } = loadModel(values.model);
 const n = Number(values.n);
@@ -60,4 +62,5 @@ console.log(`${values.model}: ${n} test passages of ${len} tokens; teacher-force
 console.log(`| format | with the passage | without | gap |`);
 console.log(`|---|---|---|---|`);
 console.log(`| plain | ${mean(rows.plain).toFixed(3)} | ${mean(rows.plainNone).toFixed(3)} | ${(mean(rows.plainNone) - mean(rows.plain)).toFixed(3)} |`);
-if (chat.chat) console.log(`| chat template | ${mean(rows.chat).toFixed(3)} | ${mean(rows.chatNone).toFixed(3)} | ${(mean(rows.chatNone) - mean(rows.chat)).toFixed(3)} |`);
+if (chat.chat)
+  console.log(`| chat template | ${mean(rows.chat).toFixed(3)} | ${mean(rows.chatNone).toFixed(3)} | ${(mean(rows.chatNone) - mean(rows.chat)).toFixed(3)} |`);

@@ -32,7 +32,17 @@ const head = Number(headArg);
 const ranks = ranksArg.split(',').map(Number);
 const steps = Number(stepsArg);
 const lr = Number(lrArg);
-if (!(Number.isInteger(layer) && layer >= 0 && layer < L && Number.isInteger(head) && head >= 0 && head < H && ranks.every((r) => Number.isInteger(r) && r >= 0) && steps >= 0 && lr > 0)) {
+if (!(
+  Number.isInteger(layer) &&
+  layer >= 0 &&
+  layer < L &&
+  Number.isInteger(head) &&
+  head >= 0 &&
+  head < H &&
+  ranks.every((r) => Number.isInteger(r) && r >= 0) &&
+  steps >= 0 &&
+  lr > 0
+)) {
   console.error(`bad arguments: layer ${layerArg}, head ${headArg}, ranks ${ranksArg}, steps ${stepsArg}, lr ${lrArg}`);
   process.exit(2);
 }
@@ -52,7 +62,12 @@ noGrad(() => {
   for (let e = 0; e < 40; e++) {
     const ids = [tok.bos, ...tok.encode(samplePassage(valid, rng, { chars: 2400 }).text)].slice(0, model.config.maxPositions);
     const out = model.forward({ ids: tensor(Int32Array.from(ids), [1, ids.length]).to('int64'), outputAttnInputs: true });
-    xs.push(out.attnInputs[layer].reshape(ids.length, d).narrow(0, 1, ids.length - 1).keep());
+    xs.push(
+      out.attnInputs[layer]
+        .reshape(ids.length, d)
+        .narrow(0, 1, ids.length - 1)
+        .keep(),
+    );
     ys.push(...ids.slice(1));
   }
 });

@@ -27,7 +27,15 @@ if (!isModel) console.log(`checkpoint of ${dir} at step ${loadCheckpointParams(d
 const layer = Number(layerArg);
 const head = Number(headArg);
 const n = Number(nArg);
-if (!(Number.isInteger(layer) && layer >= 0 && layer < model.config.numLayers && Number.isInteger(head) && head >= 0 && head < model.config.numHeads && n >= 1)) {
+if (!(
+  Number.isInteger(layer) &&
+  layer >= 0 &&
+  layer < model.config.numLayers &&
+  Number.isInteger(head) &&
+  head >= 0 &&
+  head < model.config.numHeads &&
+  n >= 1
+)) {
   console.error(`bad LAYER/HEAD/N: ${layerArg}/${headArg}/${nArg} (model: ${model.config.numLayers} layers, ${model.config.numHeads} heads)`);
   process.exit(2);
 }
@@ -44,13 +52,24 @@ noGrad(() => {
     const T = ids.length;
     tidy(() => {
       const out = model.forward({ ids: tensor(Int32Array.from(ids), [1, T]).to('int64'), outputAttentions: true });
-      const att = out.attentions[layer].select(1, head).reshape(T, T).narrow(0, T - 1, 1).reshape(T).toArray();
+      const att = out.attentions[layer]
+        .select(1, head)
+        .reshape(T, T)
+        .narrow(0, T - 1, 1)
+        .reshape(T)
+        .toArray();
       for (let j = 0; j < T; j++) if (ids[j] === first) mass += att[j];
-      const logits = out.logits.reshape(T, -1).narrow(0, T - 1, 1).reshape(-1).toArray();
+      const logits = out.logits
+        .reshape(T, -1)
+        .narrow(0, T - 1, 1)
+        .reshape(-1)
+        .toArray();
       let best = 0;
       for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
       if (best === first) right++;
     });
   }
 });
-console.log(`${dir}: greedy first answer token right ${right}/${n} (${(right / n).toFixed(3)}); head ${head} of layer ${layer} puts ${(mass / n).toFixed(3)} of its attention on the answer's first token`);
+console.log(
+  `${dir}: greedy first answer token right ${right}/${n} (${(right / n).toFixed(3)}); head ${head} of layer ${layer} puts ${(mass / n).toFixed(3)} of its attention on the answer's first token`,
+);

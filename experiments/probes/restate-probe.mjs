@@ -78,9 +78,13 @@ console.log(`${dir}: ${n} passages of ~${chars} characters, ${queries} restated 
 let lo = 0;
 for (let b = 0; b < buckets.length; b++) {
   const s = lossBy[b];
-  if (s.count) console.log(`  restated tokens ${lo}-${buckets[b] === Infinity ? '' : buckets[b] - 1}: loss ${(s.loss / s.count).toFixed(3)}, argmax right ${(s.right / s.count).toFixed(3)} (${s.count})`);
+  if (s.count)
+    console.log(
+      `  restated tokens ${lo}-${buckets[b] === Infinity ? '' : buckets[b] - 1}: loss ${(s.loss / s.count).toFixed(3)}, argmax right ${(s.right / s.count).toFixed(3)} (${s.count})`,
+    );
   lo = buckets[b];
 }
-const fmt = (arr, div) => Array.from({ length: L }, (_, l) => `  layer ${l}: ${Array.from({ length: H }, (_, h) => (arr[l * H + h] / div).toFixed(2)).join(' ')}`).join('\n');
+const fmt = (arr, div) =>
+  Array.from({ length: L }, (_, l) => `  layer ${l}: ${Array.from({ length: H }, (_, h) => (arr[l * H + h] / div).toFixed(2)).join(' ')}`).join('\n');
 console.log(`attention of a restating query on its source token (heads 0-${H - 1}):\n${fmt(toSource, queries)}`);
 console.log(`attention on the previous token, in the passage:\n${fmt(toPrev, prevQueries)}`);

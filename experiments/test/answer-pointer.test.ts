@@ -24,10 +24,7 @@ test('pointer targets: each answer token points at the same token of every earli
   // Row 0: answer "5 6" occurs at 0-1 and 3-4; then an answer "4" that occurs nowhere before.
   // Row 1: answer "5 6" runs off the row's end (no stop): still supervised, on its first token only
   // as the second is beyond the row.
-  const ids = Int32Array.from([
-    5, 6, 1, 5, 6, 7, 8, 5, 6, 9, 7, 8, 4,
-    3, 5, 6, 2, 2, 2, 2, 2, 2, 2, 7, 8, 5,
-  ]);
+  const ids = Int32Array.from([5, 6, 1, 5, 6, 7, 8, 5, 6, 9, 7, 8, 4, 3, 5, 6, 2, 2, 2, 2, 2, 2, 2, 7, 8, 5]);
   const t = answerPointerTargets(ids, 2, 12, 13, [7, 8], new Set([9]));
   assert.deepEqual(pairs(t, 12), [
     [6, [0, 3]], // ":" (8) predicts 5: look at the 5s of both occurrences
@@ -38,33 +35,35 @@ test('pointer targets: each answer token points at the same token of every earli
   assert.equal(answerPointerTargets(Int32Array.from([1, 2, 3, 7, 8, 4, 9]), 1, 6, 7, [7, 8], new Set([9])).queries.length, 0);
 });
 
-test('pointer targets on real text: the answer\'s tokens in the planted fact, yes/no answers skipped', { skip: !existsSync('models/softpress-base/tokenizer.json') && 'no tokenizer' }, () => {
-  const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
-  const text = 'Rain fell. The secret code of the green folder is BF4H. Mary went to the garden.\nQuestion: Is Mary here?\nAnswer: no\nQuestion: What is the secret code of the green folder?\nAnswer: BF4H\nQuestion: Where is Mary?\nAnswer: garden';
-  const ids = Int32Array.from([tok.bos, ...tok.encode(text), tok.eos]);
-  const len = ids.length - 1;
-  const t = answerPointerTargets(ids, 1, len, len + 1, tok.encode('\nAnswer:'), new Set([...tok.encode('\n'), tok.eos]));
-  const got = pairs(t, len).map(([q, ks]) => {
-    assert.equal(ks.length, 1);
-    assert.equal(ids[ks[0]!], ids[q + 1], 'the key holds the token the query predicts');
-    return tok.decode([ids[q + 1]!]);
-  });
-  assert.equal(got.join(''), ' BF4H garden');
-  // Every key is in the passage, before the first question.
-  const passageEnd = 1 + tok.encode(text.slice(0, text.indexOf('\nQuestion'))).length;
-  for (const [, ks] of pairs(t, len)) assert.ok(ks[0]! < passageEnd, `key ${ks[0]} after the passage (${passageEnd})`);
-});
+test(
+  "pointer targets on real text: the answer's tokens in the planted fact, yes/no answers skipped",
+  { skip: !existsSync('models/softpress-base/tokenizer.json') && 'no tokenizer' },
+  () => {
+    const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
+    const text =
+      'Rain fell. The secret code of the green folder is BF4H. Mary went to the garden.\nQuestion: Is Mary here?\nAnswer: no\nQuestion: What is the secret code of the green folder?\nAnswer: BF4H\nQuestion: Where is Mary?\nAnswer: garden';
+    const ids = Int32Array.from([tok.bos, ...tok.encode(text), tok.eos]);
+    const len = ids.length - 1;
+    const t = answerPointerTargets(ids, 1, len, len + 1, tok.encode('\nAnswer:'), new Set([...tok.encode('\n'), tok.eos]));
+    const got = pairs(t, len).map(([q, ks]) => {
+      assert.equal(ks.length, 1);
+      assert.equal(ids[ks[0]!], ids[q + 1], 'the key holds the token the query predicts');
+      return tok.decode([ids[q + 1]!]);
+    });
+    assert.equal(got.join(''), ' BF4H garden');
+    // Every key is in the passage, before the first question.
+    const passageEnd = 1 + tok.encode(text.slice(0, text.indexOf('\nQuestion'))).length;
+    for (const [, ks] of pairs(t, len)) assert.ok(ks[0]! < passageEnd, `key ${ks[0]} after the passage (${passageEnd})`);
+  },
+);
 
-test('restate pointer targets: the k-th restated token\'s query points at the k-th token of the passage', () => {
+test("restate pointer targets: the k-th restated token's query points at the k-th token of the passage", () => {
   // BOS 1, <|restate|> 9; rows of 12 inputs + 1 target (stride 13).
   // Row 0: passage "5 6 5" (positions 2-4) restated at 6-8, then EOS 2. The query at the marker
   // (5) predicts the first restated 5 and must look at position 2, not the other 5 at 4.
   // Row 1: a passage whose BOS is before the row (skipped), then one restated up to the row's
   // end: the last query's target (the row's extra target id) is still supervised.
-  const ids = Int32Array.from([
-    2, 1, 5, 6, 5, 9, 5, 6, 5, 2, 1, 7, 8,
-    4, 4, 9, 4, 4, 2, 1, 6, 7, 8, 9, 6, 7,
-  ]);
+  const ids = Int32Array.from([2, 1, 5, 6, 5, 9, 5, 6, 5, 2, 1, 7, 8, 4, 4, 9, 4, 4, 2, 1, 6, 7, 8, 9, 6, 7]);
   const t = restatePointerTargets(ids, 2, 12, 13, 9, 1);
   assert.deepEqual(pairs(t, 12), [
     [5, [2]],
@@ -78,24 +77,31 @@ test('restate pointer targets: the k-th restated token\'s query points at the k-
   assert.deepEqual(pairs(off, 6), [[3, [1]]]);
 });
 
-test('restate pointer targets on real text: every restated token, each pointing at its own source token', { skip: !existsSync('models/softpress-base/tokenizer.json') && 'no tokenizer' }, () => {
-  const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
-  const passage = 'The the cat sat on the mat, and the mat sat under the cat.';
-  const ids = Int32Array.from([...tok.encode(`Before.`, { bos: true, eos: true }), ...tok.encode(`${passage}<|restate|>${passage}`, { bos: true, eos: true, allowSpecial: true })]);
-  const len = ids.length - 1;
-  const restate = tok.special.get('<|restate|>')!;
-  const t = restatePointerTargets(ids, 1, len, len + 1, restate, tok.bos);
-  const n = tok.encode(passage).length;
-  assert.equal(t.queries.length, n, 'one query per restated token');
-  const m = ids.indexOf(restate);
-  pairs(t, len).forEach(([q, ks], k) => {
-    assert.equal(q, m + k);
-    assert.deepEqual(ks, [m - n + k]);
-    assert.equal(ids[ks[0]!], ids[q + 1], 'the key holds the token the query predicts');
-  });
-});
+test(
+  'restate pointer targets on real text: every restated token, each pointing at its own source token',
+  { skip: !existsSync('models/softpress-base/tokenizer.json') && 'no tokenizer' },
+  () => {
+    const tok = BpeTokenizer.fromFile('models/softpress-base/tokenizer.json');
+    const passage = 'The the cat sat on the mat, and the mat sat under the cat.';
+    const ids = Int32Array.from([
+      ...tok.encode(`Before.`, { bos: true, eos: true }),
+      ...tok.encode(`${passage}<|restate|>${passage}`, { bos: true, eos: true, allowSpecial: true }),
+    ]);
+    const len = ids.length - 1;
+    const restate = tok.special.get('<|restate|>')!;
+    const t = restatePointerTargets(ids, 1, len, len + 1, restate, tok.bos);
+    const n = tok.encode(passage).length;
+    assert.equal(t.queries.length, n, 'one query per restated token');
+    const m = ids.indexOf(restate);
+    pairs(t, len).forEach(([q, ks], k) => {
+      assert.equal(q, m + k);
+      assert.deepEqual(ks, [m - n + k]);
+      assert.equal(ids[ks[0]!], ids[q + 1], 'the key holds the token the query predicts');
+    });
+  },
+);
 
-test('pointer loss: -log of the supervised head\'s weight on its targets', () => {
+test("pointer loss: -log of the supervised head's weight on its targets", () => {
   tidy(() => {
     const len = 4;
     // Uniform causal attention in head 1 of layer 0; query 3 targets keys 0 and 2 -> weight 2/4.
@@ -121,18 +127,35 @@ test('pointer loss: -log of the supervised head\'s weight on its targets', () =>
  */
 function headZeroModel(seed: number, d: number, uniform: boolean): LlamaModel {
   manualSeed(seed);
-  const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: d, num_hidden_layers: 2, num_attention_heads: 3, num_key_value_heads: 3, intermediate_size: 64, vocab_size: 40, max_position_embeddings: 32, tie_word_embeddings: true }));
+  const model = new LlamaModel(
+    configFromHf({
+      model_type: 'llama',
+      hidden_size: d,
+      num_hidden_layers: 2,
+      num_attention_heads: 3,
+      num_key_value_heads: 3,
+      intermediate_size: 64,
+      vocab_size: 40,
+      max_position_embeddings: 32,
+      tie_word_embeddings: true,
+    }),
+  );
   const layer = model.layers[0]!;
   noGrad(() => {
     layer.mlp.downProj.weight.load(zeros(layer.mlp.downProj.weight.value.shape));
     if (uniform) layer.selfAttn.qProj.weight.load(zeros(layer.selfAttn.qProj.weight.value.shape));
     const wo = layer.selfAttn.oProj.weight.value.toArray() as Float32Array;
-    layer.selfAttn.oProj.weight.load(tensor(wo.map((w, i) => (i % d < d / 3 ? 400 * w : 0)), [d, d]));
+    layer.selfAttn.oProj.weight.load(
+      tensor(
+        wo.map((w, i) => (i % d < d / 3 ? 400 * w : 0)),
+        [d, d],
+      ),
+    );
   });
   return model;
 }
 
-test('pointer copy loss: the supervised head\'s own output through the output embedding', () => {
+test("pointer copy loss: the supervised head's own output through the output embedding", () => {
   // With layer 0's MLP switched off (down projection zeroed), layer 0's output minus its input is
   // its attention output; with o_proj's columns of heads 1 and 2 zeroed too, it is head 0's
   // alone (scaled up, so that its logits are far from uniform). Those vectors through the output
@@ -144,10 +167,15 @@ test('pointer copy loss: the supervised head\'s own output through the output em
     const flat = Int32Array.from([4, 9, 12, 5, 3, 9, 12, 7, 1, 1, 1, /* row 1 */ 20, 21, 22, 23, 8, 20, 21, 24, 1, 1, 1]);
     // Queries 3 (predicts 3) and row 1's 6 (predicts 24); their pointer targets play no part here.
     const t = { queries: Int32Array.from([3, len + 6]), targets: new Float32Array(2 * len) };
-    const ids = tensor(flat, [2, len + 1]).to('int64').narrow(1, 0, len);
+    const ids = tensor(flat, [2, len + 1])
+      .to('int64')
+      .narrow(1, 0, len);
     const out = noGrad(() => model.forward({ ids, outputAttentions: true, outputAttnInputs: true, outputHiddenStates: true }));
     const got = noGrad(() => answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, t, flat, 2, len, len + 1, { layer: 0, head: 0, weight: 1 })!.item());
-    const headOut = out.hiddenStates![1]!.sub(out.hiddenStates![0]!).reshape(2 * len, d).indexSelect(0, tensor(t.queries, [2]).to('int64'));
+    const headOut = out
+      .hiddenStates![1]!.sub(out.hiddenStates![0]!)
+      .reshape(2 * len, d)
+      .indexSelect(0, tensor(t.queries, [2]).to('int64'));
     const want = noGrad(() => crossEntropy(model.head(headOut), tensor([3, 24], [2]).to('int64')).item());
     assert.ok(Math.abs(got - want) < 1e-3, `${got} vs ${want}`);
     assert.ok(Math.abs(want - Math.log(40)) > 0.1, `logits far from uniform: ${want}`);
@@ -171,11 +199,23 @@ test('pointer copy loss with copyAttention "targets": the head\'s output as if i
     prefix.fill(1, 0, 4); // query 3: keys 0-3
     prefix.fill(1, len, len + 7); // row 1's query 6: keys 0-6
     const t = { queries: Int32Array.from([3, len + 6]), targets: prefix };
-    const ids = tensor(flat, [2, len + 1]).to('int64').narrow(1, 0, len);
+    const ids = tensor(flat, [2, len + 1])
+      .to('int64')
+      .narrow(1, 0, len);
     const out = noGrad(() => model.forward({ ids, outputAttentions: true, outputAttnInputs: true, outputHiddenStates: true }));
     const loss = (targets: Float32Array, copyAttention: 'head' | 'targets') =>
-      noGrad(() => answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, { ...t, targets }, flat, 2, len, len + 1, { layer: 0, head: 0, weight: 1, copyAttention })!.item());
-    const headOut = out.hiddenStates![1]!.sub(out.hiddenStates![0]!).reshape(2 * len, d).indexSelect(0, tensor(t.queries, [2]).to('int64'));
+      noGrad(() =>
+        answerCopyLoss(model, out.attnInputs![0]!, out.attentions!, { ...t, targets }, flat, 2, len, len + 1, {
+          layer: 0,
+          head: 0,
+          weight: 1,
+          copyAttention,
+        })!.item(),
+      );
+    const headOut = out
+      .hiddenStates![1]!.sub(out.hiddenStates![0]!)
+      .reshape(2 * len, d)
+      .indexSelect(0, tensor(t.queries, [2]).to('int64'));
     const want = noGrad(() => crossEntropy(model.head(headOut), tensor([3, 24], [2]).to('int64')).item());
     assert.ok(Math.abs(loss(prefix, 'head') - want) < 1e-3, `head: ${loss(prefix, 'head')} vs ${want}`);
     assert.ok(Math.abs(loss(prefix, 'targets') - want) < 1e-3, `targets: ${loss(prefix, 'targets')} vs ${want}`);
@@ -183,7 +223,7 @@ test('pointer copy loss with copyAttention "targets": the head\'s output as if i
     first[0] = 1;
     first[len] = 1; // both queries: key 0 only
     assert.ok(Math.abs(loss(first, 'targets') - want) > 0.05, `key 0 only: ${loss(first, 'targets')} vs ${want}`);
-    assert.ok(Math.abs(loss(first, 'head') - want) < 1e-3, 'the head\'s own attention ignores the targets');
+    assert.ok(Math.abs(loss(first, 'head') - want) < 1e-3, "the head's own attention ignores the targets");
   });
 });
 
@@ -197,7 +237,19 @@ test('pointer loss trains the head: on a fixed batch of key lookups, the head le
   // over the eight values, what a head that does not read the key reaches). Where it ends after
   // 200 steps depends on rounding too (0.6 to 1.02 seen): the bound leaves a margin above that.
   manualSeed(0);
-  const model = new LlamaModel(configFromHf({ model_type: 'llama', hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 128, vocab_size: 96, max_position_embeddings: 64, tie_word_embeddings: true }));
+  const model = new LlamaModel(
+    configFromHf({
+      model_type: 'llama',
+      hidden_size: 64,
+      num_hidden_layers: 2,
+      num_attention_heads: 2,
+      num_key_value_heads: 2,
+      intermediate_size: 128,
+      vocab_size: 96,
+      max_position_embeddings: 64,
+      tie_word_embeddings: true,
+    }),
+  );
   const rows = 16;
   const len = 40;
   const row = (seed: number): number[] => {
@@ -223,11 +275,16 @@ test('pointer loss trains the head: on a fixed batch of key lookups, the head le
   const targets = answerPointerTargets(flat, rows, len, len + 1, [3], new Set([5]));
   assert.equal(targets.queries.length, rows, 'one pointed answer token per row');
   const p = { layer: 1, head: 0, weight: 1 };
-  const params = model.namedParameters().filter(([, q]) => q.trainable).map(([, q]) => q);
+  const params = model
+    .namedParameters()
+    .filter(([, q]) => q.trainable)
+    .map(([, q]) => q);
   const opt = new AdamW(params, { lr: 1e-2, weightDecay: 0 });
   const pointerLoss = (learn: boolean) =>
     tidy(() => {
-      const ids = tensor(flat, [rows, len + 1]).to('int64').narrow(1, 0, len);
+      const ids = tensor(flat, [rows, len + 1])
+        .to('int64')
+        .narrow(1, 0, len);
       const att = model.forward({ ids, outputAttentions: true }).attentions!;
       const loss = answerPointerLoss(att, targets, rows, len, p)!;
       if (learn) {
@@ -273,32 +330,65 @@ test('pretraining with an answer pointer: the pointer loss is logged on steps wi
     };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
     await pretrainExperiment(readExperimentConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
-    const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
+    const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>)
+      .filter((r) => r.loss !== undefined);
     for (const r of log) {
-      const want = r.text_loss + 0.5 * (r.answer_loss ?? 0) + (r.pointer_attn_loss ?? 0) + 0.25 * (r.pointer_copy_loss ?? 0) + 0.5 * (r.restate_attn_loss ?? 0) + 0.75 * (r.restate_copy_loss ?? 0) + 1.5 * (r.restate_loss ?? 0);
+      const want =
+        r.text_loss +
+        0.5 * (r.answer_loss ?? 0) +
+        (r.pointer_attn_loss ?? 0) +
+        0.25 * (r.pointer_copy_loss ?? 0) +
+        0.5 * (r.restate_attn_loss ?? 0) +
+        0.75 * (r.restate_copy_loss ?? 0) +
+        1.5 * (r.restate_loss ?? 0);
       assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
     }
     const pointed = log.filter((r) => r.pointer_attn_loss !== undefined);
     assert.ok(pointed.length >= 10, `steps with a pointer target: ${pointed.length}`);
-    assert.ok(pointed.every((r) => r.pointer_copy_loss! > 0), 'the copy loss is logged with the pointer loss');
+    assert.ok(
+      pointed.every((r) => r.pointer_copy_loss! > 0),
+      'the copy loss is logged with the pointer loss',
+    );
     const restated = log.filter((r) => r.restate_attn_loss !== undefined);
     assert.ok(restated.length >= 3, `steps with a restate target: ${restated.length}`);
-    assert.ok(restated.every((r) => r.restate_copy_loss! > 0), 'the restate copy loss is logged with its pointer loss');
-    assert.ok(restated.every((r) => r.restate_loss! > 0), 'the restated tokens\' loss is logged with the restate pointer loss');
+    assert.ok(
+      restated.every((r) => r.restate_copy_loss! > 0),
+      'the restate copy loss is logged with its pointer loss',
+    );
+    assert.ok(
+      restated.every((r) => r.restate_loss! > 0),
+      "the restated tokens' loss is logged with the restate pointer loss",
+    );
     // Spread attention at the start (learning is tested above, on a task a tiny model can learn in a test's time).
     assert.ok(pointed[0]!.pointer_attn_loss! > 2, `first pointer loss ${pointed[0]!.pointer_attn_loss}`);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 2, head: 0, weight: 1 } }));
     await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.layer/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerPointer: { layer: 1, head: 0, weight: 1, copyWeight: -1 } }));
-    await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /answerPointer.copyWeight/);
+    await assert.rejects(
+      async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }),
+      /answerPointer.copyWeight/,
+    );
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restatePointer: { layer: 1, head: 1, weight: 1, copyWeight: 1, copyAttention: 'oracle' } }));
-    await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer.copyAttention must be "head" or "targets"/);
+    await assert.rejects(
+      async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }),
+      /restatePointer.copyAttention must be "head" or "targets"/,
+    );
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restatePointer: { layer: 1, head: 9, weight: 1 } }));
     await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer.head/);
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateShare: 0 }));
-    await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restateWeight' needs restate documents/);
+    await assert.rejects(
+      async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }),
+      /restateWeight' needs restate documents/,
+    );
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateShare: 0, restateWeight: 0 }));
-    await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }), /restatePointer needs restate documents/);
+    await assert.rejects(
+      async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true }),
+      /restatePointer needs restate documents/,
+    );
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, restateWeight: -2 }));
     assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /'restateWeight' must be a number >= 0/);
-  }));
+  }),
+);

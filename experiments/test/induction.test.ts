@@ -70,61 +70,81 @@ test('copy pool: a fixed random subset of the given ids', () => {
   assert.equal(copyPoolIds(ids, undefined, 0), ids);
 });
 
+test(
+  'pretraining with induction supervision and answer weighting: the losses are logged, the attention losses fall; a phase can start from a model folder',
+  { timeout: 180_000 },
+  (t) =>
+    withRunDir(t, async (dir) => {
+      const data = writeTinyCorpus(dir, 40, 30, (d, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`);
+      const raw = {
+        model: TINY_MODEL,
+        tokenizer: resolve('models/softpress-base/tokenizer.json'),
+        corpora: [],
+        data,
+        qaShare: 0.3,
+        answerWeight: 0.5,
+        seqLen: 48,
+        batchSize: 2,
+        steps: 60,
+        warmup: 5,
+        lr: 3e-3,
+        weightDecay: 0,
+        evalEvery: 60,
+        validChunks: 1,
+        checkpointEvery: 60,
+        copyRows: 4,
+        copyLen: 48,
+        copyPool: 64,
+        inductionSupervision: { prevLayer: 0, inductionLayer: 1, head: 1, weight: 1 },
+      };
+      writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
+      const cfg = readExperimentConfig(join(dir, 'config.json'));
+      await pretrainExperiment(cfg, join(dir, 'a'), { quiet: true });
+      const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, number>)
+        .filter((r) => r.loss !== undefined);
+      for (const r of log) {
+        // total = text + copy + weight x (prev + induction) on text rows and on copy rows + answerWeight
+        // x the loss on QA answers (when the text rows hold one)
+        const want =
+          r.text_loss +
+          r.copy_loss +
+          r.prev_attn_loss +
+          r.induction_attn_loss +
+          r.copy_prev_attn_loss +
+          r.copy_induction_attn_loss +
+          0.5 * (r.answer_loss ?? 0);
+        assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
+      }
+      assert.ok(log.filter((r) => r.answer_loss > 0).length >= 5, `steps see a QA answer: ${log.filter((r) => r.answer_loss > 0).length}`);
+      const mean = (rs: Record<string, number>[], k: string) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
+      const first = log.slice(0, 5);
+      const last = log.slice(-5);
+      assert.ok(
+        mean(last, 'prev_attn_loss') < 0.3 * mean(first, 'prev_attn_loss'),
+        `previous-token head: ${mean(first, 'prev_attn_loss')} -> ${mean(last, 'prev_attn_loss')}`,
+      );
+      assert.ok(
+        mean(last, 'induction_attn_loss') < mean(first, 'induction_attn_loss') - 0.3,
+        `induction head: ${mean(first, 'induction_attn_loss')} -> ${mean(last, 'induction_attn_loss')}`,
+      );
 
-test('pretraining with induction supervision and answer weighting: the losses are logged, the attention losses fall; a phase can start from a model folder', { timeout: 180_000 }, (t) =>
-  withRunDir(t, async (dir) => {
-    const data = writeTinyCorpus(dir, 40, 30, (d, i) => `word${(d * 7 + i * 3) % 50} and item${(d + i) % 11}.`);
-    const raw = {
-      model: TINY_MODEL,
-      tokenizer: resolve('models/softpress-base/tokenizer.json'),
-      corpora: [],
-      data,
-      qaShare: 0.3,
-      answerWeight: 0.5,
-      seqLen: 48,
-      batchSize: 2,
-      steps: 60,
-      warmup: 5,
-      lr: 3e-3,
-      weightDecay: 0,
-      evalEvery: 60,
-      validChunks: 1,
-      checkpointEvery: 60,
-      copyRows: 4,
-      copyLen: 48,
-      copyPool: 64,
-      inductionSupervision: { prevLayer: 0, inductionLayer: 1, head: 1, weight: 1 },
-    };
-    writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
-    const cfg = readExperimentConfig(join(dir, 'config.json'));
-    await pretrainExperiment(cfg, join(dir, 'a'), { quiet: true });
-    const log = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).filter((r) => r.loss !== undefined);
-    for (const r of log) {
-      // total = text + copy + weight x (prev + induction) on text rows and on copy rows + answerWeight
-      // x the loss on QA answers (when the text rows hold one)
-      const want = r.text_loss + r.copy_loss + r.prev_attn_loss + r.induction_attn_loss + r.copy_prev_attn_loss + r.copy_induction_attn_loss + 0.5 * (r.answer_loss ?? 0);
-      assert.ok(Math.abs(want - r.loss) < 1e-3 * Math.max(1, r.loss), `step ${r.step}: ${r.loss} vs ${want}`);
-    }
-    assert.ok(log.filter((r) => r.answer_loss > 0).length >= 5, `steps see a QA answer: ${log.filter((r) => r.answer_loss > 0).length}`);
-    const mean = (rs: Record<string, number>[], k: string) => rs.reduce((a, r) => a + r[k], 0) / rs.length;
-    const first = log.slice(0, 5);
-    const last = log.slice(-5);
-    assert.ok(mean(last, 'prev_attn_loss') < 0.3 * mean(first, 'prev_attn_loss'), `previous-token head: ${mean(first, 'prev_attn_loss')} -> ${mean(last, 'prev_attn_loss')}`);
-    assert.ok(mean(last, 'induction_attn_loss') < mean(first, 'induction_attn_loss') - 0.3, `induction head: ${mean(first, 'induction_attn_loss')} -> ${mean(last, 'induction_attn_loss')}`);
+      // A continued phase from the exported model folder (fp16): with lr 0 the weights stay those of the folder.
+      const cont = { ...cfg.base, init: join(dir, 'a', 'model'), steps: 1, warmup: 0, lr: 0, minLr: 0 };
+      await pretrain(cont, join(dir, 'b'), { quiet: true });
+      assert.equal(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
 
-    // A continued phase from the exported model folder (fp16): with lr 0 the weights stay those of the folder.
-    const cont = { ...cfg.base, init: join(dir, 'a', 'model'), steps: 1, warmup: 0, lr: 0, minLr: 0 };
-    await pretrain(cont, join(dir, 'b'), { quiet: true });
-    assert.equal(loadModel(join(dir, 'b', 'model')).model.fingerprint(), loadModel(join(dir, 'a', 'model')).model.fingerprint());
-
-    // Bad supervision configs are refused with the field named.
-    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, inductionSupervision: { prevLayer: 0, inductionLayer: 0, head: 0, weight: 1 } }));
-    await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'c'), { quiet: true }), /inductionLayer/);
-    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyPool: 1 }));
-    assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /copyPool/);
-    writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerWeight: -1 }));
-    assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /answerWeight/);
-  }));
+      // Bad supervision configs are refused with the field named.
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, inductionSupervision: { prevLayer: 0, inductionLayer: 0, head: 0, weight: 1 } }));
+      await assert.rejects(async () => pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'c'), { quiet: true }), /inductionLayer/);
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, copyPool: 1 }));
+      assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /copyPool/);
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...raw, answerWeight: -1 }));
+      assert.throws(() => readExperimentConfig(join(dir, 'bad.json')), /answerWeight/);
+    }),
+);
 
 test('answer targets: the tokens after "\\nAnswer:" up to and including the line end', () => {
   // marker [7, 8], stop 9; rows of 9 inputs + 1 (stride 10)

@@ -22,15 +22,18 @@ function tinyModel(vocab: number, seed = 0): LlamaModel {
 test('group-mean weights: consecutive groups of r, the shorter last group averaged over its own length', () => {
   const w = groupMeanWeights(10, 4);
   assert.deepEqual(w.shape, [3, 10]);
-  assert.deepEqual(Array.from(w.toArray() as Float32Array), [
-    [0.25, 0.25, 0.25, 0.25, 0, 0, 0, 0, 0, 0],
-    [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25, 0, 0],
-    [0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0.5],
-  ].flat());
+  assert.deepEqual(
+    Array.from(w.toArray() as Float32Array),
+    [
+      [0.25, 0.25, 0.25, 0.25, 0, 0, 0, 0, 0, 0],
+      [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25, 0, 0],
+      [0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0.5],
+    ].flat(),
+  );
   assert.deepEqual(Array.from(groupMeanWeights(3, 1).toArray() as Float32Array), [1, 0, 0, 0, 1, 0, 0, 0, 1]);
 });
 
-test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage and EOS, pointer on each token\'s group', () => {
+test("soft restate loss: [BOS] means <|restate|> passage, scored on the passage and EOS, pointer on each token's group", () => {
   const model = tinyModel(40);
   model.eval();
   const ids = { bos: 1, eos: 2, restate: 3 };
@@ -56,7 +59,15 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
         let nll = 0;
         for (const head of [0, 1]) {
           const probs = out.attentions![1]!.select(1, head); // [2, 10, 10]
-          for (let r = 0; r < 2; r++) for (let j = 0; j < 5; j++) nll -= Math.log(probs.select(0, r).select(0, 4 + j).select(0, 1 + Math.floor(j / 2)).item() + 1e-6);
+          for (let r = 0; r < 2; r++)
+            for (let j = 0; j < 5; j++)
+              nll -= Math.log(
+                probs
+                  .select(0, r)
+                  .select(0, 4 + j)
+                  .select(0, 1 + Math.floor(j / 2))
+                  .item() + 1e-6,
+              );
         }
         assert.ok(Math.abs(got.pointed!.item() - nll / 20) < 1e-4, `${norm}: pointer ${got.pointed!.item()} vs ${nll / 20}`);
         // Copy loss: the two heads' summed output with all attention on token j's soft token,
@@ -69,7 +80,11 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
           return values.matmul(attn.oProj.weight.value.narrow(1, head * hd, hd).T); // [2, 10, dim]
         };
         const heads = model.head(headOut(0).add(headOut(1))); // [2, 10, vocab]
-        const picked = tensor([0, 1, 2, 0, 1, 2].map((g, i) => g + 1 + (i >= 3 ? 10 : 0)), [6], { dtype: 'int64' });
+        const picked = tensor(
+          [0, 1, 2, 0, 1, 2].map((g, i) => g + 1 + (i >= 3 ? 10 : 0)),
+          [6],
+          { dtype: 'int64' },
+        );
         const perGroup = heads.reshape(20, -1).indexSelect(0, picked); // the 3 soft tokens of each row
         const rowsOfJ = tensor([0, 0, 1, 1, 2, 3, 3, 4, 4, 5], [10], { dtype: 'int64' }); // token j -> its group's soft token
         const copyWant = crossEntropy(perGroup.indexSelect(0, rowsOfJ), tensor([10, 11, 12, 13, 14, 20, 21, 22, 23, 24], [10], { dtype: 'int64' })).item();
@@ -83,7 +98,10 @@ test('soft restate loss: [BOS] means <|restate|> passage, scored on the passage 
   // Shapes are drawn from the lists, deterministically in the seed.
   const s: SoftRestate = { rows: 1, lengths: [8, 16, 32], ratios: [2, 4] };
   const shapes = Array.from({ length: 40 }, (_, i) => drawSoftRestateShape(s, `x:${i}`));
-  assert.deepEqual(shapes, Array.from({ length: 40 }, (_, i) => drawSoftRestateShape(s, `x:${i}`)));
+  assert.deepEqual(
+    shapes,
+    Array.from({ length: 40 }, (_, i) => drawSoftRestateShape(s, `x:${i}`)),
+  );
   assert.equal(new Set(shapes.map((x) => `${x.length}/${x.ratio}`)).size, 6);
 });
 
@@ -118,7 +136,10 @@ test('a tiny model learns to read pairs of tokens back out of their mean embeddi
     model.eval();
     return noGrad(() => tidy(() => softRestateLoss(model, rowsOf('held-out'), 16, 8, 2, ids, s).loss.item()));
   };
-  const opt = new AdamW(model.namedParameters().map(([, p]) => p), { lr: 3e-3, weightDecay: 0 });
+  const opt = new AdamW(
+    model.namedParameters().map(([, p]) => p),
+    { lr: 3e-3, weightDecay: 0 },
+  );
   const before = heldOut();
   model.train();
   for (let step = 0; step < 400; step++) {
@@ -159,11 +180,17 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
     };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(raw));
     await pretrainExperiment(readExperimentConfig(join(dir, 'config.json')), join(dir, 'a'), { quiet: true });
-    const rows = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const rows = readFileSync(join(dir, 'a', 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     const steps = rows.filter((r) => r.loss !== undefined);
     assert.equal(steps.length, 12);
     for (const r of steps) {
-      assert.ok(r.soft_restate_loss! > 0 && r.soft_restate_attn_loss! > 0 && r.soft_restate_copy_loss! > 0 && r.plain_restate_loss! > 0, `step ${r.step}: soft restate terms logged`);
+      assert.ok(
+        r.soft_restate_loss! > 0 && r.soft_restate_attn_loss! > 0 && r.soft_restate_copy_loss! > 0 && r.plain_restate_loss! > 0,
+        `step ${r.step}: soft restate terms logged`,
+      );
       const want = r.text_loss! + 0.5 * (r.soft_restate_loss! + r.plain_restate_loss!) + 0.25 * r.soft_restate_attn_loss! + 2 * r.soft_restate_copy_loss!;
       assert.ok(Math.abs(want - r.loss!) < 1e-3 * Math.max(1, r.loss!), `step ${r.step}: ${r.loss} vs ${want}`);
     }
@@ -174,10 +201,17 @@ test('pretraining with soft restate rows: logged, validated, adds up; bad config
       return pretrainExperiment(readExperimentConfig(join(dir, 'bad.json')), join(dir, 'b'), { quiet: true });
     };
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, ratios: [0] } }), /'ratios' must be a non-empty list of integers >= 1/);
-    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1, 5], weight: 1 } } }), /'pointer.heads' must be distinct heads in 0..1/);
+    await assert.rejects(
+      bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1, 5], weight: 1 } } }),
+      /'pointer.heads' must be distinct heads in 0..1/,
+    );
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, lengths: [200] } }), /exceed the model's 128 positions/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, plainRows: 4 } }), /'plainRows' must be an integer in 0..rows/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, lengths: [64] } }), /plain rows of 64 tokens need 129 positions, the model has 128/);
     await assert.rejects(bad({ softRestate: { ...raw.softRestate, norm: 'layer' } }), /'norm' must be 'final' or 'none'/);
-    await assert.rejects(bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1], weight: 1, copyWeight: -1 } } }), /'pointer.copyWeight' must be a number >= 0/);
-  }));
+    await assert.rejects(
+      bad({ softRestate: { ...raw.softRestate, pointer: { layer: 1, heads: [1], weight: 1, copyWeight: -1 } } }),
+      /'pointer.copyWeight' must be a number >= 0/,
+    );
+  }),
+);

@@ -5,7 +5,13 @@ export function numberOpt(flag: string, v: string | undefined, check: { integer?
   if (v === undefined) return undefined;
   const n = Number(v);
   const want = `${check.integer ? 'an integer' : 'a number'}${check.min !== undefined ? ` >= ${check.min}` : ''}${check.gt !== undefined ? ` > ${check.gt}` : ''}${check.max !== undefined ? ` <= ${check.max}` : ''}`;
-  const bad = v.trim() === '' || !Number.isFinite(n) || (check.integer && !Number.isInteger(n)) || (check.min !== undefined && n < check.min) || (check.gt !== undefined && !(n > check.gt)) || (check.max !== undefined && n > check.max);
+  const bad =
+    v.trim() === '' ||
+    !Number.isFinite(n) ||
+    (check.integer && !Number.isInteger(n)) ||
+    (check.min !== undefined && n < check.min) ||
+    (check.gt !== undefined && !(n > check.gt)) ||
+    (check.max !== undefined && n > check.max);
   if (bad) throw new Error(`--${flag} must be ${want}, got '${v}'`);
   return n;
 }
@@ -41,7 +47,11 @@ export function methodOptions(list: string[] | undefined): Record<string, unknow
 }
 
 /** The budget flags of compress / ask: exactly one of --ratio R / --budget K, or a default. */
-export function budgetOpt(ratio: string | undefined, budget: string | undefined, fallback?: { ratio?: number; tokens?: number }): { ratio?: number; tokens?: number } {
+export function budgetOpt(
+  ratio: string | undefined,
+  budget: string | undefined,
+  fallback?: { ratio?: number; tokens?: number },
+): { ratio?: number; tokens?: number } {
   if (ratio !== undefined && budget !== undefined) throw new Error('give --ratio R or --budget K, not both');
   if (ratio !== undefined) return { ratio: numberOpt('ratio', ratio, { min: 1 }) };
   if (budget !== undefined) return { tokens: numberOpt('budget', budget, { integer: true, min: 0 }) };

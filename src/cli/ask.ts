@@ -11,7 +11,8 @@ import { SoftContext, Softpress, type Method } from '../api.js';
 import { budgetOpt, numberOpt } from './args.js';
 import { readText } from './compress.js';
 
-const USAGE = 'usage: softpress ask --base DIR (--compressor DIR | --method NAME) --context FILE.txt|FILE.softctx --question TEXT [--question TEXT ...] [--ratio R | --budget K] [--max-tokens 32] [--json]';
+const USAGE =
+  'usage: softpress ask --base DIR (--compressor DIR | --method NAME) --context FILE.txt|FILE.softctx --question TEXT [--question TEXT ...] [--ratio R | --budget K] [--max-tokens 32] [--json]';
 
 /** Ids that end an answer: EOS and every token whose text holds a newline (src/api.ts). */
 export { answerStopIds } from '../api.js';
@@ -43,7 +44,8 @@ export async function run(argv: string[]): Promise<void> {
 
   let t = performance.now();
   if (stored) {
-    if (values.ratio !== undefined || values.budget !== undefined) throw new Error('--ratio/--budget do not apply to a stored .softctx (it was compressed already)');
+    if (values.ratio !== undefined || values.budget !== undefined)
+      throw new Error('--ratio/--budget do not apply to a stored .softctx (it was compressed already)');
     if (values.compressor === undefined && values.method === undefined) {
       using peek = await SoftContext.load(values.context!);
       throw new Error(`give --compressor DIR (its decoder adapters, if any, are used) or --method ${peek.method}`);
@@ -58,7 +60,8 @@ export async function run(argv: string[]): Promise<void> {
     ctx = await SoftContext.load(values.context!, sp);
     const made = ctx.method;
     if (values.method !== undefined && values.method !== made) throw new Error(`${values.context} was made by '${made}', not '${values.method}'`);
-    if (values.compressor !== undefined && sp.method !== made) throw new Error(`${values.context} was made by '${made}', but --compressor holds a '${sp.method}' compressor`);
+    if (values.compressor !== undefined && sp.method !== made)
+      throw new Error(`${values.context} was made by '${made}', but --compressor holds a '${sp.method}' compressor`);
     timing(`load ${values.context}: ${ctx.sourceTokens} source tokens as ${ctx.softTokens} soft tokens (${made}), ${(performance.now() - t).toFixed(0)} ms`);
   } else {
     const budget = budgetOpt(values.ratio, values.budget, sp.defaultBudget);

@@ -80,7 +80,11 @@ export interface SoftpressFigures {
  * softpress's own figures: `warmups + reps` generate() runs of one prompt, batch 1, greedy;
  * medians of the timed runs. genTokens decode steps follow the prefill (see the file comment).
  */
-export function benchSoftpress(model: LlamaModel, prompt: number[], opts: { genTokens: number; reps: number; warmups?: number; log?: (s: string) => void }): SoftpressFigures {
+export function benchSoftpress(
+  model: LlamaModel,
+  prompt: number[],
+  opts: { genTokens: number; reps: number; warmups?: number; log?: (s: string) => void },
+): SoftpressFigures {
   const warmups = opts.warmups ?? WARMUPS;
   const log = opts.log ?? (() => {});
   const prefill: number[] = [];
@@ -127,9 +131,13 @@ export function profileDecode(model: LlamaModel, prompt: number[], steps: number
       });
       const wall = performance.now() - t0;
       next.free();
-      log(`profile of ${steps} decode steps after a ${prompt.length}-token prompt (self time per operator; ${totalMs.toFixed(0)} ms in ops, ${wall.toFixed(0)} ms wall with the profiler on):`);
+      log(
+        `profile of ${steps} decode steps after a ${prompt.length}-token prompt (self time per operator; ${totalMs.toFixed(0)} ms in ops, ${wall.toFixed(0)} ms wall with the profiler on):`,
+      );
       for (const o of ops.slice(0, top)) {
-        log(`  ${o.name.padEnd(34)} ${String(o.calls).padStart(7)} calls ${(o.calls / steps).toFixed(0).padStart(5)}/step ${o.selfMs.toFixed(1).padStart(9)} ms ${((1000 * o.selfMs) / o.calls).toFixed(1).padStart(8)} us/call ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`);
+        log(
+          `  ${o.name.padEnd(34)} ${String(o.calls).padStart(7)} calls ${(o.calls / steps).toFixed(0).padStart(5)}/step ${o.selfMs.toFixed(1).padStart(9)} ms ${((1000 * o.selfMs) / o.calls).toFixed(1).padStart(8)} us/call ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`,
+        );
       }
     });
   } finally {
@@ -273,7 +281,9 @@ export async function benchGenerate(opts: {
   if (cpp.prefill_tok_s === null) log(cpp.note);
   else log(`llama.cpp: prefill ${cpp.prefill_tok_s.toFixed(1)} tok/s, decode ${cpp.decode_tok_s!.toFixed(2)} tok/s`);
   const { ids, source } = benchPrompt(opts.promptTokens, opts.model.config.vocabSize, opts.tokenizer);
-  log(`softpress: ${opts.promptTokens}-token prompt (${source === 'text' ? 'English text in the model tokenizer' : 'random ids: the model has no tokenizer'}), ${opts.genTokens} greedy tokens, ${opts.warmups ?? WARMUPS} warm-ups + ${opts.reps} reps`);
+  log(
+    `softpress: ${opts.promptTokens}-token prompt (${source === 'text' ? 'English text in the model tokenizer' : 'random ids: the model has no tokenizer'}), ${opts.genTokens} greedy tokens, ${opts.warmups ?? WARMUPS} warm-ups + ${opts.reps} reps`,
+  );
   const sp = benchSoftpress(opts.model, ids, { genTokens: opts.genTokens, reps: opts.reps, warmups: opts.warmups, log });
   return {
     bench: 'generate',
@@ -297,7 +307,12 @@ export function formatTable(r: GenerateBenchResult): string {
   const ratio = (a: number, b: number | null) => (b === null ? '-' : `${(a / b).toFixed(2)}x`);
   const rows = [
     ['', 'softpress', 'llama.cpp', 'softpress/llama.cpp'],
-    [`prefill tok/s (${r.prompt_tokens}-token prompt)`, f(r.prefill_tok_s, 1), f(r.llamacpp_prefill_tok_s, 1), ratio(r.prefill_tok_s, r.llamacpp_prefill_tok_s)],
+    [
+      `prefill tok/s (${r.prompt_tokens}-token prompt)`,
+      f(r.prefill_tok_s, 1),
+      f(r.llamacpp_prefill_tok_s, 1),
+      ratio(r.prefill_tok_s, r.llamacpp_prefill_tok_s),
+    ],
     [`decode tok/s (batch 1, ${r.gen_tokens} tokens)`, f(r.decode_tok_s, 2), f(r.llamacpp_decode_tok_s, 2), ratio(r.decode_tok_s, r.llamacpp_decode_tok_s)],
   ];
   const w = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
@@ -342,8 +357,19 @@ export async function run(argv: string[]): Promise<void> {
   const { loadModel } = await import('../models/load.js');
   const loaded = loadModel(values.model);
   const c = loaded.model.config;
-  log(`loaded ${loaded.source} in ${((performance.now() - t0) / 1000).toFixed(1)} s (${c.numLayers} layers, dim ${c.hiddenSize}, vocab ${c.vocabSize}, ${loaded.model.dtype})`);
-  const result = await benchGenerate({ name: values.model, model: loaded.model, tokenizer: loaded.tokenizer, source: loaded.source, promptTokens, genTokens, reps, log });
+  log(
+    `loaded ${loaded.source} in ${((performance.now() - t0) / 1000).toFixed(1)} s (${c.numLayers} layers, dim ${c.hiddenSize}, vocab ${c.vocabSize}, ${loaded.model.dtype})`,
+  );
+  const result = await benchGenerate({
+    name: values.model,
+    model: loaded.model,
+    tokenizer: loaded.tokenizer,
+    source: loaded.source,
+    promptTokens,
+    genTokens,
+    reps,
+    log,
+  });
   if (values.profile) {
     const { ids } = benchPrompt(promptTokens, c.vocabSize, loaded.tokenizer);
     profileDecode(loaded.model, ids, Math.min(genTokens, 32), log);

@@ -61,7 +61,10 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
       for (let i = 0; i < 2; i++) trainStep();
     });
     log(`profile of 2 training steps (self time per operator, ${totalMs.toFixed(0)} ms in all):`);
-    for (const o of ops.slice(0, 15)) log(`  ${o.name.padEnd(40)} ${String(o.calls).padStart(6)} calls ${o.selfMs.toFixed(1).padStart(9)} ms ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`);
+    for (const o of ops.slice(0, 15))
+      log(
+        `  ${o.name.padEnd(40)} ${String(o.calls).padStart(6)} calls ${o.selfMs.toFixed(1).padStart(9)} ms ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`,
+      );
   }
 
   model.eval();
@@ -103,7 +106,13 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string', default: 'S' }, json: { type: 'boolean', default: false }, threads: { type: 'string', default: '2' }, reps: { type: 'string', default: '5' }, profile: { type: 'boolean', default: false } },
+    options: {
+      config: { type: 'string', default: 'S' },
+      json: { type: 'boolean', default: false },
+      threads: { type: 'string', default: '2' },
+      reps: { type: 'string', default: '5' },
+      profile: { type: 'boolean', default: false },
+    },
     strict: true,
   });
   const name = Object.keys(BENCH_CONFIGS).find((k) => k.toLowerCase() === values.config!.toLowerCase());

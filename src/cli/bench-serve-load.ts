@@ -94,7 +94,11 @@ export async function lightRequests(o: LoadOptions, compressing: boolean): Promi
   };
   const asking = async (due: number) => {
     try {
-      const res = await fetch(`${o.url}/v1/contexts/${o.contextId}/ask`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ questions: [o.question], maxTokens: o.maxTokens }) });
+      const res = await fetch(`${o.url}/v1/contexts/${o.contextId}/ask`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ questions: [o.question], maxTokens: o.maxTokens }),
+      });
       await res.arrayBuffer();
       if (res.status === 200) ask.push(performance.now() - due);
       else askErrors++;
@@ -105,9 +109,14 @@ export async function lightRequests(o: LoadOptions, compressing: boolean): Promi
   const load = async () => {
     while (compressing && performance.now() < end) {
       const t = performance.now();
-      const res = await fetch(`${o.url}/v1/contexts`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(o.compressBody) });
+      const res = await fetch(`${o.url}/v1/contexts`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(o.compressBody),
+      });
       const json = (await res.json()) as Json;
-      if (res.status !== 201) throw new Error(`compression under load: HTTP ${res.status}: ${(json.error as Json | undefined)?.message ?? JSON.stringify(json)}`);
+      if (res.status !== 201)
+        throw new Error(`compression under load: HTTP ${res.status}: ${(json.error as Json | undefined)?.message ?? JSON.stringify(json)}`);
       compressWall.push(performance.now() - t);
       compressMs.push(json.compressMs as number);
       await fetch(`${o.url}/v1/contexts/${json.id as string}`, { method: 'DELETE' }).then((r) => r.arrayBuffer());

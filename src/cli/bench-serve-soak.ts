@@ -29,7 +29,8 @@ import { percentile } from './bench-serve.js';
 import { loadCorpus } from '../data/corpora.js';
 import { HOSTILE_STRINGS, Rng, mutateJson, mutateText } from './fuzz/mutate.js';
 
-const USAGE = 'usage: softpress bench serve --soak [--requests 10000] [--clients 8] [--malformed 0.2] [--kills N] [--base DIR] [--method truncate] [--store-mb 1024] [--seed 1] [--json]';
+const USAGE =
+  'usage: softpress bench serve --soak [--requests 10000] [--clients 8] [--malformed 0.2] [--kills N] [--base DIR] [--method truncate] [--store-mb 1024] [--seed 1] [--json]';
 const BIN = fileURLToPath(new URL('../../../bin/softpress.js', import.meta.url));
 const STRATEGIES = new Set(['full', 'none', 'truncate']);
 
@@ -86,7 +87,8 @@ class ServerProcess {
     });
     const t0 = Date.now();
     for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the server exited while starting (${child.exitCode ?? child.signalCode}):\n${this.log}`);
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`the server exited while starting (${child.exitCode ?? child.signalCode}):\n${this.log}`);
       try {
         const r = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(2000) });
         if (r.ok) return;
@@ -157,7 +159,20 @@ export async function runSoak(argv: string[]): Promise<void> {
   const tmp = mkdtempSync(join(tmpdir(), 'softpress-soak-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const args = ['--port', String(port), '--host', '127.0.0.1', '--store', join(tmp, 'store', 'contexts.mdb'), '--base', base, '--store-mb', String(storeMb), '--method', method];
+  const args = [
+    '--port',
+    String(port),
+    '--host',
+    '127.0.0.1',
+    '--store',
+    join(tmp, 'store', 'contexts.mdb'),
+    '--base',
+    base,
+    '--store-mb',
+    String(storeMb),
+    '--method',
+    method,
+  ];
   if (STRATEGIES.has(method)) args.push('--no-discover');
   const server = new ServerProcess(args, url);
   const rng = new Rng(seed);
@@ -187,10 +202,24 @@ export async function runSoak(argv: string[]): Promise<void> {
   const valid = (): Request => {
     const r = rng.next();
     const id = acked.size ? known() : undefined;
-    if (r < 0.3 || !id) return { method: 'POST', path: '/v1/contexts', body: JSON.stringify({ text: text(), method, ratio: rng.pick([2, 4, 8]) }), kind: 'create' };
-    if (r < 0.6) return { method: 'POST', path: `/v1/contexts/${id}/ask`, body: JSON.stringify({ questions: [rng.pick(questions)], maxTokens: 8 }), kind: 'other' };
-    if (r < 0.7) return { method: 'POST', path: '/v1/completions', body: JSON.stringify({ prompt: 'The nation', max_tokens: 8, context_id: id, temperature: 0 }), kind: 'other' };
-    if (r < 0.75) return { method: 'POST', path: '/v1/chat/completions', body: JSON.stringify({ messages: [{ role: 'user', content: rng.pick(questions) }], max_tokens: 8, context_id: id }), kind: 'other' };
+    if (r < 0.3 || !id)
+      return { method: 'POST', path: '/v1/contexts', body: JSON.stringify({ text: text(), method, ratio: rng.pick([2, 4, 8]) }), kind: 'create' };
+    if (r < 0.6)
+      return { method: 'POST', path: `/v1/contexts/${id}/ask`, body: JSON.stringify({ questions: [rng.pick(questions)], maxTokens: 8 }), kind: 'other' };
+    if (r < 0.7)
+      return {
+        method: 'POST',
+        path: '/v1/completions',
+        body: JSON.stringify({ prompt: 'The nation', max_tokens: 8, context_id: id, temperature: 0 }),
+        kind: 'other',
+      };
+    if (r < 0.75)
+      return {
+        method: 'POST',
+        path: '/v1/chat/completions',
+        body: JSON.stringify({ messages: [{ role: 'user', content: rng.pick(questions) }], max_tokens: 8, context_id: id }),
+        kind: 'other',
+      };
     if (r < 0.87) return { method: 'GET', path: `/v1/contexts/${id}`, kind: 'other' };
     if (r < 0.95) return { method: 'GET', path: '/v1/contexts?limit=20', kind: 'other' };
     acked.delete(id); // from now on its fate is unknown until the answer says
@@ -203,21 +232,57 @@ export async function runSoak(argv: string[]): Promise<void> {
       case 0:
         return { method: 'POST', path: '/v1/contexts', body: mutateText(JSON.stringify({ text: text(), method }), rng), kind: 'create' };
       case 1:
-        return { method: 'POST', path: `/v1/contexts/${id}/ask`, body: JSON.stringify(mutateJson({ questions: ['Who?'], maxTokens: 8 }, rng)) ?? 'null', kind: 'other' };
+        return {
+          method: 'POST',
+          path: `/v1/contexts/${id}/ask`,
+          body: JSON.stringify(mutateJson({ questions: ['Who?'], maxTokens: 8 }, rng)) ?? 'null',
+          kind: 'other',
+        };
       case 2:
         return { method: 'POST', path: '/v1/contexts', body: JSON.stringify(mutateJson({ text: text(), method, ratio: 4 }, rng)) ?? 'null', kind: 'create' };
       case 3:
         return { method: 'POST', path: '/v1/contexts', body: JSON.stringify({ text: 'x'.repeat(5 * 2 ** 20) }), kind: 'create' };
       case 4:
-        return { method: 'POST', path: '/v1/contexts', body: JSON.stringify({ text: `a\u0000b \ud800 ${rng.pick(HOSTILE_STRINGS).slice(0, 2000)}`, method: rng.pick([method, '../../etc/passwd', '\u0000']) }), kind: 'create' };
+        return {
+          method: 'POST',
+          path: '/v1/contexts',
+          body: JSON.stringify({
+            text: `a\u0000b \ud800 ${rng.pick(HOSTILE_STRINGS).slice(0, 2000)}`,
+            method: rng.pick([method, '../../etc/passwd', '\u0000']),
+          }),
+          kind: 'create',
+        };
       case 5:
-        return { method: rng.pick(['GET', 'DELETE'] as const), path: `/v1/contexts/${rng.pick(['..%2F..%2Fetc%2Fpasswd', '%2e%2e', 'ctx_000000000000000000000000', '%00', 'a'.repeat(200), '%ED%A0%80'])}`, kind: 'other' };
+        return {
+          method: rng.pick(['GET', 'DELETE'] as const),
+          path: `/v1/contexts/${rng.pick(['..%2F..%2Fetc%2Fpasswd', '%2e%2e', 'ctx_000000000000000000000000', '%00', 'a'.repeat(200), '%ED%A0%80'])}`,
+          kind: 'other',
+        };
       case 6:
-        return { method: 'POST', path: '/v1/completions', body: JSON.stringify({ prompt: rng.pick([7, null, ['\ud800'], '']), max_tokens: rng.pick([-1, 1e9, 'x', 0.5]) }), kind: 'other' };
+        return {
+          method: 'POST',
+          path: '/v1/completions',
+          body: JSON.stringify({ prompt: rng.pick([7, null, ['\ud800'], '']), max_tokens: rng.pick([-1, 1e9, 'x', 0.5]) }),
+          kind: 'other',
+        };
       case 7:
-        return { method: 'POST', path: `/v1/contexts/${id}/ask`, body: JSON.stringify({ questions: ['Who?'] }), contentType: rng.pick(['text/plain', 'application/x-www-form-urlencoded']), kind: 'other' };
+        return {
+          method: 'POST',
+          path: `/v1/contexts/${id}/ask`,
+          body: JSON.stringify({ questions: ['Who?'] }),
+          contentType: rng.pick(['text/plain', 'application/x-www-form-urlencoded']),
+          kind: 'other',
+        };
       default:
-        return { method: 'POST', path: '/v1/chat/completions', body: JSON.stringify({ messages: rng.pick([[], [{ role: 'wizard', content: 'x' }], 'hi', [{ role: 'user' }]]), context_id: rng.pick([id, 'nope', 7]) }), kind: 'other' };
+        return {
+          method: 'POST',
+          path: '/v1/chat/completions',
+          body: JSON.stringify({
+            messages: rng.pick([[], [{ role: 'wizard', content: 'x' }], 'hi', [{ role: 'user' }]]),
+            context_id: rng.pick([id, 'nope', 7]),
+          }),
+          kind: 'other',
+        };
     }
   };
 
@@ -249,7 +314,9 @@ export async function runSoak(argv: string[]): Promise<void> {
       // restarting
     }
     memory.push({ requests: n, rssMb: m.rss, anonMb: m.anon, fileMb: m.file, storeMb, contexts });
-    say(`${n} requests: server RSS ${m.rss.toFixed(0)} MiB (anonymous ${m.anon.toFixed(0)}, file-backed ${m.file.toFixed(0)}), store ${storeMb.toFixed(1)} MiB in ${contexts} contexts, ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    say(
+      `${n} requests: server RSS ${m.rss.toFixed(0)} MiB (anonymous ${m.anon.toFixed(0)}, file-backed ${m.file.toFixed(0)}), store ${storeMb.toFixed(1)} MiB in ${contexts} contexts, ${((performance.now() - t0) / 1000).toFixed(0)} s`,
+    );
   };
 
   const restart = async (): Promise<void> => {
@@ -298,7 +365,9 @@ export async function runSoak(argv: string[]): Promise<void> {
 
   try {
     await server.start();
-    say(`server on ${url} (base ${base}, method ${method}, store bound ${storeMb} MiB), ${clients} clients, ${total} requests, ${Math.round(malformedShare * 100)}% malformed, kills after ${killAt.join(', ') || 'none'}`);
+    say(
+      `server on ${url} (base ${base}, method ${method}, store bound ${storeMb} MiB), ${clients} clients, ${total} requests, ${Math.round(malformedShare * 100)}% malformed, kills after ${killAt.join(', ') || 'none'}`,
+    );
     await sample(0);
     await Promise.all(Array.from({ length: clients }, client));
     if (down) await down;
@@ -313,16 +382,36 @@ export async function runSoak(argv: string[]): Promise<void> {
   const p50 = Math.round(percentile(latencies, 50) * 10) / 10;
   const p99 = Math.round(percentile(latencies, 99) * 10) / 10;
   const out = process.stdout;
-  out.write(`softpress bench serve --soak (${total} requests, ${clients} clients, ${Math.round(malformedShare * 100)}% malformed, ${killCount} kill -9 + restart, base ${base}, method ${method})\n`);
-  out.write(`  status      ${[...status].sort().map(([k, v]) => `${k}: ${v}`).join(', ')}\n`);
+  out.write(
+    `softpress bench serve --soak (${total} requests, ${clients} clients, ${Math.round(malformedShare * 100)}% malformed, ${killCount} kill -9 + restart, base ${base}, method ${method})\n`,
+  );
+  out.write(
+    `  status      ${[...status]
+      .sort()
+      .map(([k, v]) => `${k}: ${v}`)
+      .join(', ')}\n`,
+  );
   out.write(`  5xx         ${fiveXx}\n`);
   out.write(`  lost        ${lost} of the acknowledged contexts${lostIds.length ? ` (${lostIds.slice(0, 5).join(', ')})` : ''}\n`);
   out.write(`  latency     p50 ${p50} ms, p99 ${p99} ms (answered requests)\n`);
   out.write(`  unexpected server exits: ${server.unexpectedExits}\n`);
   out.write('  requests  RSS MiB  anon MiB  file MiB  store MiB  contexts\n');
-  for (const m of memory) out.write(`  ${String(m.requests).padStart(8)}  ${m.rssMb.toFixed(0).padStart(7)}  ${m.anonMb.toFixed(0).padStart(8)}  ${m.fileMb.toFixed(0).padStart(8)}  ${m.storeMb.toFixed(1).padStart(9)}  ${String(m.contexts).padStart(8)}\n`);
+  for (const m of memory)
+    out.write(
+      `  ${String(m.requests).padStart(8)}  ${m.rssMb.toFixed(0).padStart(7)}  ${m.anonMb.toFixed(0).padStart(8)}  ${m.fileMb.toFixed(0).padStart(8)}  ${m.storeMb.toFixed(1).padStart(9)}  ${String(m.contexts).padStart(8)}\n`,
+    );
   if (values.json) {
-    out.write(JSON.stringify({ requests: finished, status: Object.fromEntries([...status].sort()), five_xx: fiveXx, lost, p50_ms: p50, p99_ms: p99, rss_mb: memory.filter((m) => m.requests > 0).map((m) => Math.round(m.rssMb)) }) + '\n');
+    out.write(
+      JSON.stringify({
+        requests: finished,
+        status: Object.fromEntries([...status].sort()),
+        five_xx: fiveXx,
+        lost,
+        p50_ms: p50,
+        p99_ms: p99,
+        rss_mb: memory.filter((m) => m.requests > 0).map((m) => Math.round(m.rssMb)),
+      }) + '\n',
+    );
   }
   if (fiveXx > 0 || lost > 0 || server.unexpectedExits > 0) process.exitCode = 1;
 }

@@ -57,7 +57,8 @@ const USAGE =
 function list(name: string, v: string | undefined, dflt: number[]): number[] {
   if (v === undefined) return dflt;
   const xs = v.split(',').map((s) => Number(s.trim()));
-  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || x <= 0)) throw new Error(`--${name} must be a comma-separated list of positive numbers, got '${v}'\n${USAGE}`);
+  if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || x <= 0))
+    throw new Error(`--${name} must be a comma-separated list of positive numbers, got '${v}'\n${USAGE}`);
   return xs;
 }
 
@@ -112,7 +113,15 @@ export interface ThroughputRow {
   tokens_per_answer: number;
 }
 
-async function throughput(client: Client, service: SoftpressService, ids: string[], questions: string[], clients: number, seconds: number, maxTokens: number): Promise<ThroughputRow> {
+async function throughput(
+  client: Client,
+  service: SoftpressService,
+  ids: string[],
+  questions: string[],
+  clients: number,
+  seconds: number,
+  maxTokens: number,
+): Promise<ThroughputRow> {
   const before = service.engine.stats();
   const latencies: number[] = [];
   let errors = 0;
@@ -209,7 +218,13 @@ async function measure(client: Client, text: string, question: string, make: Jso
     warm.push(r.ms);
     answerTokens += (r.json.answers as { tokens: number }[])[0].tokens;
   }
-  return { tokens, compressMs: r1(percentile(compress, 50)), firstMs: r1(percentile(first, 50)), warmMs: r1(percentile(warm, 50)), answerTokens: r1(answerTokens / reps) };
+  return {
+    tokens,
+    compressMs: r1(percentile(compress, 50)),
+    firstMs: r1(percentile(first, 50)),
+    warmMs: r1(percentile(warm, 50)),
+    answerTokens: r1(answerTokens / reps),
+  };
 }
 
 /** Saves an untrained compressor of `method` over the base model into dir (for --fresh). */
@@ -270,36 +285,56 @@ export async function run(argv: string[]): Promise<void> {
   if (values['random-base']) {
     if (values.base) throw new Error('give --base or --random-base, not both');
     base = writeRandomBase(join(tmp, 'random-base'), { ...BASE_SHAPE, seed: 1 });
-    say(`random weights in the base architecture (${BASE_SHAPE.layers} layers, dim ${BASE_SHAPE.hiddenSize}, window ${BASE_SHAPE.window}): timings only, answers are noise`);
+    say(
+      `random weights in the base architecture (${BASE_SHAPE.layers} layers, dim ${BASE_SHAPE.hiddenSize}, window ${BASE_SHAPE.window}): timings only, answers are noise`,
+    );
   }
   const compressorDirs = [...(values.compressor ?? [])];
   if (values.fresh) compressorDirs.push(freshCompressor(base, values.fresh, join(tmp, `fresh-${values.fresh}`)));
-  const service = openService({ base, compressorDirs, compressWorker: !values['no-compress-worker'], storePath: join(tmp, 'store', 'contexts.mdb'), storeMaxBytes: 2 ** 30, log: say });
+  const service = openService({
+    base,
+    compressorDirs,
+    compressWorker: !values['no-compress-worker'],
+    storePath: join(tmp, 'store', 'contexts.mdb'),
+    storeMaxBytes: 2 ** 30,
+    log: say,
+  });
   const app = buildServer(service);
   try {
     await app.listen({ port: 0, host: '127.0.0.1' });
     const client = new Client(`http://127.0.0.1:${(app.server.address() as { port: number }).port}`);
     const method = values.method ?? service.defaultMethod;
-    if (!service.methods().some((m) => m.name === method)) throw new Error(`method '${method}' is not available (have ${service.methods().map((m) => m.name).join(', ')})`);
+    if (!service.methods().some((m) => m.name === method))
+      throw new Error(
+        `method '${method}' is not available (have ${service
+          .methods()
+          .map((m) => m.name)
+          .join(', ')})`,
+      );
     const learned = service.methods().find((m) => m.name === method)!.learned;
     const tok = service.tokenizer;
     const docs = splitDocuments(loadCorpus('sotu'), { seed: 0 }).test;
     const count = (t: string) => tok.encode(t).length;
-    const needles = (tokens: number, n: number, seed: string): QAExample[] => makeNeedleExamples(docs, { count: n, tokens, countTokens: count, seed, depth: 0.5 });
-    say(`base ${service.modelName} (${service.fingerprint}), window ${service.window}, method ${method}${learned ? '' : ' (a strategy: no learned compressor loaded)'}, ${getNumThreads()} threads`);
+    const needles = (tokens: number, n: number, seed: string): QAExample[] =>
+      makeNeedleExamples(docs, { count: n, tokens, countTokens: count, seed, depth: 0.5 });
+    say(
+      `base ${service.modelName} (${service.fingerprint}), window ${service.window}, method ${method}${learned ? '' : ' (a strategy: no learned compressor loaded)'}, ${getNumThreads()} threads`,
+    );
 
     const loadOnly = values['load-only'];
     // 1. throughput on cached contexts
     const tp: ThroughputRow[] = [];
     const tpDocs = needles(512, 4, 'bench-serve-throughput');
     const ids: string[] = [];
-    for (const ex of tpDocs) ids.push(((await client.ok('/v1/contexts', { text: ex.context, method, ratio: 4 })).json.id as string));
+    for (const ex of tpDocs) ids.push((await client.ok('/v1/contexts', { text: ex.context, method, ratio: 4 })).json.id as string);
     const questions = tpDocs.map((ex) => ex.question);
     for (const [i, id] of ids.entries()) await client.ok(`/v1/contexts/${id}/ask`, { questions: [questions[i]], maxTokens }); // warm
     for (const n of loadOnly ? [] : clientsList) {
       const row = await throughput(client, service, ids, questions, n, seconds, maxTokens);
       tp.push(row);
-      say(`throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, ${row.mean_decode_rows} rows per decode step, ${row.errors} errors`);
+      say(
+        `throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, ${row.mean_decode_rows} rows per decode step, ${row.errors} errors`,
+      );
     }
 
     // 2. soft vs full answer latency
@@ -341,7 +376,9 @@ export async function run(argv: string[]): Promise<void> {
           full_answer_tokens: full.answerTokens,
         };
         lat.push(row);
-        say(`${row.context_tokens} tokens, ratio ${ratio}: first answer soft (${row.soft_tokens}) ${row.soft_first_ms} ms vs ${row.full_mode} (${row.full_tokens}) ${row.full_first_ms} ms; warm ${row.soft_warm_ms} vs ${row.full_warm_ms} ms`);
+        say(
+          `${row.context_tokens} tokens, ratio ${ratio}: first answer soft (${row.soft_tokens}) ${row.soft_first_ms} ms vs ${row.full_mode} (${row.full_tokens}) ${row.full_first_ms} ms; warm ${row.soft_warm_ms} vs ${row.full_warm_ms} ms`,
+        );
       }
     }
 
@@ -353,20 +390,36 @@ export async function run(argv: string[]): Promise<void> {
     const warm: number[] = [];
     for (let i = 0; i < 3; i++) warm.push((await client.ok(`/v1/contexts/${ids[0]}/ask`, { questions: [questions[0]], maxTokens })).ms);
     const askEveryMs = Math.max(250, Math.ceil(4 * percentile(warm, 50)));
-    const loadOpts = { url: client.url, contextId: ids[0], question: questions[0], maxTokens, compressBody: { text: loadText, method: loadMethod, ratio: Math.max(...ratios) }, seconds: loadSeconds, healthEveryMs: 20, askEveryMs };
+    const loadOpts = {
+      url: client.url,
+      contextId: ids[0],
+      question: questions[0],
+      maxTokens,
+      compressBody: { text: loadText, method: loadMethod, ratio: Math.max(...ratios) },
+      seconds: loadSeconds,
+      healthEveryMs: 20,
+      askEveryMs,
+    };
     const loadRows = [];
     for (const compressing of [false, true]) {
       const row = await lightRequests(loadOpts, compressing);
       loadRows.push(row);
-      say(`${row.phase}: ${row.compressions} compressions (p50 ${row.compress_ms_p50} ms); /health p50 ${row.health.p50_ms} p99 ${row.health.p99_ms} max ${row.health.max_ms} ms; ask p50 ${row.ask.p50_ms} p99 ${row.ask.p99_ms} ms`);
+      say(
+        `${row.phase}: ${row.compressions} compressions (p50 ${row.compress_ms_p50} ms); /health p50 ${row.health.p50_ms} p99 ${row.health.p99_ms} max ${row.health.max_ms} ms; ask p50 ${row.ask.p50_ms} p99 ${row.ask.p99_ms} ms`,
+      );
     }
     const rssMb = Math.round(process.memoryUsage().rss / 2 ** 20); // the process after the load: with the worker, two copies of the model
     const loadWhat = `(process RSS ${rssMb} MiB; /health every 20 ms, an ask every ${askEveryMs} ms; ${loadTokens}-token compressions by ${loadMethod}; ${service.compressWorker ? 'model work in a worker thread' : 'model work on the event loop'})`;
 
     const out = process.stdout;
-    out.write(`softpress bench serve (${getNumThreads()} threads, base ${service.modelName}, window ${service.window}, method ${method}, ${maxTokens} answer tokens at most)\n`);
+    out.write(
+      `softpress bench serve (${getNumThreads()} threads, base ${service.modelName}, window ${service.window}, method ${method}, ${maxTokens} answer tokens at most)\n`,
+    );
     out.write('  clients  req/s    p50 ms   p99 ms   rows/decode step\n');
-    for (const r of tp) out.write(`  ${String(r.clients).padEnd(8)} ${String(r.rps).padEnd(8)} ${String(r.p50_ms).padEnd(8)} ${String(r.p99_ms).padEnd(8)} ${r.mean_decode_rows}\n`);
+    for (const r of tp)
+      out.write(
+        `  ${String(r.clients).padEnd(8)} ${String(r.rps).padEnd(8)} ${String(r.p50_ms).padEnd(8)} ${String(r.p99_ms).padEnd(8)} ${r.mean_decode_rows}\n`,
+      );
     out.write('  context  ratio  soft tok  first ms  warm ms   full (tokens)       first ms  warm ms   first speed-up  KV MB soft/full\n');
     for (const r of lat) {
       out.write(
@@ -389,7 +442,14 @@ export async function run(argv: string[]): Promise<void> {
         prefix_cache: service.prefixCache,
         engine: service.engine.opts,
         throughput: tp,
-        under_load: { tokens: loadTokens, method: loadMethod, ask_every_ms: askEveryMs, compress_worker: service.compressWorker, rss_mb: rssMb, rows: loadRows },
+        under_load: {
+          tokens: loadTokens,
+          method: loadMethod,
+          ask_every_ms: askEveryMs,
+          compress_worker: service.compressWorker,
+          rss_mb: rssMb,
+          rows: loadRows,
+        },
         latency: lat,
       };
       out.write(JSON.stringify(result) + '\n');

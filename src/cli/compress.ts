@@ -45,5 +45,7 @@ export async function run(argv: string[]): Promise<void> {
   using ctx = await sp.compress(text, { ratio: budget.ratio, budget: budget.tokens });
   const ms = performance.now() - t0;
   await ctx.save(values.out!);
-  process.stdout.write(`${sp.method} at ${describeBudget(ctx.meta.budget)}: ${ctx.sourceTokens} source tokens -> ${ctx.softTokens} soft tokens in ${ms.toFixed(1)} ms; wrote ${values.out}\n`);
+  process.stdout.write(
+    `${sp.method} at ${describeBudget(ctx.meta.budget)}: ${ctx.sourceTokens} source tokens -> ${ctx.softTokens} soft tokens in ${ms.toFixed(1)} ms; wrote ${values.out}\n`,
+  );
 }

@@ -13,7 +13,8 @@ import { ggufTokenizer } from '../io/gguf-tokenizer.js';
 import { resolveModelRef } from '../io/model-source.js';
 import type { DType } from '../tensor/index.js';
 
-const USAGE = 'usage: softpress convert --in FILE.gguf|FILE.bin|NAME [--tokenizer tok.bin] --out DIR [--dtype float32|float16|bfloat16] (default float16 for GGUF, float32 for llama2.c)';
+const USAGE =
+  'usage: softpress convert --in FILE.gguf|FILE.bin|NAME [--tokenizer tok.bin] --out DIR [--dtype float32|float16|bfloat16] (default float16 for GGUF, float32 for llama2.c)';
 
 function writeJson(path: string, value: unknown): void {
   const tmp = `${path}.tmp-${process.pid}`;
@@ -28,7 +29,8 @@ export async function run(argv: string[]): Promise<void> {
     strict: true,
   });
   if (!values.in || !values.out) throw new Error(USAGE);
-  if (values.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(values.dtype)) throw new Error(`--dtype must be float32, float16 or bfloat16, got ${values.dtype}`);
+  if (values.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(values.dtype))
+    throw new Error(`--dtype must be float32, float16 or bfloat16, got ${values.dtype}`);
   if (existsSync(join(values.out, 'config.json'))) throw new Error(`${values.out} already holds a model (config.json); choose an empty folder`);
   const input = resolveModelRef(values.in);
   const { model, source } = loadModel(input, { tokenizer: values.tokenizer });

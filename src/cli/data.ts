@@ -28,21 +28,37 @@ export async function run(argv: string[]): Promise<void> {
   if (sub !== 'long-docs') throw new Error(USAGE);
   const { values } = parseArgs({
     args: rest,
-    options: { tokenizer: { type: 'string' }, 'min-tokens': { type: 'string', default: '2048' }, corpora: { type: 'string', default: 'sotu,moby-dick,brown' }, seed: { type: 'string', default: '0' }, out: { type: 'string' } },
+    options: {
+      tokenizer: { type: 'string' },
+      'min-tokens': { type: 'string', default: '2048' },
+      corpora: { type: 'string', default: 'sotu,moby-dick,brown' },
+      seed: { type: 'string', default: '0' },
+      out: { type: 'string' },
+    },
     strict: true,
   });
   if (!values.tokenizer) throw new Error('--tokenizer FILE (tokenizer.json) is required');
   const minTokens = Number(values['min-tokens']);
   if (!Number.isInteger(minTokens) || minTokens < 1) throw new Error(`--min-tokens must be a positive integer, got '${values['min-tokens']}'`);
   const { list } = longTestDocs(BpeTokenizer.fromFile(values.tokenizer), { corpora: values.corpora!.split(','), seed: Number(values.seed), minTokens });
-  const text = JSON.stringify({ minTokens, split: 'test', seed: Number(values.seed), count: list.length, totalTokens: list.reduce((a, d) => a + d.tokens, 0), documents: list }, null, 2) + '\n';
+  const text =
+    JSON.stringify(
+      { minTokens, split: 'test', seed: Number(values.seed), count: list.length, totalTokens: list.reduce((a, d) => a + d.tokens, 0), documents: list },
+      null,
+      2,
+    ) + '\n';
   if (values.out) writeFileSync(values.out, text);
   else process.stdout.write(text);
   process.stderr.write(`${list.length} test documents with >= ${minTokens} tokens\n`);
 }
 
 /** The QA set's SQuAD v2.0 text for a seed and size (what `data qa-set` writes). */
-export function qaSetJson(o: { seed?: number; questions?: number; corpora?: string[] } = {}): { text: string; passages: number; questions: number; unanswerable: number } {
+export function qaSetJson(o: { seed?: number; questions?: number; corpora?: string[] } = {}): {
+  text: string;
+  passages: number;
+  questions: number;
+  unanswerable: number;
+} {
   const corpora = o.corpora ?? ['sotu', 'moby-dick', 'brown'];
   const seed = o.seed ?? 0;
   const docs = splitDocuments(loadDocs({ corpora }), { seed: 0 }).test;
@@ -50,7 +66,12 @@ export function qaSetJson(o: { seed?: number; questions?: number; corpora?: stri
   const paragraphs = passages.map((p) => ({
     title: `${p.id}: ${p.docIds.join(' + ')}`,
     context: p.context,
-    qas: p.qas.map((q) => ({ id: q.id, question: q.question, answers: q.answers.map((a) => ({ text: a.text, answer_start: a.start })), is_impossible: q.unanswerable })),
+    qas: p.qas.map((q) => ({
+      id: q.id,
+      question: q.question,
+      answers: q.answers.map((a) => ({ text: a.text, answer_start: a.start })),
+      is_impossible: q.unanswerable,
+    })),
   }));
   const all = passages.flatMap((p) => p.qas);
   const extra = {
@@ -67,13 +88,19 @@ export function qaSetJson(o: { seed?: number; questions?: number; corpora?: stri
 async function qaSet(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { out: { type: 'string' }, questions: { type: 'string' }, seed: { type: 'string', default: '0' }, corpora: { type: 'string', default: 'sotu,moby-dick,brown' } },
+    options: {
+      out: { type: 'string' },
+      questions: { type: 'string' },
+      seed: { type: 'string', default: '0' },
+      corpora: { type: 'string', default: 'sotu,moby-dick,brown' },
+    },
     strict: true,
   });
   const seed = Number(values.seed);
   if (!Number.isInteger(seed)) throw new Error(`--seed must be an integer, got '${values.seed}'`);
   const questions = values.questions === undefined ? undefined : Number(values.questions);
-  if (questions !== undefined && !(Number.isInteger(questions) && questions > 0)) throw new Error(`--questions must be a positive integer, got '${values.questions}'`);
+  if (questions !== undefined && !(Number.isInteger(questions) && questions > 0))
+    throw new Error(`--questions must be a positive integer, got '${values.questions}'`);
   const made = qaSetJson({ seed, questions, corpora: values.corpora!.split(',') });
   if (values.out) {
     mkdirSync(dirname(values.out), { recursive: true });

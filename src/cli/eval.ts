@@ -85,7 +85,13 @@ function fastTokenizer(base: string, model: LlamaModel, fallback: Tokenizer): To
   try {
     const t = BpeTokenizer.fromFile(path);
     const cfg = model.config;
-    if ((cfg.bosTokenId !== undefined && t.bos !== cfg.bosTokenId) || (cfg.eosTokenId !== undefined && t.eos !== cfg.eosTokenId) || t.bos !== fallback.bos || t.eos !== fallback.eos) return fallback;
+    if (
+      (cfg.bosTokenId !== undefined && t.bos !== cfg.bosTokenId) ||
+      (cfg.eosTokenId !== undefined && t.eos !== cfg.eosTokenId) ||
+      t.bos !== fallback.bos ||
+      t.eos !== fallback.eos
+    )
+      return fallback;
     const probe = 'Mary went to the kitchen.\nQuestion: Where is Mary?\nAnswer: kitchen 1,234 — “quoted”';
     return t.encode(probe).join() === fallback.encode(probe).join() ? t : fallback;
   } catch {
@@ -114,7 +120,9 @@ function discoverCompressors(base: string, fingerprint: string): string[] {
 /** sha256 of a compressor folder's config and weights (what its results depend on). */
 function folderDigest(dir: string): string {
   const h = createHash('sha256');
-  for (const f of readdirSync(dir).filter((x) => x === 'compressor.json' || x.endsWith('.safetensors')).sort()) {
+  for (const f of readdirSync(dir)
+    .filter((x) => x === 'compressor.json' || x.endsWith('.safetensors'))
+    .sort()) {
     h.update(f);
     h.update(readFileSync(join(dir, f)));
   }
@@ -169,7 +177,9 @@ function buildMethods(specs: string[], model: LlamaModel, ratios: number[] | und
   }
   // Strategies that follow the budget (truncate), by default at the ratios of the learned methods, so they are compared at each.
   if (!ratios) {
-    const learned = [...new Set(methods.filter((m) => m.compressor.module).flatMap((m) => m.ratios))].filter((r): r is number => r !== null).sort((a, b) => a - b);
+    const learned = [...new Set(methods.filter((m) => m.compressor.module).flatMap((m) => m.ratios))]
+      .filter((r): r is number => r !== null)
+      .sort((a, b) => a - b);
     for (const m of methods) if (!m.compressor.module && !m.compressor.budgetFree) m.ratios = learned.length ? learned : [...DEFAULT_RATIOS];
   }
   return methods;
@@ -215,14 +225,16 @@ export async function run(argv: string[]): Promise<void> {
   const seed = Number(values.seed);
   if (!Number.isInteger(seed)) throw new Error(`--seed must be an integer, got '${values.seed}'`);
   const ratios = values.ratios === undefined ? undefined : list(values.ratios).map(Number);
-  if (ratios && (ratios.length === 0 || ratios.some((r) => !(Number.isFinite(r) && r >= 1)))) throw new Error(`--ratios must be numbers >= 1, got '${values.ratios}'`);
+  if (ratios && (ratios.length === 0 || ratios.some((r) => !(Number.isFinite(r) && r >= 1))))
+    throw new Error(`--ratios must be numbers >= 1, got '${values.ratios}'`);
   if (values.dtype !== 'float32' && values.dtype !== 'float16' && values.dtype !== 'bfloat16') throw new Error(`--dtype must be float32, float16 or bfloat16`);
 
   const threads = positiveInt('threads', values.threads);
   if (threads) setNumThreads(threads);
   const notes: string[] = [];
   const requested = values.task === undefined ? undefined : list(values.task);
-  for (const t of requested ?? []) if (!isTaskName(t) && t !== 'perplexity') throw new Error(`--task: unknown task '${t}' (${TASK_NAMES.join(', ')}, perplexity)`);
+  for (const t of requested ?? [])
+    if (!isTaskName(t) && t !== 'perplexity') throw new Error(`--task: unknown task '${t}' (${TASK_NAMES.join(', ')}, perplexity)`);
   const wantPerplexity = requested?.includes('perplexity') ?? false;
   let tasks: TaskName[] = requested ? requested.filter(isTaskName) : [...TASK_NAMES];
   // --data: for qa when qa alone of the two is asked, or when both are and it names a QA file.
@@ -231,7 +243,8 @@ export async function run(argv: string[]): Promise<void> {
   const dataIsQa = data !== undefined && tasks.includes('qa') && (!tasks.includes('babi') || isQaFileName(data));
   const qaPath = dataIsQa ? data : undefined;
   let babiPath = data !== undefined && tasks.includes('babi') && !dataIsQa ? data : undefined;
-  if (data !== undefined && !tasks.includes('qa') && !tasks.includes('babi')) throw new Error(`--data is for the babi and qa tasks; the tasks asked for (${tasks.join(', ') || 'perplexity'}) read the corpora`);
+  if (data !== undefined && !tasks.includes('qa') && !tasks.includes('babi'))
+    throw new Error(`--data is for the babi and qa tasks; the tasks asked for (${tasks.join(', ') || 'perplexity'}) read the corpora`);
   if (tasks.includes('qa') && !qaPath && !existsSync(DEFAULT_QA_SET)) {
     if (requested) throw new Error(`the qa task needs a SQuAD or JSONL file: --data FILE (the default set ${DEFAULT_QA_SET} is missing)`);
     tasks = tasks.filter((t) => t !== 'qa');
@@ -265,19 +278,36 @@ export async function run(argv: string[]): Promise<void> {
     const docs = evalDocuments(split);
     log(`perplexity on the ${split} split: ${docs.length} documents`);
     let pbar: Progress | undefined;
-    const r = documentPerplexity(model, tok, docs.map((d) => d.text), {
-      onProgress: (d, total) => {
-        pbar ??= new Progress(total, { quiet: values.quiet, label: `perplexity ${split} windows` });
-        pbar.update(d);
+    const r = documentPerplexity(
+      model,
+      tok,
+      docs.map((d) => d.text),
+      {
+        onProgress: (d, total) => {
+          pbar ??= new Progress(total, { quiet: values.quiet, label: `perplexity ${split} windows` });
+          pbar.update(d);
+        },
       },
-    });
+    );
     pbar?.done();
     perplexity.push({ ...r, split });
     log(`${split}: ppl ${r.ppl.toFixed(3)}, ${r.bpb.toFixed(4)} bits/byte (${r.tokens} tokens, ${r.bytes} bytes, ${r.seconds.toFixed(1)} s)`);
   }
 
   let report: Omit<EvalReport, 'plots'>;
-  const metaBase = { base, fingerprint, parameters: model.numParameters(), dtype: model.dtype, maxPositions: model.config.maxPositions, suite, seed, split, threads: getNumThreads(), date: new Date().toISOString(), notes };
+  const metaBase = {
+    base,
+    fingerprint,
+    parameters: model.numParameters(),
+    dtype: model.dtype,
+    maxPositions: model.config.maxPositions,
+    suite,
+    seed,
+    split,
+    threads: getNumThreads(),
+    date: new Date().toISOString(),
+    notes,
+  };
   let predictions: Parameters<typeof writeReport>[2] = [];
   if (tasks.length) {
     const specs = values.methods ? list(values.methods) : ['full', 'none', 'truncate', ...discoverCompressors(base, fingerprint)];
@@ -286,13 +316,31 @@ export async function run(argv: string[]): Promise<void> {
     const tt = performance.now();
     log(`building tasks ${tasks.join(', ')} (suite ${suite}${n ? `, n ${n}` : ''})…`);
     // Passages from the chosen split (default test); bAbI always uses the stories held out of its training files.
-    const built = buildTasks(tok, { suite, tasks, seed, n, babiPath, qaPath, docs: tasks.some((t) => t !== 'babi' && t !== 'qa') ? evalDocuments(split) : undefined });
-    log(`tasks ready in ${((performance.now() - tt) / 1000).toFixed(1)} s: ${built.map((t) => `${t.name} ${t.examples.length}`).join(', ')}; methods ${methods.map((m) => `${m.label}${m.ratios[0] === null ? '' : ` @${m.ratios.join('/')}`}`).join(', ')}`);
+    const built = buildTasks(tok, {
+      suite,
+      tasks,
+      seed,
+      n,
+      babiPath,
+      qaPath,
+      docs: tasks.some((t) => t !== 'babi' && t !== 'qa') ? evalDocuments(split) : undefined,
+    });
+    log(
+      `tasks ready in ${((performance.now() - tt) / 1000).toFixed(1)} s: ${built.map((t) => `${t.name} ${t.examples.length}`).join(', ')}; methods ${methods.map((m) => `${m.label}${m.ratios[0] === null ? '' : ` @${m.ratios.join('/')}`}`).join(', ')}`,
+    );
     const needleLong = built.find((t) => t.name === 'needle')?.examples.some((e) => e.context.length + 16 > model.config.maxPositions);
-    if (needleLong) notes.push(`needle contexts longer than the base model's ${model.config.maxPositions} positions: full (and any method decoding them as tokens) runs past its trained positions there`);
+    if (needleLong)
+      notes.push(
+        `needle contexts longer than the base model's ${model.config.maxPositions} positions: full (and any method decoding them as tokens) runs past its trained positions there`,
+      );
     const qaTask = built.find((t) => t.name === 'qa');
-    const qaLong = qaTask?.examples.filter((e) => e.context.length + e.tail.length + (qaTask.lead?.length ?? 1) + (e.maxTokens ?? 0) > model.config.maxPositions).length;
-    if (qaLong) notes.push(`${qaLong} qa questions have contexts (with prompt and answer) longer than the base model's ${model.config.maxPositions} positions: full runs past its trained positions there`);
+    const qaLong = qaTask?.examples.filter(
+      (e) => e.context.length + e.tail.length + (qaTask.lead?.length ?? 1) + (e.maxTokens ?? 0) > model.config.maxPositions,
+    ).length;
+    if (qaLong)
+      notes.push(
+        `${qaLong} qa questions have contexts (with prompt and answer) longer than the base model's ${model.config.maxPositions} positions: full runs past its trained positions there`,
+      );
     let bar: Progress | undefined;
     const run = runEvaluation({
       model,
@@ -311,9 +359,16 @@ export async function run(argv: string[]): Promise<void> {
     });
     bar?.done();
     predictions = run.predictions;
-    notes.push(`Latency is measured on this machine with the whole batch (up to ${batchSize} contexts, fewer for long sequences) and shared equally by its examples (examples sharing a context share its one compression); the first batch of each run includes warm-up.`);
+    notes.push(
+      `Latency is measured on this machine with the whole batch (up to ${batchSize} contexts, fewer for long sequences) and shared equally by its examples (examples sharing a context share its one compression); the first batch of each run includes warm-up.`,
+    );
     report = {
-      meta: { ...metaBase, tasks: taskInfo(built), methods: methods.map((m) => ({ label: m.label, method: m.compressor.method, ratios: m.ratios, source: m.source })), seconds: (performance.now() - t0) / 1000 },
+      meta: {
+        ...metaBase,
+        tasks: taskInfo(built),
+        methods: methods.map((m) => ({ label: m.label, method: m.compressor.method, ratios: m.ratios, source: m.source })),
+        seconds: (performance.now() - t0) / 1000,
+      },
       results: run.rows,
       latency: run.latency,
       errors: run.errors,
@@ -326,14 +381,33 @@ export async function run(argv: string[]): Promise<void> {
   if (values.json) {
     for (const r of report.results) process.stdout.write(JSON.stringify(r) + '\n');
     for (const p of perplexity) {
-      for (const metric of ['ppl', 'bpb', 'nll'] as const) process.stdout.write(JSON.stringify({ task: 'perplexity', method: 'base', ratio: null, metric, group: `split=${p.split}`, value: p[metric], n: p.documents, tokens: p.tokens, bytes: p.bytes, retention: null }) + '\n');
+      for (const metric of ['ppl', 'bpb', 'nll'] as const)
+        process.stdout.write(
+          JSON.stringify({
+            task: 'perplexity',
+            method: 'base',
+            ratio: null,
+            metric,
+            group: `split=${p.split}`,
+            value: p[metric],
+            n: p.documents,
+            tokens: p.tokens,
+            bytes: p.bytes,
+            retention: null,
+          }) + '\n',
+        );
     }
     for (const e of report.errors) process.stdout.write(JSON.stringify({ ...e, error: true }) + '\n');
   }
   if (out) {
     const written = writeReport(out, report, predictions, { png: !values['no-png'] });
-    log(`wrote ${join(out, 'report.md')}, results.json, predictions.jsonl and ${written.plots.length} plots (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    log(
+      `wrote ${join(out, 'report.md')}, results.json, predictions.jsonl and ${written.plots.length} plots (${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    );
   }
   // Failures (e.g. a method refusing a context length) are part of the results, not a crash.
-  if (report.errors.length) process.stderr.write(`softpress eval: ${report.errors.length} (method, ratio, task) runs had failing examples (${report.errors.map((e) => `${e.method}${e.ratio === null ? '' : `@${e.ratio}`} ${e.task}`).join(', ')}); see the report's Errors\n`);
+  if (report.errors.length)
+    process.stderr.write(
+      `softpress eval: ${report.errors.length} (method, ratio, task) runs had failing examples (${report.errors.map((e) => `${e.method}${e.ratio === null ? '' : `@${e.ratio}`} ${e.task}`).join(', ')}); see the report's Errors\n`,
+    );
 }

@@ -27,7 +27,8 @@ const USAGE =
 
 async function replay(spec: string, seed: number, save: string | undefined): Promise<void> {
   const [name, idx] = spec.split(':');
-  if (!TARGETS[name] || !/^\d+$/.test(idx ?? '')) throw new Error(`--replay must be NAME:INDEX with NAME one of ${Object.keys(TARGETS).join(', ')}, got '${spec}'`);
+  if (!TARGETS[name] || !/^\d+$/.test(idx ?? ''))
+    throw new Error(`--replay must be NAME:INDEX with NAME one of ${Object.keys(TARGETS).join(', ')}, got '${spec}'`);
   const { runCase } = await import('./fuzz/worker.js');
   const tmp = mkdtempSync(join(tmpdir(), 'softpress-fuzz-'));
   try {
@@ -97,7 +98,9 @@ export async function run(argv: string[]): Promise<void> {
       },
     });
     results.push(r);
-    say(`${name}: ${r.cases} cases in ${r.seconds} s: ${r.clean_errors} clean errors, ${r.accepted} accepted, ${r.crashes} crashes, ${r.hangs} hangs, peak ${r.peak_mb} MiB`);
+    say(
+      `${name}: ${r.cases} cases in ${r.seconds} s: ${r.clean_errors} clean errors, ${r.accepted} accepted, ${r.crashes} crashes, ${r.hangs} hangs, peak ${r.peak_mb} MiB`,
+    );
     for (const e of r.examples) say(`  ${name} ${e}`);
   }
 

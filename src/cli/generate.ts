@@ -25,7 +25,8 @@ export async function run(argv: string[]): Promise<void> {
     },
     strict: true,
   });
-  if (!values.model) throw new Error('--model PATH is required (a model name such as smollm2-135m-instruct, a GGUF file, a Hugging Face folder or a llama2.c .bin)');
+  if (!values.model)
+    throw new Error('--model PATH is required (a model name such as smollm2-135m-instruct, a GGUF file, a Hugging Face folder or a llama2.c .bin)');
   if (values.prompt === undefined) throw new Error('--prompt TEXT is required');
   const num = (name: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;

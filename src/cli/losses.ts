@@ -41,7 +41,14 @@ export async function run(argv: string[]): Promise<void> {
   const stages = values.stage!.split(',') as Stage[];
   for (const s of stages) if (s !== 'ae' && s !== 'lm') throw new Error(`--stage takes ae and/or lm, got '${s}'`);
   const nBatches = int('batches', values.batches);
-  const cfg = { stages: Object.fromEntries(stages.map((s) => [s, 1])), ratios, contextLen: int('context-len', values['context-len']), continuationLen: int('continuation-len', values['continuation-len']), batchSize: int('batch', values.batch), seed: 0 };
+  const cfg = {
+    stages: Object.fromEntries(stages.map((s) => [s, 1])),
+    ratios,
+    contextLen: int('context-len', values['context-len']),
+    continuationLen: int('continuation-len', values['continuation-len']),
+    batchSize: int('batch', values.batch),
+    seed: 0,
+  };
 
   const { model, tokenizer } = loadModel(values.base!);
   if (!tokenizer) throw new Error(`${values.base}: no tokenizer`);
@@ -50,7 +57,9 @@ export async function run(argv: string[]): Promise<void> {
   const stream = cachedTokenStream(join(values.cache!, 'valid.tokens'), valid.texts, tokenizer, tokId);
   const sampler = new ObjectiveSampler(cfg, { tokenizer, stream });
 
-  const methods: Compressor[] = values.methods!.split(',').map((m) => (existsSync(join(m, 'compressor.json')) ? loadCompressor(m, model) : createCompressor(m, model, {}, { tokenizer })));
+  const methods: Compressor[] = values
+    .methods!.split(',')
+    .map((m) => (existsSync(join(m, 'compressor.json')) ? loadCompressor(m, model) : createCompressor(m, model, {}, { tokenizer })));
   const names = values.methods!.split(',');
   const rows: { method: string; stage: Stage; ratio: number; loss: number; batches: number }[] = [];
   for (const stage of stages) {

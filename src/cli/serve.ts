@@ -63,14 +63,19 @@ export function accessFromArgs(
 
 function describeQuotas(q: Quotas, keyed: boolean): string {
   const per = keyed ? 'per key' : 'for all clients together';
-  const parts = [q.contexts ? `${q.contexts} contexts` : null, q.bytes ? `${(q.bytes / 2 ** 20).toFixed(0)} MiB stored` : null, q.requestsPerMinute ? `${q.requestsPerMinute} requests/minute` : null].filter(Boolean);
+  const parts = [
+    q.contexts ? `${q.contexts} contexts` : null,
+    q.bytes ? `${(q.bytes / 2 ** 20).toFixed(0)} MiB stored` : null,
+    q.requestsPerMinute ? `${q.requestsPerMinute} requests/minute` : null,
+  ].filter(Boolean);
   return parts.length ? `${parts.join(', ')} ${per}` : 'none';
 }
 
 function num(name: string, v: string | undefined, dflt: number, opts: { int?: boolean; min?: number } = {}): number {
   if (v === undefined) return dflt;
   const n = Number(v);
-  if (!Number.isFinite(n) || (opts.int && !Number.isInteger(n)) || n < (opts.min ?? 0)) throw new Error(`--${name} must be ${opts.int ? 'an integer' : 'a number'} >= ${opts.min ?? 0}, got '${v}'\n${SERVE_USAGE}`);
+  if (!Number.isFinite(n) || (opts.int && !Number.isInteger(n)) || n < (opts.min ?? 0))
+    throw new Error(`--${name} must be ${opts.int ? 'an integer' : 'a number'} >= ${opts.min ?? 0}, got '${v}'\n${SERVE_USAGE}`);
   return n;
 }
 
@@ -131,7 +136,12 @@ export async function run(argv: string[]): Promise<void> {
     },
     log,
   });
-  const app = buildServer(service, { bodyLimit: num('body-limit-mb', values['body-limit-mb'], 4, { min: 0.001 }) * 2 ** 20, logger: values.log, keys: access.keys, quotas: access.quotas });
+  const app = buildServer(service, {
+    bodyLimit: num('body-limit-mb', values['body-limit-mb'], 4, { min: 0.001 }) * 2 ** 20,
+    logger: values.log,
+    keys: access.keys,
+    quotas: access.quotas,
+  });
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;
@@ -148,12 +158,23 @@ export async function run(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   const address = await app.listen({ port, host });
   const methods = service.methods().map((m) => m.name);
-  log(`base ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window}); methods ${methods.join(', ')} (default ${service.defaultMethod})`);
+  log(
+    `base ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window}); methods ${methods.join(', ')} (default ${service.defaultMethod})`,
+  );
   log(`compressions: ${service.compressWorker ? 'in a worker thread (the event loop keeps answering)' : 'on the event loop (--no-compress-worker)'}`);
-  log(`chat: ${service.tokenizer.chatTemplate ? "the model's chat template" : 'plain "User:" lines'}; questions: ${service.qaFormat.oneShot ? 'after a one-shot demonstration' : 'after BOS'}`);
-  log(`store ${service.store.path}: ${service.store.count} contexts, ${(service.store.totalBytes / 2 ** 20).toFixed(1)} of ${(service.store.maxBytes / 2 ** 20).toFixed(0)} MiB`);
+  log(
+    `chat: ${service.tokenizer.chatTemplate ? "the model's chat template" : 'plain "User:" lines'}; questions: ${service.qaFormat.oneShot ? 'after a one-shot demonstration' : 'after BOS'}`,
+  );
+  log(
+    `store ${service.store.path}: ${service.store.count} contexts, ${(service.store.totalBytes / 2 ** 20).toFixed(1)} of ${(service.store.maxBytes / 2 ** 20).toFixed(0)} MiB`,
+  );
   if (access.keys) log(`API keys: ${access.keys.size} (${access.keys.names.join(', ')}); every /v1 route needs Authorization: Bearer KEY`);
-  else log(isLoopback(host) ? 'no API keys: open to every client of this machine' : `WARNING: no API keys (--insecure-no-auth): anyone who reaches ${host}:${port} can use the API and read contexts whose ids they learn`);
+  else
+    log(
+      isLoopback(host)
+        ? 'no API keys: open to every client of this machine'
+        : `WARNING: no API keys (--insecure-no-auth): anyone who reaches ${host}:${port} can use the API and read contexts whose ids they learn`,
+    );
   log(`quotas: ${describeQuotas(access.quotas, !!access.keys)}`);
   log(`listening on ${address} (playground ${address}/, API ${address}/openapi.json) after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }

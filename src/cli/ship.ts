@@ -15,8 +15,13 @@ import type { DType } from '../tensor/index.js';
 import { compressorCard, type RecipeRecord } from '../train/train-compressor.js';
 
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { base: { type: 'string' }, compressor: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string', default: 'float16' } }, strict: true });
-  if (!values.base || !values.compressor || !values.out) throw new Error('usage: softpress ship --base DIR --compressor DIR --out DIR [--dtype float16|bfloat16|float32]');
+  const { values } = parseArgs({
+    args: argv,
+    options: { base: { type: 'string' }, compressor: { type: 'string' }, out: { type: 'string' }, dtype: { type: 'string', default: 'float16' } },
+    strict: true,
+  });
+  if (!values.base || !values.compressor || !values.out)
+    throw new Error('usage: softpress ship --base DIR --compressor DIR --out DIR [--dtype float16|bfloat16|float32]');
   if (!['float16', 'bfloat16', 'float32'].includes(values.dtype!)) throw new Error(`--dtype must be float16, bfloat16 or float32, got ${values.dtype}`);
   const { model } = loadModel(values.base);
   const c = loadCompressor(values.compressor, model);
@@ -47,7 +52,10 @@ function trainingStages(dir: string, training: Record<string, unknown>): Stage[]
   if (shipped) return [...shipped.map((t) => ({ training: t })), ...stages];
   let init = training.init;
   while (typeof init === 'string' && existsSync(join(init, 'compressor.json')) && stages.length < 16) {
-    const t = ((JSON.parse(readFileSync(join(init, 'compressor.json'), 'utf8')) as { training?: Record<string, unknown> }).training ?? {}) as Record<string, unknown>;
+    const t = ((JSON.parse(readFileSync(join(init, 'compressor.json'), 'utf8')) as { training?: Record<string, unknown> }).training ?? {}) as Record<
+      string,
+      unknown
+    >;
     stages.unshift({ dir: init, training: t });
     init = t.init;
   }
@@ -57,7 +65,13 @@ function trainingStages(dir: string, training: Record<string, unknown>): Stage[]
 /** The card's table of stages (objective, steps, time, validation loss against full / no context) and plots. */
 function stagesSection(stages: Stage[], out: string): string {
   const fmt = (x: unknown) => (typeof x === 'number' ? x.toFixed(4) : '-');
-  const lines = ['', '## Training stages', '', '| stage | objective | steps | hours | valid loss | full context | no context |', '|---:|---|---:|---:|---:|---:|---:|'];
+  const lines = [
+    '',
+    '## Training stages',
+    '',
+    '| stage | objective | steps | hours | valid loss | full context | no context |',
+    '|---:|---|---:|---:|---:|---:|---:|',
+  ];
   stages.forEach((s, i) => {
     const t = s.training;
     const valid = t.valid as Record<string, number> | undefined;

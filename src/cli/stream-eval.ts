@@ -46,9 +46,23 @@ export async function run(argv: string[]): Promise<void> {
   if (!picked.length) throw new Error(`no test document has ${Math.max(...lengths)} tokens`);
   const log = (s: string) => process.stderr.write(s + '\n');
   log(`${picked.length} test documents of >= ${Math.max(...lengths)} tokens; segment ${segmentLen} tokens`);
-  const rows = streamEval({ model, tokenizer, docs: picked, lengths, segmentLen, streaming, streamRatios: ratios, meanpool, meanpoolRatios: ratios.filter((r) => r <= 32), log });
+  const rows = streamEval({
+    model,
+    tokenizer,
+    docs: picked,
+    lengths,
+    segmentLen,
+    streaming,
+    streamRatios: ratios,
+    meanpool,
+    meanpoolRatios: ratios.filter((r) => r <= 32),
+    log,
+  });
   const md = ['| method | ratio | tokens per doc | docs | perplexity | tokens/s | bytes held per doc |', '|---|---:|---:|---:|---:|---:|---:|'];
-  for (const r of rows) md.push(`| ${r.method} | ${r.ratio ?? '-'} | ${r.length} | ${r.docs} | ${r.ppl.toFixed(1)} | ${r.tokensPerSecond.toFixed(0)} | ${(r.stateBytes / 1024).toFixed(0)} KiB |`);
+  for (const r of rows)
+    md.push(
+      `| ${r.method} | ${r.ratio ?? '-'} | ${r.length} | ${r.docs} | ${r.ppl.toFixed(1)} | ${r.tokensPerSecond.toFixed(0)} | ${(r.stateBytes / 1024).toFixed(0)} KiB |`,
+    );
   const text = md.join('\n') + '\n';
   if (values.out) writeFileSync(values.out, text);
   process.stdout.write(text);

@@ -133,7 +133,10 @@ async function train(argv: string[]): Promise<void> {
   const sources = [...new Set(splits.valid.map((d) => d.source))];
   if (sources.length > 1) {
     for (const s of sources) {
-      const r = charsPerToken(reloaded, splits.valid.filter((d) => d.source === s));
+      const r = charsPerToken(
+        reloaded,
+        splits.valid.filter((d) => d.source === s),
+      );
       lines.push(`  ${s}: ${r.ratio.toFixed(3)} chars/token (${r.tokens} tokens)`);
     }
   }

@@ -91,7 +91,15 @@ export async function run(argv: string[]): Promise<void> {
   const real = (flag: string, v: string | undefined) => numberOpt(flag, v, { min: 0 });
   const opts = methodOptions(values['method-option']);
   if (values.init && Object.keys(opts).length) throw new Error('--method-option cannot be combined with --init (the saved compressor brings its own options)');
-  const corpora = values.corpora === undefined ? d.corpora : values.corpora === 'none' || values.corpora === '' ? [] : values.corpora.split(',').map((s) => s.trim()).filter(Boolean);
+  const corpora =
+    values.corpora === undefined
+      ? d.corpora
+      : values.corpora === 'none' || values.corpora === ''
+        ? []
+        : values.corpora
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean);
   let betas: [number, number] | undefined;
   if (values.betas !== undefined) {
     const parts = values.betas.split(',');
@@ -99,7 +107,8 @@ export async function run(argv: string[]): Promise<void> {
     betas = parts.map((p) => numberOpt('betas', p.trim(), { min: 0 })!) as [number, number];
     if (betas.some((b) => !(b < 1))) throw new Error(`--betas must be two numbers B1,B2 in [0, 1), got '${values.betas}'`);
   }
-  if (values.schedule !== undefined && values.schedule !== 'cosine' && values.schedule !== 'linear') throw new Error(`--schedule must be cosine or linear, got '${values.schedule}'`);
+  if (values.schedule !== undefined && values.schedule !== 'cosine' && values.schedule !== 'linear')
+    throw new Error(`--schedule must be cosine or linear, got '${values.schedule}'`);
   const stages = parseStages(values.stage!);
   const steps = int('steps', values.steps, d.steps);
   const method = values.method!;
@@ -120,7 +129,8 @@ export async function run(argv: string[]): Promise<void> {
     docLen: numberOpt('doc-len', values['doc-len'], { integer: true, min: 2 }),
     reservoir: numberOpt('reservoir', values.reservoir, { integer: true, min: 1 }),
   });
-  if (r.ratios === undefined && r.budgetTokens === undefined) throw new Error(`give --ratio R[,R2...] or --budget K (exactly one; '${method}' has no recipe ratios)\n${USAGE}`);
+  if (r.ratios === undefined && r.budgetTokens === undefined)
+    throw new Error(`give --ratio R[,R2...] or --budget K (exactly one; '${method}' has no recipe ratios)\n${USAGE}`);
   const cfg: CompressorTrainConfig = {
     base: values.base!,
     method,
@@ -159,10 +169,23 @@ export async function run(argv: string[]): Promise<void> {
   if (corpora.length === 0 && !cfg.data) throw new Error('no training text: give --corpora and/or --data');
   const stopAfter = numberOpt('stop-after', values['stop-after'], { integer: true, min: 1 });
   const plan = distPlan(values);
-  if (plan.kind === 'launch' && cfg.batch < plan.nproc) throw new Error(`a batch of ${cfg.batch} cannot be shared by ${plan.nproc} processes: use --batch ${plan.nproc} or more`);
-  const result = await runPlanned('train', argv, plan, (dist) => trainCompressor(cfg, values.out!, { resume: values.resume, stopAfter, quiet: values.quiet, dist }), { quiet: values.quiet });
+  if (plan.kind === 'launch' && cfg.batch < plan.nproc)
+    throw new Error(`a batch of ${cfg.batch} cannot be shared by ${plan.nproc} processes: use --batch ${plan.nproc} or more`);
+  const result = await runPlanned(
+    'train',
+    argv,
+    plan,
+    (dist) => trainCompressor(cfg, values.out!, { resume: values.resume, stopAfter, quiet: values.quiet, dist }),
+    { quiet: values.quiet },
+  );
   if (!result) return; // reported by rank 0
   const { summary, saved } = result;
-  const valid = summary.lastValid ? `; valid ${Object.entries(summary.lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : '';
-  process.stdout.write(`${summary.alreadyFinished ? 'already trained' : saved ? 'trained' : 'stopped'} ${cfg.method} to step ${summary.steps}/${cfg.steps} in ${summary.seconds.toFixed(1)} s; last loss ${Number.isFinite(summary.lastLoss) ? summary.lastLoss.toFixed(4) : 'n/a'}${valid}${saved ? `; saved in ${values.out}` : ''}\n`);
+  const valid = summary.lastValid
+    ? `; valid ${Object.entries(summary.lastValid)
+        .map(([k, v]) => `${k} ${v.toFixed(4)}`)
+        .join(', ')}`
+    : '';
+  process.stdout.write(
+    `${summary.alreadyFinished ? 'already trained' : saved ? 'trained' : 'stopped'} ${cfg.method} to step ${summary.steps}/${cfg.steps} in ${summary.seconds.toFixed(1)} s; last loss ${Number.isFinite(summary.lastLoss) ? summary.lastLoss.toFixed(4) : 'n/a'}${valid}${saved ? `; saved in ${values.out}` : ''}\n`,
+  );
 }

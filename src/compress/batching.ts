@@ -69,7 +69,12 @@ export function selectSoftContext(ctx: SoftContext, i: number): SoftContext {
   const mem = ctx.memoryKv?.map((kv) => ({ k: kv.k.narrow(0, i, 1), v: kv.v.narrow(0, i, 1) }));
   return {
     softTokens: soft && soft.narrow(1, 0, Math.min(n, soft.size(1))).contiguous(),
-    mask: ctx.mask && ctx.mask.narrow(0, i, 1).narrow(1, 0, Math.min(n, ctx.mask.size(1))).contiguous(),
+    mask:
+      ctx.mask &&
+      ctx.mask
+        .narrow(0, i, 1)
+        .narrow(1, 0, Math.min(n, ctx.mask.size(1)))
+        .contiguous(),
     // Memory slots are kept whole (their layout is the method's); the mask says which are real.
     memoryKv: mem?.map((kv) => ({ k: kv.k.contiguous(), v: kv.v.contiguous() })),
     memoryMask: ctx.memoryMask && ctx.memoryMask.narrow(0, i, 1).contiguous(),

@@ -139,7 +139,18 @@ export function ccfDocumentGradients(ccf: CcfCompressor, doc: number[][], opts: 
       tidy(() => {
         const input = ids.narrow(1, start, n);
         const target = ids.narrow(1, start + 1, n);
-        const memory = t === 0 ? undefined : ccf.memoryKv(Array.from({ length: numLayers }, (_, layer) => cat(leaves.slice(0, t).map((l) => l[layer]), 1)), 0);
+        const memory =
+          t === 0
+            ? undefined
+            : ccf.memoryKv(
+                Array.from({ length: numLayers }, (_, layer) =>
+                  cat(
+                    leaves.slice(0, t).map((l) => l[layer]),
+                    1,
+                  ),
+                ),
+                0,
+              );
         const logits = ccf.decodeLogits(input, memory);
         const nll = crossEntropy(logits.reshape(b * n, -1), target.reshape(b * n), { reduction: 'sum' });
         nllSum += nll.item();
@@ -207,7 +218,8 @@ export function ccfStreamPerplexity(ccf: CcfCompressor, docs: Iterable<ArrayLike
  * `recipe`: CCF's defaults for what the run does not set.
  */
 export function ccfTraining(ccf: CcfCompressor, run: MethodTrainingRun, recipe: { reservoir: number; docSegments: number }): MethodTraining {
-  if (!run.trainStream || !run.validStream || run.stages.join() !== 'lm') throw new Error('ccf trains with --stage lm (segment-wise language modelling over long documents of --doc-len tokens)');
+  if (!run.trainStream || !run.validStream || run.stages.join() !== 'lm')
+    throw new Error('ccf trains with --stage lm (segment-wise language modelling over long documents of --doc-len tokens)');
   if (!run.ratios) throw new Error('ccf trains at ratios (--ratio), not a token budget');
   const ratios = [...run.ratios];
   for (const r of ratios) ccf.slotsForRatio(r); // clear errors before anything runs
@@ -221,14 +233,23 @@ export function ccfTraining(ccf: CcfCompressor, run: MethodTrainingRun, recipe: 
   for (const r of ratios) {
     const need = ccf.positionsNeeded(docLen, r);
     if (need > ccf.base.config.maxPositions) {
-      throw new Error(`ccf: a document of ${docLen} tokens at ratio ${r} needs ${need} positions (memory of ${Math.ceil(docLen / l) - 1} segments + one segment of ${l}), beyond the base model's window of ${ccf.base.config.maxPositions}; use a shorter document (--doc-len) or a larger ratio`);
+      throw new Error(
+        `ccf: a document of ${docLen} tokens at ratio ${r} needs ${need} positions (memory of ${Math.ceil(docLen / l) - 1} segments + one segment of ${l}), beyond the base model's window of ${ccf.base.config.maxPositions}; use a shorter document (--doc-len) or a larger ratio`,
+      );
     }
   }
   const segments = Math.ceil(docLen / l);
   const from = flagged ? 'flag' : 'not stated';
   const deviations =
     segments < recipe.docSegments && !flagged
-      ? [{ key: 'docSegments (window)', paper: 'documents up to 128k tokens', ours: String(segments), why: `the base's window (${ccf.base.config.maxPositions} positions) holds the memory of at most ${segments - 1} segments plus one at ratio ${Math.min(...ratios)}` }]
+      ? [
+          {
+            key: 'docSegments (window)',
+            paper: 'documents up to 128k tokens',
+            ours: String(segments),
+            why: `the base's window (${ccf.base.config.maxPositions} positions) holds the memory of at most ${segments - 1} segments plus one at ratio ${Math.min(...ratios)}`,
+          },
+        ]
       : [];
 
   ccf.base.freeze();

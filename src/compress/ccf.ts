@@ -33,7 +33,20 @@ import type { LayerKv, LlamaModel } from '../models/llama.js';
 import { registerCompressor } from './registry.js';
 import { code, ours, paper, type MethodRecipe } from './recipe.js';
 import { ccfTraining } from './ccf-training.js';
-import { checkBudget, trainableDtype, type Budget, type Compressor, type CompressorConfig, type MethodTraining, type MethodTrainingRun, type CompressorStream, type SegmentScore, type SoftContext, type Stage, type StreamingReader } from './types.js';
+import {
+  checkBudget,
+  trainableDtype,
+  type Budget,
+  type Compressor,
+  type CompressorConfig,
+  type MethodTraining,
+  type MethodTrainingRun,
+  type CompressorStream,
+  type SegmentScore,
+  type SoftContext,
+  type Stage,
+  type StreamingReader,
+} from './types.js';
 
 // ---- segmentation ----------------------------------------------------------------------------
 
@@ -144,8 +157,18 @@ export const CCF_RECIPE: MethodRecipe = {
     docSegments: ours(16, 'the paper trains on documents of up to 128k tokens'),
   },
   deviations: [
-    { key: 'train.docSegments', paper: 'documents up to 128k tokens (~125 segments)', ours: '16 segments (16,384 tokens at l = 1,024)', why: 'CPU compute; SmolLM2\'s window (8,192) also bounds memory + segment: at ratio 8, at most 56 segments of 1,024' },
-    { key: 'options.segmentLen', paper: '1024', ours: 'min(1024, window / 4)', why: 'equal on SmolLM2 (8,192 positions); 256 on softpress-base (1,024 positions)' },
+    {
+      key: 'train.docSegments',
+      paper: 'documents up to 128k tokens (~125 segments)',
+      ours: '16 segments (16,384 tokens at l = 1,024)',
+      why: "CPU compute; SmolLM2's window (8,192) also bounds memory + segment: at ratio 8, at most 56 segments of 1,024",
+    },
+    {
+      key: 'options.segmentLen',
+      paper: '1024',
+      ours: 'min(1024, window / 4)',
+      why: 'equal on SmolLM2 (8,192 positions); 256 on softpress-base (1,024 positions)',
+    },
   ],
 };
 
@@ -207,14 +230,18 @@ export class CcfCompressor implements Compressor {
     const window = base.config.maxPositions;
     this.segmentLen = optInt(o, 'segmentLen', Math.max(1, Math.min(r.segmentLen.value as number, Math.floor(window / 4))), 1)!;
     // The encoder puts the last memory slot at position l: it must be inside the window.
-    if (this.segmentLen >= window) throw new Error(`ccf: segments of ${this.segmentLen} tokens do not fit the base model's ${window} positions (the encoder's last memory slot sits at position ${this.segmentLen}); use segmentLen < ${window}`);
+    if (this.segmentLen >= window)
+      throw new Error(
+        `ccf: segments of ${this.segmentLen} tokens do not fit the base model's ${window} positions (the encoder's last memory slot sits at position ${this.segmentLen}); use segmentLen < ${window}`,
+      );
     const rank = optInt(o, 'rank', r.rank.value as number, 1)!;
     const alpha = o.alpha ?? r.alpha.value;
     if (typeof alpha !== 'number' || !(alpha > 0)) throw new Error(`ccf: option 'alpha' must be a number > 0, got ${JSON.stringify(o.alpha)}`);
     this.encodeBatch = optInt(o, 'encodeBatch', 16, 1)!;
     // pi starts as a token every tokenizer has (EOS); null (saved compressors): the mean embedding.
     const memTokenId = o.memTokenId === null ? undefined : optInt(o, 'memTokenId', base.config.eosTokenId, 0);
-    if (memTokenId !== undefined && memTokenId >= base.config.vocabSize) throw new Error(`ccf: memTokenId ${memTokenId} is outside the vocabulary (${base.config.vocabSize})`);
+    if (memTokenId !== undefined && memTokenId >= base.config.vocabSize)
+      throw new Error(`ccf: memTokenId ${memTokenId} is outside the vocabulary (${base.config.vocabSize})`);
     this.ratios = Object.freeze(Array.from({ length: this.segmentLen }, (_, i) => i + 1).filter((r) => r >= 2 && this.segmentLen % r === 0));
 
     // pi starts as an existing embedding, so the encoder first sees a familiar input.
@@ -291,7 +318,9 @@ export class CcfCompressor implements Compressor {
   /** Memory slots per full segment for a ratio (c = l / ratio); a clear error if unsupported. */
   slotsForRatio(ratio: number): number {
     if (!this.ratios.includes(ratio)) {
-      throw new Error(`ccf: ratio ${ratio} needs an integer number of memory slots per ${this.segmentLen}-token segment (supported: ${this.ratios.join(', ')})`);
+      throw new Error(
+        `ccf: ratio ${ratio} needs an integer number of memory slots per ${this.segmentLen}-token segment (supported: ${this.ratios.join(', ')})`,
+      );
     }
     return this.segmentLen / ratio;
   }
@@ -305,7 +334,9 @@ export class CcfCompressor implements Compressor {
     if (k === 0 || segments === 0) return segmentPlan(total, this.segmentLen, 0, 'full');
     if (k % segments !== 0) {
       const lo = segments * Math.floor(k / segments);
-      throw new Error(`ccf: a budget of ${k} memory slots must split evenly over the ${segments} segments of ${this.segmentLen} tokens (e.g. ${lo || segments} or ${lo + segments} slots)`);
+      throw new Error(
+        `ccf: a budget of ${k} memory slots must split evenly over the ${segments} segments of ${this.segmentLen} tokens (e.g. ${lo || segments} or ${lo + segments} slots)`,
+      );
     }
     const c = k / segments;
     if (c > this.segmentLen) throw new Error(`ccf: ${c} memory slots per segment exceed the ${this.segmentLen} tokens of a segment`);
@@ -411,7 +442,11 @@ export class CcfCompressor implements Compressor {
     }
     for (const p of rest) {
       if (p.slots === 0) continue;
-      const ids = tensor(contexts.flatMap((x) => x.slice(p.start, p.start + p.length)), [b, p.length], { dtype: 'int64' });
+      const ids = tensor(
+        contexts.flatMap((x) => x.slice(p.start, p.start + p.length)),
+        [b, p.length],
+        { dtype: 'int64' },
+      );
       this.encode(ids, p.slots).forEach((t, n) => perLayer[n].push(t));
     }
     return perLayer.map((ts) => (ts.length === 1 ? ts[0] : cat(ts, 1)));
@@ -427,12 +462,20 @@ export class CcfCompressor implements Compressor {
     if (contexts.length === 0) throw new Error('ccf: compress needs at least one context');
     const total = contexts[0].length;
     if (contexts.some((c) => c.length !== total)) {
-      throw new Error(`ccf: contexts in one batch must have equal lengths (got ${[...new Set(contexts.map((c) => c.length))].join(', ')}); memory KV slots cannot be padded, so compress ragged contexts one at a time`);
+      throw new Error(
+        `ccf: contexts in one batch must have equal lengths (got ${[...new Set(contexts.map((c) => c.length))].join(', ')}); memory KV slots cannot be padded, so compress ragged contexts one at a time`,
+      );
     }
     const plan = this.plan(total, budget);
     const slots = plan.reduce((a, p) => a + p.slots, 0);
     const b = contexts.length;
-    const meta = { method: this.method, budget, sourceTokens: contexts.map((c) => c.length), softTokens: new Array(b).fill(slots), baseFingerprint: this.base.fingerprint() };
+    const meta = {
+      method: this.method,
+      budget,
+      sourceTokens: contexts.map((c) => c.length),
+      softTokens: new Array(b).fill(slots),
+      baseFingerprint: this.base.fingerprint(),
+    };
     if (slots === 0) return { meta };
     return tidy(() => {
       const memoryKv = this.memoryKv(this.encodeContexts(contexts, plan), 0);
@@ -473,7 +516,8 @@ export class CcfStream implements CompressorStream {
   ) {
     if ((opts.ratio === undefined) === (opts.slots === undefined)) throw new Error('CcfStream: give exactly one of ratio or slots');
     this.slots = opts.slots ?? ccf.slotsForRatio(opts.ratio!);
-    if (!Number.isInteger(this.slots) || this.slots < 1 || this.slots > ccf.segmentLen) throw new Error(`CcfStream: slots must be an integer in 1..${ccf.segmentLen}, got ${this.slots}`);
+    if (!Number.isInteger(this.slots) || this.slots < 1 || this.slots > ccf.segmentLen)
+      throw new Error(`CcfStream: slots must be an integer in 1..${ccf.segmentLen}, got ${this.slots}`);
   }
 
   /** Tokens per segment. */
@@ -516,7 +560,8 @@ export class CcfStream implements CompressorStream {
         const ids = tensor(rows.flat(), [b, n], { dtype: 'int64' });
         const logits = this.ccf.decodeLogits(ids, this.kv ?? undefined); // [B, n, V]
         let sum = 0;
-        if (n > 1) sum += crossEntropy(logits.narrow(1, 0, n - 1).reshape(b * (n - 1), -1), ids.narrow(1, 1, n - 1).reshape(b * (n - 1)), { reduction: 'sum' }).item();
+        if (n > 1)
+          sum += crossEntropy(logits.narrow(1, 0, n - 1).reshape(b * (n - 1), -1), ids.narrow(1, 1, n - 1).reshape(b * (n - 1)), { reduction: 'sum' }).item();
         if (this.pending) sum += crossEntropy(this.pending, ids.select(1, 0), { reduction: 'sum' }).item();
         return { nll: sum, pending: logits.select(1, n - 1).contiguous() };
       }),
@@ -541,7 +586,9 @@ export class CcfStream implements CompressorStream {
         const latents = this.ccf.encode(tensor(rows.flat(), [rows.length, n], { dtype: 'int64' }), slots);
         // RoPE positions are absolute, so the new slots' keys are those of the concatenation.
         const added = this.ccf.memoryKv(latents, start);
-        return this.kv ? added.map((kv, i) => ({ k: cat([this.kv![i].k, kv.k], 2), v: cat([this.kv![i].v, kv.v], 2) })) : added.map((kv) => ({ k: kv.k.contiguous(), v: kv.v.contiguous() }));
+        return this.kv
+          ? added.map((kv, i) => ({ k: cat([this.kv![i].k, kv.k], 2), v: cat([this.kv![i].v, kv.v], 2) }))
+          : added.map((kv) => ({ k: kv.k.contiguous(), v: kv.v.contiguous() }));
       }),
     );
     for (const kv of next) {
@@ -568,4 +615,10 @@ export class CcfStream implements CompressorStream {
   }
 }
 
-registerCompressor('ccf', 'CCF: segment-wise per-layer memory KV (LoRA encoder on q/v, LoRA on memory k/v), streaming', true, (base, options) => new CcfCompressor(base, options), { recipe: CCF_RECIPE });
+registerCompressor(
+  'ccf',
+  'CCF: segment-wise per-layer memory KV (LoRA encoder on q/v, LoRA on memory k/v), streaming',
+  true,
+  (base, options) => new CcfCompressor(base, options),
+  { recipe: CCF_RECIPE },
+);

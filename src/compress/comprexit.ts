@@ -120,8 +120,18 @@ export const COMPREXIT_RECIPE: MethodRecipe = {
     continuationLen: paper(128),
   },
   deviations: [
-    { key: 'qa prompt', paper: '[BOS] slots question answer-prompt', ours: "the evaluation's QA format: [lead] slots \"\\nQuestion: q\\nAnswer:\" (lead BOS, or a one-shot demonstration on instruct bases)", why: 'one QA format for training and evaluation (models/chat.ts qaPromptFormat)' },
-    { key: 'LayerNorm roles', paper: 'three LayerNorms (official code)', ours: 'LN_x (anchors in the cost), LN_c (prototypes), LN_v (source mass and values)', why: 'our summary writes each as "LN"; which LayerNorm takes which role is our reading' },
+    {
+      key: 'qa prompt',
+      paper: '[BOS] slots question answer-prompt',
+      ours: 'the evaluation\'s QA format: [lead] slots "\\nQuestion: q\\nAnswer:" (lead BOS, or a one-shot demonstration on instruct bases)',
+      why: 'one QA format for training and evaluation (models/chat.ts qaPromptFormat)',
+    },
+    {
+      key: 'LayerNorm roles',
+      paper: 'three LayerNorms (official code)',
+      ours: 'LN_x (anchors in the cost), LN_c (prototypes), LN_v (source mass and values)',
+      why: 'our summary writes each as "LN"; which LayerNorm takes which role is our reading',
+    },
   ],
 };
 
@@ -135,8 +145,12 @@ export function comprexitOptions(options: Record<string, unknown> = {}): ComprEx
   for (const key of Object.keys(COMPREXIT_DEFAULTS) as (keyof ComprExITOptions)[]) {
     const v = options[key];
     if (v === undefined) continue;
-    const bad = typeof v !== 'number' || !Number.isFinite(v) || (ints.has(key) ? !Number.isInteger(v) || v < 1 : key === 'uniformMix' ? v < 0 || v > 1 : v <= 0);
-    if (bad) throw new Error(`comprexit: option ${key} must be ${ints.has(key) ? 'a positive integer' : key === 'uniformMix' ? 'a number in [0, 1]' : 'a positive number'}, got ${JSON.stringify(v)}`);
+    const bad =
+      typeof v !== 'number' || !Number.isFinite(v) || (ints.has(key) ? !Number.isInteger(v) || v < 1 : key === 'uniformMix' ? v < 0 || v > 1 : v <= 0);
+    if (bad)
+      throw new Error(
+        `comprexit: option ${key} must be ${ints.has(key) ? 'a positive integer' : key === 'uniformMix' ? 'a number in [0, 1]' : 'a positive number'}, got ${JSON.stringify(v)}`,
+      );
     out[key] = v as number;
   }
   return out;
@@ -174,7 +188,10 @@ export class DepthTransmission extends Module {
     this.layerLogits = this.param('layer_logits', zeros([numStates]));
     this.query = this.module('q_proj', torchLinear(hidden, keyDim, bias));
     this.key = this.module('k_proj', torchLinear(hidden, keyDim, bias));
-    this.layerEmb = this.param('layer_emb', noGrad(() => zeros([numStates, keyDim]).normal_(0, 0.02)));
+    this.layerEmb = this.param(
+      'layer_emb',
+      noGrad(() => zeros([numStates, keyDim]).normal_(0, 0.02)),
+    );
     this.value = this.module('v_proj', torchLinear(hidden, hidden, bias));
   }
 
@@ -195,7 +212,10 @@ export class DepthTransmission extends Module {
     let scores = qk.matmul(states.transpose(-2, -1)).add(q.matmul(this.layerEmb.value.T)); // [B, T, 1, L+1]
     if (this.key.bias) scores = scores.add(q.matmul(this.key.bias.value.unsqueeze(-1)));
     const realTokens = mask.to('float32').view(b, t, 1, 1);
-    const alpha = scores.mul(1 / (Math.sqrt(this.keyDim) * this.tau)).softmax(-1).mul(realTokens);
+    const alpha = scores
+      .mul(1 / (Math.sqrt(this.keyDim) * this.tau))
+      .softmax(-1)
+      .mul(realTokens);
     // sum_l alpha_l (W_v h_l + b_v) = W_v (sum_l alpha_l h_l) + b_v (the alphas sum to 1): project
     // the mix once. Padding tokens have alpha = 0, hence anchor 0.
     let anchors = this.value.forward(alpha.matmul(states).squeeze(2)); // [B, T, H]
@@ -228,7 +248,10 @@ export function sourceMass(scores: Tensor, rowMask: Tensor, lambda: number, tau:
   const real = rowMask.to('float32');
   const p = scores.div(tau).maskedFill(rowMask.logicalNot(), NEG).softmax(-1);
   const uniform = real.div(real.sum(-1, true).clamp(1, null));
-  const a = p.mul(1 - lambda).add(uniform.mul(lambda)).mul(real);
+  const a = p
+    .mul(1 - lambda)
+    .add(uniform.mul(lambda))
+    .mul(real);
   return a.div(a.sum(-1, true).clamp(1e-30, null));
 }
 
@@ -445,7 +468,10 @@ export function layoutBlocks(lengths: number[], budget: Budget, window: number):
     perWindow = lengths.map((len, b) => {
       const need = Math.ceil(len / window);
       if (k > len) throw new Error(`comprexit: a budget of ${k} soft tokens needs at least ${k} context tokens (one per slot); item ${b} has ${len}`);
-      if (k < need) throw new Error(`comprexit: a budget of ${k} soft tokens is too small for item ${b} (${len} tokens): every ${window}-token window needs a slot, so at least ${need}`);
+      if (k < need)
+        throw new Error(
+          `comprexit: a budget of ${k} soft tokens is too small for item ${b} (${len} tokens): every ${window}-token window needs a slot, so at least ${need}`,
+        );
       const tokens = Array.from({ length: windows }, (_, w) => tokensIn(len, w));
       const used = tokens.slice(0, need);
       return [...(need ? apportion(used, k) : []), ...new Array(windows - need).fill(0)];
@@ -527,7 +553,13 @@ export class ComprExIT implements Compressor {
     // Its own scope: the per-layer tensors are freed as soon as they are stacked.
     const states = tidy(() =>
       noGrad(() => {
-        const padding = n ? tensor(contexts.flatMap((c) => Array.from({ length: n + t }, (_, i) => (i < n + c.length ? 1 : 0))), [b, n + t], { dtype: 'bool' }) : mask;
+        const padding = n
+          ? tensor(
+              contexts.flatMap((c) => Array.from({ length: n + t }, (_, i) => (i < n + c.length ? 1 : 0))),
+              [b, n + t],
+              { dtype: 'bool' },
+            )
+          : mask;
         const out = this.base.forward({ ids: tensor(ids, [b, n + t], { dtype: 'int64' }), paddingMask: padding, outputHiddenStates: true, logits: 'none' });
         const all = stack(out.hiddenStates!, 2); // [B, n + T, L+1, H]
         return (n ? all.narrow(1, n, t) : all).to('float32');
@@ -603,7 +635,14 @@ export function comprexitParameters(c: ComprExIT): ParameterReport {
   const m = c.module;
   const trainable = m.numParameters(true);
   const base = c.base.numParameters();
-  return { depth: m.depth.numParameters(true), width: m.width.numParameters(true), projector: m.projector.numParameters(true), trainable, base, share: trainable / base };
+  return {
+    depth: m.depth.numParameters(true),
+    width: m.width.numParameters(true),
+    projector: m.projector.numParameters(true),
+    trainable,
+    base,
+    share: trainable / base,
+  };
 }
 
 registerCompressor(

@@ -62,7 +62,13 @@ export interface TailLossResult {
  * j >= lossFrom[b] count (e.g. the answer after a question). Runs with gradients, so it is
  * the training loss of every objective, and (under noGrad) the evaluation loss.
  */
-export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][], lossFrom: number[], opts: { bos: number | readonly number[]; pad: number; lora?: LoraAdapters }): TailLossResult {
+export function tailLoss(
+  model: LlamaModel,
+  ctx: SoftContext,
+  tails: number[][],
+  lossFrom: number[],
+  opts: { bos: number | readonly number[]; pad: number; lora?: LoraAdapters },
+): TailLossResult {
   const b = tails.length;
   if (b !== ctx.meta.sourceTokens.length) throw new Error(`tailLoss: ${b} tails for ${ctx.meta.sourceTokens.length} contexts`);
   const len = Math.max(1, ...tails.map((t) => t.length));
@@ -94,7 +100,13 @@ export function tailLoss(model: LlamaModel, ctx: SoftContext, tails: number[][],
 }
 
 /** Generates answers to prompts (token ids) read after a soft context, one prompt per item. */
-export function generateWithContext(model: LlamaModel, ctx: SoftContext, prompts: number[][], bos: number | readonly number[], opts: Omit<GenerateOptions, 'prefixEmbeds' | 'prefixMask' | 'kvPrefix'>): GenerateResult {
+export function generateWithContext(
+  model: LlamaModel,
+  ctx: SoftContext,
+  prompts: number[][],
+  bos: number | readonly number[],
+  opts: Omit<GenerateOptions, 'prefixEmbeds' | 'prefixMask' | 'kvPrefix'>,
+): GenerateResult {
   const prefix = contextPrefix(model, ctx, bos);
   return generate(model, prompts, { ...opts, prefixEmbeds: prefix.embeds, prefixMask: prefix.mask, kvPrefix: ctx.memoryKv });
 }

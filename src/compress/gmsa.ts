@@ -102,10 +102,25 @@ export const GMSA_RECIPE: MethodRecipe = {
     ratios: paper([4, 8], 'sampled per batch'),
   },
   deviations: [
-    { key: 'options.encoderLayers', paper: '8', ours: 'min(8, ceil(L / 2))', why: 'equal on bases of 15+ layers (SmolLM2: 8 of 30); softpress-base has 6 layers (3)' },
+    {
+      key: 'options.encoderLayers',
+      paper: '8',
+      ours: 'min(8, ceil(L / 2))',
+      why: 'equal on bases of 15+ layers (SmolLM2: 8 of 30); softpress-base has 6 layers (3)',
+    },
     { key: 'options.loraRank', paper: '128', ours: 'min(128, hidden size)', why: 'equal on every real base; only tiny test bases are narrower than 128' },
-    { key: 'restate prompt (instruct bases)', paper: '[soft] "Restate the aforementioned text." context EOS', ours: 'the same inside the chat template: a user turn of [soft] + the instruction, the context as the reply', why: 'SmolLM2 with the passage as context restates at 0.312 nats/token this way, 0.437 in plain text (results/restate-format.md); base models read the plain text' },
-    { key: 'qa prompt', paper: '[soft] question answer EOS', ours: "the evaluation's QA format: [lead] [soft] \"\\nQuestion: q\\nAnswer:\" answer EOS (lead BOS, or a one-shot demonstration on instruct bases)", why: 'one QA format for training and evaluation (models/chat.ts qaPromptFormat)' },
+    {
+      key: 'restate prompt (instruct bases)',
+      paper: '[soft] "Restate the aforementioned text." context EOS',
+      ours: 'the same inside the chat template: a user turn of [soft] + the instruction, the context as the reply',
+      why: 'SmolLM2 with the passage as context restates at 0.312 nats/token this way, 0.437 in plain text (results/restate-format.md); base models read the plain text',
+    },
+    {
+      key: 'qa prompt',
+      paper: '[soft] question answer EOS',
+      ours: 'the evaluation\'s QA format: [lead] [soft] "\\nQuestion: q\\nAnswer:" answer EOS (lead BOS, or a one-shot demonstration on instruct bases)',
+      why: 'one QA format for training and evaluation (models/chat.ts qaPromptFormat)',
+    },
   ],
 };
 
@@ -154,9 +169,16 @@ function mergePlan(lengths: number[], t: number, budget: Budget): MergePlan {
  * 1/|g|; strided: 1 on its last token; queries: softmax(q · h) over its tokens), so one matmul
  * serves every variant. query [H] is needed for 'queries' only.
  */
-export function mergeGroups(states: Tensor, lengths: number[], budget: Budget, merge: GmsaMerge = 'mean', query?: Tensor): { merged: Tensor; counts: number[] } {
+export function mergeGroups(
+  states: Tensor,
+  lengths: number[],
+  budget: Budget,
+  merge: GmsaMerge = 'mean',
+  query?: Tensor,
+): { merged: Tensor; counts: number[] } {
   const [b, t, h] = states.shape;
-  if (lengths.length !== b || lengths.some((n) => n > t)) throw new Error(`mergeGroups: lengths [${lengths.join(', ')}] do not fit states ${states.describe()}`);
+  if (lengths.length !== b || lengths.some((n) => n > t))
+    throw new Error(`mergeGroups: lengths [${lengths.join(', ')}] do not fit states ${states.describe()}`);
   const plan = mergePlan(lengths, t, budget);
   if (plan.k === 0) return { merged: zeros([b, 0, h], { dtype: states.dtype }), counts: plan.counts };
   const member = plan.group.unsqueeze(1).eq(arange(0, plan.k, 1, { dtype: 'int64' }).reshape(1, plan.k, 1)); // [B, k, T]
@@ -294,7 +316,16 @@ export class GmsaCompressor implements Compressor {
     this.merge = optEnum(m, options, 'merge', GMSA_MERGES, r.merge.value as GmsaMerge);
     const lsa = optBool(m, options, 'lsa', r.lsa.value as boolean);
     this.bos = optBool(m, options, 'bos', encoderBosDefault(base, env)) && base.config.bosTokenId !== undefined;
-    this.config = { method: m, encoderLayers: this.encoderLayers, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, merge: this.merge, lsa, bos: this.bos };
+    this.config = {
+      method: m,
+      encoderLayers: this.encoderLayers,
+      loraRank: rank,
+      loraAlpha: alpha,
+      loraDropout: dropout,
+      merge: this.merge,
+      lsa,
+      bos: this.bos,
+    };
 
     this.module = new GmsaModule(base, this.encoderLayers, { rank, alpha, dropout }, this.merge, lsa);
     this.decoderLora = new ProjectionDelta(base.loraSpecs(['q', 'k', 'v']));
@@ -357,7 +388,9 @@ export class GmsaCompressor implements Compressor {
         const encoded = this.base.forward({ ids, numLayers: this.encoderLayers, lora: this.module.encoder, logits: 'none' });
         const states = encoded.hidden.narrow(1, head.length, t); // [B, T, H], the context tokens only
         const { merged } = mergeGroups(states, lengths, budget, this.merge, this.module.query?.value); // [B, k, H]
-        const mask = arange(0, k, 1, { dtype: 'int64' }).unsqueeze(0).lt(tensor(counts, [b, 1], { dtype: 'int64' })); // [B, k]
+        const mask = arange(0, k, 1, { dtype: 'int64' })
+          .unsqueeze(0)
+          .lt(tensor(counts, [b, 1], { dtype: 'int64' })); // [B, k]
         // Padded rows are zeroed so that a stored context does not depend on its batch.
         const aligned = this.module.lsa.forward(merged);
         const softTokens = aligned.mul(mask.unsqueeze(-1).to(aligned.dtype)).to(this.base.dtype);

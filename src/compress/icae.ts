@@ -29,7 +29,17 @@ import { Tensor, embedding, noGrad, randn, tensor, tidy, where, zeros } from '..
 import { LoraAdapters, Module, type Parameter } from '../nn/index.js';
 import { LORA_TARGETS, type LlamaModel, type LoraTarget } from '../models/llama.js';
 import { encoderBosDefault, registerCompressor, type CompressorEnv } from './registry.js';
-import { checkBudget, describeBudget, softCount, trainableDtype, type Budget, type Compressor, type CompressorConfig, type SoftContext, type Stage } from './types.js';
+import {
+  checkBudget,
+  describeBudget,
+  softCount,
+  trainableDtype,
+  type Budget,
+  type Compressor,
+  type CompressorConfig,
+  type SoftContext,
+  type Stage,
+} from './types.js';
 import { optBool, optList, optNumber } from './options.js';
 import { code, ours, type MethodRecipe, type StageRecipe } from './recipe.js';
 
@@ -87,10 +97,30 @@ export const ICAE_RECIPE: MethodRecipe = {
   stages: { ae: ICAE_STAGE, lm: ICAE_STAGE, qa: ICAE_STAGE },
   train: {},
   deviations: [
-    { key: 'options.maxSlots', paper: '128 memory slots per span, long contexts in several spans', ours: 'one span of up to 256 slots', why: 'our contexts (<= 1,024 tokens at ratio >= 4) fit one span' },
-    { key: 'options.memInit', paper: 'nn.Embedding default, N(0, 1)', ours: 'N(0, std of the base embedding table)', why: "the same kind of learned vector at the base's embedding scale" },
-    { key: 'restate prompt', paper: '[memory slots][AE] context EOS', ours: '[memory slots][AE] "Restate the aforementioned text." context EOS (chat-wrapped on instruct bases)', why: 'every method is asked to restate with the same prompt (compress/prompts.ts)' },
-    { key: 'qa prompt', paper: '[memory slots][FT] prompt answer (Mistral [INST] format)', ours: "the evaluation's QA format, no [FT] token", why: 'one QA format for every method, train and eval (models/chat.ts qaPromptFormat)' },
+    {
+      key: 'options.maxSlots',
+      paper: '128 memory slots per span, long contexts in several spans',
+      ours: 'one span of up to 256 slots',
+      why: 'our contexts (<= 1,024 tokens at ratio >= 4) fit one span',
+    },
+    {
+      key: 'options.memInit',
+      paper: 'nn.Embedding default, N(0, 1)',
+      ours: 'N(0, std of the base embedding table)',
+      why: "the same kind of learned vector at the base's embedding scale",
+    },
+    {
+      key: 'restate prompt',
+      paper: '[memory slots][AE] context EOS',
+      ours: '[memory slots][AE] "Restate the aforementioned text." context EOS (chat-wrapped on instruct bases)',
+      why: 'every method is asked to restate with the same prompt (compress/prompts.ts)',
+    },
+    {
+      key: 'qa prompt',
+      paper: '[memory slots][FT] prompt answer (Mistral [INST] format)',
+      ours: "the evaluation's QA format, no [FT] token",
+      why: 'one QA format for every method, train and eval (models/chat.ts qaPromptFormat)',
+    },
   ],
 };
 
@@ -130,12 +160,27 @@ export class IcaeCompressor implements Compressor {
     const alpha = optNumber(m, options, 'loraAlpha', r.loraAlpha.value as number, { min: 0 });
     const dropout = optNumber(m, options, 'loraDropout', r.loraDropout.value as number, { min: 0, max: 0.99 });
     const targets = optList(m, options, 'loraTargets', LORA_TARGETS, r.loraTargets.value as LoraTarget[]);
-    const memTokenId = options.memTokenId === undefined || options.memTokenId === null ? null : optNumber(m, options, 'memTokenId', 0, { integer: true, min: 0, max: base.config.vocabSize - 1 });
+    const memTokenId =
+      options.memTokenId === undefined || options.memTokenId === null
+        ? null
+        : optNumber(m, options, 'memTokenId', 0, { integer: true, min: 0, max: base.config.vocabSize - 1 });
     const memNoise = optNumber(m, options, 'memNoise', 0.1, { min: 0 });
     const aeToken = optBool(m, options, 'aeToken', r.aeToken.value as boolean);
     const lmToken = optBool(m, options, 'lmToken', r.lmToken.value as boolean);
     this.bos = optBool(m, options, 'bos', encoderBosDefault(base, env));
-    this.config = { method: m, maxSlots: this.maxSlots, loraRank: rank, loraAlpha: alpha, loraDropout: dropout, loraTargets: targets, memTokenId, memNoise, aeToken, lmToken, bos: this.bos };
+    this.config = {
+      method: m,
+      maxSlots: this.maxSlots,
+      loraRank: rank,
+      loraAlpha: alpha,
+      loraDropout: dropout,
+      loraTargets: targets,
+      memTokenId,
+      memNoise,
+      aeToken,
+      lmToken,
+      bos: this.bos,
+    };
     // Learned vectors (float32 whatever the base's dtype), drawn like rows of the base's table.
     const draw = (rows: number) =>
       tidy(() =>
@@ -143,7 +188,10 @@ export class IcaeCompressor implements Compressor {
           if (memTokenId !== null) {
             const row = base.embed(tensor([memTokenId], [1], { dtype: 'int64' })).to('float32'); // [1, dim]
             const rms = row.square().mean().sqrt().item();
-            return row.expand(rows, base.dim).add(randn([rows, base.dim]).mul(memNoise * (rms || 1))).contiguous();
+            return row
+              .expand(rows, base.dim)
+              .add(randn([rows, base.dim]).mul(memNoise * (rms || 1)))
+              .contiguous();
           }
           const table = base.model.embedTokens.weight.value.to('float32');
           const std = table.sub(table.mean()).square().mean().sqrt().item();
@@ -181,9 +229,17 @@ export class IcaeCompressor implements Compressor {
     const k = Math.max(0, ...counts);
     if (k > this.maxSlots) {
       const worst = contexts[counts.indexOf(k)].length;
-      throw new Error(`icae: ${describeBudget(budget)} asks for ${k} memory tokens for a context of ${worst} tokens, but this compressor has ${this.maxSlots} slots (maxSlots); use a larger ratio or a shorter context`);
+      throw new Error(
+        `icae: ${describeBudget(budget)} asks for ${k} memory tokens for a context of ${worst} tokens, but this compressor has ${this.maxSlots} slots (maxSlots); use a larger ratio or a shorter context`,
+      );
     }
-    const meta = { method: this.method, budget: { ...budget }, sourceTokens: contexts.map((c) => c.length), softTokens: counts, baseFingerprint: this.base.fingerprint() };
+    const meta = {
+      method: this.method,
+      budget: { ...budget },
+      sourceTokens: contexts.map((c) => c.length),
+      softTokens: counts,
+      baseFingerprint: this.base.fingerprint(),
+    };
     const dim = this.base.dim;
     if (k === 0) return { softTokens: zeros([b, 0, dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), meta };
 
@@ -222,7 +278,13 @@ export class IcaeCompressor implements Compressor {
   }
 }
 
-registerCompressor('icae', 'ICAE-style: learned memory tokens after the context, read out by the base model with a LoRA encoder', true, (base, options, env) => new IcaeCompressor(base, options, env), {
-  recipe: ICAE_RECIPE,
-  savedDefaults: ICAE_LEGACY,
-});
+registerCompressor(
+  'icae',
+  'ICAE-style: learned memory tokens after the context, read out by the base model with a LoRA encoder',
+  true,
+  (base, options, env) => new IcaeCompressor(base, options, env),
+  {
+    recipe: ICAE_RECIPE,
+    savedDefaults: ICAE_LEGACY,
+  },
+);

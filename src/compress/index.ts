@@ -15,4 +15,14 @@ export * from './decode.js';
 export * from './softctx.js';
 export * from './batching.js';
 export * from './prompts.js';
-export { recipeOptions, recipeReport, recipeTable, stageRecipe, type MethodRecipe, type RecipeDeviation, type RecipeSource, type RecipeValue, type StageRecipe } from './recipe.js';
+export {
+  recipeOptions,
+  recipeReport,
+  recipeTable,
+  stageRecipe,
+  type MethodRecipe,
+  type RecipeDeviation,
+  type RecipeSource,
+  type RecipeValue,
+  type StageRecipe,
+} from './recipe.js';

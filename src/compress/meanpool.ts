@@ -137,7 +137,13 @@ export class MeanPoolCompressor implements Compressor {
     const counts = groups.map((g) => g.length);
     const k = Math.max(0, ...counts);
     const tMax = Math.max(0, ...contexts.map((c) => c.length));
-    const meta = { method: this.method, budget: { ...budget }, sourceTokens: contexts.map((c) => c.length), softTokens: counts, baseFingerprint: this.base.fingerprint() };
+    const meta = {
+      method: this.method,
+      budget: { ...budget },
+      sourceTokens: contexts.map((c) => c.length),
+      softTokens: counts,
+      baseFingerprint: this.base.fingerprint(),
+    };
     const maskVals: boolean[] = [];
     for (const n of counts) for (let j = 0; j < k; j++) maskVals.push(j < n);
     if (k === 0) return { softTokens: zeros([b, 0, this.base.dim], { dtype: this.base.dtype }), mask: zeros([b, 0], { dtype: 'bool' }), meta };
@@ -161,7 +167,10 @@ export class MeanPoolCompressor implements Compressor {
       const reps64 = reps.to('float64');
       const prefix = cat([zeros([b, 1, this.base.dim], { dtype: 'float64' }), reps64.cumsum(1)], 1); // [B, Tmax+1, dim]
       const at = (idx: number[]) => prefix.gather(1, tensor(idx, [b, k, 1], { dtype: 'int64' }).expand(b, k, this.base.dim));
-      return at(ends).sub(at(starts)).div(tensor(sizes, [b, k, 1], { dtype: 'float64' })).to('float32');
+      return at(ends)
+        .sub(at(starts))
+        .div(tensor(sizes, [b, k, 1], { dtype: 'float64' }))
+        .to('float32');
     });
     const projected = this.module.proj.forward(pooled);
     const softTokens = projected.mul(mask.unsqueeze(-1).to('float32')).to(this.base.dtype);
@@ -169,4 +178,10 @@ export class MeanPoolCompressor implements Compressor {
   }
 }
 
-registerCompressor('meanpool', 'mean of each group of r token embeddings (or last-layer states), through a trained linear projector', true, (base, options, env) => new MeanPoolCompressor(base, options, env), { recipe: MEANPOOL_RECIPE });
+registerCompressor(
+  'meanpool',
+  'mean of each group of r token embeddings (or last-layer states), through a trained linear projector',
+  true,
+  (base, options, env) => new MeanPoolCompressor(base, options, env),
+  { recipe: MEANPOOL_RECIPE },
+);

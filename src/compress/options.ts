@@ -10,7 +10,13 @@ function fail(method: string, key: string, want: string, got: unknown): never {
   throw new Error(`${method}: option '${key}' must be ${want}, got ${JSON.stringify(got)}`);
 }
 
-export function optNumber(method: string, o: Record<string, unknown>, key: string, def: number, check: { min?: number; max?: number; integer?: boolean } = {}): number {
+export function optNumber(
+  method: string,
+  o: Record<string, unknown>,
+  key: string,
+  def: number,
+  check: { min?: number; max?: number; integer?: boolean } = {},
+): number {
   let v = o[key] ?? def;
   if (typeof v === 'string' && v.trim() !== '' && Number.isFinite(Number(v))) v = Number(v);
   const want = `${check.integer ? 'an integer' : 'a number'}${check.min !== undefined ? ` >= ${check.min}` : ''}${check.max !== undefined ? ` <= ${check.max}` : ''}`;
@@ -38,7 +44,13 @@ export function optEnum<T extends string>(method: string, o: Record<string, unkn
 /** A list of allowed names, given as an array or a comma-separated string. */
 export function optList<T extends string>(method: string, o: Record<string, unknown>, key: string, allowed: readonly T[], def: readonly T[]): T[] {
   const raw = o[key] ?? def;
-  const list = typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter((s) => s !== '') : raw;
+  const list =
+    typeof raw === 'string'
+      ? raw
+          .split(',')
+          .map((s) => s.trim())
+          .filter((s) => s !== '')
+      : raw;
   if (!Array.isArray(list) || list.length === 0 || list.some((x) => typeof x !== 'string' || !(allowed as readonly string[]).includes(x))) {
     fail(method, key, `a non-empty list of ${allowed.join(', ')}`, o[key]);
   }

@@ -106,13 +106,16 @@ export function recipeReport(recipes: readonly MethodRecipe[]): string {
     '',
     'Generated from the recipes in `src/compress/<method>.ts` (`node scripts/recipes-table.mjs`; `test/recipes.test.ts` checks each recipe against its paper\'s table and this file against the recipes). `softpress train` uses them for every flag not given; each trained compressor\'s card (`compressor.json` "recipe", `README.md`) records the settings it actually used and where they differ from the paper.',
     '',
-    'Source: **paper** — the paper as summarised in `papers/<method>.md`; **code** — the method\'s official code (issue #28); **not stated** — neither says, softpress\'s own choice.',
+    "Source: **paper** — the paper as summarised in `papers/<method>.md`; **code** — the method's official code (issue #28); **not stated** — neither says, softpress's own choice.",
     '',
     '| method | setting | ours (default) | paper | source |',
     '|---|---|---|---|---|',
   ];
   for (const r of recipes) {
-    const row = (key: string, v: RecipeValue<unknown>) => out.push(`| ${r.method} | ${key} | ${fmt(v.value)} | ${v.source === 'not stated' ? 'not stated' : fmt(v.value)} | ${v.source}${v.note ? ` (${v.note})` : ''} |`);
+    const row = (key: string, v: RecipeValue<unknown>) =>
+      out.push(
+        `| ${r.method} | ${key} | ${fmt(v.value)} | ${v.source === 'not stated' ? 'not stated' : fmt(v.value)} | ${v.source}${v.note ? ` (${v.note})` : ''} |`,
+      );
     for (const [k, v] of Object.entries(r.options)) row(`options.${k}`, v);
     for (const [s, rec] of Object.entries(r.stages)) for (const [k, v] of Object.entries(rec)) row(`${s}.${k}`, v as RecipeValue<unknown>);
     for (const [k, v] of Object.entries(r.train)) row(`train.${k}`, v);

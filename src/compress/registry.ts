@@ -128,7 +128,10 @@ export function loadCompressor(dir: string, base: LlamaModel): Compressor {
   // Options the file predates take the layout it was saved with.
   const saved = registry.get(cfg.method)?.savedDefaults ?? {};
   const c = createCompressor(cfg.method, base, { ...saved, ...cfg });
-  const load = (file: string, module: { namedParameters(): [string, { load(t: import('../tensor/index.js').Tensor, name: string): void }][] } | null | undefined) => {
+  const load = (
+    file: string,
+    module: { namedParameters(): [string, { load(t: import('../tensor/index.js').Tensor, name: string): void }][] } | null | undefined,
+  ) => {
     if (!module) return;
     const path = join(dir, file);
     if (!existsSync(path)) throw new Error(`${dir}: missing ${file}`);

@@ -71,7 +71,11 @@ function checkMeta(metadata: Record<string, string>, source: string): SoftContex
   const bad = (field: string, msg: string): never => {
     throw new SoftContextError(source, field, msg);
   };
-  if (metadata.softpress_softctx !== VERSION) bad('softpress_softctx', `not a softpress soft context (format version ${metadata.softpress_softctx === undefined ? 'missing' : JSON.stringify(metadata.softpress_softctx)}, this build reads ${VERSION})`);
+  if (metadata.softpress_softctx !== VERSION)
+    bad(
+      'softpress_softctx',
+      `not a softpress soft context (format version ${metadata.softpress_softctx === undefined ? 'missing' : JSON.stringify(metadata.softpress_softctx)}, this build reads ${VERSION})`,
+    );
   let raw: unknown;
   try {
     raw = JSON.parse(metadata.meta ?? '');
@@ -86,7 +90,8 @@ function checkMeta(metadata: Record<string, string>, source: string): SoftContex
   if (budget === null || typeof budget !== 'object' || Array.isArray(budget)) return bad('meta.budget', 'must be an object {ratio} or {tokens}');
   const hasRatio = budget.ratio !== undefined;
   if (hasRatio === (budget.tokens !== undefined)) bad('meta.budget', 'must give exactly one of ratio or tokens');
-  if (hasRatio && !(typeof budget.ratio === 'number' && Number.isFinite(budget.ratio) && budget.ratio >= 1)) bad('meta.budget.ratio', `must be a number >= 1, got ${JSON.stringify(budget.ratio)}`);
+  if (hasRatio && !(typeof budget.ratio === 'number' && Number.isFinite(budget.ratio) && budget.ratio >= 1))
+    bad('meta.budget.ratio', `must be a number >= 1, got ${JSON.stringify(budget.ratio)}`);
   if (!hasRatio && !isCount(budget.tokens)) bad('meta.budget.tokens', `must be an integer >= 0, got ${JSON.stringify(budget.tokens)}`);
   const counts = (field: 'sourceTokens' | 'softTokens'): number[] => {
     const xs = m[field];
@@ -97,7 +102,8 @@ function checkMeta(metadata: Record<string, string>, source: string): SoftContex
   };
   const sourceTokens = counts('sourceTokens');
   const softTokens = counts('softTokens');
-  if (softTokens.length !== sourceTokens.length) bad('meta.softTokens', `has ${softTokens.length} counts for ${sourceTokens.length} contexts (meta.sourceTokens)`);
+  if (softTokens.length !== sourceTokens.length)
+    bad('meta.softTokens', `has ${softTokens.length} counts for ${sourceTokens.length} contexts (meta.sourceTokens)`);
   return raw as SoftContextMeta;
 }
 

@@ -18,11 +18,18 @@ function tokenContext(base: LlamaModel, method: string, contexts: number[][], ke
     const ids = kept.flatMap((x) => [...x, ...new Array(k - x.length).fill(0)]);
     return base.embed(tensor(ids, [b, k], { dtype: 'int64' }));
   });
-  return { softTokens, meta: { method, budget, sourceTokens: contexts.map((c) => c.length), softTokens: kept.map((x) => x.length), baseFingerprint: base.fingerprint() } };
+  return {
+    softTokens,
+    meta: { method, budget, sourceTokens: contexts.map((c) => c.length), softTokens: kept.map((x) => x.length), baseFingerprint: base.fingerprint() },
+  };
 }
 
 /** A strategy keeps some of the context's tokens: `count` of them (at most T) for T context tokens. */
-function strategy(method: string, count: (contextTokens: number, budget: Budget) => number, opts: { budgetFree?: boolean } = {}): (base: LlamaModel) => Compressor {
+function strategy(
+  method: string,
+  count: (contextTokens: number, budget: Budget) => number,
+  opts: { budgetFree?: boolean } = {},
+): (base: LlamaModel) => Compressor {
   // The last `count` tokens (all of them for full, none for none).
   const keep = (ids: number[], budget: Budget) => {
     const k = count(ids.length, budget);
@@ -42,11 +49,32 @@ function strategy(method: string, count: (contextTokens: number, budget: Budget)
     },
     compress(contexts: number[][], budget: Budget): SoftContext {
       checkBudget(budget);
-      return tokenContext(base, method, contexts, contexts.map((ids) => keep(ids, budget)), budget);
+      return tokenContext(
+        base,
+        method,
+        contexts,
+        contexts.map((ids) => keep(ids, budget)),
+        budget,
+      );
     },
   });
 }
 
-registerCompressor('full', 'the whole context as tokens (quality and cost ceiling)', false, strategy('full', (t) => t, { budgetFree: true }));
-registerCompressor('none', 'no context at all (the floor)', false, strategy('none', () => 0, { budgetFree: true }));
-registerCompressor('truncate', 'the last ceil(T/r) context tokens (same token budget as ratio r)', false, strategy('truncate', (t, budget) => Math.min(t, softCount(t, budget))));
+registerCompressor(
+  'full',
+  'the whole context as tokens (quality and cost ceiling)',
+  false,
+  strategy('full', (t) => t, { budgetFree: true }),
+);
+registerCompressor(
+  'none',
+  'no context at all (the floor)',
+  false,
+  strategy('none', () => 0, { budgetFree: true }),
+);
+registerCompressor(
+  'truncate',
+  'the last ceil(T/r) context tokens (same token budget as ratio r)',
+  false,
+  strategy('truncate', (t, budget) => Math.min(t, softCount(t, budget))),
+);

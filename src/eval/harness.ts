@@ -27,7 +27,17 @@ import { createHash } from 'node:crypto';
 import { DTYPE_SIZE, noGrad, tidy, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { freeSoftContext, generateWithContext, indexSoftContext, softTokensOf, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type SoftContext } from '../compress/index.js';
+import {
+  freeSoftContext,
+  generateWithContext,
+  indexSoftContext,
+  softTokensOf,
+  tailLoss,
+  withTaskEmbeddings,
+  type Budget,
+  type Compressor,
+  type SoftContext,
+} from '../compress/index.js';
 import { corpusBleu, exactMatch, exactPrefixLength, f1Score, mean, retention, rougeL, squadScores } from './metrics.js';
 import type { EvalExample, EvalTask, TaskName } from './tasks.js';
 
@@ -174,8 +184,28 @@ export interface PlanCache {
 export function planKey(model: LlamaModel, p: Pick<Plan, 'method' | 'ratio' | 'task' | 'batches'>): string {
   const { method: m, task } = p;
   const h = createHash('sha256');
-  h.update(JSON.stringify({ version: 1, base: model.fingerprint(), label: m.label, method: m.compressor.method, config: m.compressor.config, identity: m.identity ?? null, ratio: p.ratio }));
-  h.update(JSON.stringify({ name: task.name, mode: task.mode, stopAtNewline: task.stopAtNewline, lead: task.lead ?? null, objective: task.objective ?? null, stopIds: task.stopIds ?? null, batches: p.batches }));
+  h.update(
+    JSON.stringify({
+      version: 1,
+      base: model.fingerprint(),
+      label: m.label,
+      method: m.compressor.method,
+      config: m.compressor.config,
+      identity: m.identity ?? null,
+      ratio: p.ratio,
+    }),
+  );
+  h.update(
+    JSON.stringify({
+      name: task.name,
+      mode: task.mode,
+      stopAtNewline: task.stopAtNewline,
+      lead: task.lead ?? null,
+      objective: task.objective ?? null,
+      stopIds: task.stopIds ?? null,
+      batches: p.batches,
+    }),
+  );
   for (const ex of task.examples) h.update(JSON.stringify(ex));
   return h.digest('hex');
 }
@@ -281,7 +311,8 @@ function batchWork(m: EvalMethod, ratio: number | null, task: EvalTask, batch: n
   const steps = Math.max(0, ...items.map((ex) => ex.maxTokens ?? 0));
   // The compressor's pass runs once per distinct context.
   const distinct = new Map(items.map((ex) => [contextKey(ex), ex.context.length]));
-  const tokens = items.reduce((a, ex) => a + seqLength(m.compressor, ratio, ex), 0) + (m.compressor.module ? [...distinct.values()].reduce((a, n) => a + n, 0) : 0);
+  const tokens =
+    items.reduce((a, ex) => a + seqLength(m.compressor, ratio, ex), 0) + (m.compressor.module ? [...distinct.values()].reduce((a, n) => a + n, 0) : 0);
   return tokens + 40 * steps;
 }
 
@@ -377,13 +408,15 @@ function contextCosts(model: LlamaModel, ctx: SoftContext): { soft: number[]; kv
     // Memory slots per item: the mask's row sums when the batch is ragged, else the slot count.
     const m = (ctx.memoryKv[0] as { k: Tensor }).k.size(2);
     const slots = ctx.memoryMask ? Array.from(ctx.memoryMask.to('int64').sum([1]).toArray() as BigInt64Array, Number) : new Array(b).fill(m);
-    const perSlot = ctx.memoryKv.reduce((a, kv) => a + (kv.k.size(1) * kv.k.size(3) * DTYPE_SIZE[kv.k.dtype] + kv.v.size(1) * kv.v.size(3) * DTYPE_SIZE[kv.v.dtype]), 0);
+    const perSlot = ctx.memoryKv.reduce(
+      (a, kv) => a + (kv.k.size(1) * kv.k.size(3) * DTYPE_SIZE[kv.k.dtype] + kv.v.size(1) * kv.v.size(3) * DTYPE_SIZE[kv.v.dtype]),
+      0,
+    );
     memPerItem = slots.map((s: number) => s * perSlot);
   }
   const softInDecoder = ctx.softTokens ? (ctx.memoryKv?.length ? new Array(b).fill(ctx.softTokens.size(1)) : soft) : new Array(b).fill(0);
   return { soft, kv: softInDecoder.map((k: number, i: number) => perToken * (1 + k) + (memPerItem[i] as number)) };
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Running
@@ -432,7 +465,16 @@ function runBatch(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
           );
           const nats = loss.item() * tokens;
           const forwardMs = performance.now() - t1;
-          const costs = items.map((ex, i) => ({ compressMs: compressMs / b, compressions: compressions[i]!, prefillMs: forwardMs / b, generateMs: 0, generated: 0, softTokens: soft[i] as number, contextKvBytes: kv[i] as number, kvBytes: (kv[i] as number) + perTok * ex.tail.length }));
+          const costs = items.map((ex, i) => ({
+            compressMs: compressMs / b,
+            compressions: compressions[i]!,
+            prefillMs: forwardMs / b,
+            generateMs: 0,
+            generated: 0,
+            softTokens: soft[i] as number,
+            contextKvBytes: kv[i] as number,
+            kvBytes: (kv[i] as number) + perTok * ex.tail.length,
+          }));
           return { nats, tokens, costs };
         }
         const maxTokens = Math.max(...items.map((ex) => ex.maxTokens ?? 8));
@@ -481,7 +523,15 @@ function runItems(model: LlamaModel, tok: Tokenizer, m: EvalMethod, ratio: numbe
     const out: BatchOutput = { costs: new Array(items.length), generated: task.mode === 'generate' ? new Array(items.length) : undefined, nats: 0, tokens: 0 };
     for (const len of lengths) {
       const idx = items.map((ex, i) => (ex.context.length === len ? i : -1)).filter((i) => i >= 0);
-      const sub = runBatch(model, tok, m, ratio, task, idx.map((i) => items[i]!), stops);
+      const sub = runBatch(
+        model,
+        tok,
+        m,
+        ratio,
+        task,
+        idx.map((i) => items[i]!),
+        stops,
+      );
       idx.forEach((i, j) => {
         out.costs[i] = sub.costs[j]!;
         if (out.generated) out.generated[i] = sub.generated![j]!;
@@ -503,9 +553,16 @@ interface ExampleScore {
 }
 
 /** Rows of one (method, ratio, task). */
-function scoreTask(task: EvalTask, method: string, ratio: number | null, scored: ExampleScore[], loss: { perGroup: Map<string, { nats: number; tokens: number; n: number }> } | null): ResultRow[] {
+function scoreTask(
+  task: EvalTask,
+  method: string,
+  ratio: number | null,
+  scored: ExampleScore[],
+  loss: { perGroup: Map<string, { nats: number; tokens: number; n: number }> } | null,
+): ResultRow[] {
   const rows: ResultRow[] = [];
-  const push = (metric: string, group: string, value: number, n: number) => rows.push({ task: task.name, method, ratio, metric, group, value, n, retention: null });
+  const push = (metric: string, group: string, value: number, n: number) =>
+    rows.push({ task: task.name, method, ratio, metric, group, value, n, retention: null });
   if (loss) {
     for (const [group, g] of loss.perGroup) {
       push('ppl', group, Math.exp(g.nats / g.tokens), g.n);
@@ -661,7 +718,14 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
               const clean = hyp.filter((id) => !stops.includes(id));
               const text = tok.decode(clean);
               scored.push({ ex, hyp: clean, text });
-              predictions.push({ task: task.name, method: m.label, ratio, id: ex.id, prediction: text, score: { exact_prefix: exactPrefixLength(clean, ex.reference) } });
+              predictions.push({
+                task: task.name,
+                method: m.label,
+                ratio,
+                id: ex.id,
+                prediction: text,
+                score: { exact_prefix: exactPrefixLength(clean, ex.reference) },
+              });
             } else if (ex.answers) {
               // SQuAD's official scoring (several gold answers; none: unanswerable).
               const text = answerText(tok, hyp);
@@ -691,7 +755,12 @@ export function runEvaluation(o: HarnessOptions): EvalRun {
     if (failedExamples) errors.push({ task: task.name, method: m.label, ratio, message: firstError, examples: failedExamples });
     rows.push(...scoreTask(task, m.label, ratio, scored, task.mode === 'loss' ? { perGroup } : null).filter((r) => !failedGroups.has(r.group)));
     latency.push(...summariseLatency(task, m.label, ratio, costs).filter((l) => !failedGroups.has(l.group)));
-    o.cache?.set(key, { rows: rows.slice(firstRow), latency: latency.slice(firstLatency), errors: errors.slice(firstErrorRow), predictions: predictions.slice(firstPrediction) });
+    o.cache?.set(key, {
+      rows: rows.slice(firstRow),
+      latency: latency.slice(firstLatency),
+      errors: errors.slice(firstErrorRow),
+      predictions: predictions.slice(firstPrediction),
+    });
   }
   addRetention(rows);
   return { rows, latency, errors, predictions, seconds: (performance.now() - t0) / 1000 };

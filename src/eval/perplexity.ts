@@ -55,7 +55,7 @@ export function documentPerplexity(model: LlamaModel, tok: Tokenizer, texts: rea
   let tokens = 0;
   let done = 0;
   noGrad(() => {
-    for (let i = 0; i < windows.length; ) {
+    for (let i = 0; i < windows.length;) {
       const len = windows[i]!.inputs.length;
       const b = Math.max(1, Math.min(o.batchSize ?? 64, Math.floor(budget / (len * len)), windows.length - i));
       const batch = windows.slice(i, i + b);
@@ -70,12 +70,25 @@ export function documentPerplexity(model: LlamaModel, tok: Tokenizer, texts: rea
       }
       nats += tidy(() => {
         const { logits } = model.forward({ ids: tensor(ids, [b, len], { dtype: 'int64' }) });
-        return crossEntropy(logits!.reshape(b * len, -1).to('float32'), tensor(targets, [b * len], { dtype: 'int64' }), { reduction: 'sum', ignoreIndex: -100 }).item();
+        return crossEntropy(logits!.reshape(b * len, -1).to('float32'), tensor(targets, [b * len], { dtype: 'int64' }), {
+          reduction: 'sum',
+          ignoreIndex: -100,
+        }).item();
       });
       i += b;
       done += b;
       o.onProgress?.(done, windows.length);
     }
   });
-  return { documents: texts.length, tokens, bytes, nats, nll: nats / tokens, ppl: perplexity(nats, tokens), bpb: bitsPerByte(nats, bytes), window, seconds: (performance.now() - t0) / 1000 };
+  return {
+    documents: texts.length,
+    tokens,
+    bytes,
+    nats,
+    nll: nats / tokens,
+    ppl: perplexity(nats, tokens),
+    bpb: bitsPerByte(nats, bytes),
+    window,
+    seconds: (performance.now() - t0) / 1000,
+  };
 }

@@ -185,7 +185,12 @@ class Canvas {
   }
 
   /** Text at (x, y) = left end of its baseline; scale = final pixels per font pixel; vertical = rotated -90 degrees. */
-  text(s: string, x: number, y: number, opts: { scale?: number; anchor?: 'start' | 'middle' | 'end'; color?: [number, number, number]; vertical?: boolean } = {}): void {
+  text(
+    s: string,
+    x: number,
+    y: number,
+    opts: { scale?: number; anchor?: 'start' | 'middle' | 'end'; color?: [number, number, number]; vertical?: boolean } = {},
+  ): void {
     const f = opts.scale ?? 1.5;
     const advance = 6 * f;
     const width = s.length * advance - f;
@@ -269,12 +274,16 @@ export function encodePng(width: number, height: number, rgb: Uint8Array): Buffe
     raw[y * (width * 3 + 1)] = 0; // filter: none
     raw.set(rgb.subarray(y * width * 3, (y + 1) * width * 3), y * (width * 3 + 1) + 1);
   }
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw, { level: 9 })), chunk('IEND', new Uint8Array(0))]);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(raw, { level: 9 })),
+    chunk('IEND', new Uint8Array(0)),
+  ]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Plot
-
 
 function rgbOf(hex: string): [number, number, number] {
   const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex);

@@ -95,7 +95,9 @@ function methodOrder(rows: { method: string; ratio: number | null }[]): { method
   const seen = new Map<string, { method: string; ratio: number | null }>();
   for (const r of rows) if (!seen.has(methodKey(r.method, r.ratio))) seen.set(methodKey(r.method, r.ratio), { method: r.method, ratio: r.ratio });
   const rank = (m: string) => (m === 'full' ? 0 : m === 'none' ? 1 : m === 'truncate' ? 2 : 3);
-  return [...seen.values()].sort((a, b) => rank(a.method) - rank(b.method) || (a.method < b.method ? -1 : a.method > b.method ? 1 : 0) || (a.ratio ?? 0) - (b.ratio ?? 0));
+  return [...seen.values()].sort(
+    (a, b) => rank(a.method) - rank(b.method) || (a.method < b.method ? -1 : a.method > b.method ? 1 : 0) || (a.ratio ?? 0) - (b.ratio ?? 0),
+  );
 }
 
 function find(rows: ResultRow[], task: string, method: string, ratio: number | null, metric: string, group = 'all'): ResultRow | undefined {
@@ -110,13 +112,19 @@ export function reportMarkdown(rep: EvalReport): string {
   const out: string[] = [];
   const mins = meta.seconds >= 60 ? `${Math.floor(meta.seconds / 60)} min ${Math.round(meta.seconds % 60)} s` : `${meta.seconds.toFixed(1)} s`;
   out.push('# softpress evaluation', '');
-  out.push(`- Base model: \`${meta.base}\` (fingerprint \`${meta.fingerprint}\`, ${(meta.parameters / 1e6).toFixed(2)} M parameters, ${meta.dtype}, max positions ${meta.maxPositions})`);
+  out.push(
+    `- Base model: \`${meta.base}\` (fingerprint \`${meta.fingerprint}\`, ${(meta.parameters / 1e6).toFixed(2)} M parameters, ${meta.dtype}, max positions ${meta.maxPositions})`,
+  );
   const hasTasks = meta.tasks.length > 0;
   out.push(`- ${hasTasks ? `Suite \`${meta.suite}\`, seed ${meta.seed}; ` : ''}${meta.threads} threads; ${meta.date}; took ${mins}`);
   if (hasTasks) {
-    out.push(`- Methods: ${meta.methods.map((m) => `${m.label}${m.ratios.some((r) => r !== null) ? ` (ratios ${m.ratios.join(', ')})` : ''}${m.source ? ` from \`${m.source}\`` : ''}`).join('; ') || '–'}`);
+    out.push(
+      `- Methods: ${meta.methods.map((m) => `${m.label}${m.ratios.some((r) => r !== null) ? ` (ratios ${m.ratios.join(', ')})` : ''}${m.source ? ` from \`${m.source}\`` : ''}`).join('; ') || '–'}`,
+    );
     out.push('- Ratio = context tokens / soft tokens. Retention = (score − none) / (full − none) on the same examples.');
-    out.push(`- Passages come only from the ${meta.split ?? 'test'} split of sotu, moby-dick and brown (splitDocuments seed 0); bAbI from the file given (the held-out stories of a train file, all of any other file); qa from its SQuAD / JSONL file (by default span questions over test-split passages).`);
+    out.push(
+      `- Passages come only from the ${meta.split ?? 'test'} split of sotu, moby-dick and brown (splitDocuments seed 0); bAbI from the file given (the held-out stories of a train file, all of any other file); qa from its SQuAD / JSONL file (by default span questions over test-split passages).`,
+    );
     out.push('');
     for (const t of meta.tasks) out.push(`- **${t.name}** (${t.examples} examples): ${t.about}`);
   }
@@ -149,7 +157,12 @@ export function reportMarkdown(rep: EvalReport): string {
     out.push(
       table(
         ['method', 'ratio', ...metrics.map(metricName), 'retention'],
-        ms.map(({ method, ratio }) => [method, ratioLabel(ratio), ...metrics.map((m) => fmt(find(taskRows, t.name, method, ratio, m)?.value)), pct(find(taskRows, t.name, method, ratio, PRIMARY_METRIC[t.name].metric)?.retention)]),
+        ms.map(({ method, ratio }) => [
+          method,
+          ratioLabel(ratio),
+          ...metrics.map((m) => fmt(find(taskRows, t.name, method, ratio, m)?.value)),
+          pct(find(taskRows, t.name, method, ratio, PRIMARY_METRIC[t.name].metric)?.retention),
+        ]),
       ),
       '',
     );
@@ -159,21 +172,53 @@ export function reportMarkdown(rep: EvalReport): string {
       const present = values.filter((v) => taskRows.some((r) => r.group === `${key}=${v}`));
       if (present.length < 1) continue;
       out.push(`${metricName(primary)} by ${key}:`, '');
-      out.push(table(['method', 'ratio', ...present, 'all'], ms.map(({ method, ratio }) => [method, ratioLabel(ratio), ...present.map((v) => fmt(find(taskRows, t.name, method, ratio, primary, `${key}=${v}`)?.value)), fmt(find(taskRows, t.name, method, ratio, primary)?.value)])), '');
+      out.push(
+        table(
+          ['method', 'ratio', ...present, 'all'],
+          ms.map(({ method, ratio }) => [
+            method,
+            ratioLabel(ratio),
+            ...present.map((v) => fmt(find(taskRows, t.name, method, ratio, primary, `${key}=${v}`)?.value)),
+            fmt(find(taskRows, t.name, method, ratio, primary)?.value),
+          ]),
+        ),
+        '',
+      );
     }
   }
 
   if (rep.latency.length) {
     out.push('## Latency and memory', '');
-    out.push('Milliseconds per example (batch time shared by its examples; greedy decoding on CPU). KV bytes: the decoder cache of [BOS] + the compressed context (soft tokens: 2 × layers × kvHeads × headDim × bytes × (1 + k); memory KV: its keys and values), and with the tail (prompt + generated tokens).', '');
+    out.push(
+      'Milliseconds per example (batch time shared by its examples; greedy decoding on CPU). KV bytes: the decoder cache of [BOS] + the compressed context (soft tokens: 2 × layers × kvHeads × headDim × bytes × (1 + k); memory KV: its keys and values), and with the tail (prompt + generated tokens).',
+      '',
+    );
     const lat = rep.latency.filter((l) => l.group === 'all');
     // Reports written before contexts were counted have one context per example.
     const contextsOf = (l: LatencyRow) => l.contexts ?? l.examples;
     const shared = lat.some((l) => contextsOf(l) < l.examples);
-    if (shared) out.push('Examples sharing a context (the questions of one QA context) are compressed once: "compress ms" is per example (question), "compress ms / context" per distinct context compressed, "contexts" how many were compressed for the examples.', '');
+    if (shared)
+      out.push(
+        'Examples sharing a context (the questions of one QA context) are compressed once: "compress ms" is per example (question), "compress ms / context" per distinct context compressed, "contexts" how many were compressed for the examples.',
+        '',
+      );
     out.push(
       table(
-        ['method', 'ratio', 'task', 'context tokens', 'soft tokens', ...(shared ? ['examples', 'contexts', 'compress ms / context'] : []), 'compress ms', 'prefill ms', 'generate ms', 'end-to-end ms', 'new tokens', 'KV / context', 'KV with tail'],
+        [
+          'method',
+          'ratio',
+          'task',
+          'context tokens',
+          'soft tokens',
+          ...(shared ? ['examples', 'contexts', 'compress ms / context'] : []),
+          'compress ms',
+          'prefill ms',
+          'generate ms',
+          'end-to-end ms',
+          'new tokens',
+          'KV / context',
+          'KV with tail',
+        ],
         methodOrder(lat).flatMap(({ method, ratio }) =>
           lat
             .filter((l) => l.method === method && l.ratio === ratio)
@@ -201,8 +246,25 @@ export function reportMarkdown(rep: EvalReport): string {
 
   if (rep.perplexity?.length) {
     out.push('## Perplexity of the base model', '');
-    out.push('Each document as [BOS] tokens [EOS], in windows of the model\'s max positions; ppl per predicted token; bpb = nats / ln 2 / UTF-8 bytes.', '');
-    out.push(table(['split', 'documents', 'tokens', 'bytes', 'nats/token', 'perplexity', 'bits/byte', 'window', 'seconds'], rep.perplexity.map((p) => [p.split, String(p.documents), String(p.tokens), String(p.bytes), p.nll.toFixed(4), p.ppl.toFixed(3), p.bpb.toFixed(4), String(p.window), p.seconds.toFixed(1)]), 1), '');
+    out.push("Each document as [BOS] tokens [EOS], in windows of the model's max positions; ppl per predicted token; bpb = nats / ln 2 / UTF-8 bytes.", '');
+    out.push(
+      table(
+        ['split', 'documents', 'tokens', 'bytes', 'nats/token', 'perplexity', 'bits/byte', 'window', 'seconds'],
+        rep.perplexity.map((p) => [
+          p.split,
+          String(p.documents),
+          String(p.tokens),
+          String(p.bytes),
+          p.nll.toFixed(4),
+          p.ppl.toFixed(3),
+          p.bpb.toFixed(4),
+          String(p.window),
+          p.seconds.toFixed(1),
+        ]),
+        1,
+      ),
+      '',
+    );
   }
 
   if (rep.plots.length) {
@@ -212,7 +274,14 @@ export function reportMarkdown(rep: EvalReport): string {
   if (rep.errors.length) {
     out.push('## Errors', '');
     out.push('Groups holding a failed example have no score above; the other groups keep theirs.', '');
-    out.push(table(['method', 'ratio', 'task', 'examples failed', 'error'], rep.errors.map((e) => [e.method, ratioLabel(e.ratio), e.task, String(e.examples), e.message.replace(/\|/g, '\\|').replace(/\n/g, ' ')]), 5), '');
+    out.push(
+      table(
+        ['method', 'ratio', 'task', 'examples failed', 'error'],
+        rep.errors.map((e) => [e.method, ratioLabel(e.ratio), e.task, String(e.examples), e.message.replace(/\|/g, '\\|').replace(/\n/g, ' ')]),
+        5,
+      ),
+      '',
+    );
   }
   if (meta.notes.length) {
     out.push('## Notes', '');
@@ -257,9 +326,25 @@ export function plotSpecs(rep: EvalReport): PlotSpec[] {
       if (r) series.push({ name: base, points: xs.map((x) => [x, r.value] as [number, number]), dashed: true, color: base === 'full' ? '#2ca02c' : '#7f7f7f' });
     }
     for (const [i, m] of [...new Set(rows.filter((r) => r.ratio !== null).map((r) => r.method))].entries()) {
-      series.push({ name: m, color: SERIES_COLORS[i % SERIES_COLORS.length], points: rows.filter((r) => r.method === m && r.ratio !== null).map((r) => [r.ratio!, r.value] as [number, number]).sort((a, b) => a[0] - b[0]) });
+      series.push({
+        name: m,
+        color: SERIES_COLORS[i % SERIES_COLORS.length],
+        points: rows
+          .filter((r) => r.method === m && r.ratio !== null)
+          .map((r) => [r.ratio!, r.value] as [number, number])
+          .sort((a, b) => a[0] - b[0]),
+      });
     }
-    specs.push({ file: `quality-${t.name}`, series, opts: { title: `${t.name}: ${metricName(metric)} vs compression ratio`, xLabel: 'compression ratio (context tokens / soft tokens)', yLabel: metricName(metric), logY: metric === 'ppl' && wideRange(rows.map((r) => r.value)) } });
+    specs.push({
+      file: `quality-${t.name}`,
+      series,
+      opts: {
+        title: `${t.name}: ${metricName(metric)} vs compression ratio`,
+        xLabel: 'compression ratio (context tokens / soft tokens)',
+        yLabel: metricName(metric),
+        logY: metric === 'ppl' && wideRange(rows.map((r) => r.value)),
+      },
+    });
   }
   // Latency vs context length: the task with the widest range of lengths.
   const lengthTask = ['needle', 'reconstruct'].find((t) => rep.latency.some((l) => l.task === t && l.group.startsWith('len=')));
@@ -275,8 +360,26 @@ export function plotSpecs(rep: EvalReport): PlotSpec[] {
           .map((l) => [Number(l.group.slice(4)), f(l)] as [number, number])
           .sort((a, b) => a[0] - b[0]),
       }));
-    specs.push({ file: 'latency-vs-length', series: seriesOf((l) => l.endToEndMs), opts: { title: `end-to-end latency per context (${lengthTask})`, xLabel: 'context tokens', yLabel: 'ms per context', logY: wideRange(lat.map((l) => l.endToEndMs)) } });
-    specs.push({ file: 'kv-vs-length', series: seriesOf((l) => l.contextKvBytes / 1024), opts: { title: `decoder KV cache per context (${lengthTask})`, xLabel: 'context tokens', yLabel: 'KiB', logY: wideRange(lat.map((l) => l.contextKvBytes)) } });
+    specs.push({
+      file: 'latency-vs-length',
+      series: seriesOf((l) => l.endToEndMs),
+      opts: {
+        title: `end-to-end latency per context (${lengthTask})`,
+        xLabel: 'context tokens',
+        yLabel: 'ms per context',
+        logY: wideRange(lat.map((l) => l.endToEndMs)),
+      },
+    });
+    specs.push({
+      file: 'kv-vs-length',
+      series: seriesOf((l) => l.contextKvBytes / 1024),
+      opts: {
+        title: `decoder KV cache per context (${lengthTask})`,
+        xLabel: 'context tokens',
+        yLabel: 'KiB',
+        logY: wideRange(lat.map((l) => l.contextKvBytes)),
+      },
+    });
   }
   return specs;
 }
@@ -295,7 +398,12 @@ export function writeReport(outDir: string, rep: Omit<EvalReport, 'plots'>, pred
   mkdirSync(join(outDir, 'plots'), { recursive: true });
   const full: EvalReport = { ...rep, meta: { ...rep.meta, notes: [...rep.meta.notes] }, plots: [] };
   const specs = plotSpecs(full);
-  if (specs.length) full.meta.notes.push(opts.png === false ? 'Plots as SVG only (PNG switched off).' : 'Plots as SVG, and as PNG rendered by the built-in rasterizer (src/eval/png.ts: no browser, no dependency).');
+  if (specs.length)
+    full.meta.notes.push(
+      opts.png === false
+        ? 'Plots as SVG only (PNG switched off).'
+        : 'Plots as SVG, and as PNG rendered by the built-in rasterizer (src/eval/png.ts: no browser, no dependency).',
+    );
   for (const spec of specs) {
     writeAtomic(join(outDir, 'plots', `${spec.file}.svg`), linePlotSvg(spec.series, spec.opts));
     full.plots.push(`plots/${spec.file}.svg`);

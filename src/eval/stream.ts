@@ -79,7 +79,9 @@ export function streamEval(opts: {
     const secs = (performance.now() - t0) / 1000;
     const row = { method, ratio, length, docs: docs.length, tokens: n, ppl: Math.exp(nll / n), tokensPerSecond: n / secs, stateBytes: bytes / docs.length };
     rows.push(row);
-    opts.log?.(`${method}${ratio ? `@${ratio}` : ''} ${length} tokens: ppl ${row.ppl.toFixed(1)}, ${row.tokensPerSecond.toFixed(0)} tok/s, ${(row.stateBytes / 1024).toFixed(0)} KiB`);
+    opts.log?.(
+      `${method}${ratio ? `@${ratio}` : ''} ${length} tokens: ppl ${row.ppl.toFixed(1)}, ${row.tokensPerSecond.toFixed(0)} tok/s, ${(row.stateBytes / 1024).toFixed(0)} KiB`,
+    );
   };
   for (const length of opts.lengths) {
     run('full (sliding window)', null, length, (ids) => {

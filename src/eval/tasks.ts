@@ -164,7 +164,6 @@ class WindowSampler {
   }
 }
 
-
 function checkN(n: number, what: string): void {
   if (!(Number.isInteger(n) && n >= 1)) throw new RangeError(`${what}: n must be a positive integer, got ${n}`);
 }
@@ -192,7 +191,15 @@ export function makeReconstructTask(docs: readonly Doc[], tok: Tokenizer, o: Rec
     const base = new Rng(`eval:reconstruct:${o.seed ?? 0}:${len}`);
     for (let i = 0; i < o.n; i++) {
       const { ids, docId } = sampler.window(base.fork(i), len);
-      examples.push({ id: `reconstruct/${len}/${i}`, context: ids, tail: restate.prompt, maxTokens: len + (o.slack ?? 8), reference: ids, docIds: [docId], groups: { len: String(len) } });
+      examples.push({
+        id: `reconstruct/${len}/${i}`,
+        context: ids,
+        tail: restate.prompt,
+        maxTokens: len + (o.slack ?? 8),
+        reference: ids,
+        docIds: [docId],
+        groups: { len: String(len) },
+      });
     }
   }
   return {
@@ -227,7 +234,14 @@ export function makeContinueTask(docs: readonly Doc[], tok: Tokenizer, o: Contin
     const { ids, docId } = sampler.window(base.fork(i), ctxLen + contLen);
     examples.push({ id: `continue/${i}`, context: ids.slice(0, ctxLen), tail: ids.slice(ctxLen), docIds: [docId], groups: {} });
   }
-  return { name: 'continue', mode: 'loss', stopAtNewline: false, objective: 'lm', examples, about: `perplexity of the next ${contLen} tokens after a compressed ${ctxLen}-token context` };
+  return {
+    name: 'continue',
+    mode: 'loss',
+    stopAtNewline: false,
+    objective: 'lm',
+    examples,
+    about: `perplexity of the next ${contLen} tokens after a compressed ${ctxLen}-token context`,
+  };
 }
 
 export interface BabiTaskOptions {
@@ -292,11 +306,28 @@ export function makeBabiTask(path: string, tok: Tokenizer, o: BabiTaskOptions): 
     for (const ex of picked) {
       uniform += known.has(ex.answer) ? 1 / known.size : 0;
       majority += ex.answer === top ? 1 : 0;
-      examples.push({ id: `babi/${ex.id}`, context: tok.encode(ex.story), tail: qa.tail(ex.question), maxTokens: 8, answer: ex.answer, groups: { task: `qa${task}` } });
+      examples.push({
+        id: `babi/${ex.id}`,
+        context: tok.encode(ex.story),
+        tail: qa.tail(ex.question),
+        maxTokens: 8,
+        answer: ex.answer,
+        groups: { task: `qa${task}` },
+      });
     }
   }
   if (examples.length === 0) throw new Error(`no bAbI questions in ${path}`);
-  return { name: 'babi', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, objective: 'qa', examples, groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) }, about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}` };
+  return {
+    name: 'babi',
+    mode: 'generate',
+    stopAtNewline: true,
+    lead: qa.lead,
+    stopIds: qa.stopIds,
+    objective: 'qa',
+    examples,
+    groupOrder: { task: tasks.sort((a, b) => a - b).map((t) => `qa${t}`) },
+    about: `bAbI (${[...parts].join('/')} part of ${basename(path)}): story as context, answer greedy <= 8 tokens, EM per task; without a model, a uniform guess among each task's answers scores ${(uniform / examples.length).toFixed(3)}, its most frequent answer ${(majority / examples.length).toFixed(3)}`,
+  };
 }
 
 export interface NeedleTaskOptions {
@@ -326,7 +357,15 @@ export function makeNeedleTask(docs: readonly Doc[], tok: Tokenizer, o: NeedleTa
       const b = i % buckets;
       const depth = Math.min(1, (b + base.fork(i).next()) / buckets);
       const [ex] = makeNeedleExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}:${i}`, count: 1, tokens: len, countTokens, depth });
-      examples.push({ id: `needle/${len}/${i}`, context: tok.encode(ex!.context), tail: qa.tail(ex!.question), maxTokens: 8, answer: ex!.answer, docIds: ex!.docIds, groups: { len: String(len), depth: bucketLabel(b, buckets) } });
+      examples.push({
+        id: `needle/${len}/${i}`,
+        context: tok.encode(ex!.context),
+        tail: qa.tail(ex!.question),
+        maxTokens: 8,
+        answer: ex!.answer,
+        docIds: ex!.docIds,
+        groups: { len: String(len), depth: bucketLabel(b, buckets) },
+      });
     }
   }
   return {
@@ -355,8 +394,25 @@ export function makeClozeTask(docs: readonly Doc[], tok: Tokenizer, o: ClozeTask
   const len = o.tokens ?? 256;
   const made = makeClozeExamples(docs, { seed: `eval:${o.seed ?? 0}:${len}`, count: o.n, tokens: len, countTokens: tokenCounter(tok) });
   const qa = qaPromptFormat(tok);
-  const examples = made.map((ex, i) => ({ id: `cloze/${i}`, context: tok.encode(ex.context), tail: qa.tail(ex.question), maxTokens: 8, answer: ex.answer, docIds: ex.docIds, groups: {} }));
-  return { name: 'cloze', mode: 'generate', stopAtNewline: true, lead: qa.lead, stopIds: qa.stopIds, objective: 'qa', examples, about: `blanked content word of held-out ${len}-token passages, EM/F1` };
+  const examples = made.map((ex, i) => ({
+    id: `cloze/${i}`,
+    context: tok.encode(ex.context),
+    tail: qa.tail(ex.question),
+    maxTokens: 8,
+    answer: ex.answer,
+    docIds: ex.docIds,
+    groups: {},
+  }));
+  return {
+    name: 'cloze',
+    mode: 'generate',
+    stopAtNewline: true,
+    lead: qa.lead,
+    stopIds: qa.stopIds,
+    objective: 'qa',
+    examples,
+    about: `blanked content word of held-out ${len}-token passages, EM/F1`,
+  };
 }
 
 /** The QA set of the suite: span questions over test-split passages (SQuAD v2.0; `softpress data qa-set`). */

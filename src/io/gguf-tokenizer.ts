@@ -27,12 +27,18 @@ const PRE_TOKENIZERS: Record<string, unknown> = {
   // Llama 3: numbers in runs of up to three digits, its own regex.
   'llama-bpe': {
     type: 'Sequence',
-    pretokenizers: [split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"), BYTE_LEVEL_NO_REGEX],
+    pretokenizers: [
+      split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"),
+      BYTE_LEVEL_NO_REGEX,
+    ],
   },
   // Qwen2: every digit alone.
   qwen2: {
     type: 'Sequence',
-    pretokenizers: [split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"), BYTE_LEVEL_NO_REGEX],
+    pretokenizers: [
+      split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"),
+      BYTE_LEVEL_NO_REGEX,
+    ],
   },
 };
 
@@ -47,7 +53,8 @@ function strings(file: GgufFile, key: string): string[] {
 function optionalNumber(file: GgufFile, key: string): number | undefined {
   const v: GgufValue | undefined = file.metadata.get(key);
   if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new GgufError(file.path, `metadata '${key}' must be a non-negative integer, got ${String(v)}`, { field: key });
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+    throw new GgufError(file.path, `metadata '${key}' must be a non-negative integer, got ${String(v)}`, { field: key });
   return v;
 }
 
@@ -64,11 +71,18 @@ export interface GgufTokenizerFiles {
 export function ggufTokenizer(file: GgufFile): GgufTokenizerFiles {
   const model = metaString(file, 'tokenizer.ggml.model');
   if (model !== 'gpt2') {
-    throw new GgufError(file.path, `tokenizer.ggml.model '${model}' is not supported (softpress reads byte-level BPE vocabularies, 'gpt2'; SentencePiece 'llama' vocabularies are not covered yet)`, { field: 'tokenizer.ggml.model' });
+    throw new GgufError(
+      file.path,
+      `tokenizer.ggml.model '${model}' is not supported (softpress reads byte-level BPE vocabularies, 'gpt2'; SentencePiece 'llama' vocabularies are not covered yet)`,
+      { field: 'tokenizer.ggml.model' },
+    );
   }
   const preName = file.metadata.has('tokenizer.ggml.pre') ? metaString(file, 'tokenizer.ggml.pre') : 'default';
   const pre = PRE_TOKENIZERS[preName];
-  if (!pre) throw new GgufError(file.path, `tokenizer.ggml.pre '${preName}' is not supported (known: ${Object.keys(PRE_TOKENIZERS).join(', ')})`, { field: 'tokenizer.ggml.pre' });
+  if (!pre)
+    throw new GgufError(file.path, `tokenizer.ggml.pre '${preName}' is not supported (known: ${Object.keys(PRE_TOKENIZERS).join(', ')})`, {
+      field: 'tokenizer.ggml.pre',
+    });
 
   const tokens = strings(file, 'tokenizer.ggml.tokens');
   if (tokens.length === 0) throw new GgufError(file.path, 'tokenizer.ggml.tokens is empty', { field: 'tokenizer.ggml.tokens' });
@@ -83,7 +97,8 @@ export function ggufTokenizer(file: GgufFile): GgufTokenizerFiles {
   const added: { id: number; content: string; single_word: boolean; lstrip: boolean; rstrip: boolean; normalized: boolean; special: boolean }[] = [];
   for (let id = 0; id < tokens.length; id++) {
     const text = tokens[id];
-    if (Object.hasOwn(vocab, text)) throw new GgufError(file.path, `tokenizer.ggml.tokens: '${text}' appears twice (ids ${vocab[text]} and ${id})`, { field: 'tokenizer.ggml.tokens' });
+    if (Object.hasOwn(vocab, text))
+      throw new GgufError(file.path, `tokenizer.ggml.tokens: '${text}' appears twice (ids ${vocab[text]} and ${id})`, { field: 'tokenizer.ggml.tokens' });
     vocab[text] = id;
     const type = types.length ? Number(types[id]) : TOKEN_TYPE.normal;
     if (type === TOKEN_TYPE.control || type === TOKEN_TYPE.userDefined) {
@@ -99,7 +114,8 @@ export function ggufTokenizer(file: GgufFile): GgufTokenizerFiles {
 
   const id = (key: string) => {
     const v = optionalNumber(file, key);
-    if (v !== undefined && v >= tokens.length) throw new GgufError(file.path, `metadata '${key}' = ${v} is outside the vocabulary (${tokens.length} tokens)`, { field: key });
+    if (v !== undefined && v >= tokens.length)
+      throw new GgufError(file.path, `metadata '${key}' = ${v} is outside the vocabulary (${tokens.length} tokens)`, { field: key });
     return v;
   };
   const bos = id('tokenizer.ggml.bos_token_id');
@@ -117,7 +133,18 @@ export function ggufTokenizer(file: GgufFile): GgufTokenizerFiles {
     pre_tokenizer: pre,
     post_processor: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
   };
   const name = (i: number | undefined) => (i === undefined ? null : tokens[i]);
   const config: Record<string, unknown> = {

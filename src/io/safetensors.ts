@@ -17,22 +17,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
 
-export type SafeDType =
-  | 'BOOL'
-  | 'U8'
-  | 'I8'
-  | 'F8_E4M3'
-  | 'F8_E5M2'
-  | 'I16'
-  | 'U16'
-  | 'F16'
-  | 'BF16'
-  | 'I32'
-  | 'U32'
-  | 'F32'
-  | 'F64'
-  | 'I64'
-  | 'U64';
+export type SafeDType = 'BOOL' | 'U8' | 'I8' | 'F8_E4M3' | 'F8_E5M2' | 'I16' | 'U16' | 'F16' | 'BF16' | 'I32' | 'U32' | 'F32' | 'F64' | 'I64' | 'U64';
 
 /** Bytes per element of each dtype. */
 export const DTYPE_SIZE: Readonly<Record<SafeDType, number>> = Object.freeze({
@@ -187,10 +172,7 @@ function checkShape(shape: unknown, source: string, name: string): number[] {
   }
   for (const d of shape) {
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
-      throw new SafetensorsError(
-        source,
-        `tensor ${JSON.stringify(name)}: shape ${describe(shape)} must hold non-negative integers`,
-      );
+      throw new SafetensorsError(source, `tensor ${JSON.stringify(name)}: shape ${describe(shape)} must hold non-negative integers`);
     }
   }
   return shape as number[];
@@ -243,22 +225,12 @@ function parseHeader(headerBytes: Uint8Array, dataStart: number, dataLength: num
     const entry = value as Record<string, unknown>;
     const dtype = entry.dtype;
     if (!isSafeDType(dtype)) {
-      throw new SafetensorsError(
-        source,
-        `tensor ${JSON.stringify(name)}: unknown dtype ${describe(dtype)} (known: ${Object.keys(DTYPE_SIZE).join(', ')})`,
-      );
+      throw new SafetensorsError(source, `tensor ${JSON.stringify(name)}: unknown dtype ${describe(dtype)} (known: ${Object.keys(DTYPE_SIZE).join(', ')})`);
     }
     const shape = checkShape(entry.shape, source, name);
     const offs = entry.data_offsets;
-    if (
-      !Array.isArray(offs) ||
-      offs.length !== 2 ||
-      !offs.every((o) => typeof o === 'number' && Number.isSafeInteger(o) && o >= 0)
-    ) {
-      throw new SafetensorsError(
-        source,
-        `tensor ${JSON.stringify(name)}: data_offsets must be [begin, end] non-negative integers, got ${describe(offs)}`,
-      );
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => typeof o === 'number' && Number.isSafeInteger(o) && o >= 0)) {
+      throw new SafetensorsError(source, `tensor ${JSON.stringify(name)}: data_offsets must be [begin, end] non-negative integers, got ${describe(offs)}`);
     }
     const [begin, end] = offs as [number, number];
     if (end < begin) {
@@ -280,17 +252,14 @@ function parseHeader(headerBytes: Uint8Array, dataStart: number, dataLength: num
     if (end - begin !== expected) {
       throw new SafetensorsError(
         source,
-        `tensor ${JSON.stringify(name)}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ` +
-          `${dtype} [${shape.join(', ')}] needs ${expected}`,
+        `tensor ${JSON.stringify(name)}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ` + `${dtype} [${shape.join(', ')}] needs ${expected}`,
       );
     }
     entries.push({ name, info: { dtype, shape: [...shape], dataOffsets: [begin, end] } });
   }
 
   // The tensors must tile the data buffer exactly, in offset order.
-  const byOffset = [...entries].sort(
-    (a, b) => a.info.dataOffsets[0] - b.info.dataOffsets[0] || a.info.dataOffsets[1] - b.info.dataOffsets[1],
-  );
+  const byOffset = [...entries].sort((a, b) => a.info.dataOffsets[0] - b.info.dataOffsets[0] || a.info.dataOffsets[1] - b.info.dataOffsets[1]);
   let cursor = 0;
   let prevName = '';
   for (const { name, info } of byOffset) {
@@ -298,8 +267,7 @@ function parseHeader(headerBytes: Uint8Array, dataStart: number, dataLength: num
     if (begin < cursor) {
       throw new SafetensorsError(
         source,
-        `tensor ${JSON.stringify(name)}: data_offsets [${begin}, ${end}] overlap tensor ${JSON.stringify(prevName)} ` +
-          `(which ends at ${cursor})`,
+        `tensor ${JSON.stringify(name)}: data_offsets [${begin}, ${end}] overlap tensor ${JSON.stringify(prevName)} ` + `(which ends at ${cursor})`,
       );
     }
     if (begin > cursor) {
@@ -315,8 +283,7 @@ function parseHeader(headerBytes: Uint8Array, dataStart: number, dataLength: num
   if (cursor !== dataLength) {
     throw new SafetensorsError(
       source,
-      `data buffer has ${dataLength - cursor} trailing bytes after the last tensor ` +
-        `(tensors end at ${cursor}, buffer is ${dataLength} bytes)`,
+      `data buffer has ${dataLength - cursor} trailing bytes after the last tensor ` + `(tensors end at ${cursor}, buffer is ${dataLength} bytes)`,
     );
   }
 
@@ -335,16 +302,16 @@ function headerLength(prefix: Uint8Array, totalLength: number, source: string): 
     throw new SafetensorsError(source, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   }
   if (n > BigInt(totalLength - 8)) {
-    throw new SafetensorsError(
-      source,
-      `header length ${n} exceeds the ${totalLength - 8} bytes after the length field (truncated file?)`,
-    );
+    throw new SafetensorsError(source, `header length ${n} exceeds the ${totalLength - 8} bytes after the length field (truncated file?)`);
   }
   return Number(n);
 }
 
 /** Parses a whole safetensors image held in memory; tensor data are subarrays of `bytes`. */
-export function parseSafetensors(bytes: Uint8Array, source = '<buffer>'): {
+export function parseSafetensors(
+  bytes: Uint8Array,
+  source = '<buffer>',
+): {
   tensors: Map<string, RawTensor>;
   metadata: Record<string, string>;
 } {
@@ -425,13 +392,8 @@ interface Plan {
   total: number;
 }
 
-function plan(
-  tensors: Map<string, RawTensor> | Record<string, RawTensor>,
-  metadata: Record<string, string> | undefined,
-  source: string,
-): Plan {
-  const entries: [string, RawTensor][] =
-    tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+function plan(tensors: Map<string, RawTensor> | Record<string, RawTensor>, metadata: Record<string, string> | undefined, source: string): Plan {
+  const entries: [string, RawTensor][] = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
   entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
 
   const parts: string[] = [];
@@ -460,15 +422,10 @@ function plan(
       throw new SafetensorsError(source, `tensor ${JSON.stringify(name)}: shape [${shape.join(', ')}] is too large`);
     }
     if (t.data.length !== expected) {
-      throw new SafetensorsError(
-        source,
-        `tensor ${JSON.stringify(name)}: ${t.dtype} [${shape.join(', ')}] needs ${expected} bytes, data has ${t.data.length}`,
-      );
+      throw new SafetensorsError(source, `tensor ${JSON.stringify(name)}: ${t.dtype} [${shape.join(', ')}] needs ${expected} bytes, data has ${t.data.length}`);
     }
     // Built by hand so that integer-like names keep sorted order (JS objects would reorder them).
-    parts.push(
-      `${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape, data_offsets: [offset, offset + expected] })}`,
-    );
+    parts.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape, data_offsets: [offset, offset + expected] })}`);
     order.push({ name, data: t.data });
     offset += expected;
   }
@@ -676,8 +633,7 @@ export function fromFloat32(values: Float32Array, shape: number[], dtype: 'F32' 
   if (numelOf(shape) !== values.length) {
     throw new RangeError(`fromFloat32: shape [${shape.join(', ')}] does not match ${values.length} values`);
   }
-  const words: Float32Array | Uint16Array =
-    dtype === 'F32' ? values : dtype === 'F16' ? f32ToF16(values) : f32ToBf16(values);
+  const words: Float32Array | Uint16Array = dtype === 'F32' ? values : dtype === 'F16' ? f32ToF16(values) : f32ToBf16(values);
   const bytes = new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
   // Always copy so the raw tensor never aliases the caller's array.
   return { dtype, shape: [...shape], data: new Uint8Array(alignedCopy(bytes, words.BYTES_PER_ELEMENT)) };

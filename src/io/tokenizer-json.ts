@@ -85,13 +85,15 @@ export function checkTokenizerJson(json: unknown, source = 'tokenizer.json'): To
     if (!Array.isArray(vocab)) return bad('model.vocab', `must be an array of [piece, score], got ${show(vocab)}`);
     if (vocab.length > MAX_VOCAB_SIZE) bad('model.vocab', `has ${vocab.length} entries, over the limit of ${MAX_VOCAB_SIZE}`);
     vocab.forEach((e, i) => {
-      if (!Array.isArray(e) || e.length !== 2 || typeof e[0] !== 'string' || typeof e[1] !== 'number' || !Number.isFinite(e[1])) bad(`model.vocab[${i}]`, `must be [piece, finite score], got ${show(e)}`);
+      if (!Array.isArray(e) || e.length !== 2 || typeof e[0] !== 'string' || typeof e[1] !== 'number' || !Number.isFinite(e[1]))
+        bad(`model.vocab[${i}]`, `must be [piece, finite score], got ${show(e)}`);
       if (!idOf.has(e[0])) idOf.set(e[0], i);
       tokenOf.set(i, e[0]);
     });
     maxId = vocab.length - 1;
     const unk = model.unk_id;
-    if (unk !== undefined && unk !== null && !(isTokenId(unk) && unk <= maxId)) bad('model.unk_id', `${show(unk)} is not an id of the vocabulary (0..${maxId})`);
+    if (unk !== undefined && unk !== null && !(isTokenId(unk) && unk <= maxId))
+      bad('model.unk_id', `${show(unk)} is not an id of the vocabulary (0..${maxId})`);
   } else {
     const vocab = model.vocab;
     if (!isObject(vocab)) return bad('model.vocab', `must be an object of token -> id, got ${show(vocab)}`);
@@ -111,7 +113,8 @@ export function checkTokenizerJson(json: unknown, source = 'tokenizer.json'): To
     const v = model[f];
     if (v !== undefined && v !== null && typeof v !== 'string') bad(`model.${f}`, `must be a string or null, got ${show(v)}`);
   }
-  if (modelType === 'WordPiece' && typeof model.unk_token === 'string' && !idOf.has(model.unk_token)) bad('model.unk_token', `${show(model.unk_token)} is not in the vocabulary`);
+  if (modelType === 'WordPiece' && typeof model.unk_token === 'string' && !idOf.has(model.unk_token))
+    bad('model.unk_token', `${show(model.unk_token)} is not in the vocabulary`);
 
   if (modelType === 'BPE') checkMerges(model, idOf, bad);
 
@@ -127,7 +130,8 @@ export function checkTokenizerJson(json: unknown, source = 'tokenizer.json'): To
     const id = t.id as number;
     const content = t.content as string;
     const holder = tokenOf.get(id);
-    if (holder !== undefined && holder !== content && modelType !== 'Unigram') bad(`${f}.id`, `id ${id} (${JSON.stringify(content)}) is the vocabulary's id of ${JSON.stringify(holder)}`);
+    if (holder !== undefined && holder !== content && modelType !== 'Unigram')
+      bad(`${f}.id`, `id ${id} (${JSON.stringify(content)}) is the vocabulary's id of ${JSON.stringify(holder)}`);
     if (id > maxId) maxId = id;
     return { id, content, special: t.special === true };
   });
@@ -183,14 +187,19 @@ function checkPipeline(node: unknown, field: string, depth: number, bad: (field:
     }
   }
   if (node.type === 'Split') {
-    if (node.behavior !== undefined && !(typeof node.behavior === 'string' && SPLIT_BEHAVIORS.some((b) => b.toLowerCase() === (node.behavior as string).toLowerCase()))) bad(`${field}.behavior`, `must be one of ${SPLIT_BEHAVIORS.join(', ')}, got ${show(node.behavior)}`);
+    if (
+      node.behavior !== undefined &&
+      !(typeof node.behavior === 'string' && SPLIT_BEHAVIORS.some((b) => b.toLowerCase() === (node.behavior as string).toLowerCase()))
+    )
+      bad(`${field}.behavior`, `must be one of ${SPLIT_BEHAVIORS.join(', ')}, got ${show(node.behavior)}`);
     if (node.invert !== undefined && typeof node.invert !== 'boolean') bad(`${field}.invert`, `must be true or false, got ${show(node.invert)}`);
   }
   // A replacement string is literal in the reference implementation; JavaScript would expand
   // $& $` $' $1 $<name>, and $` / $' make the output quadratic in the input.
   if (node.type === 'Replace' && node.content !== undefined) {
     if (typeof node.content !== 'string') bad(`${field}.content`, `must be a string, got ${show(node.content)}`);
-    if (/\$[$&`'0-9<]/.test(node.content as string)) bad(`${field}.content`, `${show(node.content)} holds a $ replacement pattern ($&, $\`, $', $1, $<name>, $$), which this tokenizer library would expand`);
+    if (/\$[$&`'0-9<]/.test(node.content as string))
+      bad(`${field}.content`, `${show(node.content)} holds a $ replacement pattern ($&, $\`, $', $1, $<name>, $$), which this tokenizer library would expand`);
   }
   for (const [k, v] of Object.entries(node)) {
     if (k === 'pattern' || k === 'content') continue;

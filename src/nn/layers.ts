@@ -50,7 +50,10 @@ export class Linear extends Module {
       ? empty([outFeatures, inFeatures], { dtype })
       : opts.std !== undefined
         ? randn([outFeatures, inFeatures], { dtype }).mul_(opts.std)
-        : rand([outFeatures, inFeatures], { dtype }).mul_(2).add_(-1).mul_(1 / Math.sqrt(inFeatures));
+        : rand([outFeatures, inFeatures], { dtype })
+            .mul_(2)
+            .add_(-1)
+            .mul_(1 / Math.sqrt(inFeatures));
     this.weight = this.param('weight', w);
     if (opts.bias) this.bias = this.param('bias', zeros([outFeatures], { dtype }));
   }
@@ -62,7 +65,10 @@ export class Linear extends Module {
   addLora(cfg: LoraConfig): this {
     if (this.loraA) throw new Error('addLora: this layer already has a LoRA adapter');
     const dtype = this.weight.value.dtype;
-    const a = rand([cfg.rank, this.inFeatures], { dtype }).mul_(2).add_(-1).mul_(1 / Math.sqrt(this.inFeatures));
+    const a = rand([cfg.rank, this.inFeatures], { dtype })
+      .mul_(2)
+      .add_(-1)
+      .mul_(1 / Math.sqrt(this.inFeatures));
     this.loraA = this.param('lora_A.weight', a);
     this.loraB = this.param('lora_B.weight', zeros([this.outFeatures, cfg.rank], { dtype }));
     this.loraScale = cfg.alpha / cfg.rank;
@@ -103,7 +109,10 @@ export class Embedding extends Module {
     opts: { std?: number; dtype?: DType } = {},
   ) {
     super();
-    this.weight = this.param('weight', initialise ? randn([numEmbeddings, dim], { dtype: opts.dtype }).mul_(opts.std ?? 1) : empty([numEmbeddings, dim], { dtype: opts.dtype }));
+    this.weight = this.param(
+      'weight',
+      initialise ? randn([numEmbeddings, dim], { dtype: opts.dtype }).mul_(opts.std ?? 1) : empty([numEmbeddings, dim], { dtype: opts.dtype }),
+    );
   }
   /** ids [...] (int64) -> [..., dim] */
   forward(ids: Tensor): Tensor {
@@ -159,7 +168,13 @@ export class LoraAdapters extends Module {
     super();
     this.scale = cfg.alpha / cfg.rank;
     for (const s of specs) {
-      const a = this.param(`${s.key}.lora_A.weight`, rand([cfg.rank, s.inFeatures]).mul_(2).add_(-1).mul_(1 / Math.sqrt(s.inFeatures)));
+      const a = this.param(
+        `${s.key}.lora_A.weight`,
+        rand([cfg.rank, s.inFeatures])
+          .mul_(2)
+          .add_(-1)
+          .mul_(1 / Math.sqrt(s.inFeatures)),
+      );
       const b = this.param(`${s.key}.lora_B.weight`, zeros([s.outFeatures, cfg.rank]));
       const scale = this.scale;
       const p = cfg.dropout ?? 0;

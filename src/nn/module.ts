@@ -109,7 +109,9 @@ export abstract class Module {
     const missing = [...own.keys()].filter((n) => !state.has(n));
     const unexpected = [...state.keys()].filter((n) => !own.has(n));
     if (strict && (missing.length || unexpected.length)) {
-      throw new Error(`loadStateDict: missing [${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ', …' : ''}], unexpected [${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ', …' : ''}]`);
+      throw new Error(
+        `loadStateDict: missing [${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ', …' : ''}], unexpected [${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ', …' : ''}]`,
+      );
     }
     for (const [n, p] of own) {
       const src = state.get(n);

@@ -24,7 +24,14 @@ function hasOp(op: string): boolean {
   return v;
 }
 
-const FOREACH_OPS = ['_foreach_mul_.Scalar', '_foreach_add_.List', '_foreach_addcmul_.Scalar', '_foreach_sqrt', '_foreach_add_.Scalar', '_foreach_addcdiv_.Scalar'];
+const FOREACH_OPS = [
+  '_foreach_mul_.Scalar',
+  '_foreach_add_.List',
+  '_foreach_addcmul_.Scalar',
+  '_foreach_sqrt',
+  '_foreach_add_.Scalar',
+  '_foreach_addcdiv_.Scalar',
+];
 
 export interface AdamWOptions {
   lr?: number;
@@ -165,10 +172,14 @@ export class AdamW {
     try {
       for (const [i, st] of sd.state) {
         const p = this.params[i];
-        if (!Number.isInteger(i) || p === undefined) throw new Error(`AdamW.loadStateDict: state for parameter ${i}, but the optimiser has ${this.params.length} parameters`);
+        if (!Number.isInteger(i) || p === undefined)
+          throw new Error(`AdamW.loadStateDict: state for parameter ${i}, but the optimiser has ${this.params.length} parameters`);
         if (!Number.isInteger(st.step) || st.step < 0) throw new Error(`AdamW.loadStateDict: parameter ${i}: bad step ${st.step}`);
         const want = p.value.shape;
-        for (const [name, t] of [['expAvg', st.expAvg], ['expAvgSq', st.expAvgSq]] as const) {
+        for (const [name, t] of [
+          ['expAvg', st.expAvg],
+          ['expAvgSq', st.expAvgSq],
+        ] as const) {
           const got = t.shape;
           if (got.length !== want.length || got.some((d, k) => d !== want[k])) {
             throw new Error(`AdamW.loadStateDict: parameter ${i}: ${name} has shape [${got.join(', ')}], the parameter [${want.join(', ')}]`);
@@ -215,7 +226,9 @@ export function clipGradNorm(params: Parameter[], maxNorm: number): number {
       }
       if (gs.length === 0) return 0;
       const norms = hasOp('_foreach_norm.Scalar') ? (callOp('_foreach_norm.Scalar', [gs, 2]) as Tensor[]) : gs.map((g) => g.norm());
-      const total = stack(norms.map((n) => n.to('float64'))).norm().item();
+      const total = stack(norms.map((n) => n.to('float64')))
+        .norm()
+        .item();
       const coef = maxNorm / (total + 1e-6);
       if (coef < 1) {
         if (hasOp('_foreach_mul_.Scalar')) callInPlace('_foreach_mul_.Scalar', [gs, coef]);

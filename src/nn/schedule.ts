@@ -23,7 +23,8 @@ function checkOptions(name: string, o: DecayScheduleOptions): { peak: number; wa
   const min = o.minLr ?? 0;
   if (!Number.isFinite(o.peakLr) || o.peakLr < 0) throw new Error(`${name}: peakLr must be >= 0, got ${o.peakLr}`);
   if (!Number.isInteger(warmup) || warmup < 0) throw new Error(`${name}: warmupSteps must be an integer >= 0, got ${warmup}`);
-  if (!Number.isInteger(o.totalSteps) || o.totalSteps < warmup) throw new Error(`${name}: totalSteps (${o.totalSteps}) must be an integer >= warmupSteps (${warmup})`);
+  if (!Number.isInteger(o.totalSteps) || o.totalSteps < warmup)
+    throw new Error(`${name}: totalSteps (${o.totalSteps}) must be an integer >= warmupSteps (${warmup})`);
   if (!Number.isFinite(min) || min < 0) throw new Error(`${name}: minLr must be >= 0, got ${min}`);
   return { peak: o.peakLr, warmup, total: o.totalSteps, min };
 }

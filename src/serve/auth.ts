@@ -54,7 +54,8 @@ export function ownerOf(key: string): string {
 
 /** Why a key is unusable (the reason names no character of it), or null. */
 function keyProblem(key: string): string | null {
-  if (key.length < MIN_KEY_LENGTH) return `a key must have at least ${MIN_KEY_LENGTH} characters (this one has ${key.length}); make one with: openssl rand -hex 24`;
+  if (key.length < MIN_KEY_LENGTH)
+    return `a key must have at least ${MIN_KEY_LENGTH} characters (this one has ${key.length}); make one with: openssl rand -hex 24`;
   if (key.length > MAX_KEY_LENGTH) return `a key must have at most ${MAX_KEY_LENGTH} characters (this one has ${key.length})`;
   if (!/^[\x21-\x7e]+$/.test(key)) return 'a key must be printable ASCII without spaces (it travels in an HTTP header)';
   return null;
@@ -129,7 +130,8 @@ export class KeyRing {
       seen.set(hex, s.origin);
       return { name: s.name, owner: hex.slice(0, 16), hash };
     });
-    if (new Set(this.keys.map((k) => k.owner)).size !== this.keys.length) throw new Error('two keys have the same owner id (a 64-bit hash collision); replace one of them');
+    if (new Set(this.keys.map((k) => k.owner)).size !== this.keys.length)
+      throw new Error('two keys have the same owner id (a 64-bit hash collision); replace one of them');
   }
 
   get size(): number {
@@ -146,7 +148,11 @@ export class KeyRing {
    */
   identify(authorization: string | undefined): Identity {
     if (authorization === undefined || authorization.trim() === '') {
-      return { ok: false, code: 'missing_api_key', message: "This server needs an API key: send it as the header 'Authorization: Bearer KEY' (the OpenAI clients do with apiKey)." };
+      return {
+        ok: false,
+        code: 'missing_api_key',
+        message: "This server needs an API key: send it as the header 'Authorization: Bearer KEY' (the OpenAI clients do with apiKey).",
+      };
     }
     const m = /^\s*Bearer\s+(\S+)\s*$/i.exec(authorization);
     if (!m) return { ok: false, code: 'invalid_api_key', message: "The Authorization header must be 'Bearer KEY' (one key, no other scheme)." };
@@ -156,21 +162,33 @@ export class KeyRing {
       // every key is compared, so the time does not tell which (or whether one) matched early
       if (timingSafeEqual(presented, k.hash) && !found) found = k;
     }
-    if (!found) return { ok: false, code: 'invalid_api_key', message: 'Incorrect API key provided. Check the key this server was given (--api-key, --api-keys or SOFTPRESS_API_KEYS).' };
+    if (!found)
+      return {
+        ok: false,
+        code: 'invalid_api_key',
+        message: 'Incorrect API key provided. Check the key this server was given (--api-key, --api-keys or SOFTPRESS_API_KEYS).',
+      };
     return { ok: true, owner: found.owner, name: found.name };
   }
 }
 
 /** All keys from the flags, the keys file and the environment; undefined when there are none. */
 export function collectKeys(o: { flags?: readonly string[]; file?: string; env?: string }): KeyRing | undefined {
-  const sources = [...parseKeyFlags(o.flags ?? []), ...(o.file !== undefined ? parseKeysFile(o.file) : []), ...(o.env !== undefined ? parseKeysEnv(o.env) : [])];
+  const sources = [
+    ...parseKeyFlags(o.flags ?? []),
+    ...(o.file !== undefined ? parseKeysFile(o.file) : []),
+    ...(o.env !== undefined ? parseKeysEnv(o.env) : []),
+  ];
   if (o.env !== undefined && o.env.trim() !== '' && sources.length === 0) throw new Error('SOFTPRESS_API_KEYS has no keys');
   return sources.length ? new KeyRing(sources) : undefined;
 }
 
 /** Whether a listen host only accepts connections from this machine. */
 export function isLoopback(host: string): boolean {
-  const h = host.trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  const h = host
+    .trim()
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, '$1');
   if (h === 'localhost' || h.endsWith('.localhost')) return true;
   if (isIP(h) === 4) return h.startsWith('127.');
   if (isIP(h) === 6) {

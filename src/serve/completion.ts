@@ -207,10 +207,16 @@ export class Completions {
     if (req.contextId !== undefined) ({ entry, loadMs } = this.c.contexts.acquire(req.contextId, req.owner ?? ANONYMOUS));
     try {
       const prefix = prefixes.prefixLen(entry) + (entry?.memoryLen ?? 0);
-      for (const p of req.prompts) if (p.length > window * maxTokenChars) this.checkWindow(entry, Math.ceil(p.length / maxTokenChars), req.maxTokens ?? 1, 'prompt');
+      for (const p of req.prompts)
+        if (p.length > window * maxTokenChars) this.checkWindow(entry, Math.ceil(p.length / maxTokenChars), req.maxTokens ?? 1, 'prompt');
       const prompts = req.prompts.map((p) => tokenizer.encode(p, req.special ? { allowSpecial: true } : undefined));
       if (!entry && prefixes.start.length === 0 && prompts.some((p) => p.length === 0)) {
-        throw new HttpError(400, 'empty_prompt', `the prompt is empty and ${this.c.modelName} is trained without a BOS token, so there is nothing to continue; send at least one token of text (or a context_id)`, 'prompt');
+        throw new HttpError(
+          400,
+          'empty_prompt',
+          `the prompt is empty and ${this.c.modelName} is trained without a BOS token, so there is nothing to continue; send at least one token of text (or a context_id)`,
+          'prompt',
+        );
       }
       const stopTokens = req.stopIds ? new Set(req.stopIds) : this.endIds;
       const longest = Math.max(...prompts.map((p) => p.length));
@@ -225,15 +231,29 @@ export class Completions {
       };
       const promptTokens = prompts.reduce((s, p) => s + prefix + p.length, 0);
       const held = entry;
-      const run = this.generate(entry, loadMs, t0, prompts, (i) => ({ maxTokens, temperature: req.temperature, topP: req.topP, seed: seed + i, stopTokens, onToken: onToken(i) }));
+      const run = this.generate(entry, loadMs, t0, prompts, (i) => ({
+        maxTokens,
+        temperature: req.temperature,
+        topP: req.topP,
+        seed: seed + i,
+        stopTokens,
+        onToken: onToken(i),
+      }));
       const result = run.result.then(({ outs, timings }): CompletionResult => {
         const choices = outs.map(({ r }, i) => {
           const rest = streams[i].finish();
           if (rest && onDelta) onDelta(i, rest);
-          return { index: i, text: streams[i].text, finishReason: r.finishReason === 'length' ? ('length' as const) : ('stop' as const), completionTokens: r.tokens.length };
+          return {
+            index: i,
+            text: streams[i].text,
+            finishReason: r.finishReason === 'length' ? ('length' as const) : ('stop' as const),
+            completionTokens: r.tokens.length,
+          };
         });
         const completionTokens = choices.reduce((s, c) => s + c.completionTokens, 0);
-        const context = held ? { id: held.id, softTokens: held.ctx.meta.softTokens[0] ?? 0, sourceTokens: held.ctx.meta.sourceTokens[0] ?? 0, method: held.method } : undefined;
+        const context = held
+          ? { id: held.id, softTokens: held.ctx.meta.softTokens[0] ?? 0, sourceTokens: held.ctx.meta.sourceTokens[0] ?? 0, method: held.method }
+          : undefined;
         return { choices, promptTokens, completionTokens, context, timings };
       });
       return {

@@ -37,7 +37,11 @@ interface Start {
   threads?: number;
 }
 
-type Reply = { type: 'ready' } | { type: 'failed'; message: string } | { type: 'done'; id: number; bytes: Uint8Array; compressMs: number } | { type: 'error'; id: number; message: string };
+type Reply =
+  | { type: 'ready' }
+  | { type: 'failed'; message: string }
+  | { type: 'done'; id: number; bytes: Uint8Array; compressMs: number }
+  | { type: 'error'; id: number; message: string };
 
 interface Waiting {
   resolve(r: { bytes: Uint8Array; compressMs: number }): void;
@@ -141,7 +145,8 @@ function serve(start: Start): void {
   try {
     if (start.threads) setNumThreads(start.threads);
     served = loadServedModel({ base: start.base, compressorDirs: start.compressorDirs, discover: false });
-    if (served.model.fingerprint() !== start.fingerprint) throw new Error(`it loaded base model ${served.model.fingerprint()}, the server runs ${start.fingerprint}`);
+    if (served.model.fingerprint() !== start.fingerprint)
+      throw new Error(`it loaded base model ${served.model.fingerprint()}, the server runs ${start.fingerprint}`);
     for (const name of compressorNames()) if (!isLearned(name)) compressors.set(name, createCompressor(name, served.model));
     for (const c of served.compressors) compressors.set(c.method, c);
   } catch (e) {

@@ -106,7 +106,9 @@ export class Compression {
       const u = this.c.contexts.store.usage(owner);
       const inFlight = this.creating.get(owner) ?? 0;
       if (quota.contexts && u.contexts + inFlight >= quota.contexts) {
-        throw quotaError(`you store ${u.contexts} contexts${inFlight ? ` and ${inFlight} more are being compressed` : ''}; your quota is ${quota.contexts}. Delete some (DELETE /v1/contexts/ID) before creating more`);
+        throw quotaError(
+          `you store ${u.contexts} contexts${inFlight ? ` and ${inFlight} more are being compressed` : ''}; your quota is ${quota.contexts}. Delete some (DELETE /v1/contexts/ID) before creating more`,
+        );
       }
       if (quota.bytes && u.bytes >= quota.bytes) {
         throw quotaError(`your stored contexts take ${u.bytes} bytes, your quota is ${quota.bytes}. Delete some (DELETE /v1/contexts/ID) before creating more`);
@@ -126,7 +128,8 @@ export class Compression {
     const method = body.method ?? this.c.defaultMethod;
     const c = this.c.compressors.get(method);
     if (!c) throw new HttpError(400, 'unknown_method', `unknown method '${method}'; this server offers ${[...this.c.compressors.keys()].join(', ')}`, 'method');
-    if (body.ratio !== undefined && body.budget !== undefined) throw new HttpError(400, 'bad_budget', 'give either ratio (context tokens per soft token) or budget (soft tokens), not both', 'ratio');
+    if (body.ratio !== undefined && body.budget !== undefined)
+      throw new HttpError(400, 'bad_budget', 'give either ratio (context tokens per soft token) or budget (soft tokens), not both', 'ratio');
     const budget: Budget = body.budget !== undefined ? { tokens: body.budget } : { ratio: body.ratio ?? this.c.defaultRatio };
     try {
       checkBudget(budget);
@@ -138,13 +141,23 @@ export class Compression {
     }
     const limit = this.inputLimit(c);
     if (body.text.length > limit * this.c.maxTokenChars) {
-      throw new HttpError(413, 'context_too_long', `the text has ${body.text.length} characters, so more than ${limit} tokens; method '${method}' reads at most ${limit} tokens. Use a shorter text.`, 'text');
+      throw new HttpError(
+        413,
+        'context_too_long',
+        `the text has ${body.text.length} characters, so more than ${limit} tokens; method '${method}' reads at most ${limit} tokens. Use a shorter text.`,
+        'text',
+      );
     }
     const ids = await encodeYielding(this.c.tokenizer, body.text);
     if (ids.length === 0) throw new HttpError(400, 'empty_text', 'the text has no tokens', 'text');
     if (ids.length > limit) {
       const learned = isLearned(method);
-      throw new HttpError(413, 'context_too_long', `the text is ${ids.length} tokens; method '${method}' reads at most ${limit} tokens${learned ? " (the base model's window)" : ''}. Use a shorter text${learned ? ' or the truncate strategy' : ''}.`, 'text');
+      throw new HttpError(
+        413,
+        'context_too_long',
+        `the text is ${ids.length} tokens; method '${method}' reads at most ${limit} tokens${learned ? " (the base model's window)" : ''}. Use a shorter text${learned ? ' or the truncate strategy' : ''}.`,
+        'text',
+      );
     }
     this.checkFits(c, softTokensOf(c, ids.length, budget), 0, ids.length);
     const { ctx, bytes, compressMs } = await this.compress(c, ids, budget).catch((e: unknown) => {
@@ -207,9 +220,16 @@ export class Compression {
     const need = this.c.leadLength + soft + memoryLen + this.c.minRoom;
     if (need <= this.window) return;
     const whole = c.budgetFree === true && soft === sourceTokens; // the method keeps every context token (`full`)
-    const what = whole ? `the full context of ${sourceTokens} tokens` : `the context of ${sourceTokens} tokens becomes ${memoryLen ? `${memoryLen} memory slots and ${soft} soft tokens` : `${soft} soft tokens`}, which`;
+    const what = whole
+      ? `the full context of ${sourceTokens} tokens`
+      : `the context of ${sourceTokens} tokens becomes ${memoryLen ? `${memoryLen} memory slots and ${soft} soft tokens` : `${soft} soft tokens`}, which`;
     const hint = whole ? 'Compress it (e.g. method truncate or a learned method) or send a shorter text.' : 'Use a higher ratio (or a smaller budget).';
     const lead = this.c.leadLength === 1 ? 'BOS' : `${this.c.leadLength} tokens: the QA demonstration`;
-    throw new HttpError(413, 'context_too_long', `${what} with its lead (${lead}) and room for a question (${this.c.minRoom} positions) needs ${need} positions, but the base model's window is ${this.window} tokens. ${hint}`, 'text');
+    throw new HttpError(
+      413,
+      'context_too_long',
+      `${what} with its lead (${lead}) and room for a question (${this.c.minRoom} positions) needs ${need} positions, but the base model's window is ${this.window} tokens. ${hint}`,
+      'text',
+    );
   }
 }

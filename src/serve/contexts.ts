@@ -193,7 +193,11 @@ export class Contexts {
       }
       if (!this.compressors.has(ctx.meta.method)) {
         freeSoftContext(ctx);
-        throw new HttpError(409, 'method_unavailable', `context ${id} was made by method '${ctx.meta.method}', which this server has not loaded (start it with --compressor DIR for that method)`);
+        throw new HttpError(
+          409,
+          'method_unavailable',
+          `context ${id} was made by method '${ctx.meta.method}', which this server has not loaded (start it with --compressor DIR for that method)`,
+        );
       }
       e = this.remember(m, ctx);
     }

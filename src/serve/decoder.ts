@@ -121,7 +121,8 @@ export class BatchDecode {
     this.size = rows.length;
     this.cache = new KVCache(model.config.numLayers);
     const cached = rows.every((r) => r.prefixKv);
-    if (!cached && rows.some((r) => r.prefixKv || !r.prefix)) throw new Error('BatchDecode: give every row a prefix (embeddings) or every row a prefixKv, not a mix');
+    if (!cached && rows.some((r) => r.prefixKv || !r.prefix))
+      throw new Error('BatchDecode: give every row a prefix (embeddings) or every row a prefixKv, not a mix');
     if (cached && rows.some((r) => r.prompt.length === 0)) throw new Error('BatchDecode: rows with a cached prefix need at least one prompt token');
     // Cached mode: the cache starts as the rows' prefix keys/values, [pad][prefix] over `base`
     // columns, and the prefill runs over the prompts only, [pad][prompt] over seqLen columns.
@@ -129,7 +130,15 @@ export class BatchDecode {
     this.base = Math.max(...prefixLens);
     const lens = rows.map((r) => (cached ? 0 : r.prefix!.size(0)) + r.prompt.length);
     this.seqLen = Math.max(...lens);
-    this.live = rows.map((row, i) => ({ row, rng: mulberry32(row.seed), out: [], pad: cached ? this.base - prefixLens[i] : this.seqLen - lens[i], t0: this.t0, prefillMs: 0, widest: rows.length }));
+    this.live = rows.map((row, i) => ({
+      row,
+      rng: mulberry32(row.seed),
+      out: [],
+      pad: cached ? this.base - prefixLens[i] : this.seqLen - lens[i],
+      t0: this.t0,
+      prefillMs: 0,
+      widest: rows.length,
+    }));
     // Prefill chunk: about prefillChunkTokens padded tokens per forward (at least 16 positions).
     const budget = opts.prefillChunkTokens ?? 1024;
     this.chunk = Math.max(16, Math.floor(budget / rows.length));
@@ -159,15 +168,33 @@ export class BatchDecode {
           for (let j = 0; j < this.base; j++) mask.push(j >= this.base - prefixLens[i] ? 1 : 0);
           for (let j = 0; j < this.seqLen; j++) mask.push(j >= pad ? 1 : 0);
         }
-        const inputs = cat(seqs.map((s) => s.unsqueeze(0)), 0);
+        const inputs = cat(
+          seqs.map((s) => s.unsqueeze(0)),
+          0,
+        );
         const paddingMask = tensor(mask, [rows.length, this.base + this.seqLen], { dtype: 'bool' });
         const kvPrefix = hasMemory[0]
-          ? rows[0].memory!.map((_, layer) => ({ k: cat(rows.map((r) => r.memory![layer].k), 0), v: cat(rows.map((r) => r.memory![layer].v), 0) }))
+          ? rows[0].memory!.map((_, layer) => ({
+              k: cat(
+                rows.map((r) => r.memory![layer].k),
+                0,
+              ),
+              v: cat(
+                rows.map((r) => r.memory![layer].v),
+                0,
+              ),
+            }))
           : undefined;
         const prefixCache = cached
           ? rows[0].prefixKv!.map((_, layer) => ({
-              k: cat(rows.map((r, i) => leftPad(r.prefixKv![layer].k, 2, this.base - prefixLens[i])), 0).contiguous(),
-              v: cat(rows.map((r, i) => leftPad(r.prefixKv![layer].v, 2, this.base - prefixLens[i])), 0).contiguous(),
+              k: cat(
+                rows.map((r, i) => leftPad(r.prefixKv![layer].k, 2, this.base - prefixLens[i])),
+                0,
+              ).contiguous(),
+              v: cat(
+                rows.map((r, i) => leftPad(r.prefixKv![layer].v, 2, this.base - prefixLens[i])),
+                0,
+              ).contiguous(),
             }))
           : undefined;
         return { inputs, paddingMask, kvPrefix, prefixCache };
@@ -227,7 +254,9 @@ export class BatchDecode {
       return cat([zeros(shape, { dtype: t.dtype }), t], dim);
     };
     const merge = (a: Tensor, b: Tensor, dim: number | null): Tensor => {
-      const r = noGrad(() => tidy(() => (dim === null ? cat([a, b], 0) : cat([leftPad(a, dim, width - c1), leftPad(b, dim, width - c2)], 0)).contiguous())).keep();
+      const r = noGrad(() =>
+        tidy(() => (dim === null ? cat([a, b], 0) : cat([leftPad(a, dim, width - c1), leftPad(b, dim, width - c2)], 0)).contiguous()),
+      ).keep();
       a.free();
       b.free();
       return r;
@@ -284,7 +313,14 @@ export class BatchDecode {
       tidy(() => {
         const x = this.inputs!.narrow(1, start, len);
         const pm = this.paddingMask!.narrow(1, 0, this.base + start + len);
-        const r = this.model.forward({ inputsEmbeds: x, paddingMask: pm, cache: this.cache, kvPrefix: this.kvPrefix, logits: last ? 'last' : 'none', lora: this.lora });
+        const r = this.model.forward({
+          inputsEmbeds: x,
+          paddingMask: pm,
+          cache: this.cache,
+          kvPrefix: this.kvPrefix,
+          logits: last ? 'last' : 'none',
+          lora: this.lora,
+        });
         return last ? r.logits!.reshape(this.live.length, -1).to('float32') : null;
       }),
     );
@@ -348,7 +384,14 @@ export class BatchDecode {
         const grown = cat([this.paddingMask!, tensor(new Array(bb).fill(1), [bb, 1], { dtype: 'bool' })], 1).keep();
         this.paddingMask!.free();
         this.paddingMask = grown;
-        const { logits: l } = this.model.forward({ ids: tensor(ids, [bb, 1], { dtype: 'int64' }), cache: this.cache, paddingMask: grown, kvPrefix: this.kvPrefix, logits: 'last', lora: this.lora });
+        const { logits: l } = this.model.forward({
+          ids: tensor(ids, [bb, 1], { dtype: 'int64' }),
+          cache: this.cache,
+          paddingMask: grown,
+          kvPrefix: this.kvPrefix,
+          logits: 'last',
+          lora: this.lora,
+        });
         return l!.reshape(bb, -1).to('float32');
       }),
     ).keep();
@@ -417,7 +460,11 @@ export class BatchDecode {
  * yield between them. These are exactly the cache entries the prefill would write for the
  * prefix, so a batch can start from them instead of recomputing the prefix for every request.
  */
-export function* prefixKeysValues(model: LlamaModel, prefix: Tensor, opts: { memory?: LayerKv[]; lora?: LoraAdapters; chunk?: number } = {}): Generator<void, LayerKv[]> {
+export function* prefixKeysValues(
+  model: LlamaModel,
+  prefix: Tensor,
+  opts: { memory?: LayerKv[]; lora?: LoraAdapters; chunk?: number } = {},
+): Generator<void, LayerKv[]> {
   const p = prefix.size(0);
   const chunk = Math.max(1, opts.chunk ?? 256);
   const cache = new KVCache(model.config.numLayers);

@@ -196,7 +196,9 @@ export class Engine {
   runJob<T>(fn: () => T): Promise<T> {
     if (this.closed) return Promise.reject(new ShutdownError('the server is shutting down'));
     if (this.jobs.length >= this.opts.maxPendingJobs) {
-      return Promise.reject(new QueueFullError(`the compression queue is full (${this.jobs.length} waiting, limit ${this.opts.maxPendingJobs}); retry shortly`, 2));
+      return Promise.reject(
+        new QueueFullError(`the compression queue is full (${this.jobs.length} waiting, limit ${this.opts.maxPendingJobs}); retry shortly`, 2),
+      );
     }
     return new Promise<T>((resolve, reject) => {
       this.jobs.push({
@@ -220,7 +222,9 @@ export class Engine {
   runSteps<T>(steps: () => Generator<void, T>): Promise<T> {
     if (this.closed) return Promise.reject(new ShutdownError('the server is shutting down'));
     if (this.jobs.length >= this.opts.maxPendingJobs) {
-      return Promise.reject(new QueueFullError(`the compression queue is full (${this.jobs.length} waiting, limit ${this.opts.maxPendingJobs}); retry shortly`, 2));
+      return Promise.reject(
+        new QueueFullError(`the compression queue is full (${this.jobs.length} waiting, limit ${this.opts.maxPendingJobs}); retry shortly`, 2),
+      );
     }
     return new Promise<T>((resolve, reject) => {
       let it: Generator<void, T> | null = null;

@@ -33,7 +33,15 @@ export function round(x: number, digits = 1): number {
   return Math.round(x * f) / f;
 }
 
-const ERROR_TYPE: Record<number, string> = { 400: 'invalid_request_error', 401: 'invalid_request_error', 404: 'not_found_error', 409: 'conflict_error', 413: 'invalid_request_error', 415: 'invalid_request_error', 429: 'rate_limit_error' };
+const ERROR_TYPE: Record<number, string> = {
+  400: 'invalid_request_error',
+  401: 'invalid_request_error',
+  404: 'not_found_error',
+  409: 'conflict_error',
+  413: 'invalid_request_error',
+  415: 'invalid_request_error',
+  429: 'rate_limit_error',
+};
 
 /** Every error response's body, in the OpenAI shape {error: {message, type, code, param}}. */
 export function errorBody(status: number, code: string, message: string, param?: string): Record<string, unknown> {

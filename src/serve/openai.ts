@@ -44,7 +44,11 @@ interface Kind<B extends OpenAiCommon> {
   object: string;
   chunkObject: string;
   /** The request (after the shared fields), its number of choices, and whether replies lose their leading space. */
-  read(service: SoftpressService, b: B, shared: Omit<CompletionRequest, 'prompts' | 'stop'>): { request: CompletionRequest; choices: number; trimLead: boolean };
+  read(
+    service: SoftpressService,
+    b: B,
+    shared: Omit<CompletionRequest, 'prompts' | 'stop'>,
+  ): { request: CompletionRequest; choices: number; trimLead: boolean };
   choice(ch: CompletionChoice, text: string): Schema;
   delta(i: number, text: string): Schema;
   finish(i: number, reason: string): Schema;
@@ -83,7 +87,14 @@ export const CHAT: Kind<ChatBody> = {
   chunkObject: 'chat.completion.chunk',
   read: (service, b, shared) => {
     const chat = service.chatPrompt(b.messages, stopList(b.stop));
-    const request = { ...shared, prompts: [chat.prompt], maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined, stop: chat.stop, stopIds: chat.stopIds, special: chat.templated };
+    const request = {
+      ...shared,
+      prompts: [chat.prompt],
+      maxTokens: b.max_completion_tokens ?? b.max_tokens ?? undefined,
+      stop: chat.stop,
+      stopIds: chat.stopIds,
+      special: chat.templated,
+    };
     return { request, choices: 1, trimLead: chat.trimLead };
   },
   choice: (ch, text) => ({ index: ch.index, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: ch.finishReason }),
@@ -129,7 +140,15 @@ function trimmer(on: boolean): (text: string) => string {
  * asked, then `data: [DONE]`. Errors found before the stream starts (validation, 404, 409, 429)
  * are ordinary JSON error responses (start throws them); later ones become an error event.
  */
-async function stream(reply: FastifyReply, start: (onDelta: (i: number, d: string) => void) => RunningCompletion, chunk: (choices: Schema[], extra?: Schema) => Schema, kind: Kind<never>, choices: number, trimLead: boolean, includeUsage: boolean): Promise<void> {
+async function stream(
+  reply: FastifyReply,
+  start: (onDelta: (i: number, d: string) => void) => RunningCompletion,
+  chunk: (choices: Schema[], extra?: Schema) => Schema,
+  kind: Kind<never>,
+  choices: number,
+  trimLead: boolean,
+  includeUsage: boolean,
+): Promise<void> {
   const raw = reply.raw;
   let open = false;
   const write = (obj: Schema | string) => {
@@ -172,8 +191,23 @@ export function completionHandler<B extends OpenAiCommon>(service: SoftpressServ
     const { request, choices, trimLead } = kind.read(service, b, shared);
     const head = { id: `${kind.idPrefix}-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000), model: service.modelName };
     if (b.stream) {
-      const chunk = (cs: Schema[], extra: Schema = {}) => ({ id: head.id, object: kind.chunkObject, created: head.created, model: head.model, choices: cs, ...extra });
-      await stream(reply, (onDelta) => service.startCompletion(request, onDelta), chunk, kind as Kind<never>, choices, trimLead, !!b.stream_options?.include_usage);
+      const chunk = (cs: Schema[], extra: Schema = {}) => ({
+        id: head.id,
+        object: kind.chunkObject,
+        created: head.created,
+        model: head.model,
+        choices: cs,
+        ...extra,
+      });
+      await stream(
+        reply,
+        (onDelta) => service.startCompletion(request, onDelta),
+        chunk,
+        kind as Kind<never>,
+        choices,
+        trimLead,
+        !!b.stream_options?.include_usage,
+      );
       return reply;
     }
     const run = service.startCompletion(request);

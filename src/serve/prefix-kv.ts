@@ -116,22 +116,24 @@ export class PrefixKv {
         prefix.free();
       }
     };
-    const pending = this.engine.runSteps(() => steps.call(this)).then(
-      (kv) => {
-        slot.kvPending = undefined;
-        if (e && e.dead && e.refs === 0) {
-          freeKv(kv);
+    const pending = this.engine
+      .runSteps(() => steps.call(this))
+      .then(
+        (kv) => {
+          slot.kvPending = undefined;
+          if (e && e.dead && e.refs === 0) {
+            freeKv(kv);
+            return kv;
+          }
+          slot.kv = kv;
+          if (e) this.onCached(e, kvBytes(kv));
           return kv;
-        }
-        slot.kv = kv;
-        if (e) this.onCached(e, kvBytes(kv));
-        return kv;
-      },
-      (err: unknown) => {
-        slot.kvPending = undefined;
-        throw err;
-      },
-    );
+        },
+        (err: unknown) => {
+          slot.kvPending = undefined;
+          throw err;
+        },
+      );
     slot.kvPending = pending;
     return pending;
   }

@@ -73,7 +73,14 @@ export const createContextBody: Schema = {
 
 export const createContextResponse: Schema = {
   ...contextView,
-  properties: { ...(contextView.properties as Schema), evicted: { type: 'array', items: { type: 'string' }, description: 'Ids of your contexts evicted from the store to make room (least recently used first; other keys\' evicted contexts are not listed).' } },
+  properties: {
+    ...(contextView.properties as Schema),
+    evicted: {
+      type: 'array',
+      items: { type: 'string' },
+      description: "Ids of your contexts evicted from the store to make room (least recently used first; other keys' evicted contexts are not listed).",
+    },
+  },
 };
 
 export const listContextsQuery: Schema = {
@@ -99,7 +106,13 @@ export const askBody: Schema = {
   required: ['questions'],
   additionalProperties: false,
   properties: {
-    questions: { type: 'array', minItems: 1, maxItems: 32, items: { type: 'string', minLength: 1, maxLength: 4000 }, description: 'Questions about the context; each becomes one row of the micro-batch.' },
+    questions: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 32,
+      items: { type: 'string', minLength: 1, maxLength: 4000 },
+      description: 'Questions about the context; each becomes one row of the micro-batch.',
+    },
     maxTokens: int('Answer tokens at most (default 32).', { minimum: 1, maximum: 1024 }),
     temperature: num('0 (default) = greedy.', { minimum: 0, maximum: 2 }),
     seed: int('Sampling seed (question i uses seed + i).', { minimum: 0, maximum: 2147483647 }),
@@ -216,7 +229,12 @@ function generationResponse(object: string, choice: Schema): Schema {
   };
 }
 
-export const completionsResponse = generationResponse('text_completion', { text: { type: 'string' }, index: { type: 'integer' }, logprobs: { type: 'null' }, finish_reason: { type: 'string' } });
+export const completionsResponse = generationResponse('text_completion', {
+  text: { type: 'string' },
+  index: { type: 'integer' },
+  logprobs: { type: 'null' },
+  finish_reason: { type: 'string' },
+});
 
 export const chatBody: Schema = {
   type: 'object',
@@ -228,7 +246,8 @@ export const chatBody: Schema = {
       type: 'array',
       minItems: 1,
       maxItems: 256,
-      description: 'Rendered with the base model\'s own chat template; for a model without one, as plain text lines ("User: ...\\nAssistant: ...") ending with "Assistant:".',
+      description:
+        'Rendered with the base model\'s own chat template; for a model without one, as plain text lines ("User: ...\\nAssistant: ...") ending with "Assistant:".',
       items: {
         type: 'object',
         required: ['role', 'content'],

@@ -79,14 +79,14 @@ interface RouteDef {
 
 const ERROR_DOC: Record<number, string> = {
   400: 'Malformed JSON, wrong types, bad ratios or budgets, prompts longer than the window.',
-  401: 'No API key, or not one of this server\'s (missing_api_key, invalid_api_key): send Authorization: Bearer KEY.',
+  401: "No API key, or not one of this server's (missing_api_key, invalid_api_key): send Authorization: Bearer KEY.",
   404: 'Unknown context id or model.',
   409: 'The context was made for another base model (or by a method this server has not loaded).',
   413: 'Request body over the limit, or a context too long for the model window at this ratio.',
   415: 'Content-Type is not application/json.',
   429:
     'The generation or compression queue is full (queue_full), or the key used its requests of this minute (rate_limit_exceeded): retry after the Retry-After seconds. ' +
-    'Creating a context beyond the key\'s storage quota is insufficient_quota: delete contexts first (no Retry-After; waiting does not help).',
+    "Creating a context beyond the key's storage quota is insufficient_quota: delete contexts first (no Retry-After; waiting does not help).",
   500: 'Internal error (the server keeps running).',
   503: 'The server is shutting down.',
 };
@@ -144,10 +144,14 @@ function openapiDocument(routes: RouteDef[], service: SoftpressService, access: 
     const success: Schema = { description: r.summary };
     if (r.response) {
       success.content = { 'application/json': { schema: r.response } };
-      if (r.streams) (success.content as Schema)['text/event-stream'] = { schema: { type: 'string', description: 'With "stream": true: "data: {chunk JSON}" events, then "data: [DONE]".' } };
+      if (r.streams)
+        (success.content as Schema)['text/event-stream'] = {
+          schema: { type: 'string', description: 'With "stream": true: "data: {chunk JSON}" events, then "data: [DONE]".' },
+        };
     } else if (r.contentType) success.content = { [r.contentType]: { schema: { type: 'string' } } };
     const responses: Schema = { [status]: success };
-    for (const code of errors) responses[String(code)] = { description: ERROR_DOC[code] ?? 'Error.', content: { 'application/json': { schema: S.errorSchema } } };
+    for (const code of errors)
+      responses[String(code)] = { description: ERROR_DOC[code] ?? 'Error.', content: { 'application/json': { schema: S.errorSchema } } };
     const op: Schema = {
       operationId: `${r.method.toLowerCase()}${openapiPath(r.url).replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
       summary: r.summary,
@@ -164,7 +168,12 @@ function openapiDocument(routes: RouteDef[], service: SoftpressService, access: 
   const components: Schema = { schemas: { Error: S.errorSchema, Context: S.contextView } };
   if (access.keys) {
     components.securitySchemes = {
-      apiKey: { type: 'http', scheme: 'bearer', description: "One of the server's API keys (--api-key, --api-keys, SOFTPRESS_API_KEYS), as Authorization: Bearer KEY. Contexts belong to the key that created them." },
+      apiKey: {
+        type: 'http',
+        scheme: 'bearer',
+        description:
+          "One of the server's API keys (--api-key, --api-keys, SOFTPRESS_API_KEYS), as Authorization: Bearer KEY. Contexts belong to the key that created them.",
+      },
     };
   }
   return {
@@ -194,12 +203,23 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
   const app = Fastify({
     bodyLimit,
     // the default request serializer logs no headers; the redaction keeps it so if that changes
-    logger: opts.logger ? { level: 'info', redact: ['req.headers.authorization', 'req.headers["x-api-key"]'], ...(opts.logStream ? { stream: opts.logStream } : {}) } : false,
+    logger: opts.logger
+      ? { level: 'info', redact: ['req.headers.authorization', 'req.headers["x-api-key"]'], ...(opts.logStream ? { stream: opts.logStream } : {}) }
+      : false,
     // a path that is not valid percent-encoded UTF-8 is refused before routing: in the same error shape as the rest
     frameworkErrors: (err, _req, res) => {
       const reply = res as unknown as FastifyReply;
       const status = typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
-      void reply.status(status).type('application/json').send(errorBody(status, err.code === 'FST_ERR_BAD_URL' ? 'bad_url' : (err.code ?? 'bad_request').toLowerCase(), `the request URL is not valid: ${err.message}`));
+      void reply
+        .status(status)
+        .type('application/json')
+        .send(
+          errorBody(
+            status,
+            err.code === 'FST_ERR_BAD_URL' ? 'bad_url' : (err.code ?? 'bad_request').toLowerCase(),
+            `the request URL is not valid: ${err.message}`,
+          ),
+        );
     },
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
     schemaErrorFormatter: (errors, dataVar) => {
@@ -212,12 +232,22 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       else if (e.keyword === 'required') message = `${where} is missing the required field '${String(params.missingProperty)}'`;
       else if (e.keyword === 'oneOf') {
         const branchSchemas = (e as unknown as { schema?: unknown }).schema;
-        const branches = Array.isArray(branchSchemas) ? (branchSchemas as Schema[]).map((b) => (b.type === 'array' ? `an array of ${String((b.items as Schema | undefined)?.type ?? 'item')}s` : `${b.type === 'object' || b.type === 'array' ? 'an' : 'a'} ${String(b.type)}`)) : [];
+        const branches = Array.isArray(branchSchemas)
+          ? (branchSchemas as Schema[]).map((b) =>
+              b.type === 'array'
+                ? `an array of ${String((b.items as Schema | undefined)?.type ?? 'item')}s`
+                : `${b.type === 'object' || b.type === 'array' ? 'an' : 'a'} ${String(b.type)}`,
+            )
+          : [];
         message = `${where} has the wrong type${branches.length ? ` (must be ${branches.join(' or ')})` : ''}`;
-      }
-      else message = `${where} ${e.message ?? 'is invalid'}`;
+      } else message = `${where} ${e.message ?? 'is invalid'}`;
       const err = new Error(message) as Error & { param?: string };
-      err.param = e.keyword === 'additionalProperties' ? String(params.additionalProperty) : e.keyword === 'required' ? String(params.missingProperty) : e.instancePath.split('/').filter(Boolean).join('.') || undefined;
+      err.param =
+        e.keyword === 'additionalProperties'
+          ? String(params.additionalProperty)
+          : e.keyword === 'required'
+            ? String(params.missingProperty)
+            : e.instancePath.split('/').filter(Boolean).join('.') || undefined;
       return err;
     },
   });
@@ -261,7 +291,10 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       code = (err.code ?? 'bad_request').toLowerCase();
     }
     if (status >= 500) req.log.error(err);
-    void reply.status(status).type('application/json').send(errorBody(status, code, message, param));
+    void reply
+      .status(status)
+      .type('application/json')
+      .send(errorBody(status, code, message, param));
   });
 
   app.setNotFoundHandler((req, reply) => {
@@ -291,7 +324,13 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       errorResponseBuilder: (_req, ctx) => {
         const seconds = Math.max(1, Math.ceil(ctx.ttl / 1000));
         const per = window === 60_000 ? 'minute' : `${window / 1000} s`;
-        return new HttpError(429, 'rate_limit_exceeded', `Rate limit reached: ${ctx.max} requests per ${per} ${keys ? 'per API key' : 'on this server'}. Retry in ${seconds} s.`, undefined, { 'retry-after': String(seconds) });
+        return new HttpError(
+          429,
+          'rate_limit_exceeded',
+          `Rate limit reached: ${ctx.max} requests per ${per} ${keys ? 'per API key' : 'on this server'}. Retry in ${seconds} s.`,
+          undefined,
+          { 'retry-after': String(seconds) },
+        );
       },
     });
   }
@@ -344,7 +383,10 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       response: S.createContextResponse,
       errors: [400, 413, 415, 429, 500],
       handler: async (req, reply) => {
-        const r = await service.createContext(req.body as { text: string; method?: string; ratio?: number; budget?: number }, { owner: req.owner, quota: storageQuota });
+        const r = await service.createContext(req.body as { text: string; method?: string; ratio?: number; budget?: number }, {
+          owner: req.owner,
+          quota: storageQuota,
+        });
         void reply.status(201).header('location', `/v1/contexts/${r.id}`);
         return r;
       },
@@ -401,7 +443,8 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       body: S.askBody,
       response: S.askResponse,
       errors: [400, 404, 409, 415, 429, 500],
-      handler: async (req) => service.ask((req.params as { id: string }).id, req.body as { questions: string[]; maxTokens?: number; temperature?: number; seed?: number }, req.owner),
+      handler: async (req) =>
+        service.ask((req.params as { id: string }).id, req.body as { questions: string[]; maxTokens?: number; temperature?: number; seed?: number }, req.owner),
     },
     {
       method: 'GET',
@@ -410,7 +453,10 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       tag: 'openai',
       response: S.modelsResponse,
       errors: [],
-      handler: async () => ({ object: 'list', data: [{ id: service.modelName, object: 'model', created: Math.floor(service.startedAt / 1000), owned_by: 'softpress' }] }),
+      handler: async () => ({
+        object: 'list',
+        data: [{ id: service.modelName, object: 'model', created: Math.floor(service.startedAt / 1000), owned_by: 'softpress' }],
+      }),
     },
     {
       method: 'GET',
@@ -430,7 +476,7 @@ export function buildServer(service: SoftpressService, opts: ServerOptions = {})
       url: '/v1/completions',
       summary: 'Text completions (OpenAI-compatible), optionally after a stored soft context (context_id).',
       description:
-        'The prompt is read as it is: after the stored context\'s prefix ([lead][soft context], as asking reads it) with context_id; without one, after BOS only when the ' +
+        "The prompt is read as it is: after the stored context's prefix ([lead][soft context], as asking reads it) with context_id; without one, after BOS only when the " +
         'tokenizer starts sequences with it (a model trained without BOS, like SmolLM2, reads the prompt alone). The completion ends at EOS or an end-of-turn token, or a stop string.',
       tag: 'openai',
       body: S.completionsBody,

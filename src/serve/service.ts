@@ -96,7 +96,8 @@ export class SoftpressService {
     this.store = cfg.store;
     this.window = cfg.model.config.maxPositions;
     this.fingerprint = cfg.model.fingerprint();
-    if (cfg.store.fingerprint !== this.fingerprint) throw new Error(`the context store was opened for base model ${cfg.store.fingerprint}, the service runs ${this.fingerprint}`);
+    if (cfg.store.fingerprint !== this.fingerprint)
+      throw new Error(`the context store was opened for base model ${cfg.store.fingerprint}, the service runs ${this.fingerprint}`);
     for (const name of compressorNames()) if (!isLearned(name)) this.compressors.set(name, createCompressor(name, cfg.model));
     for (const c of cfg.compressors ?? []) {
       if (this.compressors.has(c.method)) throw new Error(`two compressors for method '${c.method}'`);
@@ -105,7 +106,8 @@ export class SoftpressService {
     }
     const learned = [...this.compressors.values()].filter((c) => isLearned(c.method));
     this.defaultMethod = cfg.defaultMethod ?? learned[0]?.method ?? 'truncate';
-    if (!this.compressors.has(this.defaultMethod)) throw new Error(`default method '${this.defaultMethod}' is not available (have: ${[...this.compressors.keys()].join(', ')})`);
+    if (!this.compressors.has(this.defaultMethod))
+      throw new Error(`default method '${this.defaultMethod}' is not available (have: ${[...this.compressors.keys()].join(', ')})`);
     this.defaultRatio = cfg.defaultRatio ?? 4;
     this.prefixCache = cfg.prefixCache ?? true;
     this.qaFormat = qaPromptFormat(this.tokenizer);
@@ -152,7 +154,12 @@ export class SoftpressService {
 
   checkModel(name: string | undefined): void {
     if (name === undefined || name === this.modelName) return;
-    throw new HttpError(404, 'model_not_found', `The model '${name}' does not exist on this server; it serves '${this.modelName}' (see GET /v1/models)`, 'model');
+    throw new HttpError(
+      404,
+      'model_not_found',
+      `The model '${name}' does not exist on this server; it serves '${this.modelName}' (see GET /v1/models)`,
+      'model',
+    );
   }
 
   /** Compresses a text and stores it for its owner (see Compression.create). */
@@ -248,9 +255,24 @@ export function openService(o: OpenServiceOptions): SoftpressService {
     store = ContextStore.open(o.storePath, { maxBytes: o.storeMaxBytes, fingerprint: model.fingerprint() });
     if (o.compressWorker) {
       const threads = typeof o.compressWorker === 'object' ? o.compressWorker.threads : undefined;
-      worker = new CompressWorker({ base: served.path, compressorDirs: served.compressorDirs, fingerprint: model.fingerprint(), maxPending: o.engine?.maxPendingJobs, threads });
+      worker = new CompressWorker({
+        base: served.path,
+        compressorDirs: served.compressorDirs,
+        fingerprint: model.fingerprint(),
+        maxPending: o.engine?.maxPendingJobs,
+        threads,
+      });
     }
-    return new SoftpressService({ ...o, model, tokenizer: served.tokenizer, modelName: served.modelName, store, compressors: served.compressors, worker, ownsModel: true });
+    return new SoftpressService({
+      ...o,
+      model,
+      tokenizer: served.tokenizer,
+      modelName: served.modelName,
+      store,
+      compressors: served.compressors,
+      worker,
+      ownsModel: true,
+    });
   } catch (e) {
     void store?.close();
     void worker?.close();

@@ -222,7 +222,10 @@ export class ContextStore {
   put(meta: StoredContext, bytes: Uint8Array, opts: { quota?: OwnerQuota } = {}): { evicted: StoredContext[] } {
     this.assertOpen();
     if (bytes.length > this.maxBytes) {
-      throw new StoreError(`this soft context takes ${bytes.length} bytes, more than the whole context store (${this.maxBytes} bytes); use a higher ratio or start the server with a larger --store-mb`, 'too_large');
+      throw new StoreError(
+        `this soft context takes ${bytes.length} bytes, more than the whole context store (${this.maxBytes} bytes); use a higher ratio or start the server with a larger --store-mb`,
+        'too_large',
+      );
     }
     const record: StoredContext = { ...meta, bytes: bytes.length };
     return this.root.transactionSync(() => {
@@ -234,10 +237,16 @@ export class ContextStore {
       if (quota) {
         const u = this.usage(ownerOfRecord(record));
         if (quota.contexts && u.contexts + 1 > quota.contexts) {
-          throw new StoreError(`you already store ${u.contexts} contexts, your quota is ${quota.contexts}; delete some (DELETE /v1/contexts/ID) before creating more`, 'quota_contexts');
+          throw new StoreError(
+            `you already store ${u.contexts} contexts, your quota is ${quota.contexts}; delete some (DELETE /v1/contexts/ID) before creating more`,
+            'quota_contexts',
+          );
         }
         if (quota.bytes && u.bytes + bytes.length > quota.bytes) {
-          throw new StoreError(`this soft context takes ${bytes.length} bytes and you already store ${u.bytes} bytes of your quota of ${quota.bytes}; delete some contexts or use a higher ratio`, 'quota_bytes');
+          throw new StoreError(
+            `this soft context takes ${bytes.length} bytes and you already store ${u.bytes} bytes of your quota of ${quota.bytes}; delete some contexts or use a higher ratio`,
+            'quota_bytes',
+          );
         }
       }
       if (total + bytes.length > this.maxBytes) {

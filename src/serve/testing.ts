@@ -28,7 +28,14 @@ export interface RandomBaseOptions {
 }
 
 /** The base model's architecture (configs/base-pretrain.json) with random weights. */
-export const BASE_SHAPE: Required<Omit<RandomBaseOptions, 'tokenizer' | 'seed' | 'sharp'>> = { hiddenSize: 256, layers: 6, heads: 8, kvHeads: 4, intermediateSize: 688, window: 1024 };
+export const BASE_SHAPE: Required<Omit<RandomBaseOptions, 'tokenizer' | 'seed' | 'sharp'>> = {
+  hiddenSize: 256,
+  layers: 6,
+  heads: 8,
+  kvHeads: 4,
+  intermediateSize: 688,
+  window: 1024,
+};
 
 /** Writes a random Llama model + tokenizer.json into dir (Hugging Face layout); returns dir. */
 export function writeRandomBase(dir: string, o: RandomBaseOptions = {}): string {

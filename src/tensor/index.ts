@@ -46,7 +46,11 @@ export function backward(roots: Tensor[], grads?: (Tensor | null)[], retainGraph
 }
 
 /** Gradients of outputs w.r.t. inputs without touching .grad (torch.autograd.grad). */
-export function grad(outputs: Tensor[], inputs: Tensor[], opts: { gradOutputs?: (Tensor | null)[]; retainGraph?: boolean; createGraph?: boolean; allowUnused?: boolean } = {}): (Tensor | null)[] {
+export function grad(
+  outputs: Tensor[],
+  inputs: Tensor[],
+  opts: { gradOutputs?: (Tensor | null)[]; retainGraph?: boolean; createGraph?: boolean; allowUnused?: boolean } = {},
+): (Tensor | null)[] {
   try {
     const gs = native.grad(
       outputs.map((o) => o.handle),

@@ -40,7 +40,16 @@ export interface NativeAddon {
   isGradEnabled(): boolean;
   profilerStart(tracePath: string): void;
   profilerStop(): void;
-  distInit(rank: number, size: number, masterHost: string, masterPort: number, localAddr: string, timeoutMs: number, threads: number, joinTimeoutMs: number): GroupHandle;
+  distInit(
+    rank: number,
+    size: number,
+    masterHost: string,
+    masterPort: number,
+    localAddr: string,
+    timeoutMs: number,
+    threads: number,
+    joinTimeoutMs: number,
+  ): GroupHandle;
   /** op: 0 sum, 1 average, 2 max, 3 min */
   distAllreduce(g: GroupHandle, tensors: Handle[], op: number): void;
   distBroadcast(g: GroupHandle, tensors: Handle[], root: number): void;
@@ -55,7 +64,10 @@ export interface NativeAddon {
  */
 function openblasCoreType(): string | undefined {
   try {
-    const flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1].split(/\s+/) ?? [];
+    const flags =
+      readFileSync('/proc/cpuinfo', 'utf8')
+        .match(/^flags\s*:(.*)$/m)?.[1]
+        .split(/\s+/) ?? [];
     if (flags.includes('avx512f') && flags.includes('avx512bw')) return 'SkylakeX';
     if (flags.includes('avx2') && flags.includes('fma')) return 'Haswell';
   } catch {

@@ -44,7 +44,8 @@ function describeArgs(args: unknown[]): string {
   const parts: string[] = [];
   for (const a of args) {
     if (a instanceof Tensor) parts.push(a.describe());
-    else if (Array.isArray(a) && a.some((x) => x instanceof Tensor)) parts.push(`[${a.map((x) => (x instanceof Tensor ? x.describe() : String(x))).join(', ')}]`);
+    else if (Array.isArray(a) && a.some((x) => x instanceof Tensor))
+      parts.push(`[${a.map((x) => (x instanceof Tensor ? x.describe() : String(x))).join(', ')}]`);
   }
   return parts.length ? ` (inputs: ${parts.join(', ')})` : '';
 }
@@ -82,7 +83,8 @@ function call(op: string, args: unknown[]): Tensor {
 /** The libtorch code of a dtype; an unknown name is a TensorError naming the operation and the known names. */
 function dtypeCode(op: string, dtype: unknown): number {
   const code = typeof dtype === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_CODE, dtype) ? DTYPE_CODE[dtype as DType] : undefined;
-  if (code === undefined) throw new TensorError(`${op}: unknown dtype ${typeof dtype === 'string' ? `'${dtype}'` : String(dtype)} (known: ${Object.keys(DTYPE_CODE).join(', ')})`);
+  if (code === undefined)
+    throw new TensorError(`${op}: unknown dtype ${typeof dtype === 'string' ? `'${dtype}'` : String(dtype)} (known: ${Object.keys(DTYPE_CODE).join(', ')})`);
   return code;
 }
 
@@ -692,7 +694,7 @@ export function tensor(data: AnyTypedArray | readonly number[] | readonly boolea
   const sh = shape ? checkShape('tensor', shape) : [n];
   if (sh.reduce((a, b) => a * b, 1) !== n) throw new TensorError(`tensor: ${n} values do not fill shape [${sh.join(', ')}]`);
   let t: Tensor;
-  const natural = ArrayBuffer.isView(data) ? dtype : (dtype === 'float16' || dtype === 'bfloat16' ? 'float32' : dtype);
+  const natural = ArrayBuffer.isView(data) ? dtype : dtype === 'float16' || dtype === 'bfloat16' ? 'float32' : dtype;
   try {
     t = new Tensor(native.fromBuffer(arr, dtypeCode('tensor', natural), sh));
   } catch (e) {
@@ -779,8 +781,21 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
  * softmax(q k^T * scale + mask) v with q [..., Lq, d], k/v [..., Lk, d]; attnMask is bool
  * (true = attend) or additive float, broadcastable to [..., Lq, Lk].
  */
-export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts: { attnMask?: Tensor | null; causal?: boolean; dropout?: number } = {}): Tensor {
-  const [out, weights] = callOp('_scaled_dot_product_attention', [q, k, v, opts.attnMask ?? null, opts.dropout ?? 0, false, opts.causal ?? false]) as (Tensor | null)[];
+export function scaledDotProductAttention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  opts: { attnMask?: Tensor | null; causal?: boolean; dropout?: number } = {},
+): Tensor {
+  const [out, weights] = callOp('_scaled_dot_product_attention', [
+    q,
+    k,
+    v,
+    opts.attnMask ?? null,
+    opts.dropout ?? 0,
+    false,
+    opts.causal ?? false,
+  ]) as (Tensor | null)[];
   weights?.free();
   return out!;
 }

@@ -14,7 +14,18 @@ import type { Tokenizer } from '../models/tokenizer.js';
 import { ChunkSampler } from '../data/lm.js';
 import { Rng } from '../data/rng.js';
 import type { QAExample } from '../data/qa.js';
-import { lmLead, qaFormat, qaTail, restateFormat, restateTail, tailLoss, withTaskEmbeddings, type Budget, type Compressor, type Stage } from '../compress/index.js';
+import {
+  lmLead,
+  qaFormat,
+  qaTail,
+  restateFormat,
+  restateTail,
+  tailLoss,
+  withTaskEmbeddings,
+  type Budget,
+  type Compressor,
+  type Stage,
+} from '../compress/index.js';
 import { shardRange, type Shard } from '../data/shard.js';
 import type { TrainTask, MicroBatchLoss } from './trainer.js';
 
@@ -86,7 +97,8 @@ export class ObjectiveSampler {
     }
     if (this.stageNames.includes('qa') && !data.qa?.length) throw new Error('objectives: the qa stage needs QA examples');
     for (const n of cfg.aeLengths ?? []) {
-      if (!(Number.isInteger(n) && n >= 1 && n <= cfg.contextLen + cfg.continuationLen)) throw new Error(`objectives: ae length ${n} must be an integer in [1, ${cfg.contextLen + cfg.continuationLen}] (context + continuation)`);
+      if (!(Number.isInteger(n) && n >= 1 && n <= cfg.contextLen + cfg.continuationLen))
+        throw new Error(`objectives: ae length ${n} must be an integer in [1, ${cfg.contextLen + cfg.continuationLen}] (context + continuation)`);
     }
   }
 
@@ -106,7 +118,8 @@ export class ObjectiveSampler {
     const rng = new Rng(`objective:${this.cfg.seed}:${step}:${micro}`);
     const u = rng.next();
     const stage = forceStage ?? this.stageNames[this.stageCum.findIndex((c) => u < c)] ?? this.stageNames[this.stageNames.length - 1];
-    const budget: Budget = forceBudget ?? (this.cfg.budgetTokens !== undefined ? { tokens: this.cfg.budgetTokens } : { ratio: this.cfg.ratios![rng.int(this.cfg.ratios!.length)] });
+    const budget: Budget =
+      forceBudget ?? (this.cfg.budgetTokens !== undefined ? { tokens: this.cfg.budgetTokens } : { ratio: this.cfg.ratios![rng.int(this.cfg.ratios!.length)] });
     // Drawn only when lengths are given, so runs without them keep their batches.
     const aeLen = stage === 'ae' && this.cfg.aeLengths?.length ? this.cfg.aeLengths[rng.int(this.cfg.aeLengths.length)] : this.cfg.contextLen;
     const tok = this.data.tokenizer;

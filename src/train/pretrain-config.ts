@@ -64,7 +64,10 @@ const FIELDS = new Set(['model', 'tokenizer', 'data', 'babiDir', 'babiFraction',
 /** A pretraining config from its JSON fields; relative paths are resolved against `path`'s folder. */
 export function parsePretrainConfig(raw: Record<string, unknown>, path: string): PretrainConfig {
   const unknown = Object.keys(raw).filter((k) => !FIELDS.has(k));
-  if (unknown.length) throw new Error(`${path}: unknown field(s) ${unknown.join(', ')} (known: ${[...FIELDS].join(', ')}; the experiments' fields, such as copyRows or answerPointer, are read by experiments/pretrain: see experiments/README.md)`);
+  if (unknown.length)
+    throw new Error(
+      `${path}: unknown field(s) ${unknown.join(', ')} (known: ${[...FIELDS].join(', ')}; the experiments' fields, such as copyRows or answerPointer, are read by experiments/pretrain: see experiments/README.md)`,
+    );
   const cfg = { ...DEFAULTS, ...raw } as PretrainConfig;
   if (!cfg.model || typeof cfg.model !== 'object') throw new Error(`${path}: 'model' (Hugging Face config fields) is required`);
   if (typeof cfg.tokenizer !== 'string') throw new Error(`${path}: 'tokenizer' (path to tokenizer.json) is required`);
@@ -74,7 +77,8 @@ export function parsePretrainConfig(raw: Record<string, unknown>, path: string):
   cfg.babiDir = rel(cfg.babiDir);
   cfg.init = rel(cfg.init);
   for (const k of ['seqLen', 'batchSize', 'gradAccum', 'steps', 'warmup', 'evalEvery', 'validChunks', 'checkpointEvery'] as const) {
-    if (!Number.isInteger(cfg[k]) || cfg[k] < (k === 'warmup' ? 0 : 1)) throw new Error(`${path}: '${k}' must be a positive integer, got ${JSON.stringify(cfg[k])}`);
+    if (!Number.isInteger(cfg[k]) || cfg[k] < (k === 'warmup' ? 0 : 1))
+      throw new Error(`${path}: '${k}' must be a positive integer, got ${JSON.stringify(cfg[k])}`);
   }
   for (const k of ['lr', 'minLr', 'weightDecay', 'clip'] as const) {
     if (typeof cfg[k] !== 'number' || !(cfg[k] >= 0)) throw new Error(`${path}: '${k}' must be a number >= 0`);

@@ -89,7 +89,8 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
   const lead = !opts.dist || opts.dist.rank === 0;
   if (opts.dist && opts.exportOnly) throw new Error('pretrain: --export runs in one process');
   if (opts.dist && opts.extensions?.terms?.length) throw new Error('pretrain: runs with loss terms do not train data-parallel');
-  if (opts.dist && cfg.batchSize < opts.dist.worldSize) throw new Error(`pretrain: a batch of ${cfg.batchSize} rows cannot be shared by ${opts.dist.worldSize} ranks`);
+  if (opts.dist && cfg.batchSize < opts.dist.worldSize)
+    throw new Error(`pretrain: a batch of ${cfg.batchSize} rows cannot be shared by ${opts.dist.worldSize} ranks`);
   mkdirSync(outDir, { recursive: true });
   const cfgPath = join(outDir, 'pretrain-config.json');
   if (lead && (opts.resume || opts.exportOnly) && existsSync(cfgPath)) {
@@ -109,7 +110,9 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
   const trainMix = buildMixture({ ...mixOpts, qaShare: cfg.qaShare, babiFraction: cfg.babiFraction, extra: extraDocs }, 'train');
   const validMix = buildMixture({ ...mixOpts, qaShare: 0 }, 'valid');
   const extraLog = extraDocs.map((x) => ` + ${x.name} ${((trainMix.extraChars[x.name] ?? 0) / 1e6).toFixed(1)} M chars (${trainMix.counts[x.name]})`).join('');
-  log(`train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze)${extraLog}`);
+  log(
+    `train: ${trainMix.counts.documents} documents (${(trainMix.corpusChars / 1e6).toFixed(1)} M chars) + QA ${(trainMix.qaChars / 1e6).toFixed(1)} M chars (${trainMix.counts.babi} bAbI, ${trainMix.counts.needle} needle, ${trainMix.counts.cloze} cloze)${extraLog}`,
+  );
   const tick = (label: string) => (done: number, total: number) => {
     if (!opts.quiet && (done % 500 === 0 || done === total)) process.stderr.write(`\rtokenizing ${label}: ${done}/${total}${done === total ? '\n' : ''}`);
   };
@@ -122,14 +125,26 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
   const validSampler = new ChunkSampler(validStream, cfg.seqLen, cfg.seed);
   const validChunks = Math.min(cfg.validChunks, validSampler.numChunks);
   const tokensPerStep = cfg.seqLen * cfg.batchSize * cfg.gradAccum;
-  log(`train stream ${(trainStream.length / 1e6).toFixed(2)} M tokens (${sampler.numChunks} chunks of ${cfg.seqLen}); ${cfg.steps} steps x ${tokensPerStep} tokens = ${((cfg.steps * tokensPerStep) / trainStream.length).toFixed(2)} epochs`);
+  log(
+    `train stream ${(trainStream.length / 1e6).toFixed(2)} M tokens (${sampler.numChunks} chunks of ${cfg.seqLen}); ${cfg.steps} steps x ${tokensPerStep} tokens = ${((cfg.steps * tokensPerStep) / trainStream.length).toFixed(2)} epochs`,
+  );
 
   manualSeed(cfg.seed);
-  const modelCfg = configFromHf({ model_type: 'llama', ...cfg.model, vocab_size: tokenizer.vocabSize, bos_token_id: tokenizer.bos, eos_token_id: tokenizer.eos, max_position_embeddings: Math.max(cfg.seqLen, Number(cfg.model.max_position_embeddings ?? 0)) });
+  const modelCfg = configFromHf({
+    model_type: 'llama',
+    ...cfg.model,
+    vocab_size: tokenizer.vocabSize,
+    bos_token_id: tokenizer.bos,
+    eos_token_id: tokenizer.eos,
+    max_position_embeddings: Math.max(cfg.seqLen, Number(cfg.model.max_position_embeddings ?? 0)),
+  });
   const model = noGrad(() => new LlamaModel(modelCfg));
-  log(`model: ${(model.numParameters() / 1e6).toFixed(2)} M parameters (${modelCfg.numLayers} layers, dim ${modelCfg.hiddenSize}, vocab ${modelCfg.vocabSize})`);
+  log(
+    `model: ${(model.numParameters() / 1e6).toFixed(2)} M parameters (${modelCfg.numLayers} layers, dim ${modelCfg.hiddenSize}, vocab ${modelCfg.vocabSize})`,
+  );
   const terms = (opts.extensions?.terms ?? []).map((make) => make({ cfg, model, tokenizer, trainStream, validStream }));
-  if (cfg.batchSize === 0 && !terms.some((t) => t.ownRows)) throw new Error(`pretrain: 'batchSize' is 0 and no loss term brings rows of its own: nothing to train on`);
+  if (cfg.batchSize === 0 && !terms.some((t) => t.ownRows))
+    throw new Error(`pretrain: 'batchSize' is 0 and no loss term brings rows of its own: nothing to train on`);
   const wants = { attentions: terms.some((t) => t.wants?.attentions), attnInputs: terms.some((t) => t.wants?.attnInputs) };
 
   const len = cfg.seqLen;
@@ -191,7 +206,12 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
       });
       const loss = nats / validChunks;
       const figures: Record<string, number> = { loss, ppl: Math.exp(loss), bpb: loss / Math.LN2 / bytesPerToken };
-      for (const term of terms) if (term.validate) Object.assign(figures, noGrad(() => tidy(() => term.validate!())));
+      for (const term of terms)
+        if (term.validate)
+          Object.assign(
+            figures,
+            noGrad(() => tidy(() => term.validate!())),
+          );
       return figures;
     },
   };
@@ -199,7 +219,10 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
     // Write the model of a run stopped before its last step (e.g. out of time), as it stands.
     const { step } = loadCheckpointParams(outDir, task.params);
     const valid = task.validate!();
-    const rowsLog = readFileSync(join(outDir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; loss?: number; time?: number });
+    const rowsLog = readFileSync(join(outDir, 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { step: number; loss?: number; time?: number });
     const last = rowsLog.filter((r) => r.loss !== undefined && r.step <= step).pop();
     const summary: TrainSummary = { steps: step, lastLoss: last?.loss ?? NaN, lastValid: valid, seconds: last?.time ?? 0, interrupted: true };
     writeModel(summary);
@@ -228,7 +251,18 @@ export async function pretrain(cfg: PretrainConfig, outDir: string, opts: Pretra
     const modelDir = join(outDir, 'model');
     saveModel(model, modelDir, { dtype: 'float16', metadata: { steps: String(summary.steps) } });
     copyFileSync(cfg.tokenizer, join(modelDir, 'tokenizer.json'));
-    const training = { steps: summary.steps, plannedSteps: cfg.steps, tokensSeen: summary.steps * tokensPerStep, ...Object.assign({}, ...terms.map((t) => t.summary?.(summary.steps))), seconds: summary.seconds, lastLoss: summary.lastLoss, valid: summary.lastValid, parameters: model.numParameters(), mixture: trainMix.counts, trainTokens: trainStream.length };
+    const training = {
+      steps: summary.steps,
+      plannedSteps: cfg.steps,
+      tokensSeen: summary.steps * tokensPerStep,
+      ...Object.assign({}, ...terms.map((t) => t.summary?.(summary.steps))),
+      seconds: summary.seconds,
+      lastLoss: summary.lastLoss,
+      valid: summary.lastValid,
+      parameters: model.numParameters(),
+      mixture: trainMix.counts,
+      trainTokens: trainStream.length,
+    };
     writeFileSync(join(modelDir, 'training.json'), JSON.stringify(training, null, 2));
     log(`saved ${modelDir}`);
   }

@@ -21,7 +21,20 @@ import { warmupCosine, warmupLinear, type Parameter } from '../nn/index.js';
 import { loadModel } from '../models/load.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
-import { compressorRecipe, createCompressor, isLearned, loadCompressor, recipeTable, saveCompressor, stageRecipe, type Budget, type Compressor, type MethodRecipe, type RecipeDeviation, type Stage } from '../compress/index.js';
+import {
+  compressorRecipe,
+  createCompressor,
+  isLearned,
+  loadCompressor,
+  recipeTable,
+  saveCompressor,
+  stageRecipe,
+  type Budget,
+  type Compressor,
+  type MethodRecipe,
+  type RecipeDeviation,
+  type Stage,
+} from '../compress/index.js';
 import { buildMixture, loadDocs } from '../data/pretrain-mix.js';
 import { splitDocuments, type SplitName } from '../data/splits.js';
 import { cachedTokenStream } from '../data/lm.js';
@@ -122,7 +135,10 @@ export const TRAIN_DEFAULTS: Omit<CompressorTrainConfig, 'base' | 'method' | 'me
 /** "ae", "ae+lm" (equal weights) or "ae:0.7,lm:0.3". */
 export function parseStages(spec: string): Partial<Record<Stage, number>> {
   const out: Partial<Record<Stage, number>> = {};
-  const parts = spec.split(/[+,]/).map((s) => s.trim()).filter((s) => s !== '');
+  const parts = spec
+    .split(/[+,]/)
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
   if (parts.length === 0) throw new Error(`--stage: empty (use ae, lm, qa, ae+lm or ae:0.5,lm:0.5)`);
   for (const p of parts) {
     const [name, w] = p.split(':');
@@ -174,13 +190,22 @@ export function applyRecipe(
   const pick = <T>(key: string, flag: T | undefined, rec: { value: T; source: string } | undefined, fallback: T, value: (v: T) => T = (v) => v): T => {
     const paperValue = rec && rec.source !== 'not stated' ? rec.value : undefined;
     const out = flag !== undefined ? flag : rec ? value(rec.value) : fallback;
-    settings[key] = { value: out, from: flag !== undefined ? 'flag' : rec ? rec.source : 'softpress', ...(paperValue !== undefined ? { paper: value(paperValue) } : {}) };
+    settings[key] = {
+      value: out,
+      from: flag !== undefined ? 'flag' : rec ? rec.source : 'softpress',
+      ...(paperValue !== undefined ? { paper: value(paperValue) } : {}),
+    };
     return out;
   };
   const r = st?.recipe;
   const lr = pick('lr', given.lr, r?.lr, d.lr);
   const minLr = pick('minLr', given.minLr, r ? { value: lr * r.minLrFraction.value, source: r.minLrFraction.source } : undefined, lr / 10);
-  const warmup = pick('warmup', given.warmup, r ? { value: Math.ceil(steps * r.warmupFraction.value), source: r.warmupFraction.source } : undefined, Math.min(d.warmup, Math.ceil(steps / 20)));
+  const warmup = pick(
+    'warmup',
+    given.warmup,
+    r ? { value: Math.ceil(steps * r.warmupFraction.value), source: r.warmupFraction.source } : undefined,
+    Math.min(d.warmup, Math.ceil(steps / 20)),
+  );
   const weightDecay = pick('weightDecay', given.weightDecay, r?.weightDecay, d.weightDecay);
   const clip = pick('clip', given.clip, r?.clip, d.clip);
   const betas = pick<[number, number]>('betas', given.betas, r?.betas, [0.9, 0.95]);
@@ -197,11 +222,26 @@ export function applyRecipe(
   }
   const contextLen = pick('contextLen', given.contextLen, t.contextLen as { value: number; source: string } | undefined, d.contextLen);
   const continuationLen = pick('continuationLen', given.continuationLen, t.continuationLen as { value: number; source: string } | undefined, d.continuationLen);
-  const out = { lr, minLr, warmup, weightDecay, clip, betas, schedule, contextLen, continuationLen, ratios, budgetTokens, docLen: given.docLen, reservoir: given.reservoir };
+  const out = {
+    lr,
+    minLr,
+    warmup,
+    weightDecay,
+    clip,
+    betas,
+    schedule,
+    contextLen,
+    continuationLen,
+    ratios,
+    budgetTokens,
+    docLen: given.docLen,
+    reservoir: given.reservoir,
+  };
   // Settings of a method's own training procedure: the document length is known once the
   // compressor exists (segment length, window), so only a given one is recorded here.
   if (given.docLen !== undefined) settings.docLen = { value: given.docLen, from: 'flag' };
-  if (given.reservoir !== undefined || t.reservoir !== undefined) out.reservoir = pick('reservoir', given.reservoir, t.reservoir as { value: number; source: string } | undefined, 2);
+  if (given.reservoir !== undefined || t.reservoir !== undefined)
+    out.reservoir = pick('reservoir', given.reservoir, t.reservoir as { value: number; source: string } | undefined, 2);
   return { ...out, recipe: { method, stage: st?.stage ?? null, source: recipe?.source ?? 'no recipe: softpress defaults', settings, deviations: [] } };
 }
 
@@ -210,7 +250,12 @@ export function applyRecipe(
  * deviations: every setting used that differs from the paper's value (with the recipe's reason,
  * or "given by flag"), and the recipe's standing deviations that still hold.
  */
-export function recordOptions(rec: RecipeRecord, config: Record<string, unknown>, given: Record<string, unknown>, opts: { init?: string; recipe?: MethodRecipe } = {}): RecipeRecord {
+export function recordOptions(
+  rec: RecipeRecord,
+  config: Record<string, unknown>,
+  given: Record<string, unknown>,
+  opts: { init?: string; recipe?: MethodRecipe } = {},
+): RecipeRecord {
   const recipe = opts.recipe ?? compressorRecipe(rec.method);
   const settings = { ...rec.settings };
   for (const [k, v] of Object.entries(recipe?.options ?? {})) {
@@ -224,7 +269,12 @@ export function recordOptions(rec: RecipeRecord, config: Record<string, unknown>
   for (const [k, s] of Object.entries(settings)) {
     if (s.paper === undefined || same(s.value, s.paper)) continue;
     const known = standing.find((x) => x.key === keyOf(k) || x.key === k);
-    deviations.push({ key: k, paper: JSON.stringify(s.paper), ours: JSON.stringify(s.value), why: s.from === 'flag' ? 'given by flag' : s.from.startsWith('init') ? `from ${s.from}` : (known?.why ?? 'see the recipe') });
+    deviations.push({
+      key: k,
+      paper: JSON.stringify(s.paper),
+      ours: JSON.stringify(s.value),
+      why: s.from === 'flag' ? 'given by flag' : s.from.startsWith('init') ? `from ${s.from}` : (known?.why ?? 'see the recipe'),
+    });
   }
   for (const x of standing) {
     const k = x.key.startsWith('train.') ? x.key.slice(6) : x.key;
@@ -248,7 +298,8 @@ export function compressorCard(method: string, rec: RecipeRecord, training: Reco
     lines.push(`Validation loss ${valid.loss.toFixed(4)} nats/token after ${String(training.steps)} steps${time}${against}.`, '');
   }
   lines.push('## Settings used', '', '| setting | value | from | paper |', '|---|---|---|---|');
-  for (const [k, s] of Object.entries(rec.settings)) lines.push(`| ${k} | ${JSON.stringify(s.value)} | ${s.from} | ${s.paper === undefined ? 'not stated' : JSON.stringify(s.paper)} |`);
+  for (const [k, s] of Object.entries(rec.settings))
+    lines.push(`| ${k} | ${JSON.stringify(s.value)} | ${s.from} | ${s.paper === undefined ? 'not stated' : JSON.stringify(s.paper)} |`);
   lines.push('', '## Differences from the paper', '');
   if (rec.deviations.length === 0) lines.push('None.');
   else {
@@ -256,7 +307,7 @@ export function compressorCard(method: string, rec: RecipeRecord, training: Reco
     for (const x of rec.deviations) lines.push(`| ${x.key} | ${x.paper} | ${x.ours} | ${x.why} |`);
   }
   lines.push('', '## Training', '', '```json', JSON.stringify(training, null, 2), '```');
-  if (recipe) lines.push('', '## The method\'s recipe', '', recipeTable(recipe));
+  if (recipe) lines.push('', "## The method's recipe", '', recipeTable(recipe));
   return lines.join('\n') + '\n';
 }
 
@@ -274,7 +325,9 @@ export function weightsDigest(model: LlamaModel): string {
 
 function babiFiles(dir: string): string[] {
   if (!existsSync(dir)) throw new Error(`bAbI folder not found: ${dir}`);
-  const files = readdirSync(dir).filter((f) => /^qa\d+_.*\.txt$/.test(f)).sort();
+  const files = readdirSync(dir)
+    .filter((f) => /^qa\d+_.*\.txt$/.test(f))
+    .sort();
   if (files.length === 0) throw new Error(`${dir}: no bAbI files (qaN_*.txt)`);
   return files.map((f) => join(dir, f));
 }
@@ -292,7 +345,13 @@ function charsPerToken(docs: readonly Doc[], tok: Tokenizer): number {
 }
 
 /** QA examples of one split: needles and cloze from its documents, and bAbI stories. */
-export function buildQaExamples(docs: readonly Doc[], split: SplitName, cfg: Pick<CompressorTrainConfig, 'babi' | 'seed' | 'contextLen'>, count: number, tok: Tokenizer): QAExample[] {
+export function buildQaExamples(
+  docs: readonly Doc[],
+  split: SplitName,
+  cfg: Pick<CompressorTrainConfig, 'babi' | 'seed' | 'contextLen'>,
+  count: number,
+  tok: Tokenizer,
+): QAExample[] {
   const chars = Math.max(200, Math.round(cfg.contextLen * charsPerToken(docs, tok)));
   const half = Math.ceil(count / 2);
   const out: QAExample[] = [
@@ -334,7 +393,11 @@ function referenceLosses(model: LlamaModel, tok: Tokenizer, validSet: Batch[], o
     out[method] = sum / validSet.length;
   }
   writeFileSync(path, JSON.stringify(out, null, 2) + '\n');
-  log(`validation loss of the references: ${Object.entries(out).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}`);
+  log(
+    `validation loss of the references: ${Object.entries(out)
+      .map(([k, v]) => `${k} ${v.toFixed(4)}`)
+      .join(', ')}`,
+  );
   return out;
 }
 
@@ -350,7 +413,11 @@ export interface TrainCompressorResult {
  * every rank builds the same compressor and data, trains on its shard of every batch, and rank 0
  * alone logs and writes into outDir (the other ranks write only their token caches there).
  */
-export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string, opts: { resume?: boolean; stopAfter?: number; quiet?: boolean; log?: (s: string) => void; dist?: ProcessGroup } = {}): Promise<TrainCompressorResult> {
+export async function trainCompressor(
+  cfg: CompressorTrainConfig,
+  outDir: string,
+  opts: { resume?: boolean; stopAfter?: number; quiet?: boolean; log?: (s: string) => void; dist?: ProcessGroup } = {},
+): Promise<TrainCompressorResult> {
   const lead = !opts.dist || opts.dist.rank === 0;
   const log = !lead
     ? () => {}
@@ -361,14 +428,16 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   if (!lead) opts = { ...opts, quiet: true };
   if ((cfg.ratios === undefined || cfg.ratios.length === 0) === (cfg.budgetTokens === undefined)) throw new Error('give ratios or a token budget (not both)');
   if (!cfg.init && !isLearned(cfg.method)) throw new Error(`'${cfg.method}' is a strategy with nothing to train`);
-  if (opts.dist && cfg.batch < opts.dist.worldSize) throw new Error(`a batch of ${cfg.batch} cannot be shared by ${opts.dist.worldSize} ranks: use --batch ${opts.dist.worldSize} or more`);
+  if (opts.dist && cfg.batch < opts.dist.worldSize)
+    throw new Error(`a batch of ${cfg.batch} cannot be shared by ${opts.dist.worldSize} ranks: use --batch ${opts.dist.worldSize} or more`);
   mkdirSync(outDir, { recursive: true });
   const cfgPath = join(outDir, 'train-config.json');
   const cfgText = JSON.stringify(cfg, null, 2);
   if (lead) {
     const hasCheckpoint = existsSync(join(outDir, 'checkpoint', 'state.json'));
     if (opts.resume) {
-      if (existsSync(cfgPath) && readFileSync(cfgPath, 'utf8') !== cfgText) throw new Error(`${outDir}: --resume with different settings than the run was started with (see ${cfgPath})`);
+      if (existsSync(cfgPath) && readFileSync(cfgPath, 'utf8') !== cfgText)
+        throw new Error(`${outDir}: --resume with different settings than the run was started with (see ${cfgPath})`);
     } else if (hasCheckpoint) {
       throw new Error(`${outDir} already holds a training run; pass --resume to continue it, or choose another --out`);
     }
@@ -392,11 +461,32 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     // The tokenizer tells new compressors whether sequences start with BOS.
     compressor = createCompressor(cfg.method, model, cfg.methodOptions, { tokenizer });
     const unknown = Object.keys(cfg.methodOptions).filter((k) => !(k in compressor.config));
-    if (unknown.length) throw new Error(`${cfg.method}: unknown option(s) ${unknown.join(', ')} (known: ${Object.keys(compressor.config).filter((k) => k !== 'method').join(', ') || 'none'})`);
+    if (unknown.length)
+      throw new Error(
+        `${cfg.method}: unknown option(s) ${unknown.join(', ')} (known: ${
+          Object.keys(compressor.config)
+            .filter((k) => k !== 'method')
+            .join(', ') || 'none'
+        })`,
+      );
   }
   log(`compressor ${compressor.method} ${JSON.stringify(compressor.config)}`);
   // The recipe record of the card: the run's settings, and the compressor's options against the recipe's.
-  const baseRecord = cfg.recipe ?? applyRecipe(cfg.method, cfg.stages, cfg.steps, { lr: cfg.lr, minLr: cfg.minLr, warmup: cfg.warmup, weightDecay: cfg.weightDecay, clip: cfg.clip, betas: cfg.betas, schedule: cfg.schedule, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen }).recipe;
+  const baseRecord =
+    cfg.recipe ??
+    applyRecipe(cfg.method, cfg.stages, cfg.steps, {
+      lr: cfg.lr,
+      minLr: cfg.minLr,
+      warmup: cfg.warmup,
+      weightDecay: cfg.weightDecay,
+      clip: cfg.clip,
+      betas: cfg.betas,
+      schedule: cfg.schedule,
+      ratios: cfg.ratios,
+      budgetTokens: cfg.budgetTokens,
+      contextLen: cfg.contextLen,
+      continuationLen: cfg.continuationLen,
+    }).recipe;
   let record = recordOptions(baseRecord, compressor.config, cfg.methodOptions, { init: cfg.init });
   for (const x of record.deviations) log(`recipe: ${x.key} ${x.ours} (paper ${x.paper}): ${x.why}`);
 
@@ -415,18 +505,32 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     const validMix = buildMixture(mixOpts, 'valid');
     trainStream = cachedTokenStream(join(outDir, 'data', 'train.tokens'), trainMix.texts, tokenizer, tokId, tick('train'));
     validStream = cachedTokenStream(join(outDir, 'data', 'valid.tokens'), validMix.texts, tokenizer, tokId, tick('valid'));
-    log(`text: train ${trainMix.counts.documents} documents, ${(trainStream.length / 1e6).toFixed(2)} M tokens; valid ${validMix.counts.documents} documents, ${validStream.length} tokens`);
+    log(
+      `text: train ${trainMix.counts.documents} documents, ${(trainStream.length / 1e6).toFixed(2)} M tokens; valid ${validMix.counts.documents} documents, ${validStream.length} tokens`,
+    );
     const need = cfg.contextLen + cfg.continuationLen + 1;
-    if (validStream.length < need) throw new Error(`the valid split has ${validStream.length} tokens, fewer than one chunk of ${need} (context ${cfg.contextLen} + continuation ${cfg.continuationLen} + 1); use more data or shorter --context-len`);
+    if (validStream.length < need)
+      throw new Error(
+        `the valid split has ${validStream.length} tokens, fewer than one chunk of ${need} (context ${cfg.contextLen} + continuation ${cfg.continuationLen} + 1); use more data or shorter --context-len`,
+      );
   }
   let trainQa: QAExample[] | undefined;
   let validQa: QAExample[] | undefined;
   if (stageNames.includes('qa')) {
     const splits = splitDocuments(loadDocs(mixOpts), { seed: cfg.seed });
     trainQa = buildQaExamples(splits.train, 'train', cfg, cfg.qaExamples, tokenizer);
-    validQa = buildQaExamples(splits.valid.length ? splits.valid : splits.train.slice(0, 1), 'valid', cfg, Math.max(32, cfg.validBatches * cfg.batch), tokenizer);
+    validQa = buildQaExamples(
+      splits.valid.length ? splits.valid : splits.train.slice(0, 1),
+      'valid',
+      cfg,
+      Math.max(32, cfg.validBatches * cfg.batch),
+      tokenizer,
+    );
     if (!splits.valid.length) log('warning: the valid split has no documents; validation QA uses a train document');
-    const kinds = (xs: QAExample[]) => Object.entries(xs.reduce<Record<string, number>>((a, x) => ((a[x.kind] = (a[x.kind] ?? 0) + 1), a), {})).map(([k, n]) => `${n} ${k}`).join(', ');
+    const kinds = (xs: QAExample[]) =>
+      Object.entries(xs.reduce<Record<string, number>>((a, x) => ((a[x.kind] = (a[x.kind] ?? 0) + 1), a), {}))
+        .map(([k, n]) => `${n} ${k}`)
+        .join(', ');
     log(`QA: train ${kinds(trainQa)}; valid ${kinds(validQa)}`);
   }
 
@@ -435,7 +539,9 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   for (const s of stageNames) for (const [n, p] of compressor.trainable(s)) byName.set(n, p);
   if (byName.size === 0) throw new Error(`${compressor.method} has nothing to train at stage(s) ${stageNames.join(', ')}`);
   const params = [...byName.entries()];
-  log(`training ${params.reduce((a, [, p]) => a + p.value.numel, 0)} parameters (${params.length} tensors); stages ${JSON.stringify(cfg.stages)}; ${cfg.ratios ? `ratios ${cfg.ratios.join(', ')}` : `${cfg.budgetTokens} soft tokens`}`);
+  log(
+    `training ${params.reduce((a, [, p]) => a + p.value.numel, 0)} parameters (${params.length} tensors); stages ${JSON.stringify(cfg.stages)}; ${cfg.ratios ? `ratios ${cfg.ratios.join(', ')}` : `${cfg.budgetTokens} soft tokens`}`,
+  );
 
   // A method with its own training procedure (CCF) trains by it; the others by the objectives.
   const own = compressor.trainingProcedure?.({
@@ -459,7 +565,16 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
     log(own.description);
     task = own;
   } else {
-    const objective = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, contextLen: cfg.contextLen, continuationLen: cfg.continuationLen, aeLengths: cfg.aeLengths, batchSize: cfg.batch, seed: cfg.seed };
+    const objective = {
+      stages: cfg.stages,
+      ratios: cfg.ratios,
+      budgetTokens: cfg.budgetTokens,
+      contextLen: cfg.contextLen,
+      continuationLen: cfg.continuationLen,
+      aeLengths: cfg.aeLengths,
+      batchSize: cfg.batch,
+      seed: cfg.seed,
+    };
     const sampler = new ObjectiveSampler(objective, { tokenizer, stream: trainStream, qa: trainQa });
     const validSampler = new ObjectiveSampler(objective, { tokenizer, stream: validStream, qa: validQa });
     const budgets: Budget[] = cfg.ratios ? cfg.ratios.map((ratio) => ({ ratio })) : [{ tokens: cfg.budgetTokens! }];
@@ -510,11 +625,26 @@ export async function trainCompressor(cfg: CompressorTrainConfig, outDir: string
   // The base must come out exactly as it went in.
   model.invalidateFingerprint();
   if (model.fingerprint() !== fingerprint || weightsDigest(model) !== digest) {
-    throw new Error(`the base model's weights changed during training (fingerprint ${fingerprint} -> ${model.fingerprint()}); this is a bug in ${compressor.method}: nothing was saved`);
+    throw new Error(
+      `the base model's weights changed during training (fingerprint ${fingerprint} -> ${model.fingerprint()}); this is a bug in ${compressor.method}: nothing was saved`,
+    );
   }
   const finished = summary.steps >= cfg.steps;
   if (finished && lead) {
-    const training = { stages: cfg.stages, ratios: cfg.ratios, budgetTokens: cfg.budgetTokens, steps: summary.steps, contextLen: cfg.contextLen, aeLengths: cfg.aeLengths, ...own?.training, seconds: Math.round(summary.seconds), lastLoss: summary.lastLoss, valid: summary.lastValid, validReferences: references, init: cfg.init };
+    const training = {
+      stages: cfg.stages,
+      ratios: cfg.ratios,
+      budgetTokens: cfg.budgetTokens,
+      steps: summary.steps,
+      contextLen: cfg.contextLen,
+      aeLengths: cfg.aeLengths,
+      ...own?.training,
+      seconds: Math.round(summary.seconds),
+      lastLoss: summary.lastLoss,
+      valid: summary.lastValid,
+      validReferences: references,
+      init: cfg.init,
+    };
     saveCompressor(compressor, outDir, { training, recipe: record });
     writeFileSync(join(outDir, 'README.md'), compressorCard(compressor.method, record, training));
     log(`saved ${join(outDir, 'compressor.json')}, weights.safetensors and the card README.md`);

@@ -143,7 +143,10 @@ export function cleanStaleCheckpoints(outDir: string): { removed: string[]; rest
         return -1;
       }
     };
-    const best = old.map((x) => ({ ...x, step: stepOf(x.name) })).filter((x) => x.step >= 0).sort((a, b) => b.step - a.step)[0];
+    const best = old
+      .map((x) => ({ ...x, step: stepOf(x.name) }))
+      .filter((x) => x.step >= 0)
+      .sort((a, b) => b.step - a.step)[0];
     if (best) {
       renameSync(join(outDir, best.name), final);
       restored = best.name;
@@ -178,7 +181,12 @@ function saveCheckpoint(outDir: string, task: TrainTask, opt: AdamW, step: numbe
     }
     const rng = Buffer.from(getRngState().toBytes()).toString('base64');
     const state: CheckpointState = { step, rng, elapsed, version: 1 };
-    writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, { steps: JSON.stringify(steps), step: String(sd.step), trainer_state: JSON.stringify(state) }, { checksum: true });
+    writeSafetensors(
+      join(tmp, 'optimizer.safetensors'),
+      moments,
+      { steps: JSON.stringify(steps), step: String(sd.step), trainer_state: JSON.stringify(state) },
+      { checksum: true },
+    );
     writeFileSync(join(tmp, 'state.json'), JSON.stringify(state));
   });
   const final = join(outDir, CKPT);
@@ -270,7 +278,8 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
   let lastValid: Record<string, number> | undefined;
   const stale = lead ? cleanStaleCheckpoints(o.outDir) : { removed: [] };
   if (!o.quiet && stale.restored) process.stderr.write(`restored ${CKPT} from ${stale.restored} (a save was cut short)\n`);
-  if (!o.quiet && stale.removed.length) process.stderr.write(`removed ${stale.removed.length} temporary checkpoint folder(s) of stopped processes: ${stale.removed.join(', ')}\n`);
+  if (!o.quiet && stale.removed.length)
+    process.stderr.write(`removed ${stale.removed.length} temporary checkpoint folder(s) of stopped processes: ${stale.removed.join(', ')}\n`);
   // Only rank 0 reads the checkpoint (syncStart below hands it to the others) and writes the log.
   if (lead && o.resume && existsSync(join(o.outDir, CKPT, 'state.json'))) {
     const st = loadCheckpoint(o.outDir, task, opt);
@@ -282,9 +291,16 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
     // The figures of the steps before the checkpoint, for a summary even when no step runs now.
     lastLoss = kept.filter((r) => r.loss !== undefined).pop()?.loss ?? NaN;
     const valid = kept.filter((r) => Object.keys(r).some((k) => k.startsWith('valid_'))).pop();
-    if (valid) lastValid = Object.fromEntries(Object.entries(valid).filter(([k]) => k.startsWith('valid_')).map(([k, v]) => [k.slice('valid_'.length), v]));
+    if (valid)
+      lastValid = Object.fromEntries(
+        Object.entries(valid)
+          .filter(([k]) => k.startsWith('valid_'))
+          .map(([k, v]) => [k.slice('valid_'.length), v]),
+      );
     if (!o.quiet) {
-      process.stderr.write(step >= o.totalSteps ? `the run finished already (step ${step} of ${o.totalSteps}): nothing to train\n` : `resuming from step ${step}\n`);
+      process.stderr.write(
+        step >= o.totalSteps ? `the run finished already (step ${step} of ${o.totalSteps}): nothing to train\n` : `resuming from step ${step}\n`,
+      );
     }
   } else if (lead) {
     // A fresh start (also --resume before any checkpoint exists): rows of an earlier attempt
@@ -349,14 +365,27 @@ export async function train(task: TrainTask, o: TrainerOptions): Promise<TrainSu
       lastLoss = lossSum / accum;
       if (!Number.isFinite(lastLoss)) throw new Error(`train: loss is ${lastLoss} at step ${step}; stopping (lower the learning rate?)`);
       const secs = (performance.now() - stepStart) / 1000;
-      const row: LogRow = { step, loss: lastLoss, ...parts, lr, tok_s: tokens / secs, grad_norm: gradNorm, ...(dist ? { comm_s: comm.seconds, wait_s: comm.wait } : {}), time: elapsedBefore + (performance.now() - t0) / 1000 };
+      const row: LogRow = {
+        step,
+        loss: lastLoss,
+        ...parts,
+        lr,
+        tok_s: tokens / secs,
+        grad_norm: gradNorm,
+        ...(dist ? { comm_s: comm.seconds, wait_s: comm.wait } : {}),
+        time: elapsedBefore + (performance.now() - t0) / 1000,
+      };
       if (lead) appendFileSync(logPath, JSON.stringify(row) + '\n');
       progress.update(step, { loss: lastLoss, 'tok/s': tokens / secs, lr });
       const last = step === o.totalSteps;
       if (lead && task.validate && o.evalEvery && (step % o.evalEvery === 0 || last)) {
         lastValid = task.validate();
         appendFileSync(logPath, JSON.stringify({ step, ...Object.fromEntries(Object.entries(lastValid).map(([k, v]) => [`valid_${k}`, v])) }) + '\n');
-        progress.note(`step ${step}: valid ${Object.entries(lastValid).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}`);
+        progress.note(
+          `step ${step}: valid ${Object.entries(lastValid)
+            .map(([k, v]) => `${k} ${v.toFixed(4)}`)
+            .join(', ')}`,
+        );
         // A long run's curve can be looked at while it trains.
         writeLossPlot(o.outDir, o.title ?? 'training loss', o.references);
       }
@@ -394,7 +423,14 @@ export function writeLossPlot(outDir: string, title: string, references: Record<
   if (validPts.length) series.push({ name: 'valid', points: validPts });
   const last = rows.length ? Math.max(...rows.map((r) => r.step)) : 1;
   for (const [name, value] of Object.entries(references)) {
-    if (Number.isFinite(value)) series.push({ name: `valid, ${name}`, points: [[0, value], [last, value]] });
+    if (Number.isFinite(value))
+      series.push({
+        name: `valid, ${name}`,
+        points: [
+          [0, value],
+          [last, value],
+        ],
+      });
   }
   writeLinePlot(join(outDir, 'loss.svg'), series, { title, xLabel: 'optimiser step', yLabel: 'cross-entropy (nats/token)' });
 }

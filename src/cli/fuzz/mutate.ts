@@ -37,7 +37,36 @@ export function caseSeed(seed: number, target: string, index: number): number {
 }
 
 /** Integers that break length and count fields: zero, one, powers of two and their neighbours, all ones. */
-export const INTERESTING = [0, 1, 2, 3, 7, 8, 16, 31, 32, 64, 127, 128, 255, 256, 1023, 4096, 65535, 65536, 2 ** 24, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40, 2 ** 53 - 1, 2 ** 53, 2 ** 63, 2 ** 64 - 1];
+export const INTERESTING = [
+  0,
+  1,
+  2,
+  3,
+  7,
+  8,
+  16,
+  31,
+  32,
+  64,
+  127,
+  128,
+  255,
+  256,
+  1023,
+  4096,
+  65535,
+  65536,
+  2 ** 24,
+  2 ** 31 - 1,
+  2 ** 31,
+  2 ** 32 - 1,
+  2 ** 32,
+  2 ** 40,
+  2 ** 53 - 1,
+  2 ** 53,
+  2 ** 63,
+  2 ** 64 - 1,
+];
 
 /** Writes v little-endian in `width` bytes at `at` (clamped to the buffer). */
 export function writeUint(buf: Uint8Array, at: number, v: number | bigint, width: 1 | 2 | 4 | 8): void {
@@ -122,7 +151,29 @@ export function mutateBytes(b: Uint8Array, rng: Rng, fields: readonly { at: numb
 }
 
 /** Strings that break text handling: empty, huge, control characters, lone surrogates, NUL, traversal-like. */
-export const HOSTILE_STRINGS = ['', ' ', '\u0000', 'a\u0000b', '\ud800', '\udfff x', '../../../etc/passwd', '..\\..\\x', '%00', '\u202e', '\ufeff', '{"a":1}', '<|bos|>', '😀'.repeat(50), 'x'.repeat(70_000), '\n'.repeat(2000), ' '.repeat(5000) + 'y', 'constructor', '__proto__', 'toString', '1e309'];
+export const HOSTILE_STRINGS = [
+  '',
+  ' ',
+  '\u0000',
+  'a\u0000b',
+  '\ud800',
+  '\udfff x',
+  '../../../etc/passwd',
+  '..\\..\\x',
+  '%00',
+  '\u202e',
+  '\ufeff',
+  '{"a":1}',
+  '<|bos|>',
+  '😀'.repeat(50),
+  'x'.repeat(70_000),
+  '\n'.repeat(2000),
+  ' '.repeat(5000) + 'y',
+  'constructor',
+  '__proto__',
+  'toString',
+  '1e309',
+];
 
 /** Numbers that break numeric fields. */
 export const HOSTILE_NUMBERS = [0, -1, 1, 0.5, -0, 1e308, -1e308, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 1e-320, 3.7, 65536, 1_000_000_000];
@@ -141,7 +192,9 @@ export function hostileValue(rng: Rng, depth = 0): unknown {
     case 4:
       return Array.from({ length: rng.int(4) }, () => hostileValue(rng, depth + 1));
     case 5:
-      return Object.fromEntries(Array.from({ length: rng.int(3) }, (_, i) => [rng.pick(['id', 'type', 'content', String(i), '__proto__']), hostileValue(rng, depth + 1)]));
+      return Object.fromEntries(
+        Array.from({ length: rng.int(3) }, (_, i) => [rng.pick(['id', 'type', 'content', String(i), '__proto__']), hostileValue(rng, depth + 1)]),
+      );
     default: {
       // deep nesting
       let v: unknown = 1;

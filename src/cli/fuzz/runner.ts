@@ -59,7 +59,10 @@ export async function runTarget(name: string, o: RunOptions): Promise<TargetResu
       });
       (c as ChildProcess & { lastStderr: () => string }).lastStderr = () => err;
       await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`fuzz ${name}: a worker took more than ${o.prepareMs ?? 120_000} ms to prepare`)), o.prepareMs ?? 120_000);
+        const timer = setTimeout(
+          () => reject(new Error(`fuzz ${name}: a worker took more than ${o.prepareMs ?? 120_000} ms to prepare`)),
+          o.prepareMs ?? 120_000,
+        );
         c.once('message', () => {
           clearTimeout(timer);
           resolve();

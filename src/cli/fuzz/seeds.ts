@@ -148,7 +148,10 @@ let small: BpeTokenizer | undefined;
 
 /** A small byte-level BPE (about 330 ids) trained on a few sentences: a quick tokenizer.json seed. */
 export function smallBpe(): BpeTokenizer {
-  small ??= trainBpe(Array.from({ length: 20 }, (_, i) => SENTENCES[i % SENTENCES.length]), { vocabSize: 16 + 256 + 60, minFrequency: 2 });
+  small ??= trainBpe(
+    Array.from({ length: 20 }, (_, i) => SENTENCES[i % SENTENCES.length]),
+    { vocabSize: 16 + 256 + 60, minFrequency: 2 },
+  );
   return small;
 }
 
@@ -156,13 +159,32 @@ export function smallBpe(): BpeTokenizer {
 export const LLAMA3_PRE = {
   type: 'Sequence',
   pretokenizers: [
-    { type: 'Split', pattern: { Regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" }, behavior: 'Isolated', invert: false },
+    {
+      type: 'Split',
+      pattern: {
+        Regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      },
+      behavior: 'Isolated',
+      invert: false,
+    },
     { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
   ],
 };
 
 /** Patterns known to backtrack catastrophically, injected into Split and Replace entries. */
-export const EVIL_PATTERNS = ['(a+)+$', '(a|a)+$', '(\\s*)*x', '(\\w+\\s?)+$', '^(\\d+)*$', '(.*a){12}', '(x+x+)+y', '(a|aa)+b', '\\s*\\s*\\s*\\s*!', '(?:\\p{L}|\\p{Ll})+$', '([a-z]+)*[0-9]'];
+export const EVIL_PATTERNS = [
+  '(a+)+$',
+  '(a|a)+$',
+  '(\\s*)*x',
+  '(\\w+\\s?)+$',
+  '^(\\d+)*$',
+  '(.*a){12}',
+  '(x+x+)+y',
+  '(a|aa)+b',
+  '\\s*\\s*\\s*\\s*!',
+  '(?:\\p{L}|\\p{Ll})+$',
+  '([a-z]+)*[0-9]',
+];
 
 /** tokenizer.json seeds: the small BPE as written, with Llama 3's Split pre-tokenizer, with a Replace normalizer; the shipped base's (large). */
 export function tokenizerJsonSeeds(): { name: string; json: Record<string, unknown> }[] {
@@ -170,7 +192,13 @@ export function tokenizerJsonSeeds(): { name: string; json: Record<string, unkno
   const seeds = [
     { name: 'small-bytelevel', json: base },
     { name: 'small-split', json: { ...structuredClone(base), pre_tokenizer: LLAMA3_PRE } },
-    { name: 'small-replace', json: { ...structuredClone(base), normalizer: { type: 'Sequence', normalizers: [{ type: 'Replace', pattern: { String: '\t' }, content: ' ' }, { type: 'NFC' }] } } },
+    {
+      name: 'small-replace',
+      json: {
+        ...structuredClone(base),
+        normalizer: { type: 'Sequence', normalizers: [{ type: 'Replace', pattern: { String: '\t' }, content: ' ' }, { type: 'NFC' }] },
+      },
+    },
   ];
   const real = join(repoRoot(), 'models/softpress-base/tokenizer.json');
   if (existsSync(real)) seeds.push({ name: 'softpress-base', json: JSON.parse(readFileSync(real, 'utf8')) as Record<string, unknown> });
@@ -203,10 +231,35 @@ export function tokenizerGguf(): Seed {
 export function ggufSeeds(): Seed[] {
   const seeds: Seed[] = [];
   const tiny = join(repoRoot(), 'test/fixtures/gguf/tiny.gguf');
-  if (existsSync(tiny)) seeds.push({ name: 'tiny.gguf', bytes: new Uint8Array(readFileSync(tiny)), fields: [{ at: 4, width: 4 }, { at: 8, width: 8 }, { at: 16, width: 8 }] });
+  if (existsSync(tiny))
+    seeds.push({
+      name: 'tiny.gguf',
+      bytes: new Uint8Array(readFileSync(tiny)),
+      fields: [
+        { at: 4, width: 4 },
+        { at: 8, width: 8 },
+        { at: 16, width: 8 },
+      ],
+    });
   const tok = tokenizerGguf();
   const model = ggufImage(
-    [['general.architecture', 8, 'llama'], ['general.alignment', 4, 32], ['llama.block_count', 4, 1], ['llama.embedding_length', 4, 8], ['some.array', 9, [9, [[4, [1, 2]], [8, ['x']]]]]],
+    [
+      ['general.architecture', 8, 'llama'],
+      ['general.alignment', 4, 32],
+      ['llama.block_count', 4, 1],
+      ['llama.embedding_length', 4, 8],
+      [
+        'some.array',
+        9,
+        [
+          9,
+          [
+            [4, [1, 2]],
+            [8, ['x']],
+          ],
+        ],
+      ],
+    ],
     [
       { name: 'token_embd.weight', dims: [8, 4], data: Float32Array.from({ length: 32 }, (_, i) => i / 7) },
       { name: 'output_norm.weight', dims: [8], data: new Float32Array(8).fill(1) },
@@ -227,14 +280,28 @@ export function safetensorsSeeds(): Seed[] {
     const { tensors } = readSafetensors(path);
     for (const name of ['model.norm.weight', 'model.layers.0.input_layernorm.weight', 'model.layers.0.self_attn.k_proj.weight']) {
       const t = tensors.get(name);
-      if (t) picked.set(name, t.data.length > 4096 ? { dtype: t.dtype, shape: [t.shape[0] > 8 ? 8 : t.shape[0], ...t.shape.slice(1)], data: t.data.slice(0, (t.shape[0] > 8 ? 8 : t.shape[0]) * (t.data.length / t.shape[0])) } : t);
+      if (t)
+        picked.set(
+          name,
+          t.data.length > 4096
+            ? {
+                dtype: t.dtype,
+                shape: [t.shape[0] > 8 ? 8 : t.shape[0], ...t.shape.slice(1)],
+                data: t.data.slice(0, (t.shape[0] > 8 ? 8 : t.shape[0]) * (t.data.length / t.shape[0])),
+              }
+            : t,
+        );
     }
   }
   if (picked.size === 0) picked.set('w', { dtype: 'F32', shape: [2, 3], data: new Uint8Array(24).fill(7) });
   picked.set('ids', { dtype: 'I64', shape: [3], data: new Uint8Array(24).fill(1) });
   const plain = serializeSafetensors(picked, { format: 'pt' });
   const sealed = serializeSafetensors(picked, { format: 'pt' }, { checksum: true });
-  return [plain, sealed].map((bytes, i) => ({ name: i ? 'base-pieces-checksum.safetensors' : 'base-pieces.safetensors', bytes, fields: [{ at: 0, width: 8 }] }));
+  return [plain, sealed].map((bytes, i) => ({
+    name: i ? 'base-pieces-checksum.safetensors' : 'base-pieces.safetensors',
+    bytes,
+    fields: [{ at: 0, width: 8 }],
+  }));
 }
 
 /** The records of a stored soft context (as serializeSoftContext writes them) for a few shapes and dtypes. */
@@ -248,7 +315,8 @@ export function softctxRecordSeeds(): { name: string; tensors: Map<string, RawTe
     }
     return out;
   };
-  const meta = (soft: number[], source: number[], method = 'meanpool') => JSON.stringify({ method, budget: { ratio: 4 }, sourceTokens: source, softTokens: soft, baseFingerprint: 'fuzz-0000', compressMs: 1 });
+  const meta = (soft: number[], source: number[], method = 'meanpool') =>
+    JSON.stringify({ method, budget: { ratio: 4 }, sourceTokens: source, softTokens: soft, baseFingerprint: 'fuzz-0000', compressMs: 1 });
   const seeds: { name: string; tensors: Map<string, RawTensor>; metadata: Record<string, string> }[] = [];
   for (const dtype of ['F32', 'F16', 'BF16'] as const) {
     const tensors = new Map<string, RawTensor>([
@@ -270,7 +338,8 @@ export function llama2cSeeds(): { checkpoint: Seed[]; tokenizer: Seed[] } {
   const checkpoint: Seed[] = [];
   const tokenizer: Seed[] = [];
   const header = Array.from({ length: 7 }, (_, i) => ({ at: i * 4, width: 4 as const }));
-  if (existsSync(join(dir, 'stories260K.bin'))) checkpoint.push({ name: 'stories260K.bin', bytes: new Uint8Array(readFileSync(join(dir, 'stories260K.bin'))), fields: header });
+  if (existsSync(join(dir, 'stories260K.bin')))
+    checkpoint.push({ name: 'stories260K.bin', bytes: new Uint8Array(readFileSync(join(dir, 'stories260K.bin'))), fields: header });
   // a tiny checkpoint of the same layout: dim 8, hidden 16, 1 layer, 2 heads, 2 kv heads, vocab 4 (shared), seq 4
   const cfg = [8, 16, 1, 2, 2, 4, 4];
   const floats = 4 * 8 + 8 + 3 * 64 + 64 + 8 + 3 * 128 + 8 + 2 * 4 * 2;
@@ -283,7 +352,16 @@ export function llama2cSeeds(): { checkpoint: Seed[]; tokenizer: Seed[] } {
   let tok: Uint8Array;
   if (existsSync(join(dir, 'tok512.bin'))) tok = new Uint8Array(readFileSync(join(dir, 'tok512.bin')));
   else {
-    const pieces = ['<unk>', '\n<s>\n', '\n</s>\n', ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`), ' the', ' a', 'he', ' t'];
+    const pieces = [
+      '<unk>',
+      '\n<s>\n',
+      '\n</s>\n',
+      ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`),
+      ' the',
+      ' a',
+      'he',
+      ' t',
+    ];
     const parts: number[] = [7, 0, 0, 0];
     pieces.forEach((p, i) => {
       const b = new TextEncoder().encode(p);
@@ -296,7 +374,7 @@ export function llama2cSeeds(): { checkpoint: Seed[]; tokenizer: Seed[] } {
   }
   const fields: Field[] = [{ at: 0, width: 4 }];
   const tv = new DataView(tok.buffer, tok.byteOffset, tok.byteLength);
-  for (let pos = 4; pos + 8 <= tok.length; ) {
+  for (let pos = 4; pos + 8 <= tok.length;) {
     fields.push({ at: pos + 4, width: 4 });
     const len = tv.getInt32(pos + 4, true);
     if (len < 0) break;

@@ -53,11 +53,20 @@ export function describeError(e: unknown): string {
 export const TARGETS: Record<string, { about: string; load: () => Promise<Target> }> = {
   safetensors: { about: 'safetensors (io/safetensors.ts)', load: async () => (await import('./targets-files.js')).safetensors },
   gguf: { about: 'GGUF header, metadata, tensors (io/gguf.ts)', load: async () => (await import('./targets-files.js')).gguf },
-  'gguf-tokenizer': { about: "a GGUF's tokenizer (io/gguf-tokenizer.ts + HfTokenizer)", load: async () => (await import('./targets-tokenizers.js')).ggufTokenizerTarget },
+  'gguf-tokenizer': {
+    about: "a GGUF's tokenizer (io/gguf-tokenizer.ts + HfTokenizer)",
+    load: async () => (await import('./targets-tokenizers.js')).ggufTokenizerTarget,
+  },
   'llama2c-checkpoint': { about: 'llama2.c checkpoints (io/llama2c.ts)', load: async () => (await import('./targets-files.js')).llama2cCheckpoint },
   'llama2c-tokenizer': { about: 'llama2.c tokenizer.bin (io/llama2c.ts)', load: async () => (await import('./targets-files.js')).llama2cTokenizer },
-  'tokenizer-json-hf': { about: 'tokenizer.json via HfTokenizer (models/hf-tokenizer.ts)', load: async () => (await import('./targets-tokenizers.js')).hfTokenizerTarget },
-  'tokenizer-json-bpe': { about: 'tokenizer.json via BpeTokenizer (models/bpe.ts)', load: async () => (await import('./targets-tokenizers.js')).bpeTokenizerTarget },
+  'tokenizer-json-hf': {
+    about: 'tokenizer.json via HfTokenizer (models/hf-tokenizer.ts)',
+    load: async () => (await import('./targets-tokenizers.js')).hfTokenizerTarget,
+  },
+  'tokenizer-json-bpe': {
+    about: 'tokenizer.json via BpeTokenizer (models/bpe.ts)',
+    load: async () => (await import('./targets-tokenizers.js')).bpeTokenizerTarget,
+  },
   softctx: { about: '.softctx (compress/softctx.ts parseSoftContext)', load: async () => (await import('./targets-files.js')).softctx },
   'server-json': { about: "the server's JSON bodies (serve/*)", load: async () => (await import('./targets-server.js')).serverJson },
 };

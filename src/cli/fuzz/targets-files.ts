@@ -15,7 +15,16 @@ import { ggufSeeds, llama2cSeeds, safetensorsSeeds, softctxRecordSeeds, type See
 import { isNamedErrorWith, type Prepared, type Target } from './target.js';
 
 /** Texts every tokenizer that loads must encode (long runs are what slow patterns choke on). */
-export const PROBES = ['Hello world, 123 times!', '', ' ', 'a'.repeat(3000) + '!', ' '.repeat(3000) + 'x', '\n'.repeat(2000) + 'y', '1'.repeat(2000), 'Ünïcödé 中文 😀 \ud800 \u0000 <|bos|>'];
+export const PROBES = [
+  'Hello world, 123 times!',
+  '',
+  ' ',
+  'a'.repeat(3000) + '!',
+  ' '.repeat(3000) + 'x',
+  '\n'.repeat(2000) + 'y',
+  '1'.repeat(2000),
+  'Ünïcödé 中文 😀 \ud800 \u0000 <|bos|>',
+];
 
 /** 1-3 stacked byte mutations of a seed. */
 function mutated(seed: Seed, rng: Rng): Uint8Array {

@@ -45,7 +45,18 @@ export const serverJson: Target = {
       () => ({ method: 'POST', url: `/v1/contexts/${id}/ask`, body: { questions: ['How many ships?'], maxTokens: 4 } }),
       () => ({ method: 'POST', url: '/v1/completions', body: { model: service.modelName, prompt: 'Once upon a time', max_tokens: 4, temperature: 0 } }),
       () => ({ method: 'POST', url: '/v1/completions', body: { prompt: ['a', 'b'], max_tokens: 3, context_id: id, stream: false } }),
-      () => ({ method: 'POST', url: '/v1/chat/completions', body: { messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }], max_tokens: 4, context_id: id } }),
+      () => ({
+        method: 'POST',
+        url: '/v1/chat/completions',
+        body: {
+          messages: [
+            { role: 'system', content: 'Be brief.' },
+            { role: 'user', content: 'Hi' },
+          ],
+          max_tokens: 4,
+          context_id: id,
+        },
+      }),
       () => ({ method: 'GET', url: `/v1/contexts/${id}` }),
       () => ({ method: 'GET', url: '/v1/contexts?limit=5' }),
     ];
@@ -56,7 +67,9 @@ export const serverJson: Target = {
         if (t.body === undefined) {
           // damaged ids and queries
           const bad = rng.pick([...HOSTILE_STRINGS.slice(0, 12), 'ctx_' + '0'.repeat(24), id.slice(0, -1), id + 'x']);
-          const url = t.url.includes('?') ? `/v1/contexts?limit=${encodePath(rng.pick(['0', '-1', '1e9', 'x', '', '5.5', '1000']))}` : `/v1/contexts/${encodePath(bad)}`;
+          const url = t.url.includes('?')
+            ? `/v1/contexts?limit=${encodePath(rng.pick(['0', '-1', '1e9', 'x', '', '5.5', '1000']))}`
+            : `/v1/contexts/${encodePath(bad)}`;
           return { method: rng.chance(0.3) && !url.includes('?') ? 'DELETE' : 'GET', url };
         }
         const json = JSON.stringify(t.body);
@@ -66,8 +79,20 @@ export const serverJson: Target = {
           return { method: t.method, url: t.url, payload: JSON.stringify(doc) ?? 'null', contentType: 'application/json' };
         }
         if (r < 0.8) return { method: t.method, url: t.url, payload: mutateText(json, rng), contentType: 'application/json' };
-        if (r < 0.9) return { method: t.method, url: t.url, payload: json, contentType: rng.pick(['text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=utf-16', '']) };
-        if (r < 0.95) return { method: t.method, url: t.url, payload: JSON.stringify({ ...(t.body as object), text: 'x'.repeat(5 * 2 ** 20) }), contentType: 'application/json' };
+        if (r < 0.9)
+          return {
+            method: t.method,
+            url: t.url,
+            payload: json,
+            contentType: rng.pick(['text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=utf-16', '']),
+          };
+        if (r < 0.95)
+          return {
+            method: t.method,
+            url: t.url,
+            payload: JSON.stringify({ ...(t.body as object), text: 'x'.repeat(5 * 2 ** 20) }),
+            contentType: 'application/json',
+          };
         return { method: t.method, url: t.url, payload: json, contentType: 'application/json' };
       },
       run: async (input) => {

@@ -32,14 +32,23 @@ function probe(tok: Tokenizer): void {
 /** Damage aimed at what a tokenizer.json loader must validate: regexes, ids, vocabularies, merges. */
 function targeted(json: Json, rng: Rng): Json {
   const j = structuredClone(json) as Json & { model: Json & { vocab: Record<string, unknown>; merges: unknown[] }; added_tokens?: Json[] };
-  const split = () => ({ type: 'Split', pattern: { Regex: rng.pick(EVIL_PATTERNS) }, behavior: rng.pick(['Isolated', 'Removed', 'MergedWithPrevious']), invert: rng.chance(0.2) });
+  const split = () => ({
+    type: 'Split',
+    pattern: { Regex: rng.pick(EVIL_PATTERNS) },
+    behavior: rng.pick(['Isolated', 'Removed', 'MergedWithPrevious']),
+    invert: rng.chance(0.2),
+  });
   const vocabKeys = Object.keys(j.model.vocab ?? {});
   switch (rng.int(10)) {
     case 0:
       j.pre_tokenizer = rng.chance(0.5) ? split() : { type: 'Sequence', pretokenizers: [split(), structuredClone(LLAMA3_PRE.pretokenizers[1])] };
       break;
     case 1:
-      j.normalizer = { type: 'Replace', pattern: rng.chance(0.7) ? { Regex: rng.pick(EVIL_PATTERNS) } : { String: '' }, content: rng.pick(['$`', "$'", '$&$&', 'x', '$1']) };
+      j.normalizer = {
+        type: 'Replace',
+        pattern: rng.chance(0.7) ? { Regex: rng.pick(EVIL_PATTERNS) } : { String: '' },
+        content: rng.pick(['$`', "$'", '$&$&', 'x', '$1']),
+      };
       break;
     case 2:
       j.decoder = { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { Regex: rng.pick(EVIL_PATTERNS) }, content: ' ' }, { type: 'ByteLevel' }] };
@@ -51,10 +60,15 @@ function targeted(json: Json, rng: Rng): Json {
       j.model.vocab = rng.chance(0.5) ? {} : (hostileValue(rng) as Record<string, unknown>);
       break;
     case 5:
-      j.model.merges = Array.isArray(j.model.merges) ? [...j.model.merges, rng.pick(['zz qq', 'a', '', 'a b c', ['x'], 'constructor toString', '__proto__ a'])] : [];
+      j.model.merges = Array.isArray(j.model.merges)
+        ? [...j.model.merges, rng.pick(['zz qq', 'a', '', 'a b c', ['x'], 'constructor toString', '__proto__ a'])]
+        : [];
       break;
     case 6:
-      j.added_tokens = [...(j.added_tokens ?? []), { id: rng.pick([...HOSTILE_NUMBERS, 2 ** 31 - 1]), content: rng.pick(HOSTILE_STRINGS).slice(0, 50), special: true }];
+      j.added_tokens = [
+        ...(j.added_tokens ?? []),
+        { id: rng.pick([...HOSTILE_NUMBERS, 2 ** 31 - 1]), content: rng.pick(HOSTILE_STRINGS).slice(0, 50), special: true },
+      ];
       break;
     case 7:
       j.model.type = rng.pick(['Unigram', 'WordPiece', 'WordLevel', 'Nope', 7]);
@@ -153,11 +167,12 @@ function kvOf(key: string, v: unknown): GgufKv {
   if (typeof v === 'string') return [key, 8, v];
   if (typeof v === 'boolean') return [key, 7, v ? 1 : 0];
   if (typeof v === 'bigint') return [key, 11, BigInt.asIntN(64, v)];
-  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 && v < 2 ** 32 ? [key, 4, v] : Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31 ? [key, 5, v] : [key, 12, v];
+  if (typeof v === 'number')
+    return Number.isInteger(v) && v >= 0 && v < 2 ** 32 ? [key, 4, v] : Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31 ? [key, 5, v] : [key, 12, v];
   if (Array.isArray(v)) {
     if (v.every((x) => typeof x === 'number' && Number.isInteger(x) && x >= -(2 ** 31) && x < 2 ** 31)) return [key, 9, [5, v]];
     if (v.every((x) => typeof x === 'number')) return [key, 9, [12, v]];
-    return [key, 9, [8, v.map((x) => (typeof x === 'string' ? x : JSON.stringify(x) ?? ''))]];
+    return [key, 9, [8, v.map((x) => (typeof x === 'string' ? x : (JSON.stringify(x) ?? '')))]];
   }
   return [key, 8, JSON.stringify(v) ?? ''];
 }

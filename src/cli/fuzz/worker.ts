@@ -49,7 +49,7 @@ export async function runCase(p: Prepared, target: string, seed: number, index: 
     const r = await p.run(input);
     return { outcome: r === 'clean' ? 'clean' : 'accepted', input };
   } catch (e) {
-    return { outcome: p.clean(e) ? "clean" : "raw", detail: describeError(e), input };
+    return { outcome: p.clean(e) ? 'clean' : 'raw', detail: describeError(e), input };
   }
 }
 
