@@ -10,8 +10,8 @@
 #   nolsa    no LSA block: merged states go to the decoder through the final norm only
 #   noae     no autoencoder pretraining: stage 2 straight from the untrained encoder and LSA
 #   icae     the ICAE baseline (memory tokens appended to the context, encoder LoRA)
-# Results: results/gmsa-study/{reconstruct,qa}/ (report.md, results.json, plots) and
-# results/gmsa-study/ae-loss-{128,256,512}.md: the teacher-forced restate loss (nats per token) of every
+# Results: results/softpress-base/gmsa-study/{reconstruct,qa}/ (report.md, results.json, plots) and
+# results/softpress-base/gmsa-study/ae-loss-{128,256,512}.md: the teacher-forced restate loss (nats per token) of every
 # stage-1 variant on the same valid passages — it ranks compressors even when greedy restating
 # (BLEU) fails for all of them, as with a base that does not copy well.
 set -euo pipefail
@@ -20,7 +20,7 @@ BASE=${BASE:-models/softpress-base}
 BABI=${BABI:-../shared/fixtures/babi/en-10k}
 RUNS=${RUNS:-runs}
 STUDY=$RUNS/gmsa-study
-OUT=${OUT:-results/gmsa-study}
+OUT=${OUT:-results/softpress-base/gmsa-study}
 STEPS_DIV=${STEPS_DIV:-1}
 N_RECON=${N_RECON:-16}
 N_QA=${N_QA:-}

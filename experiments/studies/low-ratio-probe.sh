@@ -4,12 +4,12 @@
 # GMSA study's stage-1 budget). Separates what the encoder + LSA path can carry from what the
 # frozen decoder can read back out of merged soft tokens.
 #   bash experiments/studies/low-ratio-probe.sh
-# Results: results/gmsa-study/low-ratio/ (reconstruct report, ae-loss-128.md).
+# Results: results/softpress-base/gmsa-study/low-ratio/ (reconstruct report, ae-loss-128.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${BASE:-models/softpress-base}
 RUNS=${RUNS:-runs/low-ratio}
-OUT=${OUT:-results/gmsa-study/low-ratio}
+OUT=${OUT:-results/softpress-base/gmsa-study/low-ratio}
 source scripts/lib.sh
 common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --stage ae --ae-lengths 128 --steps 200 --lr 5e-4 --clip 2 --eval-every 1000000 --valid-batches 2 --checkpoint-every 50 --quiet)
 mkdir -p "$RUNS" "$OUT"

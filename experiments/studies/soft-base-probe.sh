@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${BASE:?set BASE to the model folder to probe}
 RUNS=${RUNS:-runs/soft-base}
-OUT=${OUT:-results/gmsa-study/soft-base}
+OUT=${OUT:-results/softpress-base/gmsa-study/soft-base}
 source scripts/lib.sh
 common=(--base "$BASE" --batch 4 --context-len 512 --continuation-len 64 --stage ae --ae-lengths 128 --ratio 4 --steps 200 --lr 5e-4 --clip 2 --eval-every 1000000 --valid-batches 2 --checkpoint-every 50 --quiet)
 mkdir -p "$RUNS" "$OUT"

@@ -6,12 +6,12 @@
 # held-out passages per length, and the teacher-forced restate loss at each length.
 #   bash experiments/studies/stage1-budget.sh            # train what is missing (resumes), then evaluate
 #   PHASES=eval bash experiments/studies/stage1-budget.sh
-# Results: results/gmsa-study/stage1-600/ (reconstruct/ report, ae-loss-{128,256,512}.md).
+# Results: results/softpress-base/gmsa-study/stage1-600/ (reconstruct/ report, ae-loss-{128,256,512}.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=${BASE:-models/softpress-base}
 RUNS=${RUNS:-runs/stage1-600}
-OUT=${OUT:-results/gmsa-study/stage1-600}
+OUT=${OUT:-results/softpress-base/gmsa-study/stage1-600}
 STEPS=${STEPS:-600}
 N_RECON=${N_RECON:-16}
 PHASES=${PHASES:-train,eval}
