@@ -210,6 +210,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDispatch(env, exports);
   InitAutograd(env, exports);
   InitC10d(env, exports);
+  InitFused(env, exports);
   return exports;
 }
 

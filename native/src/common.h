@@ -44,5 +44,6 @@ Napi::Value Guard(const Napi::CallbackInfo& info, const char* op, F body) {
 void InitDispatch(Napi::Env env, Napi::Object exports);
 void InitAutograd(Napi::Env env, Napi::Object exports);
 void InitC10d(Napi::Env env, Napi::Object exports);
+void InitFused(Napi::Env env, Napi::Object exports);
 
 }  // namespace sp

@@ -7,9 +7,9 @@
  * Parameter names follow Hugging Face (model.layers.0.self_attn.q_proj.weight, ...), so
  * checkpoints load by name.
  */
-import { Tensor, arange, cat, full, linear, noGrad, tensor, tidy, where, zeros, type DType } from '../tensor/index.js';
+import { Tensor, arange, cat, full, groupedAttention, isGradEnabled, linear, noGrad, rotary, tensor, tidy, where, zeros, type DType } from '../tensor/index.js';
 import { Module } from '../nn/module.js';
-import { Embedding, Linear, LoraAdapters, RMSNorm, type LoraConfig } from '../nn/layers.js';
+import { Embedding, FusedLinears, Linear, LoraAdapters, RMSNorm, type LoraConfig } from '../nn/layers.js';
 import { configToHf, ropeInvFreq, type LlamaConfig } from './config.js';
 import { createHash } from 'node:crypto';
 
@@ -51,8 +51,8 @@ export class KVCache {
         const cap = Math.max(past + t, 2 * past, 64);
         const fresh = { k: zeros([b, h, cap, d], { dtype: k.dtype }).keep(), v: zeros([b, h, cap, d], { dtype: v.dtype }).keep() };
         if (curK && curV && past) {
-          fresh.k.narrow(2, 0, past).copy_(curK);
-          fresh.v.narrow(2, 0, past).copy_(curV);
+          fresh.k.narrowCopy_(2, 0, curK);
+          fresh.v.narrowCopy_(2, 0, curV);
         }
         curK?.free();
         curV?.free();
@@ -66,8 +66,8 @@ export class KVCache {
         curK?.free();
         curV?.free();
       }
-      buf.k.narrow(2, past, t).copy_(k);
-      buf.v.narrow(2, past, t).copy_(v);
+      buf.k.narrowCopy_(2, past, k);
+      buf.v.narrowCopy_(2, past, v);
       const viewK = buf.k.narrow(2, 0, past + t).keep();
       const viewV = buf.v.narrow(2, 0, past + t).keep();
       this.views.set(viewK, buf);
@@ -157,6 +157,8 @@ export class Attention extends Module {
   readonly kProj: Linear;
   readonly vProj: Linear;
   readonly oProj: Linear;
+  /** q, k and v weights as one buffer, for one product per step when running without gradients. */
+  readonly qkv: FusedLinears;
   constructor(
     readonly cfg: LlamaConfig,
     readonly layerIndex: number,
@@ -167,25 +169,12 @@ export class Attention extends Module {
     this.kProj = this.module('k_proj', new Linear(d, kv * hd, { bias, std: 0.02 }));
     this.vProj = this.module('v_proj', new Linear(d, kv * hd, { bias, std: 0.02 }));
     this.oProj = this.module('o_proj', new Linear(h * hd, d, { bias: false, std: 0.02 }));
+    this.qkv = new FusedLinears([this.qProj, this.kProj, this.vProj]);
   }
 
-  /** Applies RoPE to x [B, heads, T, hd] with cos/sin [., 1, T, hd/2]. */
-  rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-    const hd = this.cfg.headDim;
-    if (this.cfg.ropeInterleaved) {
-      // llama2.c: dims (2j, 2j+1) rotate together
-      const [b, h, t] = x.shape;
-      const pairs = x.reshape(b, h, t, hd / 2, 2);
-      const x0 = pairs.select(-1, 0);
-      const x1 = pairs.select(-1, 1);
-      const r0 = x0.mul(cos).sub(x1.mul(sin));
-      const r1 = x0.mul(sin).add(x1.mul(cos));
-      return cat([r0.unsqueeze(-1), r1.unsqueeze(-1)], -1).reshape(b, h, t, hd);
-    }
-    // Hugging Face: dim j rotates with j + hd/2
-    const x1 = x.narrow(-1, 0, hd / 2);
-    const x2 = x.narrow(-1, hd / 2, hd / 2);
-    return cat([x1.mul(cos).sub(x2.mul(sin)), x2.mul(cos).add(x1.mul(sin))], -1);
+  /** Applies RoPE to x [B, heads, T, hd] with cos/sin [., 1, T, hd/2], then multiplies by scale. */
+  rope(x: Tensor, cos: Tensor, sin: Tensor, scale = 1): Tensor {
+    return rotary(x, cos, sin, { interleaved: this.cfg.ropeInterleaved, scale });
   }
 
   /** Keys and values of hidden states x [B, T, dim] at the given rope tables, [B, kvH, T, hd]. */
@@ -198,32 +187,60 @@ export class Attention extends Module {
     return { k: this.rope(k, cos, sin), v };
   }
 
+  /**
+   * Queries (RoPE'd and scaled), keys (RoPE'd) and values of x [B, T, dim], heads-first. Without
+   * gradients and adapters on q/k/v, one product over the fused weights; otherwise (training)
+   * the three projections as they are.
+   */
+  private queriesKeysValues(x: Tensor, b: number, t: number, ctx: AttnContext): { q: Tensor; k: Tensor; v: Tensor } {
+    const { numHeads: h, numKvHeads: kv, headDim: hd } = this.cfg;
+    const i = this.layerIndex;
+    const lora = ctx.lora;
+    const scale = 1 / Math.sqrt(hd);
+    const fused = lora?.get(`${i}.q`) || lora?.get(`${i}.k`) || lora?.get(`${i}.v`) || isGradEnabled() ? null : this.qkv.fused();
+    if (fused) {
+      const [q, k, v] = linear(x, fused.weight, fused.bias).split(this.qkv.sizes, -1);
+      return {
+        q: this.rope(q.view(b, t, h, hd).transpose(1, 2), ctx.cos, ctx.sin, scale),
+        k: this.rope(k.view(b, t, kv, hd).transpose(1, 2), ctx.cos, ctx.sin),
+        v: v.view(b, t, kv, hd).transpose(1, 2),
+      };
+    }
+    const q = this.qProj.forward(x, lora?.get(`${i}.q`)).view(b, t, h, hd).transpose(1, 2);
+    return { q: this.rope(q, ctx.cos, ctx.sin, scale), ...this.keysValues(x, ctx.cos, ctx.sin, lora) };
+  }
+
   /** x [B, T, dim] -> [B, T, dim] */
   forward(x: Tensor, ctx: AttnContext): Tensor {
     const [b, t] = x.shape;
     const { numHeads: h, numKvHeads: kv, headDim: hd } = this.cfg;
     const rep = h / kv;
     const lora = ctx.lora;
-    let q = this.qProj.forward(x, lora?.get(`${this.layerIndex}.q`)).view(b, t, h, hd).transpose(1, 2);
-    q = this.rope(q, ctx.cos, ctx.sin).mul(1 / Math.sqrt(hd));
-    let { k, v } = this.keysValues(x, ctx.cos, ctx.sin, lora);
+    const qkv = this.queriesKeysValues(x, b, t, ctx);
+    const q = qkv.q;
+    let { k, v } = qkv;
     if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     const prefix = ctx.kvPrefix?.[this.layerIndex];
     if (prefix) {
       k = cat([prefix.k, k], 2);
       v = cat([prefix.v, v], 2);
     }
-    const tk = k.size(2);
-    // Grouped-query attention without copying k/v: the rep query heads sharing a kv head are
-    // stacked along the query axis, [B, kvH, rep*T, hd].
-    const qg = q.reshape(b, kv, rep * t, hd);
-    let scores = qg.matmul(k.transpose(-2, -1)); // [B, kvH, rep*T, Tk]
-    if (ctx.mask) scores = scores.view(b, kv, rep, t, tk).add(ctx.mask).view(b, kv, rep * t, tk);
-    // Half types take the softmax in float32; float32/float64 keep their own precision.
-    const half = scores.dtype === 'float16' || scores.dtype === 'bfloat16';
-    const probs = half ? scores.to('float32').softmax(-1).to(scores.dtype) : scores.softmax(-1);
-    ctx.attentions?.push(probs.view(b, h, t, tk));
-    const out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
+    let out: Tensor;
+    if (!ctx.attentions) out = groupedAttention(q, k, v, ctx.mask);
+    else {
+      // The same computation step by step, keeping the probabilities.
+      const tk = k.size(2);
+      // Grouped-query attention without copying k/v: the rep query heads sharing a kv head are
+      // stacked along the query axis, [B, kvH, rep*T, hd].
+      const qg = q.reshape(b, kv, rep * t, hd);
+      let scores = qg.matmul(k.transpose(-2, -1)); // [B, kvH, rep*T, Tk]
+      if (ctx.mask) scores = scores.view(b, kv, rep, t, tk).add(ctx.mask).view(b, kv, rep * t, tk);
+      // Half types take the softmax in float32; float32/float64 keep their own precision.
+      const half = scores.dtype === 'float16' || scores.dtype === 'bfloat16';
+      const probs = half ? scores.to('float32').softmax(-1).to(scores.dtype) : scores.softmax(-1);
+      ctx.attentions.push(probs.view(b, h, t, tk));
+      out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
+    }
     return this.oProj.forward(out, lora?.get(`${this.layerIndex}.o`));
   }
 }
@@ -232,6 +249,8 @@ export class MLP extends Module {
   readonly gateProj: Linear;
   readonly upProj: Linear;
   readonly downProj: Linear;
+  /** gate and up weights as one buffer, for one product per step when running without gradients. */
+  readonly gateUp: FusedLinears;
   constructor(
     cfg: LlamaConfig,
     readonly layerIndex = 0,
@@ -241,12 +260,19 @@ export class MLP extends Module {
     this.gateProj = this.module('gate_proj', new Linear(d, f, { std: 0.02 }));
     this.upProj = this.module('up_proj', new Linear(d, f, { std: 0.02 }));
     this.downProj = this.module('down_proj', new Linear(f, d, { std: 0.02 }));
+    this.gateUp = new FusedLinears([this.gateProj, this.upProj]);
   }
   /** SwiGLU: down(silu(gate x) * up x) */
   forward(x: Tensor, lora?: LoraAdapters): Tensor {
     const i = this.layerIndex;
-    const gate = this.gateProj.forward(x, lora?.get(`${i}.gate`));
-    const up = this.upProj.forward(x, lora?.get(`${i}.up`));
+    const fused = lora?.get(`${i}.gate`) || lora?.get(`${i}.up`) || isGradEnabled() ? null : this.gateUp.fused();
+    let gate: Tensor;
+    let up: Tensor;
+    if (fused) [gate, up] = linear(x, fused.weight, fused.bias).split(this.gateUp.sizes, -1);
+    else {
+      gate = this.gateProj.forward(x, lora?.get(`${i}.gate`));
+      up = this.upProj.forward(x, lora?.get(`${i}.up`));
+    }
     return this.downProj.forward(gate.silu().mul(up), lora?.get(`${i}.down`));
   }
 }
@@ -314,10 +340,24 @@ export class LlamaModel extends Module {
     if (!config.tieEmbeddings) this.lmHead = this.module('lm_head', new Linear(config.hiddenSize, config.vocabSize, { std: 0.02 }));
   }
 
+  /** Converts the floating parameters to a dtype; the fused projection buffers follow. */
+  override toDtype(dtype: DType): this {
+    super.toDtype(dtype);
+    for (const layer of this.layers) {
+      layer.selfAttn.qkv.bind();
+      layer.mlp.gateUp.bind();
+    }
+    return this;
+  }
+
   private cachedFingerprint?: string;
   /** Frees the weights and the cached rope tables and masks (the model cannot be used afterwards). */
   override free(): void {
     super.free();
+    for (const layer of this.layers) {
+      layer.selfAttn.qkv.free();
+      layer.mlp.gateUp.free();
+    }
     this.cosTable?.free();
     this.sinTable?.free();
     this.cosTable = this.sinTable = undefined;

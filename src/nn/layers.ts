@@ -1,5 +1,5 @@
 /** The basic layers: Linear (optionally with LoRA), Embedding, RMSNorm, LayerNorm. */
-import { Tensor, dropout, embedding, empty, layerNorm, linear, ones, rand, randn, rmsNorm, zeros, type DType } from '../tensor/index.js';
+import { Tensor, cat, dropout, embedding, empty, layerNorm, linear, noGrad, ones, rand, randn, rmsNorm, zeros, type DType } from '../tensor/index.js';
 import { Module, type Parameter } from './module.js';
 
 let initialise = true;
@@ -97,6 +97,83 @@ export class Linear extends Module {
   /** The base projection only (ignores LoRA). */
   forwardBase(x: Tensor): Tensor {
     return linear(x, this.weight.value, this.bias?.value);
+  }
+}
+
+/**
+ * Linears over the same input whose weights (and biases) are consecutive rows of one buffer.
+ * Each Linear keeps its own Parameter, now a view of the buffer: training, the optimiser,
+ * state dicts and in-place loading see the usual separate parameters (and write through to
+ * the buffer), while inference can run one product for all of them (`fused()`).
+ */
+export class FusedLinears {
+  private buffer?: { weight: Tensor; bias?: Tensor; parts: Tensor[] };
+  /** Output features of each Linear, in order. */
+  readonly sizes: number[];
+  constructor(readonly linears: Linear[]) {
+    if (linears.length < 2) throw new Error('FusedLinears: give at least two Linears');
+    const inF = linears[0].inFeatures;
+    if (linears.some((l) => l.inFeatures !== inF || !!l.bias !== !!linears[0].bias))
+      throw new Error('FusedLinears: the Linears must share inFeatures and bias-ness');
+    this.sizes = linears.map((l) => l.outFeatures);
+    this.bind();
+  }
+
+  /**
+   * (Re)builds the buffer from the Linears' current parameters and makes those parameters
+   * views of it (trainability kept). Needed again after a parameter's tensor is replaced, e.g.
+   * by Module.toDtype.
+   */
+  bind(): void {
+    noGrad(() => {
+      const weightParams = this.linears.map((l) => l.weight);
+      const biasParams = this.linears[0].bias ? this.linears.map((l) => l.bias!) : undefined;
+      const rebind = (params: Parameter[]): Tensor => {
+        const whole = cat(
+          params.map((p) => p.value),
+          0,
+        ).keep();
+        let offset = 0;
+        for (const p of params) {
+          const n = p.value.size(0);
+          const trainable = p.trainable;
+          const old = p.value;
+          // detach: a plain leaf sharing the buffer's storage (not a view created under no-grad,
+          // which autograd would refuse to modify in place later).
+          p.value = whole.narrow(0, offset, n).detach().keep();
+          p.trainable = trainable;
+          old.free();
+          offset += n;
+        }
+        return whole;
+      };
+      const previous = this.buffer;
+      const weight = rebind(weightParams);
+      const bias = biasParams ? rebind(biasParams) : undefined;
+      this.buffer = { weight, bias, parts: [...weightParams, ...(biasParams ?? [])].map((p) => p.value) };
+      previous?.weight.free();
+      previous?.bias?.free();
+    });
+  }
+
+  /**
+   * The buffer as one weight [sum(out), in] (and bias), or null when it no longer backs every
+   * parameter (one was replaced) or a Linear carries its own LoRA adapter.
+   */
+  fused(): { weight: Tensor; bias?: Tensor } | null {
+    const b = this.buffer;
+    if (!b) return null;
+    let i = 0;
+    for (const l of this.linears) if (l.loraA || l.weight.value !== b.parts[i++]) return null;
+    if (b.bias) for (const l of this.linears) if (l.bias?.value !== b.parts[i++]) return null;
+    return b;
+  }
+
+  /** Frees the buffer (the Linears' parameters are views of it: free the module too). */
+  free(): void {
+    this.buffer?.weight.free();
+    this.buffer?.bias?.free();
+    this.buffer = undefined;
   }
 }
 

@@ -39,6 +39,12 @@ export interface NativeAddon {
   setGradEnabled(enabled: boolean): boolean;
   isGradEnabled(): boolean;
   profilerStart(tracePath: string): void;
+  // Composite operations in one call each (native/src/fused.cc); same ATen ops as their TS forms.
+  linear(x: Handle, weight: Handle, bias: Handle | null): Handle;
+  rmsNorm(x: Handle, weight: Handle, eps: number): Handle;
+  rotary(x: Handle, cos: Handle, sin: Handle, interleaved: boolean, scale: number): Handle;
+  narrowCopy(dst: Handle, dim: number, start: number, src: Handle): void;
+  groupedAttention(q: Handle, k: Handle, v: Handle, mask: Handle | null): Handle;
   profilerStop(): void;
   distInit(
     rank: number,

@@ -101,6 +101,17 @@ export function callInPlace(op: string, args: unknown[]): void {
   }
 }
 
+/** Calls one of the addon's composite operations (native/src/fused.cc), naming it and its inputs on failure. */
+function fused(name: string, inputs: Tensor[], fn: () => Handle): Tensor {
+  let h: Handle;
+  try {
+    h = fn();
+  } catch (e) {
+    throw new TensorError(`${name}: ${(e as Error).message.replace(new RegExp(`^${name}: `), '')}${describeArgs(inputs)}`);
+  }
+  return new Tensor(h);
+}
+
 // ---- Tensor ---------------------------------------------------------------------------------
 
 export type Shape = readonly number[];
@@ -525,6 +536,15 @@ export class Tensor {
     callInPlace('copy_', [this, src, false]);
     return this;
   }
+  /** Copies src into this tensor's slice [start, start + src.size(dim)) along dim, in place (one call, no view handle). */
+  narrowCopy_(dim: number, start: number, src: Tensor): this {
+    try {
+      native.narrowCopy(this.handle, dim, start, src.handle);
+    } catch (e) {
+      throw new TensorError(`${(e as Error).message} (inputs: ${this.describe()}, ${src.describe()})`);
+    }
+    return this;
+  }
   zero_(): this {
     callInPlace('zero_', [this]);
     return this;
@@ -745,13 +765,7 @@ export function embedding(weight: Tensor, indices: Tensor): Tensor {
  * 3-5x slower here (SmolLM2's 1536x576 projection 700 vs 150 us, its 49152x576 head 30 vs 11 ms).
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
-  const inFeatures = x.shape[x.shape.length - 1];
-  if (x.rank >= 1 && x.numel === inFeatures && weight.rank === 2 && weight.shape[1] === inFeatures) {
-    const y = call('mv', [weight, x.reshape(inFeatures)]);
-    const out = bias ? y.add(bias) : y;
-    return out.reshape(...x.shape.slice(0, -1), weight.shape[0]);
-  }
-  return call('linear', [x, weight, bias ?? null]);
+  return fused('linear', bias ? [x, weight, bias] : [x, weight], () => native.linear(x.handle, weight.handle, bias ? bias.handle : null));
 }
 export interface CrossEntropyOptions {
   ignoreIndex?: number;
@@ -771,11 +785,24 @@ export function layerNorm(x: Tensor, normalizedShape: number[], weight?: Tensor 
 }
 /** x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32 for half types. */
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
-  const half = x.dtype === 'float16' || x.dtype === 'bfloat16';
-  const x32 = half ? x.to('float32') : x;
-  const normed = x32.mul(x32.square().mean(-1, true).add(eps).rsqrt());
-  const y = half ? normed.to(x.dtype) : normed;
-  return y.mul(weight);
+  return fused('rmsNorm', [x, weight], () => native.rmsNorm(x.handle, weight.handle, eps));
+}
+/**
+ * Rotary position embedding of x [..., hd] with cos/sin [..., hd/2] (broadcast against x's
+ * leading dims), then times `scale` unless it is 1. Interleaved (llama2.c): dims (2j, 2j+1)
+ * rotate together; otherwise (Hugging Face) dim j rotates with j + hd/2.
+ */
+export function rotary(x: Tensor, cos: Tensor, sin: Tensor, opts: { interleaved?: boolean; scale?: number } = {}): Tensor {
+  return fused('rotary', [x, cos, sin], () => native.rotary(x.handle, cos.handle, sin.handle, opts.interleaved ?? false, opts.scale ?? 1));
+}
+/**
+ * Grouped-query attention: softmax(q k^T + mask) v with q [B, heads, T, hd] (already scaled),
+ * k/v [B, kvHeads, Tk, hd] (heads a multiple of kvHeads, each kv head shared by heads/kvHeads
+ * query heads, without copying k/v) and an optional additive mask [B|1, 1, 1, T, Tk]. Returns
+ * [B, T, heads * hd]. Half types take the softmax in float32.
+ */
+export function groupedAttention(q: Tensor, k: Tensor, v: Tensor, mask?: Tensor | null): Tensor {
+  return fused('groupedAttention', [q, k, v], () => native.groupedAttention(q.handle, k.handle, v.handle, mask ? mask.handle : null));
 }
 /**
  * softmax(q k^T * scale + mask) v with q [..., Lq, d], k/v [..., Lk, d]; attnMask is bool
