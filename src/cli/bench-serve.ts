@@ -3,7 +3,7 @@
  *                       [--seconds 5] [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8]
  *                       [--reps 3] [--compressor DIR ...] [--fresh METHOD]
  *                       [--load-only] [--load-seconds 10] [--load-tokens 2048] [--load-method M]
- *                       [--no-compress-worker]
+ *                       [--no-compress-worker] [--no-service-thread]
  *
  * Benchmarks the serving path over real HTTP (the server runs in this process on an ephemeral
  * port with a fresh temporary store; the clients are fetch calls in the same process):
@@ -28,7 +28,9 @@
  * --fresh METHOD adds an untrained compressor of that method (random initial weights) for bases
  * that have no trained one (e.g. smollm2-135m-instruct): its costs are real, its answers noise.
  * The server runs compressions in its worker thread, as `softpress serve` does, unless
- * --no-compress-worker (then on the event loop, one engine unit each).
+ * --no-compress-worker (then one engine unit each on the service's thread); and the service (the
+ * model, the engine, the store) in its own thread, as `softpress serve` does (service-thread.ts),
+ * unless --no-service-thread (then on the event loop that serves HTTP, with the clients).
  * With --json the last stdout line is one JSON object.
  *
  * softpress bench serve --soak ...: the server under load and kill -9 (bench-serve-soak.ts).
@@ -38,7 +40,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getNumThreads } from '../tensor/index.js';
-import { openService, type SoftpressService } from '../serve/service.js';
+import { openService } from '../serve/service.js';
+import { ServiceThread } from '../serve/service-thread.js';
+import type { ServiceApi } from '../serve/service-api.js';
+import type { EngineOptions, EngineStats } from '../serve/engine.js';
+import type { Tokenizer } from '../models/tokenizer.js';
 import { buildServer } from '../serve/server.js';
 import { BASE_SHAPE, writeRandomBase } from '../serve/testing.js';
 import { loadCorpus } from '../data/corpora.js';
@@ -52,7 +58,8 @@ import { createCompressor, freeCompressor, saveCompressor } from '../compress/in
 const USAGE =
   'usage: softpress bench serve [--json] [--base DIR | --random-base] [--method M] [--clients 1,8] [--seconds 5]\n' +
   '                             [--max-tokens 16] [--lengths 512,1024,2048] [--ratios 4,8] [--reps 3] [--compressor DIR ...] [--fresh METHOD]\n' +
-  '                             [--load-only] [--load-seconds 10] [--load-tokens 2048] [--load-method M] [--no-compress-worker]';
+  '                             [--load-only] [--load-seconds 10] [--load-tokens 2048] [--load-method M] [--no-compress-worker]\n' +
+  '                             [--no-service-thread]';
 
 function list(name: string, v: string | undefined, dflt: number[]): number[] {
   if (v === undefined) return dflt;
@@ -113,16 +120,28 @@ export interface ThroughputRow {
   tokens_per_answer: number;
 }
 
+/** The service under test, on this thread or in its own, and what the bench needs to know of it. */
+interface Served {
+  api: ServiceApi;
+  tokenizer: Tokenizer;
+  /** Bytes of one position's keys/values over all layers. */
+  kvBytesPerToken: number;
+  engineOptions: Required<EngineOptions>;
+  compressWorker: boolean;
+  prefixCache: boolean;
+  engineStats(): Promise<EngineStats>;
+}
+
 async function throughput(
   client: Client,
-  service: SoftpressService,
+  served: Served,
   ids: string[],
   questions: string[],
   clients: number,
   seconds: number,
   maxTokens: number,
 ): Promise<ThroughputRow> {
-  const before = service.engine.stats();
+  const before = await served.engineStats();
   const latencies: number[] = [];
   let errors = 0;
   let tokens = 0;
@@ -143,7 +162,7 @@ async function throughput(
     }),
   );
   const elapsed = (performance.now() - t0) / 1000;
-  const after = service.engine.stats();
+  const after = await served.engineStats();
   const steps = after.decodeForwards - before.decodeForwards;
   return {
     clients,
@@ -240,6 +259,45 @@ function freshCompressor(base: string, method: string, dir: string): string {
   return dir;
 }
 
+type ServiceOptions = Parameters<typeof openService>[0];
+
+function inProcess(o: ServiceOptions): Served {
+  const service = openService(o);
+  const cfg = service.model.config;
+  return {
+    api: service,
+    tokenizer: service.tokenizer,
+    kvBytesPerToken: cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * (service.model.dtype === 'float32' ? 4 : 2),
+    engineOptions: service.engine.opts,
+    compressWorker: service.compressWorker,
+    prefixCache: service.prefixCache,
+    engineStats: async () => service.engine.stats(),
+  };
+}
+
+/** The service in its thread; the bench reads the tokenizer and the model's shape from its own (freed) copy. */
+async function inThread(o: ServiceOptions): Promise<Served> {
+  const thread = await ServiceThread.open(o);
+  const probe = loadModel(o.base);
+  const cfg = probe.model.config;
+  const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * (probe.model.dtype === 'float32' ? 4 : 2);
+  probe.model.free();
+  if (!probe.tokenizer) throw new Error(`${o.base}: no tokenizer`);
+  return {
+    api: thread,
+    tokenizer: probe.tokenizer,
+    kvBytesPerToken,
+    engineOptions: thread.engineOptions,
+    compressWorker: thread.compressWorker,
+    prefixCache: thread.prefixCache,
+    // the figures the thread sends every healthEveryMs: wait for ones taken after now
+    engineStats: async () => {
+      await new Promise((resolve) => setTimeout(resolve, 2 * thread.healthEveryMs));
+      return thread.health().engine as EngineStats;
+    },
+  };
+}
+
 export async function run(argv: string[]): Promise<void> {
   if (argv.includes('--soak')) return (await import('./bench-serve-soak.js')).runSoak(argv);
   const { values } = parseArgs({
@@ -262,6 +320,7 @@ export async function run(argv: string[]): Promise<void> {
       'load-tokens': { type: 'string' },
       'load-method': { type: 'string' },
       'no-compress-worker': { type: 'boolean', default: false },
+      'no-service-thread': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -291,28 +350,25 @@ export async function run(argv: string[]): Promise<void> {
   }
   const compressorDirs = [...(values.compressor ?? [])];
   if (values.fresh) compressorDirs.push(freshCompressor(base, values.fresh, join(tmp, `fresh-${values.fresh}`)));
-  const service = openService({
+  const serviceOptions = {
     base,
     compressorDirs,
     compressWorker: !values['no-compress-worker'],
     storePath: join(tmp, 'store', 'contexts.mdb'),
     storeMaxBytes: 2 ** 30,
     log: say,
-  });
+  };
+  const served = values['no-service-thread'] ? inProcess(serviceOptions) : await inThread(serviceOptions);
+  const service = served.api;
   const app = buildServer(service);
   try {
     await app.listen({ port: 0, host: '127.0.0.1' });
     const client = new Client(`http://127.0.0.1:${(app.server.address() as { port: number }).port}`);
     const method = values.method ?? service.defaultMethod;
-    if (!service.methods().some((m) => m.name === method))
-      throw new Error(
-        `method '${method}' is not available (have ${service
-          .methods()
-          .map((m) => m.name)
-          .join(', ')})`,
-      );
-    const learned = service.methods().find((m) => m.name === method)!.learned;
-    const tok = service.tokenizer;
+    const methods = await service.methods();
+    if (!methods.some((m) => m.name === method)) throw new Error(`method '${method}' is not available (have ${methods.map((m) => m.name).join(', ')})`);
+    const learned = methods.find((m) => m.name === method)!.learned;
+    const tok = served.tokenizer;
     const docs = splitDocuments(loadCorpus('sotu'), { seed: 0 }).test;
     const count = (t: string) => tok.encode(t).length;
     const needles = (tokens: number, n: number, seed: string): QAExample[] =>
@@ -330,7 +386,7 @@ export async function run(argv: string[]): Promise<void> {
     const questions = tpDocs.map((ex) => ex.question);
     for (const [i, id] of ids.entries()) await client.ok(`/v1/contexts/${id}/ask`, { questions: [questions[i]], maxTokens }); // warm
     for (const n of loadOnly ? [] : clientsList) {
-      const row = await throughput(client, service, ids, questions, n, seconds, maxTokens);
+      const row = await throughput(client, served, ids, questions, n, seconds, maxTokens);
       tp.push(row);
       say(
         `throughput ${n} clients: ${row.rps} req/s, p50 ${row.p50_ms} ms, p99 ${row.p99_ms} ms, ${row.mean_decode_rows} rows per decode step, ${row.errors} errors`,
@@ -338,8 +394,7 @@ export async function run(argv: string[]): Promise<void> {
     }
 
     // 2. soft vs full answer latency
-    const cfg = service.model.config;
-    const kvBytesPer = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * (service.model.dtype === 'float32' ? 4 : 2);
+    const kvBytesPer = served.kvBytesPerToken;
     const lat: LatencyRow[] = [];
     for (const L of loadOnly ? [] : lengths) {
       const ex = needles(L, 1, `bench-serve-latency-${L}`)[0];
@@ -409,7 +464,7 @@ export async function run(argv: string[]): Promise<void> {
       );
     }
     const rssMb = Math.round(process.memoryUsage().rss / 2 ** 20); // the process after the load: with the worker, two copies of the model
-    const loadWhat = `(process RSS ${rssMb} MiB; /health every 20 ms, an ask every ${askEveryMs} ms; ${loadTokens}-token compressions by ${loadMethod}; ${service.compressWorker ? 'model work in a worker thread' : 'model work on the event loop'})`;
+    const loadWhat = `(process RSS ${rssMb} MiB; /health every 20 ms, an ask every ${askEveryMs} ms; ${loadTokens}-token compressions by ${loadMethod}; ${served.compressWorker ? 'compressions in a worker thread' : 'compressions as engine units'}; ${values['no-service-thread'] ? 'the service on the event loop' : 'the service in its own thread'})`;
 
     const out = process.stdout;
     out.write(
@@ -439,14 +494,15 @@ export async function run(argv: string[]): Promise<void> {
         learned,
         threads: getNumThreads(),
         max_tokens: maxTokens,
-        prefix_cache: service.prefixCache,
-        engine: service.engine.opts,
+        prefix_cache: served.prefixCache,
+        service_thread: !values['no-service-thread'],
+        engine: served.engineOptions,
         throughput: tp,
         under_load: {
           tokens: loadTokens,
           method: loadMethod,
           ask_every_ms: askEveryMs,
-          compress_worker: service.compressWorker,
+          compress_worker: served.compressWorker,
           rss_mb: rssMb,
           rows: loadRows,
         },

@@ -2,7 +2,7 @@
  * softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME]
  *                 [--compressor DIR ...] [--store-mb N] [--cache-mb N] [--body-limit-mb N]
  *                 [--max-batch N] [--batch-window-ms N] [--max-queue N] [--method NAME] [--no-discover]
- *                 [--no-prefix-cache] [--no-compress-worker] [--log]
+ *                 [--no-prefix-cache] [--no-compress-worker] [--no-service-thread] [--log]
  *                 [--api-key KEY ...] [--api-keys FILE] [--insecure-no-auth]
  *                 [--quota-contexts N] [--quota-mb N] [--rate-limit N]
  *
@@ -14,7 +14,10 @@
  * besides any --compressor; the strategies full, none and truncate are always available.
  * Compressions run in a worker thread with its own copy of the model, so the server keeps
  * answering while they run; --no-compress-worker runs them on the event loop instead (the
- * memory of one model less, but a long compression then stalls every other request).
+ * memory of one model less, but a long compression then stalls every other request). The
+ * service itself (the model, the engine's decode steps, the store) runs in its own thread too
+ * (src/serve/service-thread.ts), so HTTP, /health included, never waits for model work;
+ * --no-service-thread runs it on the event loop that serves HTTP instead.
  *
  * Access: API keys from --api-key, --api-keys FILE and SOFTPRESS_API_KEYS protect every /v1
  * route (src/serve/auth.ts). Listening beyond loopback without a key is refused (before the
@@ -23,7 +26,8 @@
  * loopback, and to none on a keyless loopback server (as before keys existed); 0 turns one off.
  */
 import { parseArgs } from 'node:util';
-import { openService, type SoftpressService } from '../serve/service.js';
+import { openService } from '../serve/service.js';
+import { ServiceThread } from '../serve/service-thread.js';
 import { buildServer, type Quotas } from '../serve/server.js';
 import { checkExposure, collectKeys, isLoopback, type KeyRing } from '../serve/auth.js';
 
@@ -31,7 +35,7 @@ export const SERVE_USAGE =
   'usage: softpress serve [--port 8080] [--host 127.0.0.1] [--store PATH] [--base DIR|FILE.gguf|NAME] [--compressor DIR ...]\n' +
   '                       [--store-mb 1024] [--cache-mb 256] [--body-limit-mb 4] [--max-batch 16] [--batch-window-ms 3]\n' +
   '                       [--max-queue 256] [--method NAME (default for requests)] [--no-discover] [--no-prefix-cache]\n' +
-  '                       [--no-compress-worker] [--log]\n' +
+  '                       [--no-compress-worker] [--no-service-thread] [--log]\n' +
   '                       [--api-key KEY ...] [--api-keys FILE] [--insecure-no-auth] (or SOFTPRESS_API_KEYS=KEY,KEY)\n' +
   '                       [--quota-contexts 1000] [--quota-mb 256] [--rate-limit 120 (requests/minute per key; 0: none)]';
 
@@ -98,6 +102,7 @@ export async function run(argv: string[]): Promise<void> {
       'no-discover': { type: 'boolean', default: false },
       'no-prefix-cache': { type: 'boolean', default: false },
       'no-compress-worker': { type: 'boolean', default: false },
+      'no-service-thread': { type: 'boolean', default: false },
       log: { type: 'boolean', default: false },
       'api-key': { type: 'string', multiple: true },
       'api-keys': { type: 'string' },
@@ -119,7 +124,7 @@ export async function run(argv: string[]): Promise<void> {
   const access = accessFromArgs(values, host);
   const log = (line: string) => process.stderr.write(`softpress serve: ${line}\n`);
   const t0 = performance.now();
-  const service: SoftpressService = openService({
+  const serviceOptions = {
     base: values.base ?? 'models/softpress-base',
     compressorDirs: values.compressor ?? [],
     discover: !values['no-discover'],
@@ -135,7 +140,9 @@ export async function run(argv: string[]): Promise<void> {
       maxPendingRows: num('max-queue', values['max-queue'], 256, { int: true, min: 1 }),
     },
     log,
-  });
+  };
+  const threaded = !values['no-service-thread'];
+  const service = threaded ? await ServiceThread.open(serviceOptions) : openService(serviceOptions);
   const app = buildServer(service, {
     bodyLimit: num('body-limit-mb', values['body-limit-mb'], 4, { min: 0.001 }) * 2 ** 20,
     logger: values.log,
@@ -157,11 +164,13 @@ export async function run(argv: string[]): Promise<void> {
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   const address = await app.listen({ port, host });
-  const methods = service.methods().map((m) => m.name);
+  const methods = (await service.methods()).map((m) => m.name);
   log(
     `base ${service.modelName} (fingerprint ${service.fingerprint}, window ${service.window}); methods ${methods.join(', ')} (default ${service.defaultMethod})`,
   );
-  log(`compressions: ${service.compressWorker ? 'in a worker thread (the event loop keeps answering)' : 'on the event loop (--no-compress-worker)'}`);
+  log(
+    `model work: ${threaded ? 'in the service thread' : 'on the event loop (--no-service-thread)'}; compressions ${service.compressWorker ? 'in a worker thread of their own' : 'as engine units (--no-compress-worker)'}`,
+  );
   log(
     `chat: ${service.tokenizer.chatTemplate ? "the model's chat template" : 'plain "User:" lines'}; questions: ${service.qaFormat.oneShot ? 'after a one-shot demonstration' : 'after BOS'}`,
   );

@@ -1,14 +1,15 @@
 /**
  * The OpenAI-compatible generation routes, /v1/completions and /v1/chat/completions, as one path:
  * both become a CompletionRequest (a chat is first rendered into a prompt), run through
- * SoftpressService.startCompletion, and answer as JSON or as server-sent events. What differs
+ * the service's startCompletion, and answer as JSON or as server-sent events. What differs
  * is a Kind: how the body is read, the object names, and how a choice, a delta and a finish look.
  */
 import { randomBytes } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ChatMessage } from '../models/chat.js';
 import { HttpError, errorBody } from './errors.js';
-import type { CompletionChoice, CompletionRequest, CompletionResult, RunningCompletion, SoftpressService } from './service.js';
+import type { CompletionChoice, CompletionRequest, CompletionResult, RunningCompletion } from './service.js';
+import type { MaybePromise, ServiceApi } from './service-api.js';
 
 type Schema = Record<string, unknown>;
 
@@ -45,10 +46,10 @@ interface Kind<B extends OpenAiCommon> {
   chunkObject: string;
   /** The request (after the shared fields), its number of choices, and whether replies lose their leading space. */
   read(
-    service: SoftpressService,
+    service: ServiceApi,
     b: B,
     shared: Omit<CompletionRequest, 'prompts' | 'stop'>,
-  ): { request: CompletionRequest; choices: number; trimLead: boolean };
+  ): MaybePromise<{ request: CompletionRequest; choices: number; trimLead: boolean }>;
   choice(ch: CompletionChoice, text: string): Schema;
   delta(i: number, text: string): Schema;
   finish(i: number, reason: string): Schema;
@@ -85,8 +86,8 @@ export const CHAT: Kind<ChatBody> = {
   idPrefix: 'chatcmpl',
   object: 'chat.completion',
   chunkObject: 'chat.completion.chunk',
-  read: (service, b, shared) => {
-    const chat = service.chatPrompt(b.messages, stopList(b.stop));
+  read: async (service, b, shared) => {
+    const chat = await service.chatPrompt(b.messages, stopList(b.stop));
     const request = {
       ...shared,
       prompts: [chat.prompt],
@@ -142,7 +143,7 @@ function trimmer(on: boolean): (text: string) => string {
  */
 async function stream(
   reply: FastifyReply,
-  start: (onDelta: (i: number, d: string) => void) => RunningCompletion,
+  start: (onDelta: (i: number, d: string) => void) => MaybePromise<RunningCompletion>,
   chunk: (choices: Schema[], extra?: Schema) => Schema,
   kind: Kind<never>,
   choices: number,
@@ -155,7 +156,7 @@ async function stream(
     if (open && !raw.writableEnded && !raw.destroyed) raw.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`);
   };
   const trims = Array.from({ length: choices }, () => trimmer(trimLead));
-  const run = start((i, d) => {
+  const run = await start((i, d) => {
     const text = trims[i](d);
     if (text) write(chunk([kind.delta(i, text)]));
   });
@@ -182,13 +183,13 @@ async function stream(
 }
 
 /** The route handler of a generation route. */
-export function completionHandler<B extends OpenAiCommon>(service: SoftpressService, kind: Kind<B>) {
+export function completionHandler<B extends OpenAiCommon>(service: ServiceApi, kind: Kind<B>) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
     const b = req.body as B;
     service.checkModel(b.model);
     if (b.n !== undefined && b.n !== null && b.n !== 1) refuse('n', 'n > 1 is not supported');
     const shared = { temperature: b.temperature ?? 1, topP: b.top_p ?? undefined, seed: b.seed ?? undefined, contextId: b.context_id, owner: req.owner };
-    const { request, choices, trimLead } = kind.read(service, b, shared);
+    const { request, choices, trimLead } = await kind.read(service, b, shared);
     const head = { id: `${kind.idPrefix}-${randomBytes(12).toString('hex')}`, created: Math.floor(Date.now() / 1000), model: service.modelName };
     if (b.stream) {
       const chunk = (cs: Schema[], extra: Schema = {}) => ({
@@ -210,7 +211,7 @@ export function completionHandler<B extends OpenAiCommon>(service: SoftpressServ
       );
       return reply;
     }
-    const run = service.startCompletion(request);
+    const run = await service.startCompletion(request);
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) run.cancel();
     });

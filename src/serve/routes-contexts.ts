@@ -1,12 +1,12 @@
 /** The softpress context API: methods, compress-and-store, list, get, delete, and asking about a context. */
-import type { SoftpressService } from './service.js';
+import type { ServiceApi } from './service-api.js';
 import type { OwnerQuota } from './store.js';
 import type { RouteDef } from './routes.js';
 import { HttpError } from './errors.js';
 import * as S from './schemas.js';
 
 /** `storageQuota`: each owner's stored contexts and bytes at most (none when absent). */
-export function contextRoutes(service: SoftpressService, storageQuota: OwnerQuota | undefined): RouteDef[] {
+export function contextRoutes(service: ServiceApi, storageQuota: OwnerQuota | undefined): RouteDef[] {
   return [
     {
       method: 'GET',
@@ -15,7 +15,7 @@ export function contextRoutes(service: SoftpressService, storageQuota: OwnerQuot
       tag: 'contexts',
       response: S.methodsResponse,
       errors: [],
-      handler: async () => ({ default: service.defaultMethod, defaultRatio: service.defaultRatio, window: service.window, methods: service.methods() }),
+      handler: async () => ({ default: service.defaultMethod, defaultRatio: service.defaultRatio, window: service.window, methods: await service.methods() }),
     },
     {
       method: 'POST',
@@ -48,7 +48,7 @@ export function contextRoutes(service: SoftpressService, storageQuota: OwnerQuot
         const q = req.query as { limit?: string };
         const limit = q.limit === undefined ? 100 : Number(q.limit);
         if (limit < 1 || limit > 1000) throw new HttpError(400, 'bad_limit', `limit must be between 1 and 1000, got ${q.limit}`, 'limit');
-        return { object: 'list', data: service.listContexts(limit, req.owner) };
+        return { object: 'list', data: await service.listContexts(limit, req.owner) };
       },
     },
     {
@@ -71,7 +71,7 @@ export function contextRoutes(service: SoftpressService, storageQuota: OwnerQuot
       errors: [400, 404],
       handler: async (req) => {
         const { id } = req.params as { id: string };
-        service.deleteContext(id, req.owner);
+        await service.deleteContext(id, req.owner);
         return { id, deleted: true };
       },
     },

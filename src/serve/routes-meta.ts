@@ -1,7 +1,7 @@
 /** The routes outside the API: the playground page, the OpenAPI document and /health. */
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { SoftpressService } from './service.js';
+import type { ServiceApi } from './service-api.js';
 import type { RouteDef } from './routes.js';
 import { openapiDocument } from './openapi.js';
 import * as S from './schemas.js';
@@ -17,7 +17,7 @@ function playgroundHtml(): string {
 }
 
 /** `all` is the whole route table (the OpenAPI document describes every route). */
-export function metaRoutes(service: SoftpressService, access: { keys: boolean; rateLimited: boolean }, all: () => readonly RouteDef[]): RouteDef[] {
+export function metaRoutes(service: ServiceApi, access: { keys: boolean; rateLimited: boolean }, all: () => readonly RouteDef[]): RouteDef[] {
   const html = playgroundHtml();
   return [
     {

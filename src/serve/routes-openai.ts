@@ -2,12 +2,12 @@
  * The OpenAI-compatible routes: models, and completions and chats (one generation path,
  * openai.ts over completion.ts), optionally after a stored soft context (context_id).
  */
-import type { SoftpressService } from './service.js';
+import type { ServiceApi } from './service-api.js';
 import type { RouteDef } from './routes.js';
 import { CHAT, TEXT, completionHandler } from './openai.js';
 import * as S from './schemas.js';
 
-export function openaiRoutes(service: SoftpressService): RouteDef[] {
+export function openaiRoutes(service: ServiceApi): RouteDef[] {
   const model = () => ({ id: service.modelName, object: 'model', created: Math.floor(service.startedAt / 1000), owned_by: 'softpress' });
   return [
     {

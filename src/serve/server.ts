@@ -9,12 +9,16 @@
  * - routes-meta.ts (playground, /openapi.json, /health), routes-contexts.ts (methods, contexts,
  *   ask), routes-openai.ts (models, completions and chats: openai.ts over completion.ts).
  *
+ * The service behind the routes is a ServiceApi (service-api.ts): SoftpressService on this
+ * thread, or ServiceThread (service-thread.ts), which runs it in a worker thread so that this
+ * thread only serves HTTP.
+ *
  * Contexts belong to their owner (the key's, or `anonymous` without keys): another owner's are
  * 404. Per-owner quotas: stored contexts and bytes (the service, counted in the store), and
  * requests per minute on /v1; both are 429.
  */
 import type { FastifyInstance } from 'fastify';
-import type { SoftpressService } from './service.js';
+import type { ServiceApi } from './service-api.js';
 import type { KeyRing } from './auth.js';
 import { createApp } from './http.js';
 import { installAccess } from './access.js';
@@ -49,7 +53,7 @@ export interface ServerOptions {
 }
 
 /** Builds the Fastify app over a service (not listening yet). */
-export function buildServer(service: SoftpressService, opts: ServerOptions = {}): FastifyInstance {
+export function buildServer(service: ServiceApi, opts: ServerOptions = {}): FastifyInstance {
   const q = opts.quotas ?? {};
   const perMinute = q.requestsPerMinute ?? 0;
   const app = createApp({ bodyLimit: opts.bodyLimit ?? 4 * 2 ** 20, logger: opts.logger, logStream: opts.logStream });

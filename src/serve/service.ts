@@ -27,6 +27,7 @@ import { Completions, type AskBody, type AskResult, type ChatPrompt, type Comple
 import { CompressWorker } from './compress-worker.js';
 import { freeServedModel, loadServedModel, type ServedModelOptions } from './load.js';
 import { vocabularyFacts } from './text.js';
+import type { ServiceApi } from './service-api.js';
 
 export { HttpError, asHttpError } from './errors.js';
 export { findCompressorDirs, baseModelName } from './load.js';
@@ -65,7 +66,7 @@ export interface ServiceConfig {
   worker?: CompressWorker;
 }
 
-export class SoftpressService {
+export class SoftpressService implements ServiceApi {
   readonly model: LlamaModel;
   readonly tokenizer: Tokenizer;
   readonly modelName: string;
