@@ -4,7 +4,7 @@
   "targets": [
     {
       "target_name": "softpress_native",
-      "sources": ["src/addon.cc", "src/dispatch.cc", "src/autograd.cc", "src/c10d.cc", "src/fused.cc"],
+      "sources": ["src/addon.cc", "src/dispatch.cc", "src/autograd.cc", "src/c10d.cc", "src/fused.cc", "src/quant.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<!@(node torch-paths.cjs include)"

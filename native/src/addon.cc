@@ -211,6 +211,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitAutograd(env, exports);
   InitC10d(env, exports);
   InitFused(env, exports);
+  InitQuant(env, exports);
   return exports;
 }
 

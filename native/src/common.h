@@ -45,5 +45,6 @@ void InitDispatch(Napi::Env env, Napi::Object exports);
 void InitAutograd(Napi::Env env, Napi::Object exports);
 void InitC10d(Napi::Env env, Napi::Object exports);
 void InitFused(Napi::Env env, Napi::Object exports);
+void InitQuant(Napi::Env env, Napi::Object exports);
 
 }  // namespace sp

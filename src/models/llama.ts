@@ -9,7 +9,7 @@
  */
 import { Tensor, arange, cat, full, groupedAttention, isGradEnabled, linear, noGrad, rotary, tensor, tidy, where, zeros, type DType } from '../tensor/index.js';
 import { Module } from '../nn/module.js';
-import { Embedding, FusedLinears, Linear, LoraAdapters, RMSNorm, type LoraConfig } from '../nn/layers.js';
+import { BlockWeightCache, Embedding, FusedLinears, Linear, LoraAdapters, RMSNorm, inferenceLinear, type LoraConfig } from '../nn/layers.js';
 import { configToHf, ropeInvFreq, type LlamaConfig } from './config.js';
 import { createHash } from 'node:crypto';
 
@@ -150,6 +150,10 @@ interface AttnContext {
   lora?: LoraAdapters;
   /** When set, each layer appends its attention probabilities [B, heads, T, Tk]. */
   attentions?: Tensor[];
+  /** Running without gradients: fused projections may be used (asked of autograd when absent). */
+  noGrad?: boolean;
+  /** ... and one-row products may read exact 8-bit weight copies (LlamaModel.exactInt8). */
+  int8?: boolean;
 }
 
 export class Attention extends Module {
@@ -197,9 +201,9 @@ export class Attention extends Module {
     const i = this.layerIndex;
     const lora = ctx.lora;
     const scale = 1 / Math.sqrt(hd);
-    const fused = lora?.get(`${i}.q`) || lora?.get(`${i}.k`) || lora?.get(`${i}.v`) || isGradEnabled() ? null : this.qkv.fused();
+    const fused = !(ctx.noGrad ?? !isGradEnabled()) || lora?.get(`${i}.q`) || lora?.get(`${i}.k`) || lora?.get(`${i}.v`) ? null : this.qkv.fused();
     if (fused) {
-      const [q, k, v] = linear(x, fused.weight, fused.bias).split(this.qkv.sizes, -1);
+      const [q, k, v] = inferenceLinear(x, fused.weight, fused.bias, ctx.int8 ? this.qkv.blockWeights : undefined).split(this.qkv.sizes, -1);
       return {
         q: this.rope(q.view(b, t, h, hd).transpose(1, 2), ctx.cos, ctx.sin, scale),
         k: this.rope(k.view(b, t, kv, hd).transpose(1, 2), ctx.cos, ctx.sin),
@@ -241,7 +245,9 @@ export class Attention extends Module {
       ctx.attentions.push(probs.view(b, h, t, tk));
       out = probs.matmul(v).view(b, h, t, hd).transpose(1, 2).reshape(b, t, h * hd);
     }
-    return this.oProj.forward(out, lora?.get(`${this.layerIndex}.o`));
+    const oLora = lora?.get(`${this.layerIndex}.o`);
+    if (ctx.int8 && !oLora && !this.oProj.loraA) return inferenceLinear(out, this.oProj.weight.value, this.oProj.bias?.value, this.oProj.blockWeights);
+    return this.oProj.forward(out, oLora);
   }
 }
 
@@ -262,18 +268,26 @@ export class MLP extends Module {
     this.downProj = this.module('down_proj', new Linear(f, d, { std: 0.02 }));
     this.gateUp = new FusedLinears([this.gateProj, this.upProj]);
   }
-  /** SwiGLU: down(silu(gate x) * up x) */
-  forward(x: Tensor, lora?: LoraAdapters): Tensor {
+  /**
+   * SwiGLU: down(silu(gate x) * up x). Without gradients (`mode`, else asked), one gate/up
+   * product; with mode.int8, one-row products read exact 8-bit weight copies.
+   */
+  forward(x: Tensor, lora?: LoraAdapters, mode?: { noGrad?: boolean; int8?: boolean }): Tensor {
     const i = this.layerIndex;
-    const fused = lora?.get(`${i}.gate`) || lora?.get(`${i}.up`) || isGradEnabled() ? null : this.gateUp.fused();
+    const noGrad = mode?.noGrad ?? !isGradEnabled();
+    const int8 = noGrad && !!mode?.int8;
+    const fused = !noGrad || lora?.get(`${i}.gate`) || lora?.get(`${i}.up`) ? null : this.gateUp.fused();
     let gate: Tensor;
     let up: Tensor;
-    if (fused) [gate, up] = linear(x, fused.weight, fused.bias).split(this.gateUp.sizes, -1);
+    if (fused) [gate, up] = inferenceLinear(x, fused.weight, fused.bias, int8 ? this.gateUp.blockWeights : undefined).split(this.gateUp.sizes, -1);
     else {
       gate = this.gateProj.forward(x, lora?.get(`${i}.gate`));
       up = this.upProj.forward(x, lora?.get(`${i}.up`));
     }
-    return this.downProj.forward(gate.silu().mul(up), lora?.get(`${i}.down`));
+    const act = gate.silu().mul(up);
+    const downLora = lora?.get(`${i}.down`);
+    if (int8 && !downLora && !this.downProj.loraA) return inferenceLinear(act, this.downProj.weight.value, this.downProj.bias?.value, this.downProj.blockWeights);
+    return this.downProj.forward(act, downLora);
   }
 }
 
@@ -299,7 +313,7 @@ export class DecoderLayer extends Module {
   forward(x: Tensor, ctx: AttnContext): { out: Tensor; attnInput: Tensor } {
     const attnInput = this.inputNorm.forward(x);
     const h = x.add(this.selfAttn.forward(attnInput, ctx));
-    return { out: h.add(this.mlp.forward(this.postNorm.forward(h), ctx.lora)), attnInput };
+    return { out: h.add(this.mlp.forward(this.postNorm.forward(h), ctx.lora, ctx)), attnInput };
   }
 }
 
@@ -333,6 +347,14 @@ export class LlamaModel extends Module {
   private cosTable?: Tensor;
   private sinTable?: Tensor;
   private readonly maskCache = new Map<string, Tensor>();
+  /**
+   * One-row products without gradients (batch-1 decoding) read an 8-bit copy of each weight
+   * that is exactly block-representable (weights from a Q4_x / Q5_x / Q8_0 GGUF file; made on
+   * first use, +31% of those weights' memory; see BlockWeightCache). Their results differ from
+   * the float32 products by rounding only. SOFTPRESS_EXACT_INT8=0 turns it off.
+   */
+  exactInt8 = process.env.SOFTPRESS_EXACT_INT8 !== '0';
+  private readonly headBlockWeights = new BlockWeightCache();
 
   constructor(readonly config: LlamaConfig) {
     super();
@@ -356,8 +378,11 @@ export class LlamaModel extends Module {
     super.free();
     for (const layer of this.layers) {
       layer.selfAttn.qkv.free();
+      layer.selfAttn.oProj.blockWeights.free();
       layer.mlp.gateUp.free();
+      layer.mlp.downProj.blockWeights.free();
     }
+    this.headBlockWeights.free();
     this.cosTable?.free();
     this.sinTable?.free();
     this.cosTable = this.sinTable = undefined;
@@ -408,7 +433,9 @@ export class LlamaModel extends Module {
 
   /** Hidden states [..., dim] (after the final norm) -> logits [..., vocab] */
   head(hidden: Tensor): Tensor {
-    return linear(hidden, this.lmHead ? this.lmHead.weight.value : this.model.embedTokens.weight.value);
+    const weight = this.lmHead ? this.lmHead.weight.value : this.model.embedTokens.weight.value;
+    if (this.exactInt8 && !this.lmHead?.loraA && !isGradEnabled()) return inferenceLinear(hidden, weight, this.lmHead?.bias?.value, this.headBlockWeights);
+    return linear(hidden, weight, this.lmHead?.bias?.value);
   }
 
   /** Attaches LoRA adapters to the chosen projections of the chosen layers (default all). */
@@ -543,7 +570,8 @@ export class LlamaModel extends Module {
       positions = pos.narrow(1, past, t);
     } else positions = { start: prefixLen + past, length: t };
     const { cos, sin } = this.ropeFor(positions, x.dtype);
-    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora, attentions: opts.outputAttentions ? [] : undefined };
+    const noGrad = !isGradEnabled();
+    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora, attentions: opts.outputAttentions ? [] : undefined, noGrad, int8: noGrad && this.exactInt8 };
 
     const hiddenStates: Tensor[] | undefined = opts.outputHiddenStates ? [x] : undefined;
     const attnInputs: Tensor[] | undefined = opts.outputAttnInputs ? [] : undefined;

@@ -1,5 +1,23 @@
 /** The basic layers: Linear (optionally with LoRA), Embedding, RMSNorm, LayerNorm. */
-import { Tensor, cat, dropout, embedding, empty, layerNorm, linear, noGrad, ones, rand, randn, rmsNorm, zeros, type DType } from '../tensor/index.js';
+import {
+  Tensor,
+  blockLinear,
+  cat,
+  dropout,
+  embedding,
+  empty,
+  layerNorm,
+  linear,
+  noGrad,
+  ones,
+  quantizeBlocks,
+  rand,
+  randn,
+  rmsNorm,
+  zeros,
+  type BlockWeights,
+  type DType,
+} from '../tensor/index.js';
 import { Module, type Parameter } from './module.js';
 
 let initialise = true;
@@ -37,6 +55,8 @@ export class Linear extends Module {
   loraB?: Parameter;
   private loraScale = 0;
   private loraDropout = 0;
+  /** The weight's exact 8-bit copy, for one-row products without gradients (see inferenceLinear). */
+  readonly blockWeights = new BlockWeightCache();
 
   constructor(
     readonly inFeatures: number,
@@ -108,6 +128,8 @@ export class Linear extends Module {
  */
 export class FusedLinears {
   private buffer?: { weight: Tensor; bias?: Tensor; parts: Tensor[] };
+  /** The buffer's exact 8-bit copy, for one-row products (see inferenceLinear). */
+  readonly blockWeights = new BlockWeightCache();
   /** Output features of each Linear, in order. */
   readonly sizes: number[];
   constructor(readonly linears: Linear[]) {
@@ -174,7 +196,53 @@ export class FusedLinears {
     this.buffer?.weight.free();
     this.buffer?.bias?.free();
     this.buffer = undefined;
+    this.blockWeights.free();
   }
+}
+
+/**
+ * An exact 8-bit copy of a float32 weight for one-row products without gradients (batch-1
+ * decoding, bound by reading the weights): made on first use when every weight is reproduced
+ * (quantizeBlocks), remade when the weight changes in place (its version counter) or is
+ * replaced. A weight that is not exactly representable is remembered as such and stays float32.
+ */
+export class BlockWeightCache {
+  private source?: Tensor;
+  private version = -1;
+  private weights: BlockWeights | null = null;
+  /** The 8-bit form of `weight`, or null when it has none. */
+  get(weight: Tensor): BlockWeights | null {
+    const version = weight.version;
+    if (this.source !== weight || this.version !== version) {
+      this.free();
+      this.weights = weight.dtype === 'float32' ? noGrad(() => quantizeBlocks(weight)) : null;
+      if (this.weights) for (const t of Object.values(this.weights)) t.keep();
+      this.source = weight;
+      this.version = version;
+    }
+    return this.weights;
+  }
+  free(): void {
+    if (this.weights) for (const t of Object.values(this.weights)) t.free();
+    this.weights = null;
+    this.source = undefined;
+    this.version = -1;
+  }
+}
+
+/**
+ * linear() for callers running without gradients: one float32 row goes through the weight's
+ * exact 8-bit copy when `cache` is given and the weight has one, anything else through linear().
+ */
+export function inferenceLinear(x: Tensor, weight: Tensor, bias?: Tensor | null, cache?: BlockWeightCache): Tensor {
+  if (cache && x.dtype === 'float32') {
+    const s = x.shape;
+    if (x.numel === s[s.length - 1]) {
+      const w = cache.get(weight);
+      if (w) return blockLinear(x, w, bias);
+    }
+  }
+  return linear(x, weight, bias);
 }
 
 /** Rows of a [vocab, dim] table. */

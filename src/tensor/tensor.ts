@@ -168,6 +168,10 @@ export class Tensor {
   get requiresGrad(): boolean {
     return native.meta(this.handle)[1];
   }
+  /** The in-place modification counter of this tensor's data (shared with its views). */
+  get version(): number {
+    return native.version(this.handle);
+  }
   get isLeaf(): boolean {
     return native.meta(this.handle)[2];
   }
@@ -766,6 +770,38 @@ export function embedding(weight: Tensor, indices: Tensor): Tensor {
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
   return fused('linear', bias ? [x, weight, bias] : [x, weight], () => native.linear(x.handle, weight.handle, bias ? bias.handle : null));
+}
+/**
+ * A weight matrix [out, in] as block-affine 8-bit codes: each run of 32 weights of a row is
+ * scale * code + offset, code 0..255 (native/src/quant.cc). 1.25 bytes per weight instead of 4.
+ */
+export interface BlockWeights {
+  codes: Tensor; // uint8 [out, in]
+  scale: Tensor; // float32 [out, in / 32]
+  offset: Tensor; // float32 [out, in / 32]
+}
+/**
+ * The block-affine 8-bit form of a float32 weight [out, in] when it reproduces every weight to
+ * within `tolerance` times its block's largest magnitude, else null (also when in is not a
+ * multiple of 32). Weights read from a block-quantized file (GGUF Q4_0, Q4_1, Q5_x, Q8_0: at
+ * most 256 levels per 32 weights) pass at the default 1e-6; ordinary float weights do not.
+ */
+export function quantizeBlocks(weight: Tensor, tolerance = 1e-6): BlockWeights | null {
+  let r: [Handle, Handle, Handle] | null;
+  try {
+    r = native.quantizeBlocks(weight.handle, tolerance);
+  } catch (e) {
+    throw new TensorError(`${(e as Error).message} (inputs: ${weight.describe()})`);
+  }
+  if (!r) return null;
+  return { codes: new Tensor(r[0]), scale: new Tensor(r[1]), offset: new Tensor(r[2]) };
+}
+/** linear() of one float32 row x [..., in] over block-affine 8-bit weights, without autograd. */
+export function blockLinear(x: Tensor, weight: BlockWeights, bias?: Tensor | null): Tensor {
+  const inputs = bias ? [x, weight.codes, bias] : [x, weight.codes];
+  return fused('blockLinear', inputs, () =>
+    native.blockLinear(x.handle, weight.codes.handle, weight.scale.handle, weight.offset.handle, bias ? bias.handle : null),
+  );
 }
 export interface CrossEntropyOptions {
   ignoreIndex?: number;
