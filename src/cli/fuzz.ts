@@ -37,7 +37,7 @@ async function replay(spec: string, seed: number, save: string | undefined): Pro
     const t0 = performance.now();
     const r = await runCase(p, name, seed, Number(idx));
     process.stdout.write(`${name} #${idx} (seed ${seed}): ${r.outcome} in ${Math.round(performance.now() - t0)} ms${r.detail ? `\n  ${r.detail}` : ''}\n`);
-    if (save) {
+    if (save && r.input !== undefined) {
       mkdirSync(save, { recursive: true });
       const file = join(save, `${name}-${seed}-${idx}.bin`);
       writeFileSync(file, p.bytes(r.input));

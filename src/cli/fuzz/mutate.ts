@@ -115,7 +115,10 @@ export function mutateBytes(b: Uint8Array, rng: Rng, fields: readonly { at: numb
       if (n < 2) return out;
       const at = rng.int(n);
       const len = 1 + rng.int(Math.min(256, n - at));
-      return Uint8Array.from([...out.subarray(0, at), ...out.subarray(at + len)]);
+      const shrunk = new Uint8Array(n - len);
+      shrunk.set(out.subarray(0, at));
+      shrunk.set(out.subarray(at + len), at);
+      return shrunk;
     }
     case 6: {
       // a chunk duplicated in place
