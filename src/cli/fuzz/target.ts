@@ -68,5 +68,6 @@ export const TARGETS: Record<string, { about: string; load: () => Promise<Target
     load: async () => (await import('./targets-tokenizers.js')).bpeTokenizerTarget,
   },
   softctx: { about: '.softctx (compress/softctx.ts parseSoftContext)', load: async () => (await import('./targets-files.js')).softctx },
+  'chat-template': { about: 'chat templates (models/chat.ts renderTemplate)', load: async () => (await import('./targets-chat.js')).chatTemplate },
   'server-json': { about: "the server's JSON bodies (serve/*)", load: async () => (await import('./targets-server.js')).serverJson },
 };
