@@ -304,8 +304,12 @@ export function safetensorsSeeds(): Seed[] {
   }));
 }
 
-/** The records of a stored soft context (as serializeSoftContext writes them) for a few shapes and dtypes. */
-export function softctxRecordSeeds(): { name: string; tensors: Map<string, RawTensor>; metadata: Record<string, string> }[] {
+/**
+ * The records of a stored soft context (as serializeSoftContext writes them) for a few shapes and
+ * dtypes, made for the base model with the given fingerprint: soft tokens of width 8, memory for 2
+ * layers of 2 KV heads of size 4.
+ */
+export function softctxRecordSeeds(baseFingerprint = 'fuzz-0000'): { name: string; tensors: Map<string, RawTensor>; metadata: Record<string, string> }[] {
   const floats = (n: number, dtype: 'F32' | 'F16' | 'BF16'): Uint8Array => {
     const out = new Uint8Array(n * (dtype === 'F32' ? 4 : 2));
     const dv = new DataView(out.buffer);
@@ -316,7 +320,7 @@ export function softctxRecordSeeds(): { name: string; tensors: Map<string, RawTe
     return out;
   };
   const meta = (soft: number[], source: number[], method = 'meanpool') =>
-    JSON.stringify({ method, budget: { ratio: 4 }, sourceTokens: source, softTokens: soft, baseFingerprint: 'fuzz-0000', compressMs: 1 });
+    JSON.stringify({ method, budget: { ratio: 4 }, sourceTokens: source, softTokens: soft, baseFingerprint, compressMs: 1 });
   const seeds: { name: string; tensors: Map<string, RawTensor>; metadata: Record<string, string> }[] = [];
   for (const dtype of ['F32', 'F16', 'BF16'] as const) {
     const tensors = new Map<string, RawTensor>([

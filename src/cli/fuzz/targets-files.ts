@@ -232,7 +232,37 @@ function mutateRecords(r: Records, rng: Rng): { records: Records; checksum: bool
     x.data = new Uint8Array(Math.min(n * DTYPE_SIZE[x.dtype], 1 << 20)).map(() => rng.int(256));
     if (n * DTYPE_SIZE[x.dtype] > 1 << 20) x.shape = [x.data.length / DTYPE_SIZE[x.dtype]];
   };
-  switch (rng.int(9)) {
+  switch (rng.int(10)) {
+    case 8: {
+      // consistent records for another base model: another width, layer count, KV heads or fingerprint
+      const soft = tensors.get('soft_tokens');
+      const mem = names.filter((n) => n.startsWith('memory.'));
+      const pick = rng.int(4);
+      if (pick === 0 && soft) {
+        soft.shape = [soft.shape[0] ?? 1, soft.shape[1] ?? 3, rng.pick([4, 16, 576])];
+        refill(soft);
+      } else if (pick === 1 && mem.length) {
+        for (const part of ['k', 'v']) tensors.set(`memory.${mem.length / 2}.${part}`, { ...tensors.get(mem[0])!, shape: [...tensors.get(mem[0])!.shape] });
+      } else if (pick === 2 && mem.length) {
+        const [h, d] = rng.pick([
+          [1, 8],
+          [4, 2],
+          [3, 4],
+        ]);
+        for (const n of mem) {
+          const x = tensors.get(n)!;
+          x.shape = [x.shape[0] ?? 1, h, x.shape[2] ?? 2, d];
+          refill(x);
+        }
+      } else {
+        try {
+          metadata.meta = JSON.stringify({ ...JSON.parse(metadata.meta ?? '{}'), baseFingerprint: rng.pick(['0123456789abcdef', '', 'fuzz-0000']) });
+        } catch {
+          // meta already damaged
+        }
+      }
+      break;
+    }
     case 0:
       t.shape = Array.from({ length: rng.int(5) }, () => rng.pick([0, 1, 2, 3, 4, 8, 602]));
       refill(t);
@@ -276,29 +306,72 @@ function mutateRecords(r: Records, rng: Rng): { records: Records; checksum: bool
   return { records: { tensors, metadata }, checksum: rng.chance(0.9) };
 }
 
+/**
+ * The base model the .softctx cases name: a tiny random Llama (width 8, 2 layers, 2 KV heads of
+ * size 4, 32 ids), the shapes of the seeds. With it, parseSoftContext checks the base's
+ * fingerprint and every tensor's shape against it, and a context it accepts is read by the
+ * decoder (one forward pass over lead + soft tokens + a tail, as ask does): a context that
+ * passes the checks but breaks the decoder counts as a crash.
+ */
+async function tinyBase() {
+  const { configFromHf } = await import('../../models/config.js');
+  const { LlamaModel } = await import('../../models/llama.js');
+  const { manualSeed, noGrad } = await import('../../tensor/index.js');
+  manualSeed(11);
+  const cfg = configFromHf({
+    model_type: 'llama',
+    vocab_size: 32,
+    hidden_size: 8,
+    intermediate_size: 16,
+    num_hidden_layers: 2,
+    num_attention_heads: 2,
+    num_key_value_heads: 2,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    tie_word_embeddings: true,
+    bos_token_id: 1,
+    eos_token_id: 2,
+  });
+  return noGrad(() => new LlamaModel(cfg));
+}
+
 export const softctx: Target = {
   name: 'softctx',
   about: '.softctx',
   timeoutMs: 10_000,
   async prepare(): Promise<Prepared> {
     const { parseSoftContext, freeSoftContext } = await import('../../compress/softctx.js');
-    const seeds = softctxRecordSeeds();
+    const { tailLoss } = await import('../../compress/decode.js');
+    const { noGrad, tidy } = await import('../../tensor/index.js');
+    const base = await tinyBase();
+    const seeds = softctxRecordSeeds(base.fingerprint());
     return {
       make: (rng) => {
+        const withBase = rng.chance(0.6);
         const seed = rng.pick(seeds);
-        if (rng.chance(0.35)) return mutateBytes(serializeSafetensors(seed.tensors, seed.metadata, { checksum: true }), rng, [{ at: 0, width: 8 }]);
+        if (rng.chance(0.35))
+          return { bytes: mutateBytes(serializeSafetensors(seed.tensors, seed.metadata, { checksum: true }), rng, [{ at: 0, width: 8 }]), withBase };
         let r: Records = { tensors: seed.tensors, metadata: seed.metadata };
         let checksum = true;
         for (let k = 1 + rng.int(2); k > 0; k--) ({ records: r, checksum } = mutateRecords(r, rng));
         const bytes = serializeSafetensors(r.tensors, r.metadata, { checksum });
-        return rng.chance(0.3) ? mutateBytes(bytes, rng, [{ at: 0, width: 8 }]) : bytes;
+        return { bytes: rng.chance(0.3) ? mutateBytes(bytes, rng, [{ at: 0, width: 8 }]) : bytes, withBase };
       },
       run: (input) => {
-        const ctx = parseSoftContext(input as Uint8Array, undefined, CTX_SOURCE);
-        freeSoftContext(ctx);
+        const c = input as { bytes: Uint8Array; withBase: boolean };
+        const ctx = parseSoftContext(c.bytes, c.withBase ? base : undefined, CTX_SOURCE);
+        try {
+          if (c.withBase) {
+            const b = ctx.meta.sourceTokens.length;
+            const tails = Array.from({ length: b }, () => [3, 4, 5]);
+            tidy(() => noGrad(() => tailLoss(base, ctx, tails, new Array(b).fill(0), { bos: 1, pad: 0 }).loss.item()));
+          }
+        } finally {
+          freeSoftContext(ctx);
+        }
       },
       clean: (e) => isNamedErrorWith(e, CTX_SOURCE),
-      bytes: (input) => input as Uint8Array,
+      bytes: (input) => (input as { bytes: Uint8Array }).bytes,
     };
   },
 };
