@@ -4,11 +4,13 @@
  *
  * Seeded mutations of real small files fed to every parser a user can feed (src/cli/fuzz/):
  * safetensors, GGUF and a GGUF's tokenizer, llama2.c checkpoints and tokenizers, tokenizer.json
- * through both loaders, .softctx, the server's JSON bodies. N cases per parser, each in a worker
- * process under a time limit: a case that does not finish in time is a hang, a worker that dies
+ * through both loaders, .softctx (alone and against the base it names), chat templates, the
+ * server's JSON bodies. N cases per parser, run in long-lived worker processes in batches, each
+ * case under a limit of its worker's CPU time (runner.ts): a case that does not finish in time is
+ * a hang (its worker is replaced), a worker that dies
  * or a parser that throws a raw error (TypeError & co., or an error that does not name the file)
  * is a crash. Prints a table (cases, clean errors, accepted, crashes, hangs, peak memory); with
- * --json the last line is {"parsers":{"<name>":{"cases","clean_errors","accepted","crashes","hangs"}}}.
+ * --json the last line is {"parsers":{"<name>":{"cases","clean_errors","accepted","crashes","hangs","peak_mb","seconds"}}}.
  * --replay runs one case in this process and prints what happened (the same input as in the run
  * with the same seed); --save DIR writes the inputs of crashing cases there.
  */
@@ -113,8 +115,18 @@ export async function run(argv: string[]): Promise<void> {
   out.write(line(head));
   for (const row of rows) out.write(line(row));
   if (values.json) {
-    const parsers: Record<string, { cases: number; clean_errors: number; accepted: number; crashes: number; hangs: number }> = {};
-    for (const r of results) parsers[r.name] = { cases: r.cases, clean_errors: r.clean_errors, accepted: r.accepted, crashes: r.crashes, hangs: r.hangs };
+    const parsers: Record<string, { cases: number; clean_errors: number; accepted: number; crashes: number; hangs: number; peak_mb: number; seconds: number }> =
+      {};
+    for (const r of results)
+      parsers[r.name] = {
+        cases: r.cases,
+        clean_errors: r.clean_errors,
+        accepted: r.accepted,
+        crashes: r.crashes,
+        hangs: r.hangs,
+        peak_mb: r.peak_mb,
+        seconds: r.seconds,
+      };
     out.write(JSON.stringify({ parsers }) + '\n');
   }
   if (results.some((r) => r.crashes > 0 || r.hangs > 0)) process.exitCode = 1;
