@@ -3,7 +3,7 @@
 // the parser's own named error naming the file (for the server: a 4xx in the OpenAI error shape).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -58,7 +58,20 @@ test('the runner: hangs and dead workers are counted against their own case (the
     });
     const count = (k: string) => kinds.filter((x) => x === k).length;
     assert.ok(count('hang') >= 1 && count('died') >= 1 && count('raw') >= 1, `the seed gives every outcome: ${kinds.join(',')}`);
-    const r = await runTarget('selftest', { cases, seed, workers: 2, timeoutMs: 300, wallFactor: 10, module: pathToFileURL(module).href });
+    // the run's temporary folders go in a folder of the test's own, which must be empty afterwards
+    // (a worker killed for a hang cannot remove its own folder; the runner removes the run's)
+    const scratch = join(dir, 'tmp');
+    mkdirSync(scratch);
+    const savedTmp = process.env.TMPDIR;
+    process.env.TMPDIR = scratch;
+    let r: Awaited<ReturnType<typeof runTarget>>;
+    try {
+      r = await runTarget('selftest', { cases, seed, workers: 2, timeoutMs: 300, wallFactor: 10, module: pathToFileURL(module).href });
+    } finally {
+      if (savedTmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmp;
+    }
+    assert.deepEqual(readdirSync(scratch), [], 'no temporary folder left behind');
     assert.deepEqual(
       { cases: r.cases, hangs: r.hangs, died: r.died, raw: r.raw_errors, crashes: r.crashes, clean: r.clean_errors, accepted: r.accepted },
       {

@@ -11,7 +11,9 @@
  * failure is reported with its index and the run seed, which replay it (`--replay NAME:INDEX`).
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BatchMessage, PrepareMessage, ReadyMessage, ResultMessage } from './worker.js';
 
@@ -97,6 +99,9 @@ export async function runTarget(name: string, o: RunOptions): Promise<TargetResu
     examples: [],
   };
   const t0 = performance.now();
+  // the workers' temporary folders live in one folder of this run, removed at its end: a worker
+  // killed for a hang cannot remove its own
+  const runTmp = mkdtempSync(join(tmpdir(), 'softpress-fuzz-run-'));
   const lanes = Math.max(1, Math.min(o.workers, o.cases));
   const wallFactor = o.wallFactor ?? 6;
   const tick = Math.max(20, Math.min(250, o.timeoutMs / 10));
@@ -131,7 +136,7 @@ export async function runTarget(name: string, o: RunOptions): Promise<TargetResu
   const spawn = async (): Promise<Worker> => {
     r.workers_started++;
     // one libtorch thread per worker: the lanes are the parallelism, and the tensors are tiny
-    const env = { ...process.env, SOFTPRESS_THREADS: process.env.SOFTPRESS_THREADS ?? '1' };
+    const env = { ...process.env, SOFTPRESS_THREADS: process.env.SOFTPRESS_THREADS ?? '1', SOFTPRESS_FUZZ_TMP: runTmp };
     const c = fork(WORKER, [], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'advanced', env });
     let err = '';
     c.stderr?.on('data', (d: Buffer) => {
@@ -236,7 +241,11 @@ export async function runTarget(name: string, o: RunOptions): Promise<TargetResu
       }
     }
   };
-  await Promise.all(Array.from({ length: lanes }, lane));
+  try {
+    await Promise.all(Array.from({ length: lanes }, lane));
+  } finally {
+    rmSync(runTmp, { recursive: true, force: true });
+  }
   r.seconds = Math.round((performance.now() - t0) / 100) / 10;
   return r;
 }

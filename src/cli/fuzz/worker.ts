@@ -73,7 +73,8 @@ export async function runCase(p: Prepared, target: string, seed: number, index: 
 const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 async function main(): Promise<void> {
-  const tmp = mkdtempSync(join(tmpdir(), 'softpress-fuzz-'));
+  // inside the run's folder (SOFTPRESS_FUZZ_TMP), which the runner removes even when it kills us
+  const tmp = mkdtempSync(join(process.env.SOFTPRESS_FUZZ_TMP ?? tmpdir(), 'softpress-fuzz-'));
   process.on('exit', () => rmSync(tmp, { recursive: true, force: true }));
   let prepared: { name: string; p: Prepared } | undefined;
   const queue: (BatchMessage | PrepareMessage)[] = [];
