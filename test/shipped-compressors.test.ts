@@ -7,7 +7,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { noGrad, tidy } from '../src/tensor/index.js';
@@ -23,11 +23,10 @@ const BASE = join(MODELS, 'softpress-base');
 const SMOLLM2 = 'smollm2-135m-instruct';
 const smolPath = cachedModelPath(namedModel(SMOLLM2)!);
 const all = readdirSync(MODELS).filter((d) => existsSync(join(MODELS, d, 'compressor.json')));
-const fingerprint = (d: string): string | undefined => JSON.parse(readFileSync(join(MODELS, d, 'compressor.json'), 'utf8')).baseFingerprint;
 const forSmol = all.filter((d) => d.endsWith('-smollm2'));
 const forSmall = existsSync(BASE) ? all.filter((d) => !d.endsWith('-smollm2')) : [];
 
-/** Loads each compressor over `model`, checks its layout, and restates a 64-token passage. */
+/** Loads each compressor over `base` (loadCompressor refuses one made for another base), checks its layout, and restates a 64-token passage. */
 function restatesOver(base: string, dirs: string[], layout: (dir: string, c: ReturnType<typeof loadCompressor>) => void): void {
   const { model, tokenizer } = loadModel(base);
   const tok = tokenizer!;
@@ -81,7 +80,6 @@ test(
   () => {
     const methods = forSmol.map((d) => d.replace(/-smollm2$/, '')).sort();
     assert.deepEqual(methods, ['ccf', 'comprexit', 'gmsa', 'icae', 'meanpool'], `shipped for SmolLM2: ${forSmol.join(', ')}`);
-    for (const dir of forSmol) assert.equal(fingerprint(dir), 'be4635c9f6affe32', `${dir}: trained for SmolLM2-135M-Instruct`);
     restatesOver(SMOLLM2, forSmol, (dir, c) => {
       assert.equal(c.method, dir.replace(/-smollm2$/, ''), `${dir}: its method`);
       if (c.method === 'comprexit') {
