@@ -55,17 +55,7 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
     });
   const train = timeMedian(reps, trainStep);
   log(`train   ${(tokens / train).toFixed(0)} tok/s (${(train * 1000).toFixed(0)} ms/step)`);
-  if (withProfile) {
-    // Where a training step's time goes: self time per libtorch operator over two steps.
-    const { ops, totalMs } = profile(() => {
-      for (let i = 0; i < 2; i++) trainStep();
-    });
-    log(`profile of 2 training steps (self time per operator, ${totalMs.toFixed(0)} ms in all):`);
-    for (const o of ops.slice(0, 15))
-      log(
-        `  ${o.name.padEnd(40)} ${String(o.calls).padStart(6)} calls ${o.selfMs.toFixed(1).padStart(9)} ms ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`,
-      );
-  }
+  if (withProfile) logProfile('training steps', trainStep, log);
 
   model.eval();
   const prefill = timeMedian(reps, () => tidy(() => noGrad(() => model.forward({ ids: inputs }))));
@@ -73,15 +63,16 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
 
   model.freeze();
   const embeds = noGrad(() => model.embed(inputs)).keep();
-  const frozen = timeMedian(reps, () =>
+  const frozenStep = () =>
     tidy(() => {
       const x = embeds.detach().setRequiresGrad(true);
       const { logits } = model.forward({ inputsEmbeds: x });
       lossOf(logits!).backward();
       if (!x.grad) throw new Error('frozen step: no gradient reached the inputs');
-    }),
-  );
+    });
+  const frozen = timeMedian(reps, frozenStep);
   log(`frozen  ${(tokens / frozen).toFixed(0)} tok/s (grad to input embeddings)`);
+  if (withProfile) logProfile('frozen-to-inputs steps', frozenStep, log);
 
   const prompt = randint(0, c.vocab, [256]).toNumbers();
   const newTokens = 128;
@@ -101,6 +92,18 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
     frozen_tok_s: Math.round(tokens / frozen),
     decode_tok_s: Math.round((newTokens / decode) * 10) / 10,
   };
+}
+
+/** Where a step's time goes: self time per libtorch operator over two steps, the top 15. */
+function logProfile(what: string, step: () => void, log: (s: string) => void): void {
+  const { ops, totalMs } = profile(() => {
+    for (let i = 0; i < 2; i++) step();
+  });
+  log(`profile of 2 ${what} (self time per operator, ${totalMs.toFixed(0)} ms in all):`);
+  for (const o of ops.slice(0, 15))
+    log(
+      `  ${o.name.padEnd(40)} ${String(o.calls).padStart(6)} calls ${o.selfMs.toFixed(1).padStart(9)} ms ${((100 * o.selfMs) / totalMs).toFixed(1).padStart(5)}%`,
+    );
 }
 
 export async function run(argv: string[]): Promise<void> {
