@@ -33,6 +33,8 @@ import { Rng } from '../src/data/rng.js';
 import { collectGarbage } from './helpers/gc.js';
 import { assertClose, maxDiff } from './helpers/close.js';
 import { randomModel } from './helpers/tiny.js';
+import { streamEval } from '../src/eval/stream.js';
+import type { Tokenizer } from '../src/models/tokenizer.js';
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -503,6 +505,53 @@ unit(
       stream.free();
     }
     assert.throws(() => new CcfStream(ccf, { ratio: 3 }), /ratio 3 .*supported: 2, 4, 8/);
+  }),
+);
+
+unit(
+  '(e) streamEval: CCF against the full window, no memory and a window of the same memory, every token scored once',
+  scoped(() => {
+    const model = tinyModel();
+    const ccf = tinyCcf(model, 16);
+    const doc = tokens(64, 41);
+    const bos = 1;
+    const rows = streamEval({ model, tokenizer: { bos, pad: 0 } as Tokenizer, docs: [doc], lengths: [64], segmentLen: 16, streaming: ccf, streamRatios: [4] });
+    assert.deepEqual(
+      rows.map((r) => `${r.method}@${r.ratio ?? '-'}`),
+      ['full (sliding window)@-', 'none (segment alone)@-', 'window (same memory)@4', 'ccf@4'],
+    );
+    for (const r of rows) assert.equal(r.tokens, 63, `${r.method}: every token after the first, once`);
+    const kvPerToken = 2 * TINY.num_hidden_layers * TINY.num_key_value_heads * 8 * 4;
+    const [full, none, window, memory] = rows;
+    // Before the segment at s the window holds the last s / 4 tokens: 12 at most (s = 48), as
+    // many as CCF's 4 slots for each of the 3 earlier segments (CCF counts the last one's too).
+    assert.equal(window.stateBytes, 12 * kvPerToken);
+    assert.equal(full.stateBytes, 64 * kvPerToken);
+    assert.equal(none.stateBytes, 0);
+    const held = new CcfStream(ccf, { ratio: 4 });
+    try {
+      for (let s = 0; s < 64; s += 16) held.perplexityOf(doc.slice(s, s + 16));
+      assert.equal(memory.stateBytes, held.memoryBytes);
+      assert.ok(Math.abs(Math.log(memory.ppl) - held.nll / held.tokens) < 1e-9, 'ccf row = the stream it reads');
+    } finally {
+      held.free();
+    }
+    // The window row by its definition: segment [s, s + 16) read after BOS + ids[s - s/4, s).
+    let nll = 0;
+    for (let s = 0; s < 64; s += 16) {
+      const w0 = s - s / 4;
+      const input = [bos, ...doc.slice(w0, s + 15)];
+      const { logits } = model.forward({ ids: ids([input]) });
+      const from = Math.max(1, s);
+      nll += crossEntropy(
+        logits!.reshape(input.length, -1).narrow(0, from - w0, s + 16 - from),
+        tensor(doc.slice(from, s + 16), [s + 16 - from], { dtype: 'int64' }),
+        { reduction: 'sum' },
+      ).item();
+    }
+    assert.ok(Math.abs(Math.log(window.ppl) - nll / 63) < 1e-9, `window row ${Math.log(window.ppl)} vs ${nll / 63}`);
+    // Holding past tokens changes the scores: the window is not the no-memory row.
+    assert.notEqual(window.ppl, none.ppl);
   }),
 );
 

@@ -5,6 +5,9 @@
  *                 c = l / r slots per layer per segment), labelled with its method
  *   full        — the raw tokens, as many as fit the window (sliding window beyond it)
  *   none        — nothing but the segment itself (after BOS)
+ *   window@r    — the raw tokens a streaming compressor's memory could hold instead: before a
+ *                 segment starting at s, the last s / r tokens (as many KV entries as CCF's
+ *                 c = l / r slots per earlier segment), so the two hold the same memory
  *   meanpool@r  — mean-pool soft tokens of all earlier text (the latest that fit the window)
  * Reports per-token perplexity, throughput and the bytes each strategy holds per document.
  */
@@ -109,6 +112,20 @@ export function streamEval(opts: {
     });
     const reader: StreamingReader | undefined = opts.streaming?.streaming;
     for (const ratio of reader ? (opts.streamRatios ?? [8]) : []) {
+      run('window (same memory)', ratio, length, (ids) => {
+        let nll = 0;
+        let n = 0;
+        let held = 0;
+        for (let s = 0; s < ids.length; s += reader!.segmentLen) {
+          const e = Math.min(ids.length, s + reader!.segmentLen);
+          const past = Math.floor(s / ratio);
+          held = Math.max(held, past);
+          const r = windowNll(model, ids, s - past, Math.max(1, s), e, tokenizer.bos);
+          nll += r.nll;
+          n += r.n;
+        }
+        return { nll, n, bytes: held * kvBytesPerToken(model) };
+      });
       run(opts.streaming!.method, ratio, length, (ids) => {
         const stream = reader!.open({ ratio });
         try {
