@@ -25,7 +25,9 @@ if (root) {
   if (!fs.existsSync(path.join(inc, 'ATen', 'ATen.h'))) fail(`LIBTORCH=${root} has no include/ATen/ATen.h`);
   if (what === 'include') console.log([inc, path.join(inc, 'torch', 'csrc', 'api', 'include')].join(' '));
   else if (what === 'std') console.log(cxxStandard(path.join(inc, 'ATen', 'ATen.h')));
-  else if (what === 'libs') console.log(`-L${lib} -Wl,-rpath,${lib} -ltorch -ltorch_cpu -lc10`);
+  // libtorch_cpu and c10 hold every CPU kernel; a CUDA build's libtorch.so would pull in
+  // libtorch_cuda.so and its CUDA libraries, which softpress never calls, so it is not linked.
+  else if (what === 'libs') console.log(`-L${lib} -Wl,-rpath,${lib} -ltorch_cpu -lc10`);
   else fail(`unknown query ${what}`);
 } else {
   if (!fs.existsSync('/usr/include/ATen/ATen.h')) {

@@ -10,6 +10,7 @@
 #include "common.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>  // at::GradMode (libtorch 2.x no longer pulls it in through ATen.h)
 
 #include <algorithm>
 #include <cmath>

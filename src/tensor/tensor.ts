@@ -29,6 +29,16 @@ function opId(op: string): number {
   return id;
 }
 
+/** Whether the linked libtorch has an ATen operator ("name.overload", overload optional). */
+export function hasOp(op: string): boolean {
+  try {
+    opId(op);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The schema of an ATen operator, e.g. for docs and error messages. */
 export function opSchema(op: string): string {
   return native.opSchema(opId(op));
@@ -850,6 +860,9 @@ export function scaledDotProductAttention(
   v: Tensor,
   opts: { attnMask?: Tensor | null; causal?: boolean; dropout?: number } = {},
 ): Tensor {
+  // libtorch 2.x has the public operator (one output); 1.13 only the private one (output, weights).
+  if (hasOp('scaled_dot_product_attention'))
+    return call('scaled_dot_product_attention', [q, k, v, opts.attnMask ?? null, opts.dropout ?? 0, opts.causal ?? false]);
   const [out, weights] = callOp('_scaled_dot_product_attention', [
     q,
     k,
