@@ -340,8 +340,10 @@ test('stage qa (through the trainer) trains only the decoder delta; encoder, LSA
   const c = new GmsaCompressor(base, { merge: 'queries' });
   trainSteps(c, 'ae', 2);
   const contexts = [randomIds(12, 1), randomIds(9, 2)];
-  // A zero delta decodes exactly as the plain base model.
-  assert.equal(lossOf(c, contexts, { ratio: 4 }), lossOf(c, contexts, { ratio: 4 }, false));
+  // A zero delta decodes as the plain base model (to float rounding: without adapters q/k/v come
+  // from one fused product, with them from three, so hidden states differ in the last bits).
+  const [withZeroDelta, plain] = [lossOf(c, contexts, { ratio: 4 }), lossOf(c, contexts, { ratio: 4 }, false)];
+  assert.ok(Math.abs(withZeroDelta - plain) <= 1e-5 * plain, `zero delta ${withZeroDelta} vs plain base ${plain}`);
   const own = snapshot(c.module);
   const dec = snapshot(c.decoderLora);
   const params = c.trainable('qa');
@@ -374,7 +376,8 @@ test('stage qa (through the trainer) trains only the decoder delta; encoder, LSA
   assert.deepEqual(changed(own, c.module), [], 'encoder LoRA, merge query and LSA bit-identical');
   assert.equal(changed(dec, c.decoderLora).length, 12, 'every q/k/v delta of the 4 layers moved');
   assert.deepEqual(changed(baseBefore, base), [], 'base model untouched');
-  assert.notEqual(lossOf(c, contexts, { ratio: 4 }), lossOf(c, contexts, { ratio: 4 }, false), 'the delta changes decoding');
+  const [trained, untouched] = [lossOf(c, contexts, { ratio: 4 }), lossOf(c, contexts, { ratio: 4 }, false)];
+  assert.ok(Math.abs(trained - untouched) > 1e-3 * untouched, `the delta changes decoding: ${trained} vs ${untouched}`);
 });
 
 // ---- options, registry, save/load ---------------------------------------------------------------

@@ -1,8 +1,21 @@
 /** Modules, layers, AdamW, gradient clipping, schedules, state dicts, freezing, LoRA. */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { Tensor, tensor, tidy, noGrad, manualSeed, randn, crossEntropy, memoryStats } from '../src/tensor/index.js';
-import { Module, Parameter, Linear, Embedding, RMSNorm, LayerNorm, AdamW, clipGradNorm, warmupCosine, warmupLinear, constant } from '../src/nn/index.js';
+import { Tensor, tensor, tidy, noGrad, manualSeed, randn, crossEntropy, linear, memoryStats } from '../src/tensor/index.js';
+import {
+  Module,
+  Parameter,
+  Linear,
+  Embedding,
+  RMSNorm,
+  LayerNorm,
+  AdamW,
+  clipGradNorm,
+  warmupCosine,
+  warmupLinear,
+  constant,
+  linearCrossEntropy,
+} from '../src/nn/index.js';
 import { collectGarbage } from './helpers/gc.js';
 
 function near(a: number, b: number, tol = 1e-9, what = ''): void {
@@ -13,6 +26,33 @@ function nearAll(a: Tensor | number[], b: number[], tol = 1e-9, what = ''): void
   assert.equal(xs.length, b.length);
   xs.forEach((v, i) => near(v, b[i], tol, `${what}[${i}]`));
 }
+
+test('linearCrossEntropy equals crossEntropy over the full logits: value and gradients, in chunks, with ignored rows', () =>
+  tidy(() => {
+    manualSeed(5);
+    const [n, dim, vocab] = [13, 6, 11];
+    const h0 = randn([n, dim], { dtype: 'float64' });
+    const w0 = randn([vocab, dim], { dtype: 'float64' });
+    const b0 = randn([vocab], { dtype: 'float64' });
+    const targets = tensor([3, 0, 10, -100, 7, 7, 1, 2, -100, 9, 4, 5, 6], [n], { dtype: 'int64' });
+    for (const reduction of ['mean', 'sum'] as const) {
+      const grads = (fn: (h: Tensor, w: Tensor, b: Tensor) => Tensor) => {
+        const [h, w, b] = [h0, w0, b0].map((x) => x.detach().setRequiresGrad(true));
+        const loss = fn(h, w, b);
+        loss.mul(3).backward(); // a scaled loss, as accumulation does
+        return [loss.item(), h.grad!.toNumbers(), w.grad!.toNumbers(), b.grad!.toNumbers()] as const;
+      };
+      const want = grads((h, w, b) => crossEntropy(linear(h, w, b), targets, { reduction }));
+      // 25 logits per chunk: two rows at a time, so 7 chunks, the last one short.
+      const got = grads((h, w, b) => linearCrossEntropy(h, w, targets, { bias: b, reduction, chunkElements: 25 }));
+      near(got[0], want[0], 1e-12, `${reduction} loss`);
+      for (const [i, name] of ['dh', 'dw', 'db'].entries()) nearAll(got[i + 1] as number[], want[i + 1] as number[], 1e-12, `${reduction} ${name}`);
+    }
+    // Without gradients: the value only.
+    const v = noGrad(() => linearCrossEntropy(h0, w0, targets).item());
+    near(v, crossEntropy(linear(h0, w0), targets).item(), 1e-12, 'no-grad loss');
+    assert.throws(() => linearCrossEntropy(h0, w0, targets.narrow(0, 0, 5)), /targets \[5\] int64 must be \[13\]|targets .* must be \[13\]/);
+  }));
 
 class MLP extends Module {
   readonly l1: Linear;

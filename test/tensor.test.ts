@@ -30,6 +30,7 @@ import {
   crossEntropy,
   layerNorm,
   rmsNorm,
+  groupedAttention,
   scaledDotProductAttention,
   dropout,
   memoryStats,
@@ -425,6 +426,41 @@ test('crossEntropy values: reductions, ignoreIndex, label smoothing', () =>
     const meanNeg0 = (3 * lse0 - 2) / 3;
     const meanNeg1 = (3 * lse1 - 4) / 3;
     close(crossEntropy(logits, tg, { labelSmoothing: s }), [((1 - s) * l0 + s * meanNeg0 + (1 - s) * l1 + s * meanNeg1) / 2]);
+  }));
+
+test('groupedAttention with causalOffset: query blocks skip hidden keys, same output and gradients', () =>
+  tidy(() => {
+    manualSeed(11);
+    // 300 queries (three blocks of 128 rows, the last one short) after 5 visible prefix keys;
+    // 6 query heads over 2 kv heads; key 40 of row 1 is padding.
+    const [b, h, kv, t, hd, pre] = [2, 6, 2, 300, 8, 5];
+    const tk = pre + t;
+    const allowed = arange(0, tk).unsqueeze(0).le(arange(pre, tk).unsqueeze(1)); // [T, Tk]
+    const padding = ones([b, tk], { dtype: 'bool' }).clone();
+    padding.narrow(0, 1, 1).narrow(1, 40, 1).fill_(0);
+    const mask = where(allowed.unsqueeze(0).logicalAnd(padding.unsqueeze(1)), 0, -1e30)
+      .to('float64')
+      .reshape(b, 1, 1, t, tk);
+    const inputs = () => [
+      randn([b, h, t, hd], { dtype: 'float64' }),
+      randn([b, kv, tk, hd], { dtype: 'float64' }),
+      randn([b, kv, tk, hd], { dtype: 'float64' }),
+    ];
+    const [q0, k0, v0] = inputs();
+    const weights = randn([b, t, h * hd], { dtype: 'float64' });
+    const run = (offset?: number) => {
+      const [q, k, v] = [q0, k0, v0].map((x) => x.detach().setRequiresGrad(true));
+      const out = groupedAttention(q, k, v, mask, offset);
+      out.mul(weights).sum().backward();
+      return [out, q.grad!, k.grad!, v.grad!].map((x) => x.toNumbers());
+    };
+    const full = run();
+    const blocked = run(pre);
+    for (const [i, name] of ['output', 'dq', 'dk', 'dv'].entries()) {
+      const worst = Math.max(...full[i].map((x, j) => Math.abs(x - blocked[i][j])));
+      assert.ok(worst < 1e-10, `${name}: blocked differs by ${worst}`);
+    }
+    assert.throws(() => groupedAttention(q0, k0, v0, mask, tk), /causalOffset 305 does not fit 300 queries and 305 keys/);
   }));
 
 test('layerNorm, rmsNorm, dropout', () =>

@@ -100,24 +100,53 @@ Napi::Value NarrowCopy(const Napi::CallbackInfo& info) {
   });
 }
 
-// groupedAttention(q [B, h, T, hd], k, v [B, kvH, Tk, hd], mask|null [B|1, 1, 1, T, Tk] additive)
-//   -> [B, T, h*hd]: softmax(q k^T + mask) v (q already scaled). The h/kvH query heads that
-// share a kv head are stacked along the query axis ([B, kvH, rep*T, hd]) so k/v are not copied.
-// Half types take the softmax in float32.
+// softmax(q k^T + mask) v for q [B, h, T, hd], k/v [B, kvH, Tk, hd], mask [B|1, 1, 1, T, Tk]
+// or undefined -> [B, T, h*hd]. The h/kvH query heads that share a kv head are stacked along the
+// query axis ([B, kvH, rep*T, hd]) so k/v are not copied. Half types take the softmax in float32.
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& mask) {
+  const int64_t b = q.size(0), h = q.size(1), t = q.size(2), hd = q.size(3);
+  const int64_t kv = k.size(1), tk = k.size(2);
+  if (h % kv != 0) throw std::runtime_error("query heads must be a multiple of kv heads");
+  const int64_t rep = h / kv;
+  at::Tensor scores = q.reshape({b, kv, rep * t, hd}).matmul(k.transpose(-2, -1));
+  if (mask) scores = scores.view({b, kv, rep, t, tk}).add(*mask).view({b, kv, rep * t, tk});
+  at::Tensor probs = IsHalf(scores) ? scores.to(at::kFloat).softmax(-1).to(scores.scalar_type()) : scores.softmax(-1);
+  return probs.matmul(v).view({b, h, t, hd}).transpose(1, 2).reshape({b, t, h * hd});
+}
+
+// Query rows per block when the mask is known to be causal.
+constexpr int64_t kCausalBlock = 128;
+
+// groupedAttention(q [B, h, T, hd], k, v [B, kvH, Tk, hd], mask|null [B|1, 1, 1, T, Tk] additive,
+//   causalOffset|null) -> [B, T, h*hd]: softmax(q k^T + mask) v (q already scaled).
+// causalOffset = c promises that the mask hides key j from query i whenever j > i + c (causal
+// attention after c prefix/past keys). Queries then go in blocks of kCausalBlock rows, each
+// against the keys it can see: the hidden keys' products are skipped (up to half of them for a
+// long input) and the result is the same, since their softmax weights are exactly zero.
 Napi::Value GroupedAttention(const Napi::CallbackInfo& info) {
   return Guard(info, "groupedAttention", [&]() -> Napi::Value {
     const at::Tensor& q = Unwrap(info[0], "groupedAttention");
     const at::Tensor& k = Unwrap(info[1], "groupedAttention");
     const at::Tensor& v = Unwrap(info[2], "groupedAttention");
     const at::Tensor* mask = OptTensor(info[3], "groupedAttention");
-    const int64_t b = q.size(0), h = q.size(1), t = q.size(2), hd = q.size(3);
-    const int64_t kv = k.size(1), tk = k.size(2);
-    if (h % kv != 0) throw std::runtime_error("query heads must be a multiple of kv heads");
-    const int64_t rep = h / kv;
-    at::Tensor scores = q.reshape({b, kv, rep * t, hd}).matmul(k.transpose(-2, -1));
-    if (mask) scores = scores.view({b, kv, rep, t, tk}).add(*mask).view({b, kv, rep * t, tk});
-    at::Tensor probs = IsHalf(scores) ? scores.to(at::kFloat).softmax(-1).to(scores.scalar_type()) : scores.softmax(-1);
-    return Wrap(info.Env(), probs.matmul(v).view({b, h, t, hd}).transpose(1, 2).reshape({b, t, h * hd}));
+    const bool causal = info.Length() > 4 && info[4].IsNumber();
+    const int64_t t = q.size(2), tk = k.size(2);
+    auto maskOf = [&](int64_t s, int64_t n, int64_t keys) -> c10::optional<at::Tensor> {
+      if (!mask) return c10::nullopt;
+      if (n == t && keys == tk) return *mask;
+      const at::Tensor rows = mask->size(3) == 1 ? *mask : mask->narrow(3, s, n);
+      return rows.narrow(4, 0, keys);
+    };
+    if (!causal || t < 2 * kCausalBlock) return Wrap(info.Env(), Attend(q, k, v, maskOf(0, t, tk)));
+    const int64_t offset = info[4].As<Napi::Number>().Int64Value();
+    if (offset < 0 || offset + t > tk) throw std::runtime_error("causalOffset " + std::to_string(offset) + " does not fit " + std::to_string(t) + " queries and " + std::to_string(tk) + " keys");
+    std::vector<at::Tensor> outs;
+    for (int64_t s = 0; s < t; s += kCausalBlock) {
+      const int64_t n = std::min(kCausalBlock, t - s);
+      const int64_t keys = std::min(tk, s + n + offset);
+      outs.push_back(Attend(q.narrow(2, s, n), k.narrow(2, 0, keys), v.narrow(2, 0, keys), maskOf(s, n, keys)));
+    }
+    return Wrap(info.Env(), at::cat(outs, 1));
   });
 }
 

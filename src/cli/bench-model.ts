@@ -4,7 +4,7 @@
  * (../shared/bench-spec.md). Figures are medians of timed repetitions after 3 warm-ups.
  */
 import { parseArgs } from 'node:util';
-import { crossEntropy, manualSeed, noGrad, profile, randint, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
+import { manualSeed, noGrad, profile, randint, setNumThreads, tidy, type Tensor } from '../tensor/index.js';
 import { AdamW } from '../nn/index.js';
 import { configFromHf } from '../models/config.js';
 import { LlamaModel } from '../models/llama.js';
@@ -42,14 +42,15 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
   const inputs = ids.narrow(1, 0, c.seq).contiguous().keep();
   const targets = ids.narrow(1, 1, c.seq).contiguous().keep();
   const tokens = c.batch * c.seq;
-  const lossOf = (logits: Tensor) => crossEntropy(logits.reshape(tokens, c.vocab), targets.reshape(tokens));
+  // The loss from the final hidden states, without the full logits (linearCrossEntropy).
+  const lossOf = (hidden: Tensor) => model.headLoss(hidden, targets);
 
   model.train();
   const opt = new AdamW(model.parameters(), { lr: 1e-4, weightDecay: 0.1 });
   const trainStep = () =>
     tidy(() => {
-      const { logits } = model.forward({ ids: inputs });
-      lossOf(logits!).backward();
+      const { hidden } = model.forward({ ids: inputs, logits: 'none' });
+      lossOf(hidden).backward();
       opt.step();
       opt.zeroGrad();
     });
@@ -66,8 +67,8 @@ export function benchModel(name: keyof typeof BENCH_CONFIGS, reps: number, log: 
   const frozenStep = () =>
     tidy(() => {
       const x = embeds.detach().setRequiresGrad(true);
-      const { logits } = model.forward({ inputsEmbeds: x });
-      lossOf(logits!).backward();
+      const { hidden } = model.forward({ inputsEmbeds: x, logits: 'none' });
+      lossOf(hidden).backward();
       if (!x.grad) throw new Error('frozen step: no gradient reached the inputs');
     });
   const frozen = timeMedian(reps, frozenStep);

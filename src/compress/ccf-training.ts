@@ -26,7 +26,7 @@
  * 16 segments each (fewer when the base's position window cannot hold their memory), drawn from
  * inside single long documents, with a reservoir of 2.
  */
-import { Tensor, backward, cat, crossEntropy, memoryStats, noGrad, tensor, tidy } from '../tensor/index.js';
+import { Tensor, backward, cat, memoryStats, noGrad, tensor, tidy } from '../tensor/index.js';
 import { DocumentChunkSampler } from '../data/lm.js';
 import { shardRange } from '../data/shard.js';
 import { Rng } from '../data/rng.js';
@@ -151,8 +151,7 @@ export function ccfDocumentGradients(ccf: CcfCompressor, doc: number[][], opts: 
                 ),
                 0,
               );
-        const logits = ccf.decodeLogits(input, memory);
-        const nll = crossEntropy(logits.reshape(b * n, -1), target.reshape(b * n), { reduction: 'sum' });
+        const nll = ccf.decodeLoss(input, target, memory);
         nllSum += nll.item();
         probe(t, 'decode');
         // Segment 0 reads no memory: nothing trainable is in its graph.

@@ -418,6 +418,17 @@ export class CcfCompressor implements Compressor {
   }
 
   /**
+   * Summed next-token loss of ids [B, n] against targets [B, n] read after the memory: what
+   * decodeLogits gives to crossEntropy, without the logits [B, n, vocab] (LlamaModel.headLoss).
+   */
+  decodeLoss(ids: Tensor, targets: Tensor, memory?: LayerKv[]): Tensor {
+    const kvPrefix = memory && memory[0].k.size(2) > 0 ? memory : undefined;
+    this.checkPositions(kvPrefix ? kvPrefix[0].k.size(2) : 0, ids.size(1));
+    const { hidden } = this.base.forward({ ids, kvPrefix, logits: 'none' });
+    return this.base.headLoss(hidden, targets, { reduction: 'sum' });
+  }
+
+  /**
    * Latent memories of equal-length contexts, all segments, per layer [B, m, dim]. Segments of
    * the same shape are encoded together, encodeBatch at a time.
    */

@@ -5,7 +5,7 @@
  * Items with fewer soft tokens than the batch's k are padded on the left of their soft tokens
  * and masked, so the last prefix position is always real and positions stay contiguous.
  */
-import { Tensor, cat, crossEntropy, tensor, zeros } from '../tensor/index.js';
+import { Tensor, cat, tensor, zeros } from '../tensor/index.js';
 import { generate, type GenerateOptions, type GenerateResult } from '../models/generate.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { LoraAdapters } from '../nn/layers.js';
@@ -94,8 +94,7 @@ export function tailLoss(
   const paddingMask = cat([prefix.mask, tensor(mask, [b, len], { dtype: 'bool' })], 1);
   const { hidden } = model.forward({ inputsEmbeds, paddingMask, kvPrefix: ctx.memoryKv, logits: 'none', lora: opts.lora });
   // Position p-1+j predicts tail token j.
-  const logits = model.head(hidden.narrow(1, p - 1, len));
-  const loss = crossEntropy(logits.reshape(b * len, -1), tensor(targets, [b * len], { dtype: 'int64' }), { ignoreIndex: -100 });
+  const loss = model.headLoss(hidden.narrow(1, p - 1, len), tensor(targets, [b * len], { dtype: 'int64' }), { ignoreIndex: -100 });
   return { loss, tokens: counted };
 }
 

@@ -9,6 +9,7 @@
  */
 import { Tensor, arange, cat, full, groupedAttention, isGradEnabled, linear, noGrad, rotary, tensor, tidy, where, zeros, type DType } from '../tensor/index.js';
 import { Module } from '../nn/module.js';
+import { linearCrossEntropy } from '../nn/loss.js';
 import { BlockWeightCache, Embedding, FusedLinears, Linear, LoraAdapters, RMSNorm, inferenceLinear, type LoraConfig } from '../nn/layers.js';
 import { configToHf, ropeInvFreq, type LlamaConfig } from './config.js';
 import { createHash } from 'node:crypto';
@@ -145,6 +146,8 @@ interface AttnContext {
   sin: Tensor;
   /** Additive mask [B|1, 1, 1, T, Tk] (broadcast over kv groups and heads in a group). */
   mask: Tensor | null;
+  /** Set when the mask is causal after this many visible keys (prefix + cache): see groupedAttention. */
+  causalOffset?: number;
   cache?: KVCache;
   kvPrefix?: LayerKv[];
   lora?: LoraAdapters;
@@ -230,7 +233,7 @@ export class Attention extends Module {
       v = cat([prefix.v, v], 2);
     }
     let out: Tensor;
-    if (!ctx.attentions) out = groupedAttention(q, k, v, ctx.mask);
+    if (!ctx.attentions) out = groupedAttention(q, k, v, ctx.mask, ctx.causalOffset);
     else {
       // The same computation step by step, keeping the probabilities.
       const tk = k.size(2);
@@ -438,6 +441,16 @@ export class LlamaModel extends Module {
     return linear(hidden, weight, this.lmHead?.bias?.value);
   }
 
+  /**
+   * Cross-entropy of the head's logits over hidden [..., dim] (after the final norm) against
+   * targets [...] (int64; ignoreIndex counts nothing), without materialising the logits
+   * [..., vocab] (linearCrossEntropy): the mean over counted positions, or the sum.
+   */
+  headLoss(hidden: Tensor, targets: Tensor, opts: { reduction?: 'mean' | 'sum'; ignoreIndex?: number } = {}): Tensor {
+    const weight = this.lmHead ? this.lmHead.weight.value : this.model.embedTokens.weight.value;
+    return linearCrossEntropy(hidden.reshape(-1, this.dim), weight, targets.reshape(-1), { ...opts, bias: this.lmHead?.bias?.value });
+  }
+
   /** Attaches LoRA adapters to the chosen projections of the chosen layers (default all). */
   addLora(cfg: LoraConfig, targets: readonly LoraTarget[], layers?: number[]): Linear[] {
     const added: Linear[] = [];
@@ -571,7 +584,7 @@ export class LlamaModel extends Module {
     } else positions = { start: prefixLen + past, length: t };
     const { cos, sin } = this.ropeFor(positions, x.dtype);
     const noGrad = !isGradEnabled();
-    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora, attentions: opts.outputAttentions ? [] : undefined, noGrad, int8: noGrad && this.exactInt8 };
+    const ctx: AttnContext = { cos, sin, mask: this.buildMask(b, t, past, prefixLen, x.dtype, opts), causalOffset: opts.attnMask ? undefined : prefixLen + past, cache: opts.cache, kvPrefix: opts.kvPrefix, lora: opts.lora, attentions: opts.outputAttentions ? [] : undefined, noGrad, int8: noGrad && this.exactInt8 };
 
     const hiddenStates: Tensor[] | undefined = opts.outputHiddenStates ? [x] : undefined;
     const attnInputs: Tensor[] | undefined = opts.outputAttnInputs ? [] : undefined;

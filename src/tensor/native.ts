@@ -44,7 +44,7 @@ export interface NativeAddon {
   rmsNorm(x: Handle, weight: Handle, eps: number): Handle;
   rotary(x: Handle, cos: Handle, sin: Handle, interleaved: boolean, scale: number): Handle;
   narrowCopy(dst: Handle, dim: number, start: number, src: Handle): void;
-  groupedAttention(q: Handle, k: Handle, v: Handle, mask: Handle | null): Handle;
+  groupedAttention(q: Handle, k: Handle, v: Handle, mask: Handle | null, causalOffset: number | null): Handle;
   // Block-affine 8-bit weights (native/src/quant.cc).
   quantizeBlocks(w: Handle, tolerance: number): [Handle, Handle, Handle] | null;
   blockLinear(x: Handle, codes: Handle, scale: Handle, offset: Handle, bias: Handle | null): Handle;

@@ -577,6 +577,11 @@ export class Tensor {
     else callInPlace('mul_.Tensor', [this, other]);
     return this;
   }
+  /** this[index[i]] += alpha * source[i] along dim (repeated indices accumulate). */
+  indexAdd_(dim: number, index: Tensor, source: Tensor, alpha = 1): this {
+    callInPlace('index_add_', [this, dim, index, source, alpha]);
+    return this;
+  }
   /** this += value * t1 * t2 */
   addcmul_(t1: Tensor, t2: Tensor, value = 1): this {
     callInPlace('addcmul_', [this, t1, t2, value]);
@@ -846,9 +851,13 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor, opts: { interleaved?
  * k/v [B, kvHeads, Tk, hd] (heads a multiple of kvHeads, each kv head shared by heads/kvHeads
  * query heads, without copying k/v) and an optional additive mask [B|1, 1, 1, T, Tk]. Returns
  * [B, T, heads * hd]. Half types take the softmax in float32.
+ *
+ * `causalOffset` c promises that the mask hides key j from query i whenever j > i + c (causal
+ * attention after c visible prefix or cached keys; then Tk = c + T). Long inputs then skip the
+ * products with hidden keys, query block by query block, for the same result.
  */
-export function groupedAttention(q: Tensor, k: Tensor, v: Tensor, mask?: Tensor | null): Tensor {
-  return fused('groupedAttention', [q, k, v], () => native.groupedAttention(q.handle, k.handle, v.handle, mask ? mask.handle : null));
+export function groupedAttention(q: Tensor, k: Tensor, v: Tensor, mask?: Tensor | null, causalOffset?: number): Tensor {
+  return fused('groupedAttention', [q, k, v], () => native.groupedAttention(q.handle, k.handle, v.handle, mask ? mask.handle : null, causalOffset ?? null));
 }
 /**
  * softmax(q k^T * scale + mask) v with q [..., Lq, d], k/v [..., Lk, d]; attnMask is bool
