@@ -4,4 +4,5 @@ export * from './tasks.js';
 export * from './harness.js';
 export * from './perplexity.js';
 export * from './report.js';
+export * from './claims.js';
 export { linePlotPng, encodePng } from './png.js';

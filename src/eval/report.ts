@@ -7,6 +7,7 @@ import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { linePlotSvg, type Series } from '../io/plot.js';
 import { linePlotPng } from './png.js';
+import { paperClaims } from './claims.js';
 import { PRIMARY_METRIC, methodKey, ratioLabel, type EvalError, type EvalRun, type LatencyRow, type Prediction, type ResultRow } from './harness.js';
 import type { PerplexityResult } from './perplexity.js';
 import type { EvalTask, TaskName } from './tasks.js';
@@ -146,6 +147,20 @@ export function reportMarkdown(rep: EvalReport): string {
       }),
     ]);
     out.push(table(header, rows), '');
+  }
+
+  const claims = paperClaims(rep);
+  if (claims.some((c) => c.verdict !== 'not tested here')) {
+    out.push("## The papers' claims, here", '');
+    out.push('Each claim of the method papers that this run can test, judged on its figures (strictly: a tie does not hold).', '');
+    out.push(
+      table(
+        ['paper', 'claim', 'here', 'figures'],
+        claims.map((c) => [c.paper, c.claim, c.verdict, c.evidence]),
+        4,
+      ),
+      '',
+    );
   }
 
   for (const t of meta.tasks) {
