@@ -617,3 +617,29 @@ test('forward returns the attention probabilities of every layer: causal rows th
     assert.equal(model.forward({ ids }).attentions, undefined);
   });
 });
+
+test('long causal inputs (attention in query blocks that skip hidden keys) give the logits of the step-by-step path: with a prefix, a cache and padding', () => {
+  tidy(() => {
+    // 300 tokens: three query blocks of 128 rows. The step-by-step path (outputAttentions) scores every key.
+    const model = tiny({ max_position_embeddings: 512 });
+    const a = tokens(300, 1);
+    const b = tokens(300, 2);
+    const input = ids([a, b]);
+    const blocked = model.forward({ ids: input }).logits!;
+    const full = model.forward({ ids: input, outputAttentions: true }).logits!;
+    assertClose(blocked, full, 1e-10, 'plain');
+    // After 20 prefix keys and 10 cached tokens, with the first 5 tokens of row 1 padding.
+    const prefix: LayerKv[] = Array.from({ length: BASE.num_hidden_layers }, () => ({
+      k: randn([2, BASE.num_key_value_heads, 20, 8], { dtype: 'float64' }),
+      v: randn([2, BASE.num_key_value_heads, 20, 8], { dtype: 'float64' }),
+    }));
+    const padding = tensor([...new Array(310).fill(1), ...new Array(5).fill(0), ...new Array(305).fill(1)], [2, 310], { dtype: 'bool' });
+    const run = (outputAttentions: boolean) => {
+      const cache = new KVCache(BASE.num_hidden_layers);
+      model.forward({ ids: input.narrow(1, 0, 10), kvPrefix: prefix, cache, paddingMask: padding.narrow(1, 0, 10) });
+      return model.forward({ ids: cat([input.narrow(1, 10, 290), input.narrow(1, 0, 10)], 1), kvPrefix: prefix, cache, paddingMask: padding, outputAttentions })
+        .logits!;
+    };
+    assertClose(run(false), run(true), 1e-10, 'prefix, cache and padding');
+  });
+});
