@@ -29,7 +29,7 @@
 import { Tensor, cat, crossEntropy, noGrad, tensor, tidy, type DType } from '../tensor/index.js';
 import { Module, type Parameter } from '../nn/module.js';
 import { LoraAdapters } from '../nn/layers.js';
-import type { LayerKv, LlamaModel } from '../models/llama.js';
+import type { ForwardResult, LayerKv, LlamaModel } from '../models/llama.js';
 import { registerCompressor } from './registry.js';
 import { code, ours, paper, type MethodRecipe } from './recipe.js';
 import { ccfTraining } from './ccf-training.js';
@@ -412,9 +412,7 @@ export class CcfCompressor implements Compressor {
    * without any adapter on the tokens; their positions continue after the memory length.
    */
   decodeLogits(ids: Tensor, memory?: LayerKv[]): Tensor {
-    const kvPrefix = memory && memory[0].k.size(2) > 0 ? memory : undefined;
-    this.checkPositions(kvPrefix ? kvPrefix[0].k.size(2) : 0, ids.size(1));
-    return this.base.forward({ ids, kvPrefix }).logits!;
+    return this.decode(ids, memory, 'all').logits!;
   }
 
   /**
@@ -422,10 +420,14 @@ export class CcfCompressor implements Compressor {
    * decodeLogits gives to crossEntropy, without the logits [B, n, vocab] (LlamaModel.headLoss).
    */
   decodeLoss(ids: Tensor, targets: Tensor, memory?: LayerKv[]): Tensor {
+    return this.base.headLoss(this.decode(ids, memory, 'none').hidden, targets, { reduction: 'sum' });
+  }
+
+  /** The base model over ids [B, n] after the memory (an empty memory is none). */
+  private decode(ids: Tensor, memory: LayerKv[] | undefined, logits: 'all' | 'none'): ForwardResult {
     const kvPrefix = memory && memory[0].k.size(2) > 0 ? memory : undefined;
     this.checkPositions(kvPrefix ? kvPrefix[0].k.size(2) : 0, ids.size(1));
-    const { hidden } = this.base.forward({ ids, kvPrefix, logits: 'none' });
-    return this.base.headLoss(hidden, targets, { reduction: 'sum' });
+    return this.base.forward({ ids, kvPrefix, logits });
   }
 
   /**

@@ -52,7 +52,7 @@ export function linearCrossEntropy(hidden: Tensor, weight: Tensor, targets: Tens
     const gradHidden = wantHidden ? zerosLike(h) : undefined;
     const gradWeight = wantWeight ? zerosLike(w) : undefined;
     const gradBias = wantBias ? zeros([vocab], { dtype: h.dtype }) : undefined;
-    let total = zeros([], { dtype: 'float64' });
+    const nll = zeros([n, 1], { dtype: h.dtype }); // per row, filled chunk by chunk
     for (let start = 0; start < n; start += rows) {
       const len = Math.min(rows, n - start);
       tidy(() => {
@@ -60,10 +60,7 @@ export function linearCrossEntropy(hidden: Tensor, weight: Tensor, targets: Tens
         const tc = safeTargets.narrow(0, start, len);
         const sc = rowScale.narrow(0, start, len); // [len, 1]
         const logProbs = linear(hc, w, b).logSoftmax(-1); // [len, vocab]
-        const nll = logProbs.gather(1, tc.unsqueeze(1)).neg(); // [len, 1]
-        const next = total.add(nll.mul(sc).sum().to('float64'));
-        total.free();
-        total = next.keep();
+        nll.narrow(0, start, len).copy_(logProbs.gather(1, tc.unsqueeze(1)).neg());
         if (!wantHidden && !wantWeight && !wantBias) return;
         // d loss / d logits = rowScale * (softmax - onehot(target)).
         const probs = logProbs.exp();
@@ -75,8 +72,8 @@ export function linearCrossEntropy(hidden: Tensor, weight: Tensor, targets: Tens
         if (gradBias) gradBias.add_(probs.mul(sc).sum(0)).indexAdd_(0, tc, sc.squeeze(1), -1);
       });
     }
-    const value = total.to(h.dtype);
-    total.free();
+    // Summed in float64: a mean over many rows keeps its last digits.
+    const value = nll.to('float64').mul(rowScale.to('float64')).sum().to(h.dtype);
     return { value, gradHidden, gradWeight, gradBias };
   });
   let loss = parts.value;

@@ -29,14 +29,21 @@ function opId(op: string): number {
   return id;
 }
 
-/** Whether the linked libtorch has an ATen operator ("name.overload", overload optional). */
+const opPresent = new Map<string, boolean>();
+
+/** Whether the linked libtorch has an ATen operator ("name.overload", overload optional); asked once. */
 export function hasOp(op: string): boolean {
-  try {
-    opId(op);
-    return true;
-  } catch {
-    return false;
+  let present = opPresent.get(op);
+  if (present === undefined) {
+    try {
+      opId(op);
+      present = true;
+    } catch {
+      present = false;
+    }
+    opPresent.set(op, present);
   }
+  return present;
 }
 
 /** The schema of an ATen operator, e.g. for docs and error messages. */
