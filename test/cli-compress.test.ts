@@ -255,6 +255,38 @@ test('train icae with a QA stage, then continue from it with --init', async () =
   const again = path.join(root, 'icae-shipped-again');
   ok(await cli('ship', '--base', baseDir, '--compressor', shipped, '--out', again), 'ship again');
   assert.deepEqual(JSON.parse(fs.readFileSync(path.join(again, 'compressor.json'), 'utf8')).earlierStages, [stage1Training]);
+  // ... and their plots, each under its own stage's caption.
+  for (const f of ['loss-stage1.svg', 'loss-stage2.svg']) assert.ok(fs.existsSync(path.join(again, f)), `reshipped ${f}`);
+  assert.match(fs.readFileSync(path.join(again, 'README.md'), 'utf8'), /!\[loss of stage 1\]\(loss-stage1\.svg\)\n!\[loss of stage 2\]\(loss-stage2\.svg\)/);
+  // A third stage trained from the shipped folder: its two stages come before it, with their plots.
+  const stage3 = path.join(root, 'icae-qa-more');
+  ok(
+    await cli(
+      'train',
+      ...COMMON,
+      '--method',
+      'icae',
+      '--init',
+      shipped,
+      '--ratio',
+      '4',
+      '--stage',
+      'qa',
+      '--steps',
+      '2',
+      '--qa-examples',
+      '8',
+      '--out',
+      stage3,
+    ),
+    'train --init shipped',
+  );
+  const third = path.join(root, 'icae-shipped-third');
+  ok(await cli('ship', '--base', baseDir, '--compressor', stage3, '--out', third), 'ship three stages');
+  const stage2Training = JSON.parse(fs.readFileSync(path.join(stage2, 'compressor.json'), 'utf8')).training;
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(third, 'compressor.json'), 'utf8')).earlierStages, [stage1Training, stage2Training]);
+  for (const f of ['loss-stage1.svg', 'loss-stage2.svg', 'loss-stage3.svg']) assert.ok(fs.existsSync(path.join(third, f)), `third ${f}`);
+  assert.match(fs.readFileSync(path.join(third, 'README.md'), 'utf8'), /\| 1 \| ae\+qa \| 10 \|[\s\S]*\| 2 \| qa \| 3 \|[\s\S]*\| 3 \| qa \| 2 \|/);
   const wrong = await cli(
     'train',
     ...COMMON,

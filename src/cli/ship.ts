@@ -8,7 +8,7 @@
  */
 import { parseArgs } from 'node:util';
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { loadModel } from '../models/load.js';
 import { loadCompressor, saveCompressor } from '../compress/index.js';
 import type { DType } from '../tensor/index.js';
@@ -32,7 +32,9 @@ export async function run(argv: string[]): Promise<void> {
   if (stages.length > 1) extra.earlierStages = stages.slice(0, -1).map((s) => s.training);
   saveCompressor(c, values.out, extra, { dtype: values.dtype as DType });
   stages.forEach((s, i) => {
-    if (s.dir && existsSync(join(s.dir, 'loss.svg'))) copyFileSync(join(s.dir, 'loss.svg'), join(values.out!, `loss-stage${i + 1}.svg`));
+    const plot = stagePlot(s, i + 1);
+    const to = join(values.out!, `loss-stage${i + 1}.svg`);
+    if (plot && resolve(plot) !== resolve(to)) copyFileSync(plot, to);
   });
   const recipe = cfg.recipe as RecipeRecord | undefined;
   if (recipe) writeFileSync(join(values.out, 'README.md'), compressorCard(c.method, recipe, training) + stagesSection(stages, values.out));
@@ -40,24 +42,37 @@ export async function run(argv: string[]): Promise<void> {
 }
 
 interface Stage {
-  /** The run folder, when it still exists. */
-  dir?: string;
+  /** The folder it was trained in, or the shipped folder that records it. */
+  dir: string;
   training: Record<string, unknown>;
 }
 
-/** The compressor's training stages, oldest first, following `training.init` (or a shipped `earlierStages`). */
+/** The loss plot of stage n: its run folder's loss.svg, or its shipped folder's loss-stage<n>.svg. */
+function stagePlot(s: Stage, n: number): string | undefined {
+  return [join(s.dir, 'loss.svg'), join(s.dir, `loss-stage${n}.svg`)].find((f) => existsSync(f));
+}
+
+/**
+ * The compressor's training stages, oldest first, following `training.init` back to a run
+ * folder without one, or to a shipped folder, whose `earlierStages` are the stages before it.
+ * A shipped folder's stages keep it as `dir`: their plots are its loss-stage<n>.svg.
+ */
 function trainingStages(dir: string, training: Record<string, unknown>): Stage[] {
-  const stages: Stage[] = [{ dir, training }];
-  const shipped = (JSON.parse(readFileSync(join(dir, 'compressor.json'), 'utf8')) as { earlierStages?: Record<string, unknown>[] }).earlierStages;
-  if (shipped) return [...shipped.map((t) => ({ training: t })), ...stages];
-  let init = training.init;
-  while (typeof init === 'string' && existsSync(join(init, 'compressor.json')) && stages.length < 16) {
-    const t = ((JSON.parse(readFileSync(join(init, 'compressor.json'), 'utf8')) as { training?: Record<string, unknown> }).training ?? {}) as Record<
-      string,
-      unknown
-    >;
-    stages.unshift({ dir: init, training: t });
-    init = t.init;
+  const stages: Stage[] = [];
+  let at: string | undefined = dir;
+  let t = training;
+  while (at !== undefined && stages.length < 16) {
+    const json = JSON.parse(readFileSync(join(at, 'compressor.json'), 'utf8')) as { earlierStages?: Record<string, unknown>[] };
+    stages.unshift({ dir: at, training: t });
+    if (json.earlierStages) {
+      const from: string = at;
+      stages.unshift(...json.earlierStages.map((e) => ({ dir: from, training: e })));
+      break;
+    }
+    const init = t.init;
+    at = typeof init === 'string' && existsSync(join(init, 'compressor.json')) ? init : undefined;
+    if (at !== undefined)
+      t = ((JSON.parse(readFileSync(join(at, 'compressor.json'), 'utf8')) as { training?: Record<string, unknown> }).training ?? {}) as Record<string, unknown>;
   }
   return stages;
 }
@@ -80,7 +95,7 @@ function stagesSection(stages: Stage[], out: string): string {
     const hours = typeof t.seconds === 'number' ? (t.seconds / 3600).toFixed(2) : '-';
     lines.push(`| ${i + 1} | ${objective} | ${String(t.steps ?? '-')} | ${hours} | ${fmt(valid?.loss)} | ${fmt(refs?.full)} | ${fmt(refs?.none)} |`);
   });
-  const plots = stages.map((_, i) => `loss-stage${i + 1}.svg`).filter((f) => existsSync(join(out, f)));
-  if (plots.length) lines.push('', ...plots.map((f, i) => `![loss of stage ${i + 1}](${f})`));
+  const plots = stages.map((_, i) => i + 1).filter((n) => existsSync(join(out, `loss-stage${n}.svg`)));
+  if (plots.length) lines.push('', ...plots.map((n) => `![loss of stage ${n}](loss-stage${n}.svg)`));
   return lines.join('\n') + '\n';
 }
