@@ -132,11 +132,11 @@ test(
     const d = tinyBase();
     const out = join(d, 'resume-report');
     const args = ['--task', 'babi', '--data', BABI_FILE, '--base', join(d, 'base'), '--n', '2', '--json', '--out', out, '--no-png'];
-    const first = cli([...args, '--methods', 'full,none']);
+    const first = cli([...args, '--methods', 'full,none', '--threads', '2']);
     assert.equal(first.status, 0, first.stderr);
     assert.equal(readdirSync(join(out, 'plans')).filter((f) => f.endsWith('.json')).length, 2);
     // Again with one more method: full and none come back from the kept results, truncate runs.
-    const second = cli([...args, '--methods', 'full,none,truncate', '--ratios', '4', '--resume']);
+    const second = cli([...args, '--methods', 'full,none,truncate', '--ratios', '4', '--resume', '--threads', '1']);
     assert.equal(second.status, 0, second.stderr);
     assert.equal((second.stderr.match(/results of an earlier run reused/g) ?? []).length, 2);
     assert.match(second.stderr, /truncate@4 · babi \(/);
@@ -149,6 +149,16 @@ test(
         .map((x) => ({ ...x, retention: null }));
     for (const m of ['full', 'none']) assert.deepEqual(rows(second.stdout, m), rows(first.stdout, m));
     assert.ok(rows(second.stdout, 'truncate').length > 0);
+    // Reused latency keeps the thread count it was measured with, and the report says so.
+    const rep = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'));
+    const threadsOf = (method: string) => [
+      ...new Set(rep.latency.filter((l: { method: string }) => l.method === method).map((l: { threads: number }) => l.threads)),
+    ];
+    assert.deepEqual(threadsOf('full'), [2]);
+    assert.deepEqual(threadsOf('truncate'), [1]);
+    const md = readFileSync(join(out, 'report.md'), 'utf8');
+    assert.match(md, /1 threads \(this run; latency rows reused from earlier runs give their own\)/);
+    assert.match(md, /\| KV with tail \| threads \|/);
     // Other examples (another seed) are not the kept ones: nothing is reused.
     const third = cli([...args, '--methods', 'full,none', '--seed', '1', '--resume']);
     assert.equal(third.status, 0, third.stderr);

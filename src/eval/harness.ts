@@ -24,7 +24,7 @@
  * plus, for the total, the tail (prompt and generated tokens).
  */
 import { createHash } from 'node:crypto';
-import { DTYPE_SIZE, noGrad, tidy, type Tensor } from '../tensor/index.js';
+import { DTYPE_SIZE, getNumThreads, noGrad, tidy, type Tensor } from '../tensor/index.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { Tokenizer } from '../models/tokenizer.js';
 import {
@@ -95,6 +95,11 @@ export interface LatencyRow {
   /** KV-cache bytes of [BOS] + the compressed context, and with the tail (prompt + generated) too. */
   contextKvBytes: number;
   kvBytes: number;
+  /**
+   * libtorch threads when it was measured (a row reused by --resume keeps its own run's count;
+   * absent in results written before it was recorded).
+   */
+  threads?: number;
 }
 
 export interface EvalError {
@@ -633,6 +638,7 @@ function summariseLatency(task: EvalTask, method: string, ratio: number | null, 
       generatedTokens: avg((e) => e.c.generated),
       contextKvBytes: avg((e) => e.c.contextKvBytes),
       kvBytes: avg((e) => e.c.kvBytes),
+      threads: getNumThreads(),
     });
   }
   return out;

@@ -108,6 +108,16 @@ function find(rows: ResultRow[], task: string, method: string, ratio: number | n
 // ---------------------------------------------------------------------------------------------
 // Markdown
 
+/**
+ * Whether the latency rows were not all measured with this run's thread count (rows reused by
+ * --resume keep theirs): then the latency table says each row's, as times are not comparable.
+ */
+function threadsDiffer(rep: EvalReport): boolean {
+  // Results written before rows recorded their count say nothing either way.
+  if (rep.latency.every((l) => l.threads === undefined)) return false;
+  return rep.latency.some((l) => l.threads !== rep.meta.threads);
+}
+
 export function reportMarkdown(rep: EvalReport): string {
   const { meta, results } = rep;
   const out: string[] = [];
@@ -117,7 +127,10 @@ export function reportMarkdown(rep: EvalReport): string {
     `- Base model: \`${meta.base}\` (fingerprint \`${meta.fingerprint}\`, ${(meta.parameters / 1e6).toFixed(2)} M parameters, ${meta.dtype}, max positions ${meta.maxPositions})`,
   );
   const hasTasks = meta.tasks.length > 0;
-  out.push(`- ${hasTasks ? `Suite \`${meta.suite}\`, seed ${meta.seed}; ` : ''}${meta.threads} threads; ${meta.date}; took ${mins}`);
+  const mixedThreads = threadsDiffer(rep);
+  out.push(
+    `- ${hasTasks ? `Suite \`${meta.suite}\`, seed ${meta.seed}; ` : ''}${meta.threads} threads${mixedThreads ? ' (this run; latency rows reused from earlier runs give their own)' : ''}; ${meta.date}; took ${mins}`,
+  );
   if (hasTasks) {
     out.push(
       `- Methods: ${meta.methods.map((m) => `${m.label}${m.ratios.some((r) => r !== null) ? ` (ratios ${m.ratios.join(', ')})` : ''}${m.source ? ` from \`${m.source}\`` : ''}`).join('; ') || '–'}`,
@@ -233,6 +246,7 @@ export function reportMarkdown(rep: EvalReport): string {
           'new tokens',
           'KV / context',
           'KV with tail',
+          ...(mixedThreads ? ['threads'] : []),
         ],
         methodOrder(lat).flatMap(({ method, ratio }) =>
           lat
@@ -251,6 +265,7 @@ export function reportMarkdown(rep: EvalReport): string {
               fmt(l.generatedTokens, 1),
               bytes(l.contextKvBytes),
               bytes(l.kvBytes),
+              ...(mixedThreads ? [l.threads === undefined ? '?' : String(l.threads)] : []),
             ]),
         ),
         3,
