@@ -472,3 +472,20 @@ test('a compressor that changes the base model is caught and nothing is saved', 
   await assert.rejects(trainCompressor(cfg, out, { quiet: true }), /the base model's weights changed during training .* nothing was saved/);
   assert.ok(!fs.existsSync(path.join(out, 'compressor.json')));
 });
+
+test('stream-eval --out writes a file that says what it measured: base, documents, and the rows', async () => {
+  const out = path.join(root, 'stream.md');
+  const r = await cli('stream-eval', '--base', baseDir, '--lengths', '64', '--docs', '1', '--out', out);
+  ok(r, 'stream-eval');
+  const md = fs.readFileSync(out, 'utf8');
+  assert.match(md, /^# Streaming perplexity\n/);
+  assert.ok(md.includes(`- Base \`${baseDir}\`; segments of 64 tokens;`), md);
+  assert.match(md, /- Documents \(the first 1 of the test split with >= 64 tokens, each read from its start up to the row's length\): .+ \(\d+ tokens\)\n/);
+  assert.match(md, /\| full \(sliding window\) \| - \| 64 \| 1 \| [\d.]+ \|/);
+  assert.match(md, /\| none \(segment alone\) \| - \| 64 \| 1 \| [\d.]+ \|/);
+  // The table alone goes to stdout.
+  assert.match(r.stdout, /^\| method \| ratio \| tokens per doc \|/);
+  const bad = await cli('stream-eval', '--base', baseDir, '--lengths', '0');
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /--lengths takes positive integers, got '0'/);
+});

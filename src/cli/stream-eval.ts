@@ -11,6 +11,7 @@ import { loadModel } from '../models/load.js';
 import { loadCompressor } from '../compress/index.js';
 import { longTestDocs } from '../data/long-docs.js';
 import { streamEval } from '../eval/stream.js';
+import { getNumThreads } from '../tensor/index.js';
 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -42,7 +43,8 @@ export async function run(argv: string[]): Promise<void> {
   const segmentLen = streaming?.streaming?.segmentLen ?? 64;
   const meanpool = values.meanpool ? loadCompressor(values.meanpool, model) : undefined;
   const { docs } = longTestDocs(tokenizer, { corpora: ['sotu', 'moby-dick', 'brown'], minTokens: Math.max(...lengths) });
-  const picked = docs.slice(0, nDocs).map((d) => tokenizer.encode(d.text));
+  const chosen = docs.slice(0, nDocs);
+  const picked = chosen.map((d) => tokenizer.encode(d.text));
   if (!picked.length) throw new Error(`no test document has ${Math.max(...lengths)} tokens`);
   const log = (s: string) => process.stderr.write(s + '\n');
   log(`${picked.length} test documents of >= ${Math.max(...lengths)} tokens; segment ${segmentLen} tokens`);
@@ -64,6 +66,17 @@ export async function run(argv: string[]): Promise<void> {
       `| ${r.method} | ${r.ratio ?? '-'} | ${r.length} | ${r.docs} | ${r.ppl.toFixed(1)} | ${r.tokensPerSecond.toFixed(0)} | ${(r.stateBytes / 1024).toFixed(0)} KiB |`,
     );
   const text = md.join('\n') + '\n';
-  if (values.out) writeFileSync(values.out, text);
+  if (values.out) {
+    // The file says what was measured: base, compressors, documents, and how to read the rows.
+    const head = [
+      '# Streaming perplexity',
+      '',
+      `- Base \`${values.base}\`${values.ccf ? `; streaming compressor \`${values.ccf}\`` : ''}${values.meanpool ? `; mean-pool \`${values.meanpool}\`` : ''}; segments of ${segmentLen} tokens; ${getNumThreads()} threads; ${new Date().toISOString()}`,
+      `- Documents (the first ${picked.length} of the test split with >= ${Math.max(...lengths)} tokens, each read from its start up to the row's length): ${chosen.map((d, i) => `${d.title ?? d.id} (${picked[i]!.length} tokens)`).join('; ')}`,
+      '- Each token after the first is scored once, with what the row keeps of the text before its segment: `full` the raw tokens that fit the window, `none` nothing, `window (same memory)` the last 1/ratio of the tokens read so far (as many KV entries as the compressor holds before that segment), the compressor its memory of all earlier segments, `meanpool memory` mean-pool soft tokens of the latest earlier text that fits the window. Bytes held: at the end of a document (the compressor also counts the memory of its last segment, which no prediction reads).',
+      '',
+    ];
+    writeFileSync(values.out, head.join('\n') + text);
+  }
   process.stdout.write(text);
 }
