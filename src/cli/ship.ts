@@ -28,7 +28,7 @@ export async function run(argv: string[]): Promise<void> {
   const cfg = JSON.parse(readFileSync(join(values.compressor, 'compressor.json'), 'utf8')) as Record<string, unknown>;
   const extra = Object.fromEntries(Object.entries(cfg).filter(([k]) => !(k in c.config) && k !== 'baseFingerprint'));
   const training = (cfg.training as Record<string, unknown>) ?? {};
-  const stages = trainingStages(values.compressor, training);
+  const stages = trainingStages(values.compressor);
   if (stages.length > 1) extra.earlierStages = stages.slice(0, -1).map((s) => s.training);
   saveCompressor(c, values.out, extra, { dtype: values.dtype as DType });
   stages.forEach((s, i) => {
@@ -57,22 +57,23 @@ function stagePlot(s: Stage, n: number): string | undefined {
  * folder without one, or to a shipped folder, whose `earlierStages` are the stages before it.
  * A shipped folder's stages keep it as `dir`: their plots are its loss-stage<n>.svg.
  */
-function trainingStages(dir: string, training: Record<string, unknown>): Stage[] {
+function trainingStages(dir: string): Stage[] {
   const stages: Stage[] = [];
   let at: string | undefined = dir;
-  let t = training;
   while (at !== undefined && stages.length < 16) {
-    const json = JSON.parse(readFileSync(join(at, 'compressor.json'), 'utf8')) as { earlierStages?: Record<string, unknown>[] };
-    stages.unshift({ dir: at, training: t });
+    const from: string = at;
+    const json = JSON.parse(readFileSync(join(from, 'compressor.json'), 'utf8')) as {
+      training?: Record<string, unknown>;
+      earlierStages?: Record<string, unknown>[];
+    };
+    const training = json.training ?? {};
+    stages.unshift({ dir: from, training });
     if (json.earlierStages) {
-      const from: string = at;
       stages.unshift(...json.earlierStages.map((e) => ({ dir: from, training: e })));
       break;
     }
-    const init = t.init;
+    const init = training.init;
     at = typeof init === 'string' && existsSync(join(init, 'compressor.json')) ? init : undefined;
-    if (at !== undefined)
-      t = ((JSON.parse(readFileSync(join(at, 'compressor.json'), 'utf8')) as { training?: Record<string, unknown> }).training ?? {}) as Record<string, unknown>;
   }
   return stages;
 }
